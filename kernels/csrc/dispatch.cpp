@@ -1,0 +1,46 @@
+// Runtime ISA selection: detect once, allow forcing a lower path (tests run every path).
+#include "dispatch.h"
+
+#include <atomic>
+
+namespace kk {
+namespace {
+Isa detect() {
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx512vnni"))
+    return Isa::avx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::avx2;
+#endif
+  return Isa::portable;
+}
+const Isa g_best = detect();
+std::atomic<int> g_active{static_cast<int>(g_best)};
+}  // namespace
+
+Isa best_isa() { return g_best; }
+Isa active_isa() { return static_cast<Isa>(g_active.load(std::memory_order_relaxed)); }
+bool set_isa(Isa isa) {
+  if (static_cast<int>(isa) > static_cast<int>(g_best)) return false;
+  g_active.store(static_cast<int>(isa), std::memory_order_relaxed);
+  return true;
+}
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define KK_DISPATCH(fn, args)                                      \
+  switch (active_isa()) {                                          \
+    case Isa::avx512: return avx512::fn(args);                     \
+    case Isa::avx2: return avx2::fn(args);                         \
+    default: return portable::fn(args);                            \
+  }
+#else
+#define KK_DISPATCH(fn, args) return portable::fn(args);
+#endif
+
+void spmm_f32(const SpmmF32Args& a) { KK_DISPATCH(spmm_f32, a) }
+void spmm_i8(const SpmmI8Args& a) { KK_DISPATCH(spmm_i8, a) }
+double kd_loss(const KdArgs& a) { KK_DISPATCH(kd_loss, a) }
+
+}  // namespace kk

@@ -1,0 +1,13 @@
+// Entry points that pick the ISA unit at call time.
+#pragma once
+#include "kernels.h"
+
+namespace kk {
+Isa best_isa();
+Isa active_isa();
+bool set_isa(Isa isa);  // false if the CPU lacks `isa`
+
+void spmm_f32(const SpmmF32Args& a);
+void spmm_i8(const SpmmI8Args& a);
+double kd_loss(const KdArgs& a);
+}  // namespace kk

@@ -1,0 +1,57 @@
+// Raw-pointer kernel interface shared by every ISA translation unit.
+// Python validates shapes/dtypes before anything here runs; these functions trust their inputs.
+#pragma once
+#include <cstdint>
+
+namespace kk {
+
+enum class Isa : int { portable = 0, avx2 = 1, avx512 = 2 };
+
+struct SpmmF32Args {
+  const float* x;  // [B, in] row-major
+  int64_t B, in, out;
+  const int32_t* row_ptr;  // [out + 1]
+  const int32_t* col;      // [nnz]
+  const float* val;        // [nnz]
+  const float* bias;       // [out] or nullptr
+  float* y;                // [B, out]
+  int nthreads;
+};
+
+struct SpmmI8Args {
+  const float* x;  // [B, in]
+  int64_t B, in, out;
+  const int32_t* row_ptr;
+  const int32_t* col;
+  const int8_t* val;      // per-channel symmetric s8
+  const float* wscale;    // [out]
+  const int32_t* rowsum;  // [out] sum of s8 weights per row (zero-point correction)
+  const float* bias;
+  float* y;
+  int nthreads;
+};
+
+struct KdArgs {
+  const float* s;  // [N, V] student logits
+  const float* t;  // [N, V] teacher logits
+  const int64_t* labels;
+  int64_t N, V;
+  float T, alpha;
+  float* grad;  // [N, V] d(mean loss)/ds, or nullptr
+  int nthreads;
+};
+
+#define KK_DECLARE_ISA(ns)                     \
+  namespace ns {                               \
+  void spmm_f32(const SpmmF32Args& a);         \
+  void spmm_i8(const SpmmI8Args& a);           \
+  double kd_loss(const KdArgs& a); /* sum */   \
+  }
+
+KK_DECLARE_ISA(portable)
+#if defined(__x86_64__) || defined(_M_X64)
+KK_DECLARE_ISA(avx2)
+KK_DECLARE_ISA(avx512)
+#endif
+
+}  // namespace kk

@@ -1,0 +1,16 @@
+// Standard headers every ISA unit needs. Included *before* any target pragma so that library
+// templates are not instantiated with AVX-512 code that the linker could then share with the
+// portable unit (an illegal-instruction hazard on older CPUs).
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+#include "kernels.h"

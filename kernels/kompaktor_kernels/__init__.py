@@ -1,0 +1,34 @@
+"""Compiled CPU kernels shared by the Kompaktor stages (see DESIGN.md §5).
+
+torch is imported before the extension on purpose: both link libgomp.so.1, and loading torch's
+copy first makes the loader reuse it, so torch and these kernels share one OpenMP thread pool.
+"""
+
+import torch  # noqa: F401  (must precede _native; see above)
+
+from kompaktor_kernels import _native, reference
+from kompaktor_kernels._dispatch import (
+    ENV_VAR,
+    ISAS,
+    active_isa,
+    available_isas,
+    set_isa,
+    use_isa,
+)
+from kompaktor_kernels.kd_loss import kd_loss
+from kompaktor_kernels.sparse_linear import SparseLinear, sparsify, weight_sparsity
+
+__all__ = [
+    "ENV_VAR",
+    "ISAS",
+    "SparseLinear",
+    "_native",
+    "active_isa",
+    "available_isas",
+    "kd_loss",
+    "reference",
+    "set_isa",
+    "sparsify",
+    "use_isa",
+    "weight_sparsity",
+]

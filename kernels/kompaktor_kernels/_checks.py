@@ -1,0 +1,32 @@
+"""Argument checks run before any pointer reaches C++: a wrong dtype, layout or shape must be a
+Python exception naming the culprit, never a crash or a silently wrong result."""
+
+from __future__ import annotations
+
+import torch
+
+
+def tensor(name: str, value: object) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def cpu_dense(name: str, t: torch.Tensor) -> None:
+    if t.device.type != "cpu":
+        raise ValueError(f"{name} must be on the CPU, got device {t.device}")
+    if t.layout != torch.strided:
+        raise ValueError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
+
+
+def dtype(name: str, t: torch.Tensor, expected: torch.dtype) -> None:
+    if t.dtype != expected:
+        raise TypeError(f"{name} must have dtype {expected}, got {t.dtype}")
+
+
+def contiguous(name: str, t: torch.Tensor) -> None:
+    if not t.is_contiguous():
+        raise ValueError(
+            f"{name} must be contiguous (shape {tuple(t.shape)}, strides {t.stride()}); "
+            "call .contiguous() first"
+        )

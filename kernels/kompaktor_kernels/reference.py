@@ -1,0 +1,54 @@
+"""Pure-PyTorch eager references that the compiled kernels are tested and benchmarked against."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kompaktor_kernels._quant import quantize_activation, quantize_weight
+
+
+def kd_loss_reference(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+    alpha: float,
+) -> torch.Tensor:
+    """alpha·T²·KL(teacher ‖ student at temperature T) + (1-alpha)·CE(student, labels), mean
+    over rows; the eager composition the fused kernel replaces."""
+    T = temperature
+    kl = F.kl_div(
+        F.log_softmax(student_logits / T, dim=-1),
+        F.log_softmax(teacher_logits.detach() / T, dim=-1),
+        log_target=True,
+        reduction="batchmean",
+    )
+    return kl * T * T * alpha + (1 - alpha) * F.cross_entropy(student_logits, labels)
+
+
+def sparse_linear_reference(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """What SparseLinear computes, from the dense weight.
+
+    fp32 is plain F.linear. int8 reproduces the kernel's arithmetic exactly (per-channel s8
+    weights, per-row dynamic u8 activations, integer accumulation in float64, which is exact
+    here), so tests can hold the kernel to float rounding rather than quantisation error."""
+    if dtype == torch.float32:
+        return F.linear(x, weight.to(torch.float32), bias)
+    if dtype != torch.int8:
+        raise TypeError(f"dtype must be torch.float32 or torch.int8, got {dtype}")
+    x2 = x.reshape(-1, x.shape[-1]).to(torch.float32)
+    wq, wscale = quantize_weight(weight)
+    xq, xscale, zp = quantize_activation(x2)
+    acc = xq.double() @ wq.double().T
+    rowsum = wq.double().sum(dim=1)
+    y = (acc - zp.double()[:, None] * rowsum[None, :]).to(torch.float32)
+    y = y * (xscale[:, None] * wscale[None, :])
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    return y.reshape(*x.shape[:-1], weight.shape[0])

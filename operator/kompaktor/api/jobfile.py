@@ -1,0 +1,54 @@
+"""Read an OptimizationJob from YAML, with errors that point at the field (never a traceback)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from kompaktor.api.spec import OptimizationJob
+from kompaktor.errors import JobSpecError
+
+
+def describe_validation(error: ValidationError) -> str:
+    """One line per problem: `spec.stages.2.params: …`."""
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"]) or "document"
+        message = str(item["msg"]).removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field"
+        elif item["type"] == "missing":
+            message = "required field is missing"
+        lines.append(f"{path}: {message}")
+    return "\n".join(lines)
+
+
+def parse_job(document: Any, source: str) -> OptimizationJob:
+    if not isinstance(document, dict):
+        raise JobSpecError(f"{source}: expected an OptimizationJob mapping, got {document!r:.60}")
+    try:
+        return OptimizationJob.model_validate(document)
+    except ValidationError as error:
+        raise JobSpecError(
+            f"{source}: invalid OptimizationJob\n{describe_validation(error)}"
+        ) from None
+
+
+def load_job_file(path: Path) -> OptimizationJob:
+    """The job in `path`; JobSpecError naming the file and the field when it is wrong."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise JobSpecError(f"cannot read job file {path}: {error.strerror}") from None
+    try:
+        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as error:
+        raise JobSpecError(f"{path}: not valid YAML: {error}") from None
+    jobs = [d for d in documents if isinstance(d, dict) and d.get("kind") == "OptimizationJob"]
+    if len(jobs) != 1:
+        found = "none" if not jobs else f"{len(jobs)}"
+        raise JobSpecError(f"{path}: expected exactly one OptimizationJob document, found {found}")
+    return parse_job(jobs[0], str(path))

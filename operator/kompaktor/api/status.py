@@ -1,0 +1,109 @@
+"""The OptimizationJob status: what the plan records and `kubectl get oj` shows."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from kompaktor.api.spec import ApiModel
+
+JobPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Cancelled", "Suspended"]
+StagePhase = Literal["Pending", "Running", "Retrying", "Succeeded", "Failed", "Cancelled"]
+TrialState = Literal["Pending", "Running", "Complete", "Failed", "Pruned"]
+ConditionType = Literal["Ready", "Progressing", "Degraded"]
+EnergyMethod = Literal["nvml", "rapl", "estimate"]
+
+
+class StatusModel(ApiModel):
+    """Status records are rewritten by the plan, so they are plain mutable-free values too."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+    )
+
+
+class OutputRef(StatusModel):
+    uri: str = Field(description="Where the stage's output model is stored.")
+    digest: str = Field(description="sha256 of the output model file.")
+
+
+class StageStatus(StatusModel):
+    name: str
+    type: str
+    phase: StagePhase = "Pending"
+    key: str | None = Field(
+        default=None,
+        description="Digest of (input digest, stage type, params, dataset): the cache key.",
+    )
+    attempts: int = Field(default=0, description="Runs started for the current key.")
+    cached: bool = Field(default=False, description="The output was reused from an earlier run.")
+    pool: str | None = None
+    node: str | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    next_retry_time: str | None = None
+    input_digest: str | None = None
+    output: OutputRef | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    cost_usd: float | None = Field(default=None, alias="costUSD")
+    energy_joules: float | None = None
+    energy_method: EnergyMethod | None = None
+    message: str | None = None
+
+
+class TrialRecord(StatusModel):
+    """One HPO trial, compact enough that hundreds fit in a status."""
+
+    stage: str
+    number: int
+    params: dict[str, Any]
+    state: TrialState = "Pending"
+    values: list[float] | None = None
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="metric, referenceMetric, latencyMs, sizeBytes only."
+    )
+    key: str | None = None
+    attempts: int = 0
+    output: OutputRef | None = None
+    cost_usd: float | None = Field(default=None, alias="costUSD")
+    energy_joules: float | None = None
+    message: str | None = None
+
+
+class JobResult(StatusModel):
+    uri: str | None = None
+    metric: float | None = None
+    baseline_metric: float | None = None
+    speedup: float | None = None
+    size_ratio: float | None = None
+    latency_ms: float | None = None
+
+
+class Condition(StatusModel):
+    type: ConditionType
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str | None = None
+
+
+class OptimizationJobStatus(StatusModel):
+    phase: JobPhase = "Pending"
+    observed_generation: int | None = None
+    stage: str | None = Field(default=None, description="The stage running now (or last run).")
+    input_digest: str | None = Field(default=None, description="sha256 of the input model.")
+    dataset_digest: str | None = Field(default=None, description="Digest of the dataset.")
+    start_time: str | None = None
+    completion_time: str | None = None
+    stages: list[StageStatus] = Field(default_factory=list)
+    trials: list[TrialRecord] = Field(default_factory=list)
+    result: JobResult | None = None
+    cost_usd: float | None = Field(default=None, alias="costUSD")
+    energy_joules: float | None = None
+    message: str | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+
+    def stage_status(self, name: str) -> StageStatus | None:
+        return next((s for s in self.stages if s.name == name), None)

@@ -1,0 +1,93 @@
+"""Turn botocore's exception zoo into one `ArtifactError` whose message says what to fix."""
+
+from __future__ import annotations
+
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectionError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    HTTPClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+    SSLError,
+)
+
+from kompaktor.artifacts.base import ArtifactError
+
+_MISSING_KEY = {"NoSuchKey", "404", "NotFound"}
+_DENIED = {
+    "AccessDenied",
+    "403",
+    "Forbidden",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+}
+
+
+def error_code(exc: ClientError) -> str:
+    """The S3 error code ('NoSuchKey', '404', ...) of a client error."""
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def translate(exc: Exception, *, action: str, uri: str, endpoint: str | None) -> ArtifactError:
+    """An `ArtifactError` for `exc`, raised while trying to `action` (a verb phrase) `uri`."""
+    where = endpoint or "the default AWS endpoint"
+    if isinstance(exc, ClientError):
+        code = error_code(exc)
+        if code == "NoSuchBucket":
+            bucket = uri.removeprefix("s3://").split("/", 1)[0]
+            return ArtifactError(f"cannot {action} {uri}: bucket {bucket!r} does not exist")
+        if code in _MISSING_KEY:
+            return ArtifactError(f"cannot {action} {uri}: no such artifact")
+        if code in _DENIED:
+            return ArtifactError(
+                f"cannot {action} {uri}: access denied ({code}); check the credentials "
+                "and the bucket policy"
+            )
+        if code in {"PreconditionFailed", "412"}:
+            return ArtifactError(f"refusing to overwrite existing artifact {uri}")
+        message = exc.response.get("Error", {}).get("Message", "") or str(exc)
+        return ArtifactError(f"cannot {action} {uri}: {code}: {message}")
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        return ArtifactError(
+            f"cannot {action} {uri}: no S3 credentials (set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or use a pod identity)"
+        )
+    if isinstance(exc, ConnectionError):
+        return ArtifactError(
+            f"cannot {action} {uri}: S3 endpoint {where} unreachable ({_reason(exc)})"
+        )
+    if isinstance(exc, HTTPClientError):
+        return ArtifactError(
+            f"cannot {action} {uri}: connection to {where} failed ({_reason(exc)})"
+        )
+    if isinstance(exc, BotoCoreError):
+        return ArtifactError(f"cannot {action} {uri}: {exc}")
+    if isinstance(exc, OSError):
+        return ArtifactError(f"cannot {action} {uri}: {exc.strerror or exc}")
+    return ArtifactError(f"cannot {action} {uri}: {exc}")
+
+
+_REASONS: tuple[tuple[type[BotoCoreError], str], ...] = (
+    (ConnectTimeoutError, "connect timed out"),
+    (ReadTimeoutError, "read timed out"),
+    (EndpointConnectionError, "could not connect"),
+    (ConnectionClosedError, "connection closed before a response"),
+    (ResponseStreamingError, "connection broke while reading the response"),
+    (SSLError, "TLS handshake failed"),
+)
+
+
+def _reason(exc: BotoCoreError) -> str:
+    """A short cause; botocore's own messages end in a long request URL full of upload ids."""
+    for kind, reason in _REASONS:
+        if isinstance(exc, kind):
+            return reason
+    return type(exc).__name__

@@ -1,0 +1,157 @@
+"""The `kompaktor` command: run a job locally, run one stage, scaffold a demo, run the operator."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kompaktor import __version__
+from kompaktor.errors import JobSpecError, KompaktorError
+
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
+    from kompaktor.api.jobfile import load_job_file
+    from kompaktor.display import result_lines, stage_table, summary
+    from kompaktor.executors.local import LocalExecutor
+    from kompaktor.local import LocalRun, localize
+    from kompaktor.stages import validate_job
+
+    job_path = Path(args.job).resolve()
+    job = load_job_file(job_path)
+    validate_job(job.spec)
+    ctx = localize(job, job_path.parent, args.artifacts)
+    logs = Path(args.logs) if args.logs else job_path.parent / ".kompaktor" / job.metadata.name
+    console = Console(stderr=True)
+    executor = LocalExecutor(logs)
+    quiet = args.json or not console.is_terminal
+    with Live(console=console, transient=True, auto_refresh=False, redirect_stdout=False) as live:
+
+        def show(status: Any, running: list[Any]) -> None:
+            if quiet:
+                return
+            live.update(stage_table(job.metadata.name, status), refresh=True)
+
+        try:
+            status = LocalRun(ctx, executor, show).run()
+        except KeyboardInterrupt:
+            console.print("interrupted: running stages stopped; run the same command to resume")
+            return EXIT_INTERRUPTED
+    if args.json:
+        print(json.dumps(summary(job.metadata.name, status, ctx.artifacts_uri), indent=2))
+    else:
+        console.print(stage_table(job.metadata.name, status))
+        for line in result_lines(status):
+            console.print(line)
+        console.print(f"artifacts: {ctx.artifacts_uri}   logs: {logs}")
+    return 0 if status.phase == "Succeeded" else EXIT_FAILED
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    from kompaktor.quickstart import init_digits
+
+    job = init_digits(Path(args.directory), **({"full": True} if args.full else {}))
+    print(f"wrote {job}\nnext: kompaktor run {job}")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from kompaktor.api.jobfile import load_job_file
+    from kompaktor.stages import validate_job
+
+    job = load_job_file(Path(args.job))
+    validate_job(job.spec)
+    print(
+        f"{args.job}: OptimizationJob {job.metadata.name} is valid ({len(job.spec.stages)} stages)"
+    )
+    return 0
+
+
+def _cmd_crd(args: argparse.Namespace) -> int:
+    from kompaktor.api.crd import render_crd_yaml
+
+    text = render_crd_yaml()
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _cmd_operator(args: argparse.Namespace) -> int:
+    from kompaktor.controller import main_operator
+
+    code: int = main_operator(list(args.operator_args))
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kompaktor", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"kompaktor {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a job file locally (no cluster)")
+    run.add_argument("job", help="OptimizationJob YAML file")
+    run.add_argument("--artifacts", help="artifact root URI (default: runs/ beside the job)")
+    run.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
+    run.add_argument("--logs", help="folder for stage logs (default: .kompaktor/<job>/)")
+    run.set_defaults(handler=_cmd_run)
+
+    init = sub.add_parser("init", help="write a ready-to-run demo job")
+    init.add_argument("example", choices=["digits"])
+    init.add_argument("directory")
+    init.add_argument(
+        "--full",
+        action="store_true",
+        help="the whole pipeline: hpo, prune, distill, quantize, benchmark",
+    )
+    init.set_defaults(handler=_cmd_init)
+
+    validate = sub.add_parser("validate", help="check a job file without running it")
+    validate.add_argument("job")
+    validate.set_defaults(handler=_cmd_validate)
+
+    crd = sub.add_parser("crd", help="print the generated CustomResourceDefinition")
+    crd.add_argument("--output", "-o")
+    crd.set_defaults(handler=_cmd_crd)
+
+    operator = sub.add_parser("operator", help="run the Kubernetes operator (kopf)")
+    operator.add_argument("operator_args", nargs=argparse.REMAINDER)
+    operator.set_defaults(handler=_cmd_operator)
+
+    from kompaktor.stages.runner import build_parser as stage_parser
+
+    stage_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+        return code
+    except KompaktorError as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(error, JobSpecError) else EXIT_FAILED
+    except Exception as error:
+        if args.debug:
+            raise
+        print(f"error: {type(error).__name__}: {error} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

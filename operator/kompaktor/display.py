@@ -1,0 +1,96 @@
+"""Tables for people (rich) and one JSON summary for scripts, from the same status."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from rich.table import Table
+
+from kompaktor.api.status import OptimizationJobStatus, StageStatus
+from kompaktor.plan.machine import parse_iso
+
+
+def _duration(stage: StageStatus) -> str:
+    if not stage.start_time:
+        return ""
+    if not stage.completion_time:
+        return "…"
+    seconds = (parse_iso(stage.completion_time) - parse_iso(stage.start_time)).total_seconds()
+    return f"{seconds:.0f}s"
+
+
+def _number(value: float | None, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
+
+
+def _size(value: float | None) -> str:
+    if value is None:
+        return ""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return ""
+
+
+PHASE_STYLE = {"Succeeded": "green", "Failed": "red", "Running": "cyan", "Retrying": "yellow"}
+
+
+def stage_table(name: str, status: OptimizationJobStatus) -> Table:
+    """Per stage: status, duration, metric, size, latency, cache hit."""
+    table = Table(title=f"OptimizationJob {name}: {status.phase}", title_justify="left")
+    for column in ("stage", "type", "status", "time", "metric", "size", "latency", "cached"):
+        table.add_column(
+            column, justify="right" if column in ("time", "metric", "size", "latency") else "left"
+        )
+    for stage in status.stages:
+        style = PHASE_STYLE.get(stage.phase, "")
+        metrics = stage.metrics
+        table.add_row(
+            stage.name,
+            stage.type,
+            f"[{style}]{stage.phase}[/]" if style else stage.phase,
+            _duration(stage),
+            _number(metrics.get("metric"), ".4f"),
+            _size(metrics.get("sizeBytes")),
+            _number(metrics.get("latencyMs"), ".3f") + (" ms" if "latencyMs" in metrics else ""),
+            "yes" if stage.cached else "",
+        )
+    return table
+
+
+def result_lines(status: OptimizationJobStatus) -> list[str]:
+    lines = []
+    result = status.result
+    if result is not None and status.phase == "Succeeded":
+        lines.append(f"output: {result.uri}")
+        if result.metric is not None and result.baseline_metric is not None:
+            lines.append(f"metric: {result.metric:.4f} (input model {result.baseline_metric:.4f})")
+        if result.speedup is not None:
+            lines.append(f"speedup at batch 1: {result.speedup:.2f}x")
+        if result.size_ratio is not None:
+            lines.append(f"size: {result.size_ratio:.3f}x of the input model")
+    if status.cost_usd is not None or status.energy_joules is not None:
+        lines.append(
+            f"cost: {status.cost_usd or 0:.4f} USD, energy: {status.energy_joules or 0:.1f} J"
+        )
+    if status.message:
+        lines.append(f"reason: {status.message}")
+    return lines
+
+
+def summary(name: str, status: OptimizationJobStatus, artifacts: str) -> dict[str, Any]:
+    """The machine-readable outcome of a run (`kompaktor run --json`)."""
+    dumped = status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    return {
+        "job": name,
+        "phase": status.phase,
+        "message": status.message,
+        "artifacts": artifacts,
+        "stages": dumped.get("stages", []),
+        "result": dumped.get("result"),
+        "costUSD": status.cost_usd,
+        "energyJoules": status.energy_joules,
+        "finishedAt": datetime.now().astimezone().isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,157 @@
+"""Runs each stage as a local subprocess of the same `kompaktor stage run` command a pod runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from pydantic import ValidationError
+
+from kompaktor.api.run import EXIT_INVALID, RESULT_FILE, RunFailure, RunRecord
+from kompaktor.artifacts import open_store
+from kompaktor.errors import KompaktorError
+from kompaktor.plan import Observation, RunFailed, RunRequest, RunStarted, RunSucceeded
+
+POLL_INTERVAL = 0.1
+
+
+@dataclass
+class _Process:
+    request: RunRequest
+    popen: subprocess.Popen[bytes]
+    message_path: Path
+    log_path: Path
+    log: IO[bytes]
+    started: float
+
+
+class LocalExecutor:
+    """Subprocesses keyed by run id; `logs_dir` keeps every run's stderr after it ends."""
+
+    def __init__(self, logs_dir: Path, *, threads_per_run: int | None = None) -> None:
+        self.logs_dir = logs_dir
+        self.threads_per_run = threads_per_run
+        self._running: dict[str, _Process] = {}
+        self._finished: set[str] = set()
+        self._events: list[Observation] = []
+        logs_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def running(self) -> list[RunRequest]:
+        return [p.request for p in self._running.values()]
+
+    def log_path(self, run_id: str) -> Path:
+        return self.logs_dir / f"{run_id}.log"
+
+    def ensure(self, request: RunRequest) -> None:
+        if request.run_id in self._running or request.run_id in self._finished:
+            return
+        message_path = self.logs_dir / f"{request.run_id}.termination"
+        message_path.unlink(missing_ok=True)
+        env = dict(os.environ, KOMPAKTOR_TERMINATION_LOG=str(message_path))
+        if self.threads_per_run:
+            env["OMP_NUM_THREADS"] = str(self.threads_per_run)
+        log_path = self.log_path(request.run_id)
+        log = log_path.open("wb")
+        command = [sys.executable, "-m", "kompaktor.cli", *request.command()[1:]]
+        popen = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        self._running[request.run_id] = _Process(
+            request, popen, message_path, log_path, log, time.monotonic()
+        )
+        self._events.append(RunStarted(request.run_id, socket.gethostname(), "local"))
+
+    def cancel(self, run_id: str) -> None:
+        process = self._running.pop(run_id, None)
+        if process is None:
+            return
+        _stop(process.popen)
+        process.log.close()
+        self._finished.add(run_id)
+
+    def poll(self, timeout: float) -> list[Observation]:
+        deadline = time.monotonic() + timeout
+        while True:
+            self._reap()
+            if self._events or time.monotonic() >= deadline:
+                events, self._events = self._events, []
+                return events
+            time.sleep(min(POLL_INTERVAL, max(deadline - time.monotonic(), 0.0)))
+
+    def shutdown(self) -> None:
+        for run_id in list(self._running):
+            self.cancel(run_id)
+
+    def _reap(self) -> None:
+        for run_id, process in list(self._running.items()):
+            limit = process.request.timeout_seconds
+            if limit is not None and time.monotonic() - process.started > limit:
+                _stop(process.popen)
+                self._close(run_id)
+                self._events.append(
+                    RunFailed(run_id, "DeadlineExceeded", f"ran longer than {limit:.0f}s")
+                )
+                continue
+            code = process.popen.poll()
+            if code is None:
+                continue
+            self._close(run_id)
+            self._events.append(self._outcome(process, code))
+
+    def _close(self, run_id: str) -> None:
+        process = self._running.pop(run_id)
+        process.log.close()
+        self._finished.add(run_id)
+
+    def _outcome(self, process: _Process, code: int) -> Observation:
+        run_id = process.request.run_id
+        message = process.message_path.read_text() if process.message_path.exists() else ""
+        if code == 0:
+            try:
+                return RunSucceeded(run_id, _record(message, process.request))
+            except (KompaktorError, ValidationError, ValueError) as error:
+                return RunFailed(run_id, "NoResult", f"finished but left no result: {error}")
+        try:
+            failure = RunFailure.model_validate_json(message)
+            return RunFailed(run_id, failure.reason, failure.message, failure.retryable)
+        except ValidationError:
+            tail = _tail(process.log_path)
+            return RunFailed(
+                run_id, "StageCrashed", f"exit code {code}: {tail}", retryable=code != EXIT_INVALID
+            )
+
+
+def _record(message: str, request: RunRequest) -> RunRecord:
+    """The summary from the termination message, or result.json when the summary was cut."""
+    try:
+        return RunRecord.model_validate_json(message)
+    except ValidationError:
+        full = open_store(request.output_uri).get_bytes(RESULT_FILE)
+        return RunRecord.model_validate_json(full)
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    text = path.read_text(errors="replace").strip().splitlines() if path.exists() else []
+    return " | ".join(text[-lines:]) or "no output"
+
+
+def _stop(popen: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the run's process group, then SIGKILL if it does not go within 5 s."""
+    if popen.poll() is not None:
+        return
+    try:
+        os.killpg(popen.pid, signal.SIGTERM)
+        popen.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        os.killpg(popen.pid, signal.SIGKILL)
+        popen.wait()
+    except ProcessLookupError:
+        pass

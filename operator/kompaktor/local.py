@@ -1,0 +1,111 @@
+"""`kompaktor run job.yaml`: the engine driven by local processes, no cluster needed.
+
+The same plan and stage command as in the cluster; only the executor differs. Status is
+saved beside the artifacts after every step, so an interrupted run resumes where it stopped
+(finished stages and HPO trials come back from the cache).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from kompaktor.api.spec import OptimizationJob, OptimizationJobSpec
+from kompaktor.api.status import OptimizationJobStatus
+from kompaktor.artifacts import open_store
+from kompaktor.engine import reconcile
+from kompaktor.executors.local import LocalExecutor
+from kompaktor.plan import CancelRun, EnsureRun, JobContext, Observation, Requeue
+
+STATUS_KEY = "jobs/{name}/status.json"
+IDLE_WAKE_SECONDS = 1.0
+
+
+def _absolute(uri: str, base: Path) -> str:
+    """Relative paths in a job file are relative to the job file's folder."""
+    if ":" in uri.split("/", 1)[0]:
+        return uri
+    path = Path(uri).expanduser()
+    return (path if path.is_absolute() else (base / path).resolve()).as_uri()
+
+
+def localize(job: OptimizationJob, job_dir: Path, artifacts: str | None) -> JobContext:
+    """The job with every URI made absolute, and its artifact root chosen."""
+    spec = job.spec
+    model = spec.model.model_copy(update={"uri": _absolute(spec.model.uri, job_dir)})
+    dataset = spec.dataset.model_copy(update={"uri": _absolute(spec.dataset.uri, job_dir)})
+    root = artifacts or spec.artifacts.uri or str(job_dir / "runs")
+    resolved: OptimizationJobSpec = spec.model_copy(update={"model": model, "dataset": dataset})
+    return JobContext(
+        name=job.metadata.name,
+        spec=resolved,
+        artifacts_uri=_absolute(root, job_dir),
+        default_pool="local",
+        retry_base_seconds=2.0,
+    )
+
+
+@dataclass
+class LocalRun:
+    """One `kompaktor run`: owns the executor and the status file."""
+
+    ctx: JobContext
+    executor: LocalExecutor
+    on_update: Callable[[OptimizationJobStatus, list[Any]], None] = lambda status, running: None
+
+    @property
+    def _status_key(self) -> str:
+        return STATUS_KEY.format(name=self.ctx.name)
+
+    def load_status(self) -> OptimizationJobStatus:
+        """Earlier trials survive (the study is rebuilt from them); stages re-probe the cache."""
+        store = open_store(self.ctx.artifacts_uri)
+        if not store.exists(self._status_key):
+            return OptimizationJobStatus()
+        try:
+            saved = OptimizationJobStatus.model_validate_json(store.get_bytes(self._status_key))
+        except ValidationError:
+            return OptimizationJobStatus()
+        trials = [
+            t.model_copy(update={"state": "Pending", "attempts": 0}) if t.state == "Running" else t
+            for t in saved.trials
+        ]
+        return OptimizationJobStatus(trials=trials)
+
+    def save_status(self, status: OptimizationJobStatus) -> None:
+        data = status.model_dump_json(by_alias=True, exclude_none=True, indent=1)
+        open_store(self.ctx.artifacts_uri).put_bytes(self._status_key, data.encode())
+
+    def run(self) -> OptimizationJobStatus:
+        status = self.load_status()
+        observations: list[Observation] = []
+        try:
+            while True:
+                result = reconcile(self.ctx, status, observations, datetime.now(UTC))
+                status = result.status
+                self.save_status(status)
+                wake = IDLE_WAKE_SECONDS
+                for action in result.actions:
+                    match action:
+                        case EnsureRun():
+                            self.executor.ensure(action.request)
+                        case CancelRun():
+                            self.executor.cancel(action.run_id)
+                        case Requeue():
+                            wake = min(wake, max(action.after_seconds, 0.05))
+                self.on_update(status, self.executor.running)
+                if status.phase in ("Succeeded", "Failed", "Cancelled", "Suspended"):
+                    return status
+                observations = self.executor.poll(wake)
+        finally:
+            self.executor.shutdown()
+
+
+def default_threads() -> int:
+    return max(1, os.cpu_count() or 1)

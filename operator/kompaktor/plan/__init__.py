@@ -1,0 +1,45 @@
+"""The pure pipeline plan: no kopf, no kubernetes, no I/O (DESIGN.md §1, §3)."""
+
+from kompaktor.plan.machine import JobContext, result_of, step
+from kompaktor.plan.types import (
+    Action,
+    CacheProbed,
+    CancelRun,
+    EmitEvent,
+    EnsureRun,
+    InputsProbed,
+    Observation,
+    ProbeCache,
+    ProbeFailed,
+    ProbeInputs,
+    Requeue,
+    RunFailed,
+    RunRequest,
+    RunStarted,
+    RunSucceeded,
+    StepResult,
+    WriteRecord,
+)
+
+__all__ = [
+    "Action",
+    "CacheProbed",
+    "CancelRun",
+    "EmitEvent",
+    "EnsureRun",
+    "InputsProbed",
+    "JobContext",
+    "Observation",
+    "ProbeCache",
+    "ProbeFailed",
+    "ProbeInputs",
+    "Requeue",
+    "RunFailed",
+    "RunRequest",
+    "RunStarted",
+    "RunSucceeded",
+    "StepResult",
+    "WriteRecord",
+    "result_of",
+    "step",
+]

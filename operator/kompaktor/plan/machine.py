@@ -1,0 +1,579 @@
+"""The pipeline as a pure state machine: (job, status, observations, now) -> (status, actions).
+
+Both executors drive this one function: the local runner with processes, the controller with
+batch Jobs. It never does I/O; what it needs to know it asks for with an action (probe the
+inputs, probe the cache) and learns from the next step's observations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kompaktor.api.run import RunRecord
+from kompaktor.api.spec import OptimizationJobSpec, StageSpec
+from kompaktor.api.status import (
+    JobResult,
+    OptimizationJobStatus,
+    StageStatus,
+    TrialRecord,
+)
+from kompaktor.errors import JobSpecError
+from kompaktor.plan import trials as trial_flow
+from kompaktor.plan.conditions import conditions_for
+from kompaktor.plan.keys import output_uri, run_id, run_key
+from kompaktor.plan.types import (
+    Action,
+    CacheProbed,
+    CancelRun,
+    EmitEvent,
+    EnsureRun,
+    InputsProbed,
+    Observation,
+    ProbeCache,
+    ProbeFailed,
+    ProbeInputs,
+    Requeue,
+    RunFailed,
+    RunRequest,
+    RunStarted,
+    RunSucceeded,
+    StepResult,
+    WriteRecord,
+)
+from kompaktor.stages.validate import validate_job
+
+TERMINAL = ("Succeeded", "Failed", "Cancelled")
+#: Retry n waits base * 2**(n-1) seconds, capped.
+MAX_BACKOFF_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """The job as the plan sees it: spec plus what the operator or runner configured."""
+
+    name: str
+    spec: OptimizationJobSpec
+    artifacts_uri: str
+    generation: int = 1
+    namespace: str | None = None
+    default_pool: str | None = None
+    pool_prices: Mapping[str, float] = field(default_factory=dict)
+    retry_base_seconds: float = 10.0
+
+
+def iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_iso(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+class _Step:
+    """One step's working state; `run()` walks the pipeline and collects actions."""
+
+    def __init__(self, ctx: JobContext, status: OptimizationJobStatus, now: datetime) -> None:
+        self.ctx, self.spec, self.now = ctx, ctx.spec, now
+        self.stamp = iso(now)
+        self.status = status
+        self.stages: list[StageStatus] = list(status.stages)
+        self.trials: list[TrialRecord] = list(status.trials)
+        self.actions: list[Action] = []
+
+    # ----------------------------------------------------------------- helpers
+
+    def event(self, reason: str, message: str, warning: bool = False) -> None:
+        self.actions.append(EmitEvent("Warning" if warning else "Normal", reason, message))
+
+    def update_stage(self, index: int, **changes: Any) -> StageStatus:
+        self.stages[index] = self.stages[index].model_copy(update=changes)
+        return self.stages[index]
+
+    def pool_for(self, stage: StageSpec) -> str | None:
+        return stage.pool_names[0] if stage.pool_names else self.ctx.default_pool
+
+    def cost(self, record: RunRecord, pool: str | None) -> float:
+        price = self.ctx.pool_prices.get(pool or "", 0.0)
+        return record.duration_seconds / 3600.0 * price
+
+    def request(
+        self,
+        index: int,
+        stage_type: str,
+        params: dict[str, Any],
+        key: str,
+        input_uri: str,
+        attempt: int,
+        trial: int | None = None,
+    ) -> RunRequest:
+        stage = self.spec.stages[index]
+        return RunRequest(
+            run_id=run_id(stage.name, key, attempt, trial),
+            job=self.ctx.name,
+            stage=stage.name,
+            stage_type=stage_type,
+            params=params,
+            key=key,
+            input_uri=input_uri,
+            dataset_uri=self.spec.dataset.uri,
+            output_uri=output_uri(self.ctx.artifacts_uri, stage_type, key),
+            reference_uri=self.spec.model.uri,
+            metric=self.spec.objective.metric,
+            task=self.spec.dataset.task,
+            seed=self.spec.seed,
+            attempt=attempt,
+            pool=self.pool_for(stage),
+            timeout_seconds=stage.timeout_seconds,
+            trial=trial,
+        )
+
+    def gate(self, record: RunRecord) -> str | None:
+        """Why a stage output fails the objective, or None when it is inside the bound."""
+        metric, baseline = record.metrics.get("metric"), record.metrics.get("referenceMetric")
+        if metric is None or baseline is None:
+            return None
+        objective = self.spec.objective
+        drop = metric - baseline if objective.metric == "mse" else baseline - metric
+        if drop <= objective.max_drop + 1e-9:
+            return None
+        direction = "above" if objective.metric == "mse" else "below"
+        return (
+            f"GateFailed: {objective.metric} {metric:.4f} is {drop:.4f} {direction} the input "
+            f"model's {baseline:.4f} (maxDrop {objective.max_drop})"
+        )
+
+    # ------------------------------------------------------------ observations
+
+    def observe(self, observations: Sequence[Observation]) -> None:
+        for obs in observations:
+            match obs:
+                case InputsProbed():
+                    self.status = self.status.model_copy(
+                        update={
+                            "input_digest": obs.model_digest,
+                            "dataset_digest": obs.dataset_digest,
+                        }
+                    )
+                case ProbeFailed():
+                    self.fail(f"{obs.reason}: {obs.message}")
+                case CacheProbed():
+                    self.on_cache(obs)
+                case RunStarted():
+                    self.on_started(obs)
+                case RunSucceeded():
+                    self.on_succeeded(obs.run_id, obs.record)
+                case RunFailed():
+                    self.on_failed(obs)
+
+    def _stage_by_run(self, rid: str) -> int | None:
+        for index, rec in enumerate(self.stages):
+            if (
+                rec.phase == "Running"
+                and rec.key
+                and rid == run_id(rec.name, rec.key, rec.attempts)
+            ):
+                return index
+        return None
+
+    def _trial_by_run(self, rid: str) -> int | None:
+        for index, trial in enumerate(self.trials):
+            if (
+                trial.state == "Running"
+                and trial.key
+                and rid == run_id(trial.stage, trial.key, trial.attempts, trial.number)
+            ):
+                return index
+        return None
+
+    def on_cache(self, obs: CacheProbed) -> None:
+        for index, rec in enumerate(self.stages):
+            if rec.phase == "Pending" and rec.key == obs.key and rec.attempts == 0:
+                if obs.record is not None:
+                    self.stage_done(index, obs.record, cached=True)
+                else:
+                    self.update_stage(index, phase="Running", attempts=1, start_time=self.stamp)
+                    self.event("StageStarted", f"stage {rec.name} ({rec.type}) started")
+                return
+        for index, trial in enumerate(self.trials):
+            if trial.state == "Pending" and trial.key == obs.key:
+                if obs.record is not None:
+                    self.trials[index] = trial_flow.complete(trial, obs.record, self.spec)
+                else:
+                    self.trials[index] = trial.model_copy(
+                        update={"state": "Running", "attempts": 1}
+                    )
+                return
+
+    def on_started(self, obs: RunStarted) -> None:
+        index = self._stage_by_run(obs.run_id)
+        if index is not None:
+            self.update_stage(index, node=obs.node, pool=obs.pool or self.stages[index].pool)
+
+    def on_succeeded(self, rid: str, record: RunRecord) -> None:
+        index = self._stage_by_run(rid)
+        if index is not None:
+            self.stage_done(index, record, cached=False)
+            return
+        tindex = self._trial_by_run(rid)
+        if tindex is not None:
+            trial = self.trials[tindex]
+            pool = self.pool_for(self.spec.stages[self.spec.stage_index(trial.stage)])
+            done = trial_flow.complete(trial, record, self.spec)
+            self.trials[tindex] = done.model_copy(update={"cost_usd": self.cost(record, pool)})
+
+    def stage_done(self, index: int, record: RunRecord, *, cached: bool) -> None:
+        rec = self.stages[index]
+        pool = rec.pool or self.pool_for(self.spec.stages[index])
+        why = self.gate(record)
+        self.update_stage(
+            index,
+            phase="Failed" if why else "Succeeded",
+            cached=cached,
+            output=record.output,
+            metrics=record.metrics,
+            completion_time=self.stamp,
+            start_time=rec.start_time or self.stamp,
+            pool=pool,
+            node=record.node or rec.node,
+            cost_usd=0.0 if cached else self.cost(record, pool),
+            energy_joules=0.0 if cached else record.energy_joules,
+            energy_method=record.energy_method,
+            message=why,
+        )
+        if why:
+            self.event("GateFailed", f"stage {rec.name}: {why}", warning=True)
+        elif cached:
+            self.event("CacheHit", f"stage {rec.name} ({rec.type}) reused {record.output.uri}")
+        else:
+            self.event("StageSucceeded", f"stage {rec.name} ({rec.type}) succeeded")
+
+    def on_failed(self, obs: RunFailed) -> None:
+        index = self._stage_by_run(obs.run_id)
+        if index is not None:
+            rec = self.stages[index]
+            retries = self.spec.stages[index].retries
+            message = f"{obs.reason}: {obs.message}"
+            if obs.retryable and rec.attempts <= retries:
+                delay = min(
+                    self.ctx.retry_base_seconds * 2 ** (rec.attempts - 1), MAX_BACKOFF_SECONDS
+                )
+                retry_at = iso(self.now + timedelta(seconds=delay))
+                self.update_stage(
+                    index, phase="Retrying", next_retry_time=retry_at, message=message
+                )
+                self.event(
+                    "StageRetrying",
+                    f"stage {rec.name} attempt {rec.attempts} failed "
+                    f"({message}); retrying at {retry_at}",
+                    warning=True,
+                )
+            else:
+                self.update_stage(
+                    index, phase="Failed", message=message, completion_time=self.stamp
+                )
+                self.event("StageFailed", f"stage {rec.name} failed: {message}", warning=True)
+            return
+        tindex = self._trial_by_run(obs.run_id)
+        if tindex is not None:
+            trial = self.trials[tindex]
+            self.trials[tindex] = trial.model_copy(
+                update={"state": "Failed", "message": f"{obs.reason}: {obs.message}"}
+            )
+
+    def fail(self, message: str) -> None:
+        self.status = self.status.model_copy(update={"phase": "Failed", "message": message})
+
+    # ------------------------------------------------------------------ walk
+
+    def run(self, params: list[Any]) -> None:
+        if self.status.input_digest is None or self.status.dataset_digest is None:
+            self.actions.append(ProbeInputs(self.spec.model.uri, self.spec.dataset.uri))
+            return
+        input_digest, input_uri = self.status.input_digest, self.spec.model.uri
+        blocked = False
+        for index, stage in enumerate(self.spec.stages):
+            if blocked:
+                self.reset_stage(index, stage, key=None)
+                continue
+            resolved = self.resolve_params(stage, params[index])
+            key = run_key(
+                input_digest=input_digest,
+                stage_type=stage.type,
+                params=resolved,
+                dataset_digest=self.status.dataset_digest,
+                metric=self.spec.objective.metric,
+                seed=self.spec.seed,
+            )
+            rec = self.ensure_record(index, stage, key, input_digest)
+            if rec.phase == "Succeeded" and rec.output is not None:
+                input_digest, input_uri = rec.output.digest, rec.output.uri
+                continue
+            blocked = True
+            self.status = self.status.model_copy(update={"stage": stage.name})
+            if stage.type == "hpo":
+                self.drive_hpo(index, stage, params[index], key, input_uri)
+            else:
+                self.drive_stage(index, stage, resolved, key, input_uri)
+
+    def resolve_params(self, stage: StageSpec, parsed: Any) -> dict[str, Any]:
+        """Params as the stage run gets them: references to earlier stages become URIs."""
+        params = dict(stage.params)
+        teacher = params.get("teacher")
+        if isinstance(teacher, dict) and teacher.get("fromStage"):
+            source = next(s for s in self.stages if s.name == teacher["fromStage"])
+            if source.output is not None:
+                params["teacher"] = {
+                    **teacher,
+                    "uri": source.output.uri,
+                    "digest": source.output.digest,
+                }
+        return params
+
+    def ensure_record(
+        self, index: int, stage: StageSpec, key: str, input_digest: str
+    ) -> StageStatus:
+        rec = self.stages[index] if index < len(self.stages) else None
+        if rec is None or rec.name != stage.name or rec.type != stage.type or rec.key != key:
+            return self.reset_stage(index, stage, key=key, input_digest=input_digest)
+        return rec
+
+    def reset_stage(
+        self, index: int, stage: StageSpec, *, key: str | None, input_digest: str | None = None
+    ) -> StageStatus:
+        old = self.stages[index] if index < len(self.stages) else None
+        if old is not None and old.key == key and old.name == stage.name and key is None:
+            return old
+        if old is not None and old.phase == "Running" and old.key and old.type != "hpo":
+            self.actions.append(CancelRun(run_id(old.name, old.key, old.attempts)))
+        if old is not None:
+            self.cancel_trials(old.name)
+        fresh = StageStatus(
+            name=stage.name,
+            type=stage.type,
+            key=key,
+            input_digest=input_digest,
+            pool=self.pool_for(stage),
+        )
+        if index < len(self.stages):
+            self.stages[index] = fresh
+        else:
+            self.stages.append(fresh)
+        return fresh
+
+    def cancel_trials(self, stage: str) -> None:
+        for trial in self.trials:
+            if trial.stage == stage and trial.state == "Running" and trial.key:
+                rid = run_id(trial.stage, trial.key, trial.attempts, trial.number)
+                self.actions.append(CancelRun(rid))
+        self.trials = [t for t in self.trials if t.stage != stage]
+
+    def drive_stage(
+        self, index: int, stage: StageSpec, params: dict[str, Any], key: str, input_uri: str
+    ) -> None:
+        rec = self.stages[index]
+        request = self.request(index, stage.type, params, key, input_uri, max(rec.attempts, 1))
+        match rec.phase:
+            case "Pending":
+                self.actions.append(ProbeCache(key, request.output_uri))
+            case "Running":
+                self.actions.append(EnsureRun(request))
+            case "Retrying":
+                due = parse_iso(rec.next_retry_time) if rec.next_retry_time else self.now
+                if self.now >= due:
+                    self.update_stage(
+                        index, phase="Running", attempts=rec.attempts + 1, next_retry_time=None
+                    )
+                    retry = self.request(
+                        index, stage.type, params, key, input_uri, rec.attempts + 1
+                    )
+                    self.actions.append(EnsureRun(retry))
+                else:
+                    self.actions.append(Requeue((due - self.now).total_seconds()))
+            case "Failed":
+                self.fail(f"stage {stage.name} failed: {rec.message}")
+
+    def drive_hpo(
+        self, index: int, stage: StageSpec, params: Any, key: str, input_uri: str
+    ) -> None:
+        rec = self.stages[index]
+        out = output_uri(self.ctx.artifacts_uri, stage.type, key)
+        if rec.phase == "Pending" and rec.attempts == 0:
+            self.actions.append(ProbeCache(key, out))
+            return
+        if rec.phase == "Failed":
+            self.fail(f"stage {stage.name} failed: {rec.message}")
+            return
+        mine = [t for t in self.trials if t.stage == stage.name]
+        outcome = trial_flow.advance(
+            params=params,
+            records=mine,
+            input_digest=rec.input_digest or "",
+            dataset_digest=self.status.dataset_digest or "",
+            spec=self.spec,
+            stage=stage,
+        )
+        self.trials = [t for t in self.trials if t.stage != stage.name] + outcome.records
+        for trial in outcome.records:
+            if trial.key is None:
+                continue
+            request = self.request(
+                index, outcome.target, trial_flow.target_params(params, trial), trial.key,
+                input_uri, max(trial.attempts, 1), trial.number,
+            )  # fmt: skip
+            if trial.state == "Pending":
+                self.actions.append(ProbeCache(trial.key, request.output_uri))
+            elif trial.state == "Running":
+                self.actions.append(EnsureRun(request))
+        if outcome.best is not None:
+            record = trial_flow.stage_record(params, outcome, out, self.spec)
+            self.actions.append(WriteRecord(out, record))
+            self.stage_done(index, record, cached=False)
+            self.update_stage(index, cost_usd=sum(t.cost_usd or 0.0 for t in outcome.records))
+        elif outcome.failure is not None:
+            self.update_stage(
+                index, phase="Failed", message=outcome.failure, completion_time=self.stamp
+            )
+            self.fail(f"stage {stage.name} failed: {outcome.failure}")
+
+    # ----------------------------------------------------------- job level
+
+    def finish(self) -> None:
+        phase = self.status.phase
+        if (
+            phase not in TERMINAL
+            and self.stages
+            and all(s.phase == "Succeeded" for s in self.stages)
+            and len(self.stages) == len(self.spec.stages)
+        ):
+            phase = "Succeeded"
+            self.event("JobSucceeded", f"all {len(self.stages)} stages succeeded")
+        elif phase == "Pending" and self.status.input_digest is not None:
+            phase = "Running"
+        elif phase == "Failed":
+            self.cancel_active()
+        cost = self.spent()
+        energy = sum(s.energy_joules or 0.0 for s in self.stages) + sum(
+            t.energy_joules or 0.0 for t in self.trials
+        )
+        update: dict[str, Any] = {
+            "phase": phase,
+            "stages": self.stages,
+            "trials": self.trials,
+            "observed_generation": self.ctx.generation,
+            "cost_usd": round(cost, 6),
+            "energy_joules": round(energy, 3),
+            "start_time": self.status.start_time or self.stamp,
+            "result": result_of(self.stages),
+        }
+        if phase in TERMINAL and self.status.completion_time is None:
+            update["completion_time"] = self.stamp
+        self.status = self.status.model_copy(update=update)
+
+    def cancel_active(self) -> None:
+        self.actions[:] = [a for a in self.actions if not isinstance(a, EnsureRun | ProbeCache)]
+        for index, rec in enumerate(self.stages):
+            if rec.phase in ("Running", "Retrying"):
+                if rec.key and rec.type != "hpo" and rec.phase == "Running":
+                    self.actions.append(CancelRun(run_id(rec.name, rec.key, rec.attempts)))
+                self.update_stage(index, phase="Cancelled")
+        for index, trial in enumerate(self.trials):
+            if trial.state in ("Running", "Pending"):
+                if trial.key and trial.state == "Running":
+                    rid = run_id(trial.stage, trial.key, trial.attempts, trial.number)
+                    self.actions.append(CancelRun(rid))
+                self.trials[index] = trial.model_copy(
+                    update={"state": "Failed", "message": "cancelled"}
+                )
+
+    def spent(self) -> float:
+        """USD so far: every stage run plus every HPO trial (an HPO stage only sums its trials)."""
+        runs = sum(s.cost_usd or 0.0 for s in self.stages if s.type != "hpo")
+        return runs + sum(t.cost_usd or 0.0 for t in self.trials)
+
+    def check_budget(self) -> None:
+        budget = self.spec.budget
+        start = self.status.start_time
+        if budget.max_duration_seconds is not None and start is not None:
+            deadline = parse_iso(start) + timedelta(seconds=budget.max_duration_seconds)
+            if self.now >= deadline:
+                self.fail(f"BudgetExceeded: ran longer than maxDuration {budget.max_duration}")
+                self.event("BudgetExceeded", self.status.message or "", warning=True)
+                return
+            self.actions.append(Requeue((deadline - self.now).total_seconds()))
+        spent = self.spent()
+        if budget.max_cost_usd is not None and spent > budget.max_cost_usd:
+            self.fail(
+                f"BudgetExceeded: cost {spent:.2f} USD is over maxCostUSD {budget.max_cost_usd}"
+            )
+            self.event("BudgetExceeded", self.status.message or "", warning=True)
+
+
+def result_of(stages: Sequence[StageStatus]) -> JobResult | None:
+    """The job's headline: the last output, its metric against the input, the benchmark."""
+    done = [s for s in stages if s.phase == "Succeeded" and s.output is not None]
+    if not done:
+        return None
+    last = done[-1]
+    bench = next((s for s in reversed(done) if s.type == "benchmark"), None)
+    figures = bench.metrics if bench else {}
+    return JobResult(
+        uri=last.output.uri if last.output else None,
+        metric=last.metrics.get("metric"),
+        baseline_metric=last.metrics.get("referenceMetric"),
+        speedup=figures.get("speedup"),
+        size_ratio=figures.get("sizeRatio"),
+        latency_ms=figures.get("latencyMs") or last.metrics.get("latencyMs"),
+    )
+
+
+def step(
+    ctx: JobContext,
+    status: OptimizationJobStatus,
+    observations: Sequence[Observation],
+    now: datetime,
+) -> StepResult:
+    """Advance the job by what was observed; say what should happen next."""
+    new_generation = status.observed_generation != ctx.generation
+    if status.phase in TERMINAL and not new_generation:
+        return StepResult(status)
+    if new_generation and status.phase in TERMINAL:
+        status = status.model_copy(
+            update={"phase": "Running", "message": None, "completion_time": None}
+        )
+    work = _Step(ctx, status, now)
+    try:
+        params = validate_job(ctx.spec)
+    except JobSpecError as error:
+        work.fail(f"InvalidSpec: {error}")
+        work.event("InvalidSpec", str(error), warning=True)
+        work.finish()
+        return _finish(work)
+    if ctx.spec.suspend:
+        work.cancel_active()
+        work.stages = [
+            s.model_copy(update={"phase": "Pending", "attempts": 0})
+            if s.phase == "Cancelled"
+            else s
+            for s in work.stages
+        ]
+        work.trials = [t for t in work.trials if t.message != "cancelled"]
+        work.finish()
+        work.status = work.status.model_copy(update={"phase": "Suspended"})
+        return _finish(work)
+    if status.phase == "Suspended":
+        work.status = work.status.model_copy(update={"phase": "Running"})
+    work.observe(observations)
+    if work.status.phase != "Failed":
+        work.check_budget()
+    if work.status.phase != "Failed":
+        work.run(params)
+    work.finish()
+    return _finish(work)
+
+
+def _finish(work: _Step) -> StepResult:
+    status = work.status.model_copy(update={"conditions": conditions_for(work.status, work.stamp)})
+    return StepResult(status, work.actions)

@@ -1,0 +1,177 @@
+"""What goes into the plan (observations) and what comes out (actions).
+
+The plan is level-based like a Kubernetes controller: every step says which runs should be
+active (`EnsureRun`, idempotent by `RunRequest.run_id`), so an executor that restarted simply
+does what the latest step asks. Observations are facts the driver saw since the last step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from kompaktor.api.run import RunRecord
+from kompaktor.api.status import OptimizationJobStatus
+
+# ---------------------------------------------------------------------------- observations
+
+
+@dataclass(frozen=True)
+class InputsProbed:
+    """Digests of the job's input model and dataset (the root of every cache key)."""
+
+    model_digest: str
+    dataset_digest: str
+
+
+@dataclass(frozen=True)
+class CacheProbed:
+    """Whether a run key already has a finished output (`record`) in the artifact store."""
+
+    key: str
+    record: RunRecord | None
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    run_id: str
+    node: str | None = None
+    pool: str | None = None
+
+
+@dataclass(frozen=True)
+class RunSucceeded:
+    run_id: str
+    record: RunRecord
+
+
+@dataclass(frozen=True)
+class RunFailed:
+    run_id: str
+    reason: str
+    message: str
+    retryable: bool = True
+
+
+@dataclass(frozen=True)
+class ProbeFailed:
+    """An input could not be read (missing model, unreadable bucket): the job cannot start."""
+
+    reason: str
+    message: str
+
+
+Observation = InputsProbed | CacheProbed | RunStarted | RunSucceeded | RunFailed | ProbeFailed
+
+# ---------------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """Everything an executor needs to start one `kompaktor stage run` process or pod."""
+
+    run_id: str  # deterministic: <stage>-<key prefix>-a<attempt>[-t<trial>]
+    job: str
+    stage: str
+    stage_type: str
+    params: dict[str, Any]
+    key: str
+    input_uri: str
+    dataset_uri: str
+    output_uri: str
+    reference_uri: str
+    metric: str
+    task: str
+    seed: int
+    attempt: int
+    pool: str | None = None
+    timeout_seconds: float | None = None
+    trial: int | None = None
+
+    def command(self) -> list[str]:
+        """The stage command line, the same for a local process and a pod."""
+        import json
+
+        return [
+            "kompaktor", "stage", "run",
+            "--type", self.stage_type,
+            "--params", json.dumps(self.params, sort_keys=True),
+            "--input", self.input_uri,
+            "--dataset", self.dataset_uri,
+            "--output", self.output_uri,
+            "--reference", self.reference_uri,
+            "--metric", self.metric,
+            "--task", self.task,
+            "--seed", str(self.seed),
+        ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ProbeInputs:
+    model_uri: str
+    dataset_uri: str
+
+
+@dataclass(frozen=True)
+class ProbeCache:
+    key: str
+    output_uri: str
+
+
+@dataclass(frozen=True)
+class EnsureRun:
+    request: RunRequest
+
+
+@dataclass(frozen=True)
+class CancelRun:
+    run_id: str
+
+
+@dataclass(frozen=True)
+class WriteRecord:
+    """Store a record under a run key (an HPO stage's chosen trial), so a re-run hits cache."""
+
+    output_uri: str
+    record: RunRecord
+
+
+@dataclass(frozen=True)
+class EmitEvent:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Requeue:
+    """Wake the driver after this many seconds even if nothing happens (backoff, budget)."""
+
+    after_seconds: float
+
+
+@dataclass(frozen=True)
+class DeleteArtifacts:
+    uri: str
+
+
+Action = (
+    ProbeInputs
+    | ProbeCache
+    | EnsureRun
+    | CancelRun
+    | WriteRecord
+    | EmitEvent
+    | Requeue
+    | DeleteArtifacts
+)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    status: OptimizationJobStatus
+    actions: list[Action] = field(default_factory=list)
+
+    @property
+    def active(self) -> list[RunRequest]:
+        return [a.request for a in self.actions if isinstance(a, EnsureRun)]

@@ -1,0 +1,315 @@
+"""The plan as a state machine, driven step by step with no cluster and no processes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kompaktor.api.run import RunRecord
+from kompaktor.api.spec import OptimizationJobSpec
+from kompaktor.api.status import OptimizationJobStatus, OutputRef
+from kompaktor.plan import (
+    CacheProbed,
+    CancelRun,
+    EnsureRun,
+    InputsProbed,
+    JobContext,
+    Observation,
+    ProbeCache,
+    ProbeInputs,
+    Requeue,
+    RunFailed,
+    RunSucceeded,
+    StepResult,
+    step,
+)
+
+T0 = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
+
+
+def spec(**overrides: Any) -> OptimizationJobSpec:
+    doc: dict[str, Any] = {
+        "model": {"uri": "file:///m/model.pt2"},
+        "dataset": {"uri": "sklearn:digits"},
+        "objective": {"metric": "accuracy", "maxDrop": 0.02},
+        "stages": [
+            {"name": "train", "type": "train", "params": {"epochs": 1, "lr": 0.01}, "retries": 1},
+            {"name": "bench", "type": "benchmark", "params": {"batchSizes": [1]}},
+        ],
+    }
+    doc.update(overrides)
+    return OptimizationJobSpec.model_validate(doc)
+
+
+def ctx(job_spec: OptimizationJobSpec | None = None, generation: int = 1) -> JobContext:
+    return JobContext(
+        name="demo",
+        spec=job_spec or spec(),
+        artifacts_uri="file:///art",
+        generation=generation,
+        default_pool="cpu",
+        pool_prices={"cpu": 3.6},
+        retry_base_seconds=10,
+    )
+
+
+def record(stage_type: str, digest: str, metric: float = 0.95, **metrics: float) -> RunRecord:
+    return RunRecord(
+        type=stage_type,
+        output=OutputRef(uri=f"file:///art/{digest}/model.pt2", digest=digest),
+        format="pt2",
+        metrics={"metric": metric, "referenceMetric": 0.95, **metrics},
+        duration_seconds=10.0,
+        energy_joules=5.0,
+        energy_method="estimate",
+    )
+
+
+def kinds(result: StepResult, kind: type) -> list[Any]:
+    return [a for a in result.actions if isinstance(a, kind)]
+
+
+def started(job: JobContext) -> StepResult:
+    """From nothing to the first stage running (inputs probed, cache missed)."""
+    first = step(job, OptimizationJobStatus(), [], T0)
+    assert kinds(first, ProbeInputs)
+    second = step(job, first.status, [InputsProbed("sha256:in", "sha256:data")], T0)
+    (probe,) = kinds(second, ProbeCache)
+    return step(job, second.status, [CacheProbed(probe.key, None)], T0)
+
+
+def only_run(result: StepResult) -> EnsureRun:
+    (ensure,) = kinds(result, EnsureRun)
+    return ensure  # type: ignore[no-any-return]
+
+
+class TestHappyPath:
+    def test_probes_inputs_then_cache_then_runs(self) -> None:
+        result = started(ctx())
+        run = only_run(result).request
+        assert result.status.phase == "Running"
+        assert run.stage == "train" and run.attempt == 1
+        assert run.input_uri == "file:///m/model.pt2"
+        assert run.output_uri.startswith("file:///art/runs/train-")
+        assert result.status.stages[0].phase == "Running"
+        assert result.status.stages[1].phase == "Pending"
+
+    def test_a_finished_stage_feeds_the_next_one(self) -> None:
+        job = ctx()
+        result = started(job)
+        run = only_run(result).request
+        after = step(job, result.status, [RunSucceeded(run.run_id, record("train", "d1"))], T0)
+        (probe,) = kinds(after, ProbeCache)
+        hit = step(job, after.status, [CacheProbed(probe.key, None)], T0)
+        bench = only_run(hit).request
+        assert bench.stage == "bench" and bench.input_uri == "file:///art/d1/model.pt2"
+        done = step(
+            job,
+            hit.status,
+            [
+                RunSucceeded(
+                    bench.run_id,
+                    record("benchmark", "d1", speedup=3.5, sizeRatio=0.2, latencyMs=0.1),
+                )
+            ],
+            T0,
+        )
+        assert done.status.phase == "Succeeded"
+        assert done.status.result is not None and done.status.result.speedup == 3.5
+        assert done.status.result.size_ratio == 0.2
+        assert not kinds(done, EnsureRun)
+        ready = next(c for c in done.status.conditions if c.type == "Ready")
+        assert ready.status == "True"
+        # 10 s at 3.6 USD/h per run, two runs
+        assert done.status.cost_usd == pytest.approx(0.02)
+        assert done.status.energy_joules == pytest.approx(10.0)
+
+    def test_a_cache_hit_runs_nothing(self) -> None:
+        job = ctx()
+        first = step(job, OptimizationJobStatus(), [InputsProbed("sha256:in", "sha256:data")], T0)
+        (probe,) = kinds(first, ProbeCache)
+        hit = step(job, first.status, [CacheProbed(probe.key, record("train", "d1"))], T0)
+        assert hit.status.stages[0].cached and hit.status.stages[0].phase == "Succeeded"
+        assert not kinds(hit, EnsureRun)
+        assert kinds(hit, ProbeCache)[0].key != probe.key
+
+    def test_steps_are_idempotent(self) -> None:
+        job = ctx()
+        result = started(job)
+        again = step(job, result.status, [], T0)
+        assert only_run(again) == only_run(result)
+        assert again.status.stages == result.status.stages
+
+    def test_keys_change_with_params_input_and_dataset(self) -> None:
+        def first_key(job_spec: OptimizationJobSpec, model: str, data: str) -> str:
+            result = step(ctx(job_spec), OptimizationJobStatus(), [InputsProbed(model, data)], T0)
+            return str(kinds(result, ProbeCache)[0].key)
+
+        base = first_key(spec(), "sha256:a", "sha256:d")
+        assert base == first_key(spec(), "sha256:a", "sha256:d")
+        changed = spec(stages=[{"name": "train", "type": "train", "params": {"epochs": 2}}])
+        assert base != first_key(changed, "sha256:a", "sha256:d")
+        assert base != first_key(spec(), "sha256:b", "sha256:d")
+        assert base != first_key(spec(), "sha256:a", "sha256:e")
+
+
+class TestFailures:
+    def test_retry_with_backoff_then_fail_with_reason(self) -> None:
+        job = ctx()
+        result = started(job)
+        run = only_run(result).request
+        failed = step(job, result.status, [RunFailed(run.run_id, "OOMKilled", "out of memory")], T0)
+        assert failed.status.stages[0].phase == "Retrying"
+        assert not kinds(failed, EnsureRun)
+        (wake,) = kinds(failed, Requeue)
+        assert wake.after_seconds == pytest.approx(10)
+        later = step(job, failed.status, [], T0 + timedelta(seconds=11))
+        retry = only_run(later).request
+        assert retry.attempt == 2 and retry.run_id != run.run_id
+        final = step(job, later.status, [RunFailed(retry.run_id, "OOMKilled", "again")], T0)
+        assert final.status.phase == "Failed"
+        assert "OOMKilled" in (final.status.message or "")
+        degraded = next(c for c in final.status.conditions if c.type == "Degraded")
+        assert degraded.status == "True" and degraded.reason == "OOMKilled"
+
+    def test_not_retryable_fails_at_once(self) -> None:
+        job = ctx()
+        result = started(job)
+        run = only_run(result).request
+        bad = RunFailed(run.run_id, "InvalidInput", "corrupt model", retryable=False)
+        final = step(job, result.status, [bad], T0)
+        assert final.status.phase == "Failed"
+        assert final.status.stages[0].attempts == 1
+
+    def test_stale_observations_are_ignored(self) -> None:
+        job = ctx()
+        result = started(job)
+        stale = RunSucceeded("train-0000000000-a7", record("train", "x"))
+        again = step(job, result.status, [stale], T0)
+        assert again.status.stages[0].phase == "Running"
+
+    def test_gate_fails_the_job_and_keeps_the_output(self) -> None:
+        job = ctx()
+        result = started(job)
+        run = only_run(result).request
+        worse = record("train", "d1", metric=0.90)
+        final = step(job, result.status, [RunSucceeded(run.run_id, worse)], T0)
+        assert final.status.phase == "Failed"
+        assert "GateFailed" in (final.status.message or "")
+        assert final.status.stages[0].output is not None
+        assert final.status.stages[0].output.digest == "d1"
+
+    def test_mse_gate_is_upwards(self) -> None:
+        job = ctx(spec(objective={"metric": "mse", "maxDrop": 0.1}))
+        result = started(job)
+        run = only_run(result).request
+        fine = record("train", "d1", metric=0.5)
+        fine = fine.model_copy(update={"metrics": {"metric": 0.5, "referenceMetric": 0.45}})
+        ok = step(job, result.status, [RunSucceeded(run.run_id, fine)], T0)
+        assert ok.status.stages[0].phase == "Succeeded"
+
+    def test_invalid_params_fail_naming_stage_and_field(self) -> None:
+        bad = spec(stages=[{"name": "t", "type": "train", "params": {"lr": -1}}])
+        result = step(ctx(bad), OptimizationJobStatus(), [], T0)
+        assert result.status.phase == "Failed"
+        assert "stages[0] (train): params.lr" in (result.status.message or "")
+
+
+class TestBudgetAndControl:
+    def test_duration_budget_cancels_running_work(self) -> None:
+        job = ctx(spec(budget={"maxDuration": "1m"}))
+        result = started(job)
+        run = only_run(result).request
+        late = step(job, result.status, [], T0 + timedelta(minutes=2))
+        assert late.status.phase == "Failed"
+        assert "BudgetExceeded" in (late.status.message or "")
+        assert CancelRun(run.run_id) in late.actions
+
+    def test_cost_budget(self) -> None:
+        job = ctx(spec(budget={"maxCostUSD": 0.001}))
+        result = started(job)
+        run = only_run(result).request
+        after = step(job, result.status, [RunSucceeded(run.run_id, record("train", "d1"))], T0)
+        assert after.status.phase == "Failed"
+        assert "maxCostUSD" in (after.status.message or "")
+
+    def test_suspend_stops_runs_and_resume_restarts_them(self) -> None:
+        job = ctx()
+        result = started(job)
+        run = only_run(result).request
+        paused_job = ctx(spec(suspend=True), generation=2)
+        paused = step(paused_job, result.status, [], T0)
+        assert paused.status.phase == "Suspended"
+        assert CancelRun(run.run_id) in paused.actions
+        resumed = step(ctx(generation=3), paused.status, [], T0)
+        (probe,) = kinds(resumed, ProbeCache)
+        running = step(ctx(generation=3), resumed.status, [CacheProbed(probe.key, None)], T0)
+        assert only_run(running).request.attempt == 1
+
+    def test_spec_edit_reruns_from_the_changed_stage_only(self) -> None:
+        job = ctx()
+        result = started(job)
+        run = only_run(result).request
+        after = step(job, result.status, [RunSucceeded(run.run_id, record("train", "d1"))], T0)
+        edited = spec(stages=[
+            {"name": "train", "type": "train", "params": {"epochs": 1, "lr": 0.01}, "retries": 1},
+            {"name": "bench", "type": "benchmark", "params": {"batchSizes": [1, 8]}},
+        ])  # fmt: skip
+        again = step(ctx(edited, generation=2), after.status, [], T0)
+        assert again.status.stages[0].phase == "Succeeded"
+        assert not again.status.stages[0].cached
+        (probe,) = kinds(again, ProbeCache)
+        assert probe.output_uri.startswith("file:///art/runs/benchmark-")
+        assert again.status.observed_generation == 2
+
+    def test_editing_a_finished_job_runs_again(self) -> None:
+        job = ctx(spec(stages=[{"name": "train", "type": "train", "params": {"epochs": 1}}]))
+        result = started(job)
+        run = only_run(result).request
+        done = step(job, result.status, [RunSucceeded(run.run_id, record("train", "d1"))], T0)
+        assert done.status.phase == "Succeeded"
+        assert step(job, done.status, [], T0).actions == []
+        edited = spec(stages=[{"name": "train", "type": "train", "params": {"epochs": 3}}])
+        again = step(ctx(edited, generation=2), done.status, [], T0)
+        assert again.status.phase == "Running"
+        assert kinds(again, ProbeCache)
+
+
+outcomes = st.lists(st.sampled_from(["ok", "fail", "fatal", "tick", "stale"]), max_size=12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(outcomes)
+def test_attempts_never_exceed_retries_and_terminal_is_final(script: list[str]) -> None:
+    job = ctx()
+    result = started(job)
+    now = T0
+    seen_terminal = False
+    for move in script:
+        running = kinds(result, EnsureRun)
+        obs: list[Observation] = []
+        if running and move in ("ok", "fail", "fatal"):
+            rid = running[0].request.run_id
+            digest = f"d{len(result.status.stages)}"
+            obs = [{
+                "ok": RunSucceeded(rid, record(running[0].request.stage_type, digest)),
+                "fail": RunFailed(rid, "Boom", "x"),
+                "fatal": RunFailed(rid, "Boom", "x", retryable=False),
+            }[move]]  # fmt: skip
+        elif move == "stale":
+            obs = [RunFailed("train-ffffffffff-a1", "Boom", "stale")]
+        now += timedelta(seconds=30)
+        result = step(job, result.status, obs, now)
+        for probe in kinds(result, ProbeCache):
+            result = step(job, result.status, [CacheProbed(probe.key, None)], now)
+        for stage, stage_spec in zip(result.status.stages, job.spec.stages, strict=False):
+            assert stage.attempts <= stage_spec.retries + 1
+        assert len(kinds(result, EnsureRun)) <= 1
+        if seen_terminal:
+            assert result.status.phase in ("Succeeded", "Failed")
+            assert not kinds(result, EnsureRun)
+        seen_terminal = result.status.phase in ("Succeeded", "Failed")
