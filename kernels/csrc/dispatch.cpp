@@ -39,8 +39,25 @@ bool set_isa(Isa isa) {
 #define KK_DISPATCH(fn, args) return portable::fn(args);
 #endif
 
-void spmm_f32(const SpmmF32Args& a) { KK_DISPATCH(spmm_f32, a) }
-void spmm_i8(const SpmmI8Args& a) { KK_DISPATCH(spmm_i8, a) }
+void spmm_f32(const SpmmF32Args& a) {
+#if defined(__x86_64__) || defined(_M_X64)
+  // Batched fp32 is a broadcast-FMA stream; Zen 4 double-pumps 512-bit FMAs, so 8-lane tiles
+  // do the same work with less lane padding and measured 1.2-2x faster. AVX-512 keeps batch 1
+  // (16-wide gathers), int8 (VNNI) and the KD loss.
+  if (active_isa() == Isa::avx512 && a.B > 1) return avx2::spmm_f32(a);
+#endif
+  KK_DISPATCH(spmm_f32, a)
+}
+void spmm_i8(const SpmmI8Args& a) {
+#if defined(__x86_64__) || defined(_M_X64)
+  // When the batch fills at most half of the last 16-lane vector (e.g. batch 8), 8-lane AVX2
+  // tiles waste nothing and measured ~1.4x faster than half-empty AVX-512 ones (Zen 4 splits
+  // 512-bit ops anyway).
+  if (active_isa() == Isa::avx512 && a.B > 1 && (a.B % 16) >= 1 && (a.B % 16) <= 8)
+    return avx2::spmm_i8(a);
+#endif
+  KK_DISPATCH(spmm_i8, a)
+}
 double kd_loss(const KdArgs& a) { KK_DISPATCH(kd_loss, a) }
 
 }  // namespace kk

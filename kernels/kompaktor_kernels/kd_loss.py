@@ -14,9 +14,9 @@ import torch
 
 from kompaktor_kernels import _checks, _native
 from kompaktor_kernels._dispatch import num_threads
-from kompaktor_kernels._library import LIB, NAMESPACE
+from kompaktor_kernels._library import NAMESPACE, check, define, impl_cpu, register_fake
 
-LIB.define(
+define(
     "kd_loss(Tensor student, Tensor teacher, Tensor labels, float temperature, float alpha, "
     "bool compute_grad) -> (Tensor, Tensor)"
 )
@@ -28,7 +28,9 @@ def _validate(
     labels: torch.Tensor,
     temperature: float,
     alpha: float,
+    check_labels: bool = True,
 ) -> None:
+    """Structure, dtypes and scalars; label range too unless tracing (it is data-dependent)."""
     for name, t in (("student_logits", student), ("teacher_logits", teacher), ("labels", labels)):
         _checks.tensor(name, t)
         _checks.cpu_dense(name, t)
@@ -53,6 +55,8 @@ def _validate(
         raise ValueError(f"temperature must be a positive finite number, got {temperature}")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    if not check_labels:
+        return
     lo, hi = int(labels.min()), int(labels.max())
     if lo < 0 or hi >= vocab:
         raise ValueError(f"labels must lie in [0, {vocab}), got values in [{lo}, {hi}]")
@@ -68,9 +72,11 @@ def _kd_loss_cpu(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     _validate(student, teacher, labels, temperature, alpha)
     grad = torch.empty_like(student) if compute_grad else student.new_empty((0,))
+    # detach(): DLPack refuses tensors that require grad, and nanobind would then fall back to a
+    # converting copy of the whole logits tensor.
     total = _native.kd_loss(
-        student,
-        teacher,
+        student.detach(),
+        teacher.detach(),
         labels,
         float(temperature),
         float(alpha),
@@ -81,10 +87,10 @@ def _kd_loss_cpu(
     return loss, grad
 
 
-LIB.impl("kd_loss", _kd_loss_cpu, "CPU")
+impl_cpu("kd_loss", _kd_loss_cpu)
 
 
-@torch.library.register_fake(f"{NAMESPACE}::kd_loss")
+@register_fake("kd_loss")
 def _kd_loss_fake(
     student: torch.Tensor,
     teacher: torch.Tensor,
@@ -93,7 +99,7 @@ def _kd_loss_fake(
     alpha: float,
     compute_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    torch._check(student.dim() == 2, lambda: "student_logits must be 2-D")
+    check(student.dim() == 2, "student_logits must be 2-D")
     grad = student.new_empty(student.shape) if compute_grad else student.new_empty((0,))
     return student.new_empty(()), grad
 
@@ -103,23 +109,36 @@ def _setup(
     inputs: tuple[object, ...],
     output: tuple[torch.Tensor, torch.Tensor],
 ) -> None:
-    ctx.save_for_backward(output[1])
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # else autograd allocates a zero [rows, vocab] grad for it
+    if torch.compiler.is_compiling():
+        ctx.save_for_backward(output[1])
+        ctx.holder = None  # type: ignore[attr-defined]
+    else:
+        # Eager: keep the only reference in a list that backward empties, so the tensor handed
+        # to autograd is unshared and AccumulateGrad adopts it instead of copying 4·rows·vocab
+        # bytes. (The output is non-differentiable, so this creates no reference cycle.)
+        ctx.holder = [output[1]]  # type: ignore[attr-defined]
 
 
 def _backward(
-    ctx: torch.autograd.function.FunctionCtx, grad_loss: torch.Tensor, _grad_grad: torch.Tensor
+    ctx: torch.autograd.function.FunctionCtx, grad_loss: torch.Tensor | None, _grad_grad: object
 ) -> tuple[torch.Tensor | None, ...]:
-    (grad,) = ctx.saved_tensors  # type: ignore[attr-defined]
+    nones: tuple[None, ...] = (None,) * 5
+    if grad_loss is None:  # grads are not materialised: nothing flowed into the loss
+        return (None, *nones)
+    holder: list[torch.Tensor] | None = ctx.holder  # type: ignore[attr-defined]
+    if holder is None:
+        (grad,) = ctx.saved_tensors  # type: ignore[attr-defined]
+    elif holder:
+        grad = holder.pop()
+    else:
+        raise RuntimeError("kd_loss supports one backward pass per forward (no retain_graph)")
     if grad.numel() == 0:
         raise RuntimeError("kd_loss was called with compute_grad=False; no gradient is stored")
-    if torch.compiler.is_compiling():
-        scaled = grad * grad_loss
-    else:
-        # In place: the stored gradient is private to this node, and reusing it keeps the peak
-        # at one [rows, vocab] tensor. A second backward through the same graph
-        # (retain_graph=True) fails loudly via autograd's version check.
-        scaled = grad.mul_(grad_loss)
-    return scaled, None, None, None, None, None
+    # Eager: in place, the stored gradient is private to this node, so the peak stays at one
+    # [rows, vocab] tensor. Compiled graphs get the functional form.
+    return (grad * grad_loss if holder is None else grad.mul_(grad_loss), *nones)
 
 
 torch.library.register_autograd(f"{NAMESPACE}::kd_loss", _backward, setup_context=_setup)
@@ -136,7 +155,8 @@ def kd_loss(
     averaged over rows; differentiable w.r.t. the student logits (the teacher is a constant).
 
     Same value as `reference.kd_loss_reference` within float rounding."""
-    _validate(student_logits, teacher_logits, labels, temperature, alpha)
+    # Label values are checked inside the op (at run time), so tracing never reads data here.
+    _validate(student_logits, teacher_logits, labels, temperature, alpha, check_labels=False)
     compute_grad = torch.is_grad_enabled() and student_logits.requires_grad
     loss, _ = torch.ops.kompaktor_kernels.kd_loss(
         student_logits, teacher_logits, labels, float(temperature), float(alpha), compute_grad

@@ -8,22 +8,24 @@ magnitude pruning does not (measurements: kernels/README.md)."""
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
 
 from kompaktor_kernels import _checks, _native
 from kompaktor_kernels._dispatch import num_threads
-from kompaktor_kernels._library import LIB, NAMESPACE
+from kompaktor_kernels._library import NAMESPACE, check, define, impl_cpu, register_fake
 from kompaktor_kernels._quant import quantize_weight
 
 # int32 accumulation bound: |u8 · s8| ≤ 255·127 per term.
 _MAX_I8_ROW_NNZ = (2**31 - 1) // (255 * 127) // 2
 
-LIB.define(
+define(
     "sparse_linear(Tensor x, Tensor row_ptr, Tensor col, Tensor values, Tensor? bias, "
     "int in_features) -> Tensor"
 )
-LIB.define(
+define(
     "sparse_linear_int8(Tensor x, Tensor row_ptr, Tensor col, Tensor values, Tensor scales, "
     "Tensor rowsum, Tensor? bias, int in_features) -> Tensor"
 )
@@ -40,27 +42,83 @@ def _check_x(x: torch.Tensor, in_features: int) -> None:
     _checks.contiguous("x", x)
 
 
-def _check_csr(
-    row_ptr: torch.Tensor, col: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None
-) -> int:
+def _validate_csr(
+    row_ptr: torch.Tensor,
+    col: torch.Tensor,
+    values: torch.Tensor,
+    in_features: int,
+    values_dtype: torch.dtype,
+) -> None:
+    """Full CSR invariants (O(nnz)): everything the C++ loops index with must be in range."""
+    for name, t in (("row_ptr", row_ptr), ("col", col), ("values", values)):
+        _checks.tensor(name, t)
+        _checks.cpu_dense(name, t)
+        _checks.contiguous(name, t)
     _checks.dtype("row_ptr", row_ptr, torch.int32)
     _checks.dtype("col", col, torch.int32)
+    _checks.dtype("values", values, values_dtype)
     if row_ptr.dim() != 1 or row_ptr.numel() < 1 or col.dim() != 1 or values.dim() != 1:
         raise ValueError("row_ptr, col and values must be 1-D (CSR)")
     if col.numel() != values.numel():
         raise ValueError(f"col ({col.numel()}) and values ({values.numel()}) lengths differ")
-    out_features = row_ptr.numel() - 1
-    if bias is not None:
-        _checks.dtype("bias", bias, torch.float32)
-        if bias.shape != (out_features,):
-            raise ValueError(f"bias must have shape ({out_features},), got {tuple(bias.shape)}")
-    for name, t in (("row_ptr", row_ptr), ("col", col), ("values", values)):
-        _checks.contiguous(name, t)
-    return out_features
+    if int(row_ptr[0]) != 0 or int(row_ptr[-1]) != values.numel():
+        raise ValueError("row_ptr must start at 0 and end at the number of values")
+    if bool((row_ptr[1:] < row_ptr[:-1]).any()):
+        raise ValueError("row_ptr must be non-decreasing")
+    if col.numel() and (int(col.min()) < 0 or int(col.max()) >= in_features):
+        raise ValueError(f"col indices must lie in [0, {in_features})")
+
+
+# Weight buffers are fixed between calls, so their O(nnz) validation is cached per tensor object
+# and version counter (an in-place edit bumps the version and forces a re-check).
+_validated: dict[int, tuple[weakref.ref[torch.Tensor], tuple[int, ...]]] = {}
+
+
+def _check_csr_cached(
+    row_ptr: torch.Tensor,
+    col: torch.Tensor,
+    values: torch.Tensor,
+    in_features: int,
+    values_dtype: torch.dtype,
+) -> None:
+    if row_ptr.is_inference() or col.is_inference() or values.is_inference():
+        # Inference tensors keep no version counter, so nothing proves them unchanged.
+        _validate_csr(row_ptr, col, values, in_features, values_dtype)
+        return
+    key = (
+        id(row_ptr), row_ptr._version, id(values), values._version, col._version,
+        col.data_ptr(), values.data_ptr(), row_ptr.data_ptr(), in_features,
+    )  # fmt: skip
+    hit = _validated.get(id(col))
+    if hit is not None and hit[0]() is col and hit[1] == key and values.dtype == values_dtype:
+        return
+    _validate_csr(row_ptr, col, values, in_features, values_dtype)
+    if len(_validated) > 4096:
+        _validated.clear()
+    _validated[id(col)] = (weakref.ref(col), key)
+
+
+def _check_vec(name: str, t: torch.Tensor | None, n: int, dtype: torch.dtype) -> None:
+    if t is None:
+        return
+    _checks.tensor(name, t)
+    _checks.cpu_dense(name, t)
+    _checks.dtype(name, t, dtype)
+    if t.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {tuple(t.shape)}")
+    _checks.contiguous(name, t)
+
+
+def _plain(t: torch.Tensor | None) -> torch.Tensor | None:
+    return t.clone() if t is not None and t.is_inference() else t
 
 
 def _out_shape(x: torch.Tensor, out_features: int) -> list[int]:
     return [*x.shape[:-1], out_features]
+
+
+def _ptr(t: torch.Tensor | None) -> int:
+    return 0 if t is None else int(t.data_ptr())
 
 
 def _sparse_linear_cpu(
@@ -72,12 +130,18 @@ def _sparse_linear_cpu(
     in_features: int,
 ) -> torch.Tensor:
     _check_x(x, in_features)
-    out_features = _check_csr(row_ptr, col, values, bias)
-    _checks.dtype("values", values, torch.float32)
-    x2 = x.reshape(-1, in_features)
-    y = torch.empty((x2.shape[0], out_features), dtype=torch.float32)
-    _native.spmm_f32(x2, row_ptr, col, values, bias, y, num_threads())
-    return y.reshape(_out_shape(x, out_features))
+    _check_csr_cached(row_ptr, col, values, in_features, torch.float32)
+    out_features = row_ptr.numel() - 1
+    _check_vec("bias", bias, out_features, torch.float32)
+    y = torch.empty(_out_shape(x, out_features), dtype=torch.float32)
+    if in_features == 0:
+        return y.fill_(0).add_(bias) if bias is not None else y.fill_(0)
+    batch = x.numel() // in_features
+    _native.spmm_f32_ptr(
+        x.data_ptr(), batch, in_features, out_features, row_ptr.data_ptr(), col.data_ptr(),
+        values.data_ptr(), _ptr(bias), y.data_ptr(), num_threads(),
+    )  # fmt: skip
+    return y
 
 
 def _sparse_linear_int8_cpu(
@@ -91,23 +155,27 @@ def _sparse_linear_int8_cpu(
     in_features: int,
 ) -> torch.Tensor:
     _check_x(x, in_features)
-    out_features = _check_csr(row_ptr, col, values, bias)
-    _checks.dtype("values", values, torch.int8)
-    _checks.dtype("scales", scales, torch.float32)
-    _checks.dtype("rowsum", rowsum, torch.int32)
-    if scales.shape != (out_features,) or rowsum.shape != (out_features,):
-        raise ValueError(f"scales and rowsum must have shape ({out_features},)")
-    x2 = x.reshape(-1, in_features)
-    y = torch.empty((x2.shape[0], out_features), dtype=torch.float32)
-    _native.spmm_i8(x2, row_ptr, col, values, scales, rowsum, bias, y, num_threads())
-    return y.reshape(_out_shape(x, out_features))
+    _check_csr_cached(row_ptr, col, values, in_features, torch.int8)
+    out_features = row_ptr.numel() - 1
+    _check_vec("scales", scales, out_features, torch.float32)
+    _check_vec("rowsum", rowsum, out_features, torch.int32)
+    _check_vec("bias", bias, out_features, torch.float32)
+    y = torch.empty(_out_shape(x, out_features), dtype=torch.float32)
+    if in_features == 0:
+        return y.fill_(0).add_(bias) if bias is not None else y.fill_(0)
+    _native.spmm_i8_ptr(
+        x.data_ptr(), x.numel() // in_features, in_features, out_features, row_ptr.data_ptr(),
+        col.data_ptr(), values.data_ptr(), scales.data_ptr(), rowsum.data_ptr(), _ptr(bias),
+        y.data_ptr(), num_threads(),
+    )  # fmt: skip
+    return y
 
 
-LIB.impl("sparse_linear", _sparse_linear_cpu, "CPU")
-LIB.impl("sparse_linear_int8", _sparse_linear_int8_cpu, "CPU")
+impl_cpu("sparse_linear", _sparse_linear_cpu)
+impl_cpu("sparse_linear_int8", _sparse_linear_int8_cpu)
 
 
-@torch.library.register_fake(f"{NAMESPACE}::sparse_linear")
+@register_fake("sparse_linear")
 def _sparse_linear_fake(
     x: torch.Tensor,
     row_ptr: torch.Tensor,
@@ -116,11 +184,11 @@ def _sparse_linear_fake(
     bias: torch.Tensor | None,
     in_features: int,
 ) -> torch.Tensor:
-    torch._check(x.shape[-1] == in_features, lambda: f"x must have shape [..., {in_features}]")
+    check(x.shape[-1] == in_features, f"x must have shape [..., {in_features}]")
     return x.new_empty(_out_shape(x, row_ptr.shape[0] - 1))
 
 
-@torch.library.register_fake(f"{NAMESPACE}::sparse_linear_int8")
+@register_fake("sparse_linear_int8")
 def _sparse_linear_int8_fake(
     x: torch.Tensor,
     row_ptr: torch.Tensor,
@@ -131,11 +199,13 @@ def _sparse_linear_int8_fake(
     bias: torch.Tensor | None,
     in_features: int,
 ) -> torch.Tensor:
-    torch._check(x.shape[-1] == in_features, lambda: f"x must have shape [..., {in_features}]")
+    check(x.shape[-1] == in_features, f"x must have shape [..., {in_features}]")
     return x.new_empty(_out_shape(x, row_ptr.shape[0] - 1))
 
 
-def _setup_fp32(ctx: torch.autograd.function.FunctionCtx, inputs: tuple[object, ...], output: torch.Tensor) -> None:  # noqa: E501
+def _setup_fp32(
+    ctx: torch.autograd.function.FunctionCtx, inputs: tuple[object, ...], output: torch.Tensor
+) -> None:
     _, row_ptr, col, values, _, in_features = inputs
     assert isinstance(row_ptr, torch.Tensor) and isinstance(col, torch.Tensor)
     assert isinstance(values, torch.Tensor) and isinstance(in_features, int)
@@ -149,8 +219,13 @@ def _backward_fp32(
     """dL/dx = dL/dy · W (weights are frozen buffers: no weight gradient)."""
     row_ptr, col, values = ctx.saved_tensors  # type: ignore[attr-defined]
     in_features: int = ctx.in_features  # type: ignore[attr-defined]
-    w = torch.sparse_csr_tensor(row_ptr, col, values, (row_ptr.numel() - 1, in_features))
-    return grad @ w.to_dense(), None, None, None, None, None
+    out_features = row_ptr.numel() - 1
+    rows = torch.repeat_interleave(
+        torch.arange(out_features), (row_ptr[1:] - row_ptr[:-1]).long(), output_size=col.numel()
+    )
+    w = values.new_zeros((out_features, in_features))
+    w[rows, col.long()] = values
+    return grad @ w, None, None, None, None, None
 
 
 torch.library.register_autograd(
@@ -198,15 +273,17 @@ class SparseLinear(nn.Module):
             raise ValueError(
                 f"row_ptr must have shape ({out_features + 1},), got {tuple(row_ptr.shape)}"
             )
-        _check_csr(row_ptr, col, values, bias)
-        if col.numel() and (int(col.min()) < 0 or int(col.max()) >= in_features):
-            raise ValueError(f"col indices must lie in [0, {in_features})")
-        if int(row_ptr[0]) != 0 or int(row_ptr[-1]) != values.numel():
-            raise ValueError("row_ptr must start at 0 and end at the number of values")
-        if bool((row_ptr[1:] < row_ptr[:-1]).any()):
-            raise ValueError("row_ptr must be non-decreasing")
+        _validate_csr(row_ptr, col, values, in_features, values.dtype)
+        _check_vec("bias", bias, out_features, torch.float32)
         self.in_features = in_features
         self.out_features = out_features
+        # Buffers made under inference_mode have no version counter, which the per-call
+        # validation cache relies on; store ordinary copies instead.
+        with torch.inference_mode(False):
+            row_ptr, col, values = (
+                t.clone() if t.is_inference() else t for t in (row_ptr, col, values)
+            )
+            bias, scales, rowsum = (_plain(t) for t in (bias, scales, rowsum))
         self.register_buffer("row_ptr", row_ptr)
         self.register_buffer("col", col)
         self.register_buffer("values", values)
@@ -261,19 +338,26 @@ class SparseLinear(nn.Module):
         if x.dtype != torch.float32:
             raise TypeError(f"SparseLinear expects float32 input, got {x.dtype}")
         x = x.contiguous()
-        op = torch.ops.kompaktor_kernels
+        # Plain eager inference calls the implementation directly: the dispatcher round trip
+        # costs ~6 us, a tenth of a batch-1 layer. Anything traced (compile/export sees
+        # FakeTensors or runs under dynamo) or needing autograd goes through the custom op.
+        direct = (
+            type(x) is torch.Tensor
+            and not (x.requires_grad and torch.is_grad_enabled())
+            and not torch.compiler.is_compiling()
+        )
         if self.values.dtype == torch.int8:
-            return op.sparse_linear_int8(  # type: ignore[no-any-return]
-                x,
-                self.row_ptr,
-                self.col,
-                self.values,
-                self.scales,
-                self.rowsum,
-                self.bias,
-                self.in_features,
+            args = (x, self.row_ptr, self.col, self.values, self.scales, self.rowsum, self.bias)
+            if direct:
+                return _sparse_linear_int8_cpu(*args, self.in_features)
+            return torch.ops.kompaktor_kernels.sparse_linear_int8(  # type: ignore[no-any-return]
+                *args, self.in_features
             )
-        return op.sparse_linear(  # type: ignore[no-any-return]
+        if direct:
+            return _sparse_linear_cpu(
+                x, self.row_ptr, self.col, self.values, self.bias, self.in_features
+            )
+        return torch.ops.kompaktor_kernels.sparse_linear(  # type: ignore[no-any-return]
             x, self.row_ptr, self.col, self.values, self.bias, self.in_features
         )
 

@@ -1,28 +1,42 @@
-"""Load a job's dataset into train/val/test splits (CONTRACT STUB: to be implemented).
+"""Load a job's dataset into train/val/test splits.
 
 .npz layout: `x_train, y_train, x_val, y_val, x_test, y_test`; a model with several inputs
 uses `x_train_0, x_train_1, …` (likewise for val/test) in the order of the model's arguments.
 Built-ins: `sklearn:digits` (N,1,8,8 float32 in [0,1]), `sklearn:breast_cancer` and
-`sklearn:wine` (standardized with train statistics); split 60/20/20 with a fixed seed.
+`sklearn:wine` (standardized with train statistics); split 60/20/20 stratified with seed 0, so
+every stage and every pod sees the same rows.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
+from kompaktor.artifacts import digest_bytes, digest_file, fetch
+from kompaktor.errors import KompaktorError
+
 Split = Literal["train", "val", "test"]
+Task = Literal["classification", "regression"]
+SPLITS: tuple[Split, ...] = get_args(Split)
+SPLIT_SEED = 0
+BUILTIN_PREFIX = "sklearn:"
 
 
 @dataclass(frozen=True)
 class Dataset:
     name: str
-    task: Literal["classification", "regression"]
-    x: dict[Split, tuple[np.ndarray, ...]]   # one array per model input
+    task: Task
+    x: dict[Split, tuple[np.ndarray, ...]]  # one array per model input
     y: dict[Split, np.ndarray]
-    num_classes: int | None                  # None for regression
+    num_classes: int | None  # None for regression
 
     def inputs(self, split: Split) -> tuple[np.ndarray, ...]:
         return self.x[split]
@@ -30,12 +44,176 @@ class Dataset:
     def targets(self, split: Split) -> np.ndarray:
         return self.y[split]
 
+    def save_npz(self, path: Path) -> Path:
+        """Write the .npz layout `load_dataset` reads (so built-ins can ship as files)."""
+        arrays: dict[str, np.ndarray] = {}
+        for split in SPLITS:
+            xs = self.x[split]
+            if len(xs) == 1:
+                arrays[f"x_{split}"] = xs[0]
+            else:
+                arrays.update({f"x_{split}_{i}": a for i, a in enumerate(xs)})
+            arrays[f"y_{split}"] = self.y[split]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as f:
+            np.savez_compressed(f, **arrays)  # type: ignore[arg-type]
+        return path
 
-def load_dataset(uri: str, task: Literal["classification", "regression"] = "classification") -> Dataset:
+
+# ---------------------------------------------------------------- built-ins
+
+
+def _split_indices(y: np.ndarray) -> dict[Split, np.ndarray]:
+    """Stratified 60/20/20 with a fixed seed."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(y))
+    train, rest = train_test_split(idx, test_size=0.4, stratify=y, random_state=SPLIT_SEED)
+    val, test = train_test_split(rest, test_size=0.5, stratify=y[rest], random_state=SPLIT_SEED)
+    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def _builtin(name: str, x: np.ndarray, y: np.ndarray, *, standardize: bool) -> Dataset:
+    parts = _split_indices(y)
+    xs = {s: x[i].astype(np.float32) for s, i in parts.items()}
+    if standardize:
+        mean = xs["train"].mean(axis=0)
+        std = xs["train"].std(axis=0)
+        std[std == 0] = 1.0
+        xs = {s: ((a - mean) / std).astype(np.float32) for s, a in xs.items()}
+    ys = {s: y[i].astype(np.int64) for s, i in parts.items()}
+    return Dataset(
+        name=f"{BUILTIN_PREFIX}{name}",
+        task="classification",
+        x={s: (a,) for s, a in xs.items()},
+        y=ys,
+        num_classes=int(y.max()) + 1,
+    )
+
+
+def _digits() -> Dataset:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.images / 16.0).reshape(-1, 1, 8, 8)
+    return _builtin("digits", x, bunch.target, standardize=False)
+
+
+def _tabular(name: str) -> Dataset:
+    from sklearn import datasets
+
+    bunch = getattr(datasets, f"load_{name}")()
+    return _builtin(name, bunch.data, bunch.target, standardize=True)
+
+
+BUILTINS: dict[str, Callable[[], Dataset]] = {
+    "digits": _digits,
+    "breast_cancer": lambda: _tabular("breast_cancer"),
+    "wine": lambda: _tabular("wine"),
+}
+
+
+def _builtin_name(uri: str) -> str:
+    name = uri[len(BUILTIN_PREFIX) :]
+    if name not in BUILTINS:
+        raise KompaktorError(
+            f"unknown built-in dataset {uri!r}; use one of "
+            + ", ".join(BUILTIN_PREFIX + n for n in BUILTINS)
+        )
+    return name
+
+
+# ---------------------------------------------------------------- .npz files
+
+
+def _cache_dir() -> Path:
+    """Where remote datasets are downloaded: $KOMPAKTOR_CACHE_DIR, else a per-user temp dir."""
+    configured = os.environ.get("KOMPAKTOR_CACHE_DIR")
+    base = Path(configured) if configured else Path(tempfile.gettempdir()) / "kompaktor-cache"
+    return base / "datasets"
+
+
+def _local_file(uri: str) -> Path:
+    if not uri.endswith(".npz"):
+        raise KompaktorError(f"dataset {uri!r}: expected a .npz file or a built-in (sklearn:…)")
+    # one folder per URI: two remote files with the same name must not overwrite each other
+    return fetch(uri, _cache_dir() / hashlib.sha256(uri.encode()).hexdigest()[:16])
+
+
+def _split_inputs(
+    arrays: Mapping[str, np.ndarray], split: Split, where: str
+) -> tuple[np.ndarray, ...]:
+    single = f"x_{split}"
+    if single in arrays:
+        return (arrays[single],)
+    many: list[np.ndarray] = []
+    while f"{single}_{len(many)}" in arrays:
+        many.append(arrays[f"{single}_{len(many)}"])
+    if not many:
+        raise KompaktorError(f"dataset {where} has no array {single!r} (nor {single}_0, …)")
+    return tuple(many)
+
+
+def _read_npz(path: Path, where: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise KompaktorError(f"dataset {where} is not a readable .npz file: {exc}") from exc
+
+
+def _from_npz(path: Path, where: str, task: Task) -> Dataset:
+    arrays = _read_npz(path, where)
+    xs: dict[Split, tuple[np.ndarray, ...]] = {}
+    ys: dict[Split, np.ndarray] = {}
+    for split in SPLITS:
+        xs[split] = _split_inputs(arrays, split, where)
+        if f"y_{split}" not in arrays:
+            raise KompaktorError(f"dataset {where} has no array 'y_{split}'")
+        ys[split] = arrays[f"y_{split}"]
+        lengths = {len(a) for a in xs[split]} | {len(ys[split])}
+        if len(lengths) != 1:
+            raise KompaktorError(
+                f"dataset {where}: the {split} arrays have different lengths {sorted(lengths)}"
+            )
+    xs = {s: tuple(_float32(a) for a in v) for s, v in xs.items()}
+    if task == "classification":
+        for split, y in ys.items():
+            if not np.issubdtype(y.dtype, np.integer) or (y.size and y.min() < 0):
+                raise KompaktorError(
+                    f"dataset {where}: y_{split} must hold class indices (integers ≥ 0) "
+                    f"for a classification task, got {y.dtype}"
+                )
+        ys = {s: y.astype(np.int64) for s, y in ys.items()}
+        num_classes: int | None = int(max(int(y.max()) for y in ys.values() if y.size)) + 1
+    else:
+        ys = {s: y.astype(np.float32) for s, y in ys.items()}
+        num_classes = None
+    return Dataset(name=where, task=task, x=xs, y=ys, num_classes=num_classes)
+
+
+def _float32(array: np.ndarray) -> np.ndarray:
+    return array.astype(np.float32) if np.issubdtype(array.dtype, np.floating) else array
+
+
+# ---------------------------------------------------------------- public
+
+
+def load_dataset(uri: str, task: Task = "classification") -> Dataset:
     """Built-in name or .npz at any artifact URI; KompaktorError naming the URI/array if wrong."""
-    raise NotImplementedError
+    if uri.startswith(BUILTIN_PREFIX):
+        name = _builtin_name(uri)
+        if task != "classification":
+            raise KompaktorError(f"built-in dataset {uri} is a classification task, not {task}")
+        return BUILTINS[name]()
+    return _from_npz(_local_file(uri), uri, task)
 
 
 def dataset_digest(uri: str) -> str:
     """sha256 of the .npz content, or of the built-in's name and scikit-learn version."""
-    raise NotImplementedError
+    if uri.startswith(BUILTIN_PREFIX):
+        import sklearn
+
+        text = f"{_builtin_name(uri)}\0sklearn={sklearn.__version__}\0split-seed={SPLIT_SEED}"
+        return digest_bytes(text.encode())
+    return digest_file(_local_file(uri))

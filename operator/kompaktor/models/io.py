@@ -1,7 +1,21 @@
-"""Load and save models in the three formats a job may name (CONTRACT STUB: to be implemented)."""
+"""Load and save models in the three formats a job may name.
+
+- `.pt2`: torch.export with a dynamic batch dimension. The loaded `module` is
+  `ExportedProgram.module()`, a GraphModule whose parameters train with any optimizer and which
+  re-exports; it refuses `.train()`/`.eval()` (use `kompaktor.training.set_training`).
+- `.pt`: TorchScript through torch.jit (never pickle).
+- `.onnx`: one self-contained file (no external-data side file), checked by onnx.checker; there is
+  no torch module, ONNX stages and predictors work on the file.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
+import logging
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -9,12 +23,29 @@ from typing import Literal
 import torch
 from torch import nn
 
+from kompaktor.errors import KompaktorError, StageError
+
 ModelFormat = Literal["pt2", "torchscript", "onnx"]
+
+_EXTENSIONS: dict[str, ModelFormat] = {".pt2": "pt2", ".pt": "torchscript", ".onnx": "onnx"}
+
+
+class ModelFormatError(KompaktorError, ValueError):
+    """A model name whose extension is none of .pt2, .pt, .onnx (a spec error and a ValueError)."""
 
 
 def format_of(path_or_uri: str | Path) -> ModelFormat:
-    """The format named by a file extension (.pt2, .pt, .onnx); JobSpecError-style ValueError otherwise."""
-    raise NotImplementedError
+    """The format named by a file extension (.pt2, .pt, .onnx); ModelFormatError otherwise."""
+    name = str(path_or_uri).rstrip("/").rsplit("/", 1)[-1]
+    suffix = Path(name).suffix.lower()
+    try:
+        return _EXTENSIONS[suffix]
+    except KeyError:
+        known = ", ".join(_EXTENSIONS)
+        raise ModelFormatError(
+            f"{path_or_uri}: unknown model format {suffix or '(no extension)'!r}; "
+            f"use one of {known}"
+        ) from None
 
 
 @dataclass
@@ -31,19 +62,175 @@ class LoadedModel:
 
     def require_module(self, stage: str) -> nn.Module:
         """The torch module, or a StageError saying that `stage` needs a PyTorch model."""
-        raise NotImplementedError
+        if self.module is None:
+            raise StageError(
+                f"stage {stage!r} needs a PyTorch model (.pt2 or .pt), "
+                f"but its input {self.path.name} is {self.format}"
+            )
+        return self.module
+
+
+def _import_custom_ops() -> None:
+    """Register kompaktor_kernels' torch.library ops, which saved programs may call, if present."""
+    with contextlib.suppress(ImportError):
+        importlib.import_module("kompaktor_kernels")
+
+
+@contextlib.contextmanager
+def quiet_torch() -> Iterator[None]:
+    """Mute torch's own logging, warnings and exporter prints: our errors say what went wrong."""
+    loggers = [logging.getLogger(name) for name in ("torch.export", "torch.onnx", "torch._export")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _load_pt2(path: Path) -> nn.Module:
+    _import_custom_ops()
+    with quiet_torch():
+        return torch.export.load(path).module()
+
+
+def _load_torchscript(path: Path) -> nn.Module:
+    module: nn.Module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+    module.eval()
+    return module
+
+
+def _check_onnx(path: Path) -> None:
+    import onnx
+
+    onnx.checker.check_model(onnx.load(str(path)), full_check=False)
 
 
 def load_model(path: Path) -> LoadedModel:
     """Load a model file safely; raises KompaktorError naming the file if it is corrupt."""
-    raise NotImplementedError
+    fmt = format_of(path)
+    if not path.is_file():
+        raise KompaktorError(f"model file {path} does not exist")
+    try:
+        if fmt == "pt2":
+            return LoadedModel(fmt, path, _load_pt2(path))
+        if fmt == "torchscript":
+            return LoadedModel(fmt, path, _load_torchscript(path))
+        _check_onnx(path)
+        return LoadedModel(fmt, path, None)
+    except Exception as exc:  # every loader has its own error types; the user needs one message
+        text = str(exc).strip()
+        reason = text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
+        raise KompaktorError(
+            f"cannot load {fmt} model {path} (corrupt, truncated or not {fmt}): {reason[:200]}"
+        ) from exc
+
+
+def set_eval(module: nn.Module) -> nn.Module:
+    """`module.eval()`, also for exported GraphModules that refuse it (they are already eval)."""
+    try:
+        module.eval()
+    except NotImplementedError:
+        for sub in module.modules():
+            sub.training = False
+    return module
+
+
+def _batchable(example_inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """Examples with batch ≥ 2: torch.export specializes a dimension whose example size is 1."""
+    return tuple(
+        t if t.shape[0] >= 2 else t.expand(2, *t.shape[1:]).contiguous() for t in example_inputs
+    )
+
+
+def _dynamic_batch(
+    example_inputs: tuple[torch.Tensor, ...],
+) -> tuple[dict[int, torch.export.Dim], ...]:
+    batch = torch.export.Dim("batch", min=1)
+    return tuple({0: batch} for _ in example_inputs)
+
+
+def export_program(
+    module: nn.Module, example_inputs: tuple[torch.Tensor, ...]
+) -> torch.export.ExportedProgram:
+    """torch.export in eval mode with a dynamic batch dimension shared by all inputs."""
+    examples = _batchable(example_inputs)
+    set_eval(module)
+    with torch.no_grad():
+        return torch.export.export(module, examples, dynamic_shapes=_dynamic_batch(examples))
 
 
 def save_torch(module: nn.Module, example_inputs: tuple[torch.Tensor, ...], path: Path) -> Path:
-    """Export with torch.export (dynamic batch dimension) and save as .pt2; returns the path."""
-    raise NotImplementedError
+    """Export as .pt2 (torch.export) or TorchScript, by `path`'s extension; returns the path.
+
+    TorchScript tries torch.jit.script (keeps control flow) and falls back to tracing.
+    """
+    fmt = format_of(path)
+    if fmt == "onnx":
+        return save_onnx(module, example_inputs, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "pt2":
+        torch.export.save(export_program(module, example_inputs), path)
+        return path
+    set_eval(module)
+    with quiet_torch():
+        try:
+            scripted = torch.jit.script(module)
+        except Exception:
+            with torch.no_grad():
+                examples = _batchable(example_inputs)
+                scripted = torch.jit.trace(module, examples, check_trace=False)  # type: ignore[no-untyped-call]
+    torch.jit.save(scripted, str(path))
+    return path
+
+
+def _input_names(count: int) -> list[str]:
+    return ["input"] if count == 1 else [f"input_{i}" for i in range(count)]
 
 
 def save_onnx(module: nn.Module, example_inputs: tuple[torch.Tensor, ...], path: Path) -> Path:
-    """Export to ONNX with a dynamic batch dimension; returns the path."""
-    raise NotImplementedError
+    """Export to one self-contained ONNX file with a dynamic batch dimension; returns the path.
+
+    The dynamo exporter handles exported GraphModules (the TorchScript exporter calls `.train()`,
+    which they refuse); the TorchScript exporter is the fallback for what dynamo cannot trace.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    examples = _batchable(example_inputs)
+    names = _input_names(len(examples))
+    set_eval(module)
+    try:
+        with quiet_torch():
+            torch.onnx.export(
+                module,
+                examples,
+                str(path),
+                input_names=names,
+                output_names=["output"],
+                dynamic_shapes=_dynamic_batch(examples),
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+                report=False,
+            )
+    except Exception as dynamo_error:
+        try:
+            with quiet_torch(), torch.no_grad():
+                axes = {name: {0: "batch"} for name in [*names, "output"]}
+                torch.onnx.export(
+                    module,
+                    examples,
+                    str(path),
+                    input_names=names,
+                    output_names=["output"],
+                    dynamic_axes=axes,
+                    dynamo=False,
+                )
+        except Exception:
+            raise KompaktorError(
+                f"cannot export the model to ONNX ({path.name}): {str(dynamo_error)[:300]}"
+            ) from dynamo_error
+    return path

@@ -1,12 +1,18 @@
-"""One way to run any model on numpy batches, whatever its format (CONTRACT STUB)."""
+"""One way to run any model on numpy batches, whatever its format.
+
+Both paths take one numpy array per model input (float64 becomes float32) and return the first
+output as a numpy array, so metrics and latency compare torch and ONNX Runtime like for like.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
+import torch
+from torch import nn
 
-from kompaktor.models.io import LoadedModel
+from kompaktor.models.io import LoadedModel, set_eval
 
 
 class Predictor(Protocol):
@@ -15,6 +21,62 @@ class Predictor(Protocol):
     def __call__(self, *inputs: np.ndarray) -> np.ndarray: ...
 
 
+def _as_model_array(array: np.ndarray) -> np.ndarray:
+    return array.astype(np.float32) if array.dtype == np.float64 else array
+
+
+def _first_output(out: Any) -> torch.Tensor:
+    while isinstance(out, tuple | list):
+        out = out[0]
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"model returned {type(out).__name__}, expected a tensor")
+    return out
+
+
+class TorchPredictor:
+    """eval + inference_mode; `threads` (if given) is applied per call, else torch's setting."""
+
+    def __init__(self, module: nn.Module, threads: int | None = None) -> None:
+        self.module = set_eval(module)
+        self.threads = threads
+
+    def __call__(self, *inputs: np.ndarray) -> np.ndarray:
+        if self.threads is not None and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        tensors = [torch.from_numpy(np.ascontiguousarray(_as_model_array(a))) for a in inputs]
+        with torch.inference_mode():
+            out = _first_output(self.module(*tensors))
+        return out.detach().float().numpy()
+
+
+class OnnxPredictor:
+    """ONNX Runtime CPU session; inputs bound to the session's inputs in order."""
+
+    def __init__(self, path: str, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads if threads is not None else torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(
+            path, sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self.names = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, *inputs: np.ndarray) -> np.ndarray:
+        if len(inputs) != len(self.names):
+            raise ValueError(f"ONNX model takes {len(self.names)} inputs, got {len(inputs)}")
+        feed = {
+            n: np.ascontiguousarray(_as_model_array(a))
+            for n, a in zip(self.names, inputs, strict=True)
+        }
+        out = self.session.run(None, feed)[0]
+        return np.asarray(out, dtype=np.float32)
+
+
 def predictor_for(model: LoadedModel, threads: int | None = None) -> Predictor:
-    """torch (eval, no_grad) for pt2/TorchScript, ONNX Runtime CPU session for ONNX."""
-    raise NotImplementedError
+    """torch (eval, inference_mode) for pt2/TorchScript, ONNX Runtime CPU session for ONNX."""
+    if model.module is not None:
+        return TorchPredictor(model.module, threads)
+    return OnnxPredictor(str(model.path), threads)

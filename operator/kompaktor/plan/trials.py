@@ -83,7 +83,9 @@ def advance(
     active = sum(1 for r in scored if r.state in ("Pending", "Running"))
     count = min(params.parallelism - active, params.trials - len(scored))
     if count > 0:
-        for suggested in hpo.propose(params, scored, count, _seed(params, spec)):
+        for suggested in hpo.propose(
+            params, scored, count, _seed(params, spec), metric_name=metric
+        ):
             key = run_key(
                 input_digest=input_digest,
                 stage_type=params.target,

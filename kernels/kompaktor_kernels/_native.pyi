@@ -1,0 +1,57 @@
+"""Type stub for the compiled module (kernels/csrc/module.cpp)."""
+
+from typing import Any
+
+def version() -> int: ...
+def best_isa() -> int: ...
+def active_isa() -> int: ...
+def set_isa(isa: int) -> bool: ...
+def spmm_f32(
+    x: Any, row_ptr: Any, col: Any, values: Any, bias: Any | None, y: Any, nthreads: int
+) -> None: ...
+def spmm_i8(
+    x: Any,
+    row_ptr: Any,
+    col: Any,
+    values: Any,
+    scales: Any,
+    rowsum: Any,
+    bias: Any | None,
+    y: Any,
+    nthreads: int,
+) -> None: ...
+def spmm_f32_ptr(
+    x: int,
+    batch: int,
+    in_features: int,
+    out_features: int,
+    row_ptr: int,
+    col: int,
+    values: int,
+    bias: int,
+    y: int,
+    nthreads: int,
+) -> None: ...
+def spmm_i8_ptr(
+    x: int,
+    batch: int,
+    in_features: int,
+    out_features: int,
+    row_ptr: int,
+    col: int,
+    values: int,
+    scales: int,
+    rowsum: int,
+    bias: int,
+    y: int,
+    nthreads: int,
+) -> None: ...
+def kd_loss(
+    student: Any,
+    teacher: Any,
+    labels: Any,
+    temperature: float,
+    alpha: float,
+    grad: Any | None,
+    nthreads: int,
+) -> float: ...

@@ -1,0 +1,172 @@
+"""The operator's configuration: node pools, defaults, where artifacts and credentials live.
+
+It comes from one YAML file (the Helm chart mounts its ConfigMap), named by `--config` or
+`KOMPAKTOR_CONFIG`. Pools are configuration, not code (DESIGN.md §6): a stage names a pool and
+gets that pool's image, node selector, tolerations, resources, price and watts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from kompaktor.api.spec import ApiModel, OptimizationJobSpec
+from kompaktor.errors import JobSpecError, KompaktorError
+
+CONFIG_ENV = "KOMPAKTOR_CONFIG"
+DEFAULT_IMAGE = "ghcr.io/kompaktor/kompaktor:latest"
+
+
+class Toleration(ApiModel):
+    key: str | None = None
+    operator: str | None = Field(default=None, description="Equal or Exists.")
+    value: str | None = None
+    effect: str | None = Field(default=None, description="NoSchedule, PreferNoSchedule, NoExecute.")
+    toleration_seconds: int | None = None
+
+
+class Resources(ApiModel):
+    requests: dict[str, str] = Field(default_factory=dict, description="e.g. {cpu: '2'}.")
+    limits: dict[str, str] = Field(
+        default_factory=dict, description="e.g. {memory: 8Gi, nvidia.com/gpu: '1'}."
+    )
+
+
+class Pool(ApiModel):
+    """One node pool a stage can run on."""
+
+    name: str = Field(min_length=1, description="What stages write in `pool:`.")
+    image: str | None = Field(default=None, description="Stage image; unset: the default image.")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="e.g. {kubernetes.io/arch: arm64}."
+    )
+    tolerations: list[Toleration] = Field(default_factory=list)
+    resources: Resources = Field(default_factory=Resources)
+    price_per_hour_usd: float = Field(
+        default=0.0, ge=0, alias="pricePerHourUSD", description="What one pod-hour costs."
+    )
+    watts: float = Field(
+        default=0.0, ge=0, description="Power draw used for energy estimates when unmeasured."
+    )
+
+
+class PeeringConfig(ApiModel):
+    """kopf peering: with several replicas, only the highest-priority one acts."""
+
+    enabled: bool = Field(default=True, description="Run with a peering object (HA).")
+    name: str = Field(default="kompaktor", description="The KopfPeering object's name.")
+    mandatory: bool = Field(
+        default=False, description="Fail to start if the peering CRD is missing."
+    )
+    priority: int = Field(default=0, description="This replica's priority.")
+
+
+class OperatorConfig(ApiModel):
+    pools: list[Pool] = Field(
+        default_factory=lambda: [Pool(name="cpu")], description="Node pools stages can use."
+    )
+    default_pool: str | None = Field(
+        default=None, description="Pool for stages that name none; unset: the first pool."
+    )
+    image: str = Field(default=DEFAULT_IMAGE, description="Stage image for pools that set none.")
+    image_pull_policy: str = Field(default="IfNotPresent")
+    artifacts_uri: str | None = Field(
+        default=None,
+        description="Default artifact root; a job's artifacts go to <root>/<namespace>/<name>.",
+    )
+    namespaces: list[str] = Field(
+        default_factory=list, description="Namespaces to watch; empty: the whole cluster."
+    )
+    s3_credentials_secret: str | None = Field(
+        default=None,
+        description="Secret (in the job's namespace) with AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY, passed to stage pods with envFrom.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint for non-AWS stores (MinIO, Ceph...)."
+    )
+    service_account_name: str | None = Field(
+        default=None, description="Service account of stage pods (their token is not mounted)."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None, description="Let Kubernetes remove finished stage Jobs after this long."
+    )
+    retry_base_seconds: float = Field(
+        default=10.0, gt=0, description="Backoff before retry n is this times 2**(n-1)."
+    )
+    peering: PeeringConfig = Field(default_factory=PeeringConfig)
+
+    @model_validator(mode="after")
+    def _pools_consistent(self) -> OperatorConfig:
+        names = [p.name for p in self.pools]
+        if not names:
+            raise ValueError("pools: at least one pool is required")
+        if len(set(names)) != len(names):
+            raise ValueError(f"pools: duplicate pool names in {names}")
+        if self.default_pool is not None and self.default_pool not in names:
+            raise ValueError(f"defaultPool {self.default_pool!r} is not one of the pools {names}")
+        return self
+
+    @property
+    def default_pool_name(self) -> str:
+        return self.default_pool or self.pools[0].name
+
+    def pool(self, name: str | None) -> Pool:
+        wanted = name or self.default_pool_name
+        for pool in self.pools:
+            if pool.name == wanted:
+                return pool
+        raise KeyError(wanted)
+
+    @property
+    def prices(self) -> dict[str, float]:
+        return {p.name: p.price_per_hour_usd for p in self.pools}
+
+    def artifacts_for(self, spec: OptimizationJobSpec, namespace: str, name: str) -> str:
+        """The job's artifact root: its own, or <default root>/<namespace>/<name>."""
+        if spec.artifacts.uri:
+            return spec.artifacts.uri
+        if not self.artifacts_uri:
+            raise JobSpecError(
+                "spec.artifacts.uri: required, because the operator has no default artifacts URI"
+            )
+        return f"{self.artifacts_uri.rstrip('/')}/{namespace}/{name}"
+
+
+def check_pools(spec: OptimizationJobSpec, config: OperatorConfig) -> None:
+    """Every pool a stage names must be configured (shared by admission and reconcile)."""
+    known = [p.name for p in config.pools]
+    for index, stage in enumerate(spec.stages):
+        for name in stage.pool_names:
+            if name not in known:
+                field = "pool" if stage.pool else "pools"
+                raise JobSpecError(
+                    f"spec.stages[{index}] ({stage.name}).{field}: unknown pool {name!r}; "
+                    f"known pools: {', '.join(known)}"
+                )
+
+
+def parse_config(data: dict[str, Any] | None) -> OperatorConfig:
+    try:
+        return OperatorConfig.model_validate(data or {})
+    except ValidationError as error:
+        raise KompaktorError(f"operator configuration is invalid: {error}") from None
+
+
+def load_config(path: str | Path | None = None) -> OperatorConfig:
+    """From `path`, else $KOMPAKTOR_CONFIG, else the defaults (one `cpu` pool)."""
+    source = path or os.environ.get(CONFIG_ENV)
+    if not source:
+        return OperatorConfig()
+    try:
+        text = Path(source).read_text()
+    except OSError as error:
+        raise KompaktorError(f"cannot read operator configuration {source}: {error}") from None
+    data = yaml.safe_load(text)
+    if data is not None and not isinstance(data, dict):
+        raise KompaktorError(f"operator configuration {source}: expected a mapping")
+    return parse_config(data)

@@ -1,0 +1,160 @@
+"""kopf registration only: every decision is made by the plan via `Reconciler.run_pass`.
+
+One daemon per OptimizationJob runs passes; events on its Jobs and pods (and spec edits)
+wake it early, and the plan's Requeue sets how long it may sleep otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from kompaktor.api.spec import GROUP, PLURAL, VERSION, OptimizationJobSpec
+from kompaktor.artifacts import open_store
+from kompaktor.config import load_config
+from kompaktor.controller.kube import Kube
+from kompaktor.controller.reconciler import Reconciler
+from kompaktor.executors.kubernetes import LABEL_JOB, MANAGED_BY
+
+FINALIZER = "kompaktor.io/finalizer"
+ERROR_BACKOFF_SECONDS = 5.0
+MANAGED = {MANAGED_BY: "kompaktor"}
+
+
+class Runtime:
+    """Per-operator state kept in kopf's memo: configuration, API client, wake-up events."""
+
+    def __init__(self, config_path: str | None) -> None:
+        self.config = load_config(config_path)
+        self.connection: kopf.ConnectionInfo | None = None
+        self._kube: Kube | None = None
+        self._wake: dict[tuple[str, str], asyncio.Event] = {}
+
+    @property
+    def reconciler(self) -> Reconciler:
+        if self._kube is None:
+            if self.connection is None:
+                raise kopf.TemporaryError("not logged in yet", delay=1)
+            self._kube = Kube(self.connection)
+        return Reconciler(self._kube, self.config, _emit)
+
+    def wake(self, namespace: str, name: str) -> asyncio.Event:
+        return self._wake.setdefault((namespace, name), asyncio.Event())
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._wake.pop((namespace, name), None)
+
+    def poke(self, namespace: str | None, name: str | None) -> None:
+        event = self._wake.get((namespace or "", name or ""))
+        if event is not None:
+            event.set()
+
+    async def close(self) -> None:
+        if self._kube is not None:
+            await self._kube.close()
+            self._kube = None
+
+
+def _emit(obj: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
+    kopf.event(dict(obj), type=kind, reason=reason, message=message[:1024])
+
+
+def runtime(memo: Any) -> Runtime:
+    if getattr(memo, "kompaktor", None) is None:
+        memo.kompaktor = Runtime(getattr(memo, "config_path", None))
+    found: Runtime = memo.kompaktor
+    return found
+
+
+@kopf.on.startup()
+async def _startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    rt = runtime(memo)
+    peering = rt.config.peering
+    settings.peering.name = peering.name
+    settings.peering.mandatory = peering.mandatory
+    settings.peering.priority = peering.priority
+    settings.peering.clusterwide = not rt.config.namespaces
+    if not peering.enabled:
+        settings.peering.standalone = True
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kompaktor.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="kompaktor.io", key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING  # only our own events, not every log line
+    settings.watching.server_timeout = 300
+
+
+@kopf.on.cleanup()
+async def _cleanup(memo: Any, **_: Any) -> None:
+    await runtime(memo).close()
+
+
+@kopf.on.login()
+def _login(memo: Any, **kwargs: Any) -> kopf.ConnectionInfo | None:
+    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    runtime(memo).connection = info
+    return info
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
+async def _job_daemon(name: str, namespace: str, memo: Any, logger: logging.Logger, **_: Any) -> None:
+    rt = runtime(memo)
+    wake = rt.wake(namespace, name)
+    try:
+        while True:
+            wake.clear()
+            try:
+                done = await rt.reconciler.run_pass(namespace, name)
+                delay = done.wake_after
+            except kopf.TemporaryError:
+                delay = ERROR_BACKOFF_SECONDS
+            except Exception:
+                logger.exception("reconcile of %s/%s failed; retrying", namespace, name)
+                delay = ERROR_BACKOFF_SECONDS
+            try:
+                await asyncio.wait_for(wake.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+    finally:
+        rt.forget(namespace, name)
+
+
+def _needs_pass(body: Mapping[str, Any], **_: Any) -> bool:
+    generation = body.get("metadata", {}).get("generation")
+    return generation != (body.get("status") or {}).get("observedGeneration")
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, when=_needs_pass)
+def _job_changed(name: str, namespace: str, memo: Any, **_: Any) -> None:
+    runtime(memo).poke(namespace, name)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+def _child_job_changed(labels: Mapping[str, str], namespace: str, memo: Any, **_: Any) -> None:
+    runtime(memo).poke(namespace, labels.get(LABEL_JOB))
+
+
+@kopf.on.event("", "v1", "pods", labels=MANAGED)
+def _child_pod_changed(labels: Mapping[str, str], namespace: str, memo: Any, **_: Any) -> None:
+    runtime(memo).poke(namespace, labels.get(LABEL_JOB))
+
+
+def _deletes_artifacts(spec: Mapping[str, Any], **_: Any) -> bool:
+    return bool((spec.get("artifacts") or {}).get("deleteOnJobDeletion"))
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, when=_deletes_artifacts)
+async def _delete_artifacts(
+    spec: Mapping[str, Any], name: str, namespace: str, memo: Any, logger: logging.Logger, **_: Any
+) -> None:
+    """Children go by ownerReferences; artifacts only when the job asked for it."""
+    rt = runtime(memo)
+    parsed = OptimizationJobSpec.model_validate(dict(spec))
+    uri = rt.config.artifacts_for(parsed, namespace, name)
+    removed = await asyncio.to_thread(lambda: open_store(uri).delete_prefix(""))
+    logger.info("deleted %d artifacts under %s", removed, uri)

@@ -1,0 +1,65 @@
+"""`kompaktor operator`: start kopf with our handlers, configuration and peering."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from collections.abc import Sequence
+
+import kopf
+
+from kompaktor.config import CONFIG_ENV, load_config
+
+
+async def operate(
+    config_path: str | None = None,
+    *,
+    namespaces: Sequence[str] = (),
+    standalone: bool | None = None,
+    stop_flag: asyncio.Event | None = None,
+    ready_flag: asyncio.Event | None = None,
+    liveness_endpoint: str | None = None,
+) -> None:
+    """Run the operator in the current event loop until `stop_flag` (or cancellation)."""
+    from kompaktor.controller import handlers  # noqa: F401  (registers the handlers)
+
+    config = load_config(config_path)
+    watched = list(namespaces) or config.namespaces
+    if standalone is None and not config.peering.enabled:
+        standalone = True
+    await kopf.operator(
+        clusterwide=not watched,
+        namespaces=watched,
+        standalone=standalone,
+        peering_name=config.peering.name,
+        priority=config.peering.priority,
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
+        liveness_endpoint=liveness_endpoint,
+        memo=kopf.Memo(config_path=config_path or os.environ.get(CONFIG_ENV)),
+    )
+
+
+def main_operator(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="kompaktor operator", description=__doc__)
+    parser.add_argument("--config", help=f"operator configuration YAML (default: ${CONFIG_ENV})")
+    parser.add_argument(
+        "--namespace", "-n", action="append", default=[],
+        help="watch this namespace (repeatable); default: the configured ones or all",
+    )  # fmt: skip
+    parser.add_argument("--standalone", action="store_true", help="no peering (one replica)")
+    parser.add_argument("--liveness", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    parser.add_argument("--verbose", "-v", action="store_true")
+    args = parser.parse_args(argv)
+    load_config(args.config)  # fail fast, with a clear message, on a bad file
+    kopf.configure(verbose=args.verbose)
+    asyncio.run(
+        operate(
+            args.config,
+            namespaces=args.namespace,
+            standalone=True if args.standalone else None,
+            liveness_endpoint=args.liveness,
+        )
+    )
+    return 0

@@ -1,0 +1,214 @@
+"""One pass over one OptimizationJob: observe its Jobs, step the engine, act.
+
+The CR's status is the only memory, so a pass is safe to run at any time, any number of times,
+by a fresh operator: it reads the CR, lists the Jobs it owns, feeds the outcomes the status does
+not hold yet, writes the new status first, and then creates or deletes Jobs. Creation uses the
+run's deterministic name, so a Job that already exists is adopted, never duplicated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from kompaktor.api.spec import OptimizationJobSpec
+from kompaktor.api.status import OptimizationJobStatus
+from kompaktor.config import OperatorConfig, check_pools
+from kompaktor.controller.kube import Kube, cr_path, jobs_path, pods_path
+from kompaktor.engine import reconcile
+from kompaktor.errors import KompaktorError
+from kompaktor.executors import kubernetes as k8s
+from kompaktor.plan import (
+    CancelRun,
+    EmitEvent,
+    EnsureRun,
+    JobContext,
+    Observation,
+    Requeue,
+    StepResult,
+)
+from kompaktor.plan.conditions import conditions_for
+from kompaktor.plan.keys import run_id
+from kompaktor.plan.machine import iso
+from kompaktor.stages.validate import describe_errors
+
+#: With runs in flight, look again at least this often even if no event arrives.
+ACTIVE_POLL_SECONDS = 30.0
+#: Status keys other writers own (kopf's progress); never removed by our patches.
+FOREIGN_STATUS_KEYS = frozenset({"kopf"})
+
+EventSink = Callable[[Mapping[str, Any], str, str, str], None]
+
+
+@dataclass(frozen=True)
+class Pass:
+    """What one pass did, for the caller's sleep and for tests."""
+
+    wake_after: float | None
+    created: int = 0
+    deleted: int = 0
+
+
+def active_runs(status: OptimizationJobStatus) -> dict[str, str | None]:
+    """Run id -> the node already recorded, for every run the status says is in flight."""
+    runs: dict[str, str | None] = {}
+    for stage in status.stages:
+        if stage.phase == "Running" and stage.key and stage.type != "hpo":
+            runs[run_id(stage.name, stage.key, stage.attempts)] = stage.node
+    for trial in status.trials:
+        if trial.state == "Running" and trial.key:
+            runs[run_id(trial.stage, trial.key, trial.attempts, trial.number)] = "trial"
+    return runs
+
+
+def observe(
+    status: OptimizationJobStatus, jobs: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str, Any]]
+) -> list[Observation]:
+    """Facts about in-flight runs only, so outcomes already recorded are never fed twice."""
+    active = active_runs(status)
+    by_run: dict[str, list[Mapping[str, Any]]] = {}
+    for pod in pods:
+        rid = k8s.run_id_of(pod)
+        if rid:
+            by_run.setdefault(rid, []).append(pod)
+    found: list[Observation] = []
+    for job in jobs:
+        rid = k8s.run_id_of(job)
+        if rid is None or rid not in active:
+            continue
+        mine = by_run.get(rid, [])
+        if active[rid] is None and (start := k8s.started(job, mine)) is not None:
+            found.append(start)
+        if (result := k8s.outcome(job, mine)) is not None:
+            found.append(result)
+    return found
+
+
+def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch from `old` to `new`: removed keys become null."""
+    patch: dict[str, Any] = {}
+    for key in old:
+        if key not in new and key not in FOREIGN_STATUS_KEYS:
+            patch[key] = None
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            inner = status_patch(before, value)
+            if inner:
+                patch[key] = inner
+        elif value != before:
+            patch[key] = value
+    return patch
+
+
+def invalid(status: OptimizationJobStatus, message: str, generation: int, now: datetime) -> OptimizationJobStatus:
+    failed = status.model_copy(
+        update={
+            "phase": "Failed",
+            "message": f"InvalidSpec: {message}",
+            "observed_generation": generation,
+            "completion_time": status.completion_time or iso(now),
+        }
+    )
+    return failed.model_copy(update={"conditions": conditions_for(failed, iso(now))})
+
+
+class Reconciler:
+    """The controller's executor: Jobs in the API server, outcomes from Jobs and pods."""
+
+    def __init__(self, kube: Kube, config: OperatorConfig, emit: EventSink) -> None:
+        self.kube, self.config, self.emit = kube, config, emit
+
+    async def run_pass(self, namespace: str, name: str, now: datetime | None = None) -> Pass:
+        obj = await self.kube.get(cr_path(namespace, name))
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            return Pass(None)
+        now = now or datetime.now(UTC)
+        raw_status = dict(obj.get("status") or {})
+        status = OptimizationJobStatus.model_validate(raw_status)
+        generation = int(obj["metadata"].get("generation") or 1)
+        try:
+            ctx = self.context(obj, namespace, name, generation)
+        except KompaktorError as error:
+            return await self._reject(obj, raw_status, status, str(error), generation, now)
+        selector = k8s.child_selector(name)
+        jobs, pods = await asyncio.gather(
+            self.kube.list(jobs_path(namespace), selector),
+            self.kube.list(pods_path(namespace), selector),
+        )
+        observations = observe(status, jobs, pods)
+        result = await asyncio.to_thread(reconcile, ctx, status, observations, now)
+        await self._write_status(namespace, name, raw_status, result.status)
+        return await self._act(obj, namespace, result, jobs)
+
+    def context(self, obj: Mapping[str, Any], namespace: str, name: str, generation: int) -> JobContext:
+        try:
+            spec = OptimizationJobSpec.model_validate(obj.get("spec") or {})
+        except ValidationError as error:
+            raise KompaktorError("; ".join(describe_errors(error, "spec."))) from None
+        check_pools(spec, self.config)
+        return JobContext(
+            name=name,
+            namespace=namespace,
+            spec=spec,
+            artifacts_uri=self.config.artifacts_for(spec, namespace, name),
+            generation=generation,
+            default_pool=self.config.default_pool_name,
+            pool_prices=self.config.prices,
+            retry_base_seconds=self.config.retry_base_seconds,
+        )
+
+    async def _reject(
+        self,
+        obj: Mapping[str, Any],
+        raw_status: Mapping[str, Any],
+        status: OptimizationJobStatus,
+        message: str,
+        generation: int,
+        now: datetime,
+    ) -> Pass:
+        if status.observed_generation == generation and status.phase == "Failed":
+            return Pass(None)
+        await self._write_status(
+            obj["metadata"]["namespace"], obj["metadata"]["name"], raw_status,
+            invalid(status, message, generation, now),
+        )  # fmt: skip
+        self.emit(obj, "Warning", "InvalidSpec", message)
+        return Pass(None)
+
+    async def _write_status(
+        self, namespace: str, name: str, old: Mapping[str, Any], status: OptimizationJobStatus
+    ) -> None:
+        patch = status_patch(old, status.dump())
+        if patch:
+            await self.kube.patch_status(cr_path(namespace, name), patch)
+
+    async def _act(
+        self, obj: Mapping[str, Any], namespace: str, result: StepResult, jobs: Sequence[Mapping[str, Any]]
+    ) -> Pass:
+        existing = {job["metadata"]["name"]: job for job in jobs}
+        created = deleted = 0
+        wake: float | None = None
+        for action in result.actions:
+            match action:
+                case EmitEvent():
+                    self.emit(obj, action.type, action.reason, action.message)
+                case EnsureRun():
+                    manifest = k8s.job_manifest(action.request, obj, self.config, namespace=namespace)
+                    if manifest["metadata"]["name"] not in existing:
+                        created += await self.kube.create(jobs_path(namespace), manifest)
+                case CancelRun():
+                    for job_name, job in existing.items():
+                        if k8s.run_id_of(job) == action.run_id:
+                            await self.kube.delete(jobs_path(namespace, job_name))
+                            deleted += 1
+                case Requeue():
+                    wake = action.after_seconds if wake is None else min(wake, action.after_seconds)
+        if result.active:
+            wake = min(wake or ACTIVE_POLL_SECONDS, ACTIVE_POLL_SECONDS)
+        return Pass(None if wake is None else max(wake, 0.05), created, deleted)

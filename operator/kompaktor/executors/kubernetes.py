@@ -1,0 +1,192 @@
+"""Stage runs as batch/v1 Jobs: the manifest from a RunRequest, and outcomes back from a Job.
+
+Pure functions over plain dicts (no API calls), so the controller stays thin and the mapping is
+testable without a cluster. A Job's name is derived from the run id alone, which makes creation
+idempotent: after a restart, creating the same run again answers 409 and the Job is adopted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from kompaktor.api.run import EXIT_INVALID, RESULT_FILE, RunFailure, RunRecord
+from kompaktor.api.spec import API_VERSION, KIND
+from kompaktor.artifacts import open_store
+from kompaktor.config import OperatorConfig
+from kompaktor.errors import KompaktorError
+from kompaktor.executors.pods import pod_spec
+from kompaktor.plan import Observation, RunFailed, RunRequest, RunStarted, RunSucceeded
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_JOB = "kompaktor.io/job"
+LABEL_STAGE = "kompaktor.io/stage"
+LABEL_TRIAL = "kompaktor.io/trial"
+LABEL_POOL = "kompaktor.io/pool"
+ANNOTATION_RUN = "kompaktor.io/run-id"
+ANNOTATION_OUTPUT = "kompaktor.io/output"
+MAX_NAME = 63
+#: Extra seconds over a stage's timeout before Kubernetes kills its pod (image pull, start).
+DEADLINE_SLACK_SECONDS = 60
+
+Obj = Mapping[str, Any]
+
+
+def job_name(job: str, run_id: str) -> str:
+    """`<job>-<run id>` as a DNS label; a long one keeps its start and gains a hash suffix."""
+    name = re.sub(r"[^a-z0-9-]+", "-", f"{job}-{run_id}".lower()).strip("-")
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: MAX_NAME - 9].rstrip('-')}-{digest}"
+
+
+def label_value(value: str) -> str:
+    """Label values are at most 63 characters of [A-Za-z0-9._-]."""
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "-", value).strip("-._")
+    return clean[:MAX_NAME].rstrip("-._")
+
+
+def child_selector(job: str) -> str:
+    return f"{MANAGED_BY}=kompaktor,{LABEL_JOB}={label_value(job)}"
+
+
+def job_manifest(
+    request: RunRequest, owner: Obj, config: OperatorConfig, *, namespace: str
+) -> dict[str, Any]:
+    """The batch/v1 Job for one run, owned by its OptimizationJob (so deletion cascades)."""
+    pool = config.pool(request.pool)
+    labels = {
+        MANAGED_BY: "kompaktor",
+        LABEL_JOB: label_value(request.job),
+        LABEL_STAGE: label_value(request.stage),
+        LABEL_POOL: label_value(pool.name),
+    }
+    if request.trial is not None:
+        labels[LABEL_TRIAL] = str(request.trial)
+    annotations = {ANNOTATION_RUN: request.run_id, ANNOTATION_OUTPUT: request.output_uri}
+    spec: dict[str, Any] = {
+        "backoffLimit": 0,
+        "template": {
+            "metadata": {"labels": dict(labels), "annotations": dict(annotations)},
+            "spec": pod_spec(request, pool, config),
+        },
+    }
+    if request.timeout_seconds is not None:
+        spec["activeDeadlineSeconds"] = int(request.timeout_seconds) + DEADLINE_SLACK_SECONDS
+    if config.ttl_seconds_after_finished is not None:
+        spec["ttlSecondsAfterFinished"] = config.ttl_seconds_after_finished
+    meta = owner["metadata"]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(request.job, request.run_id),
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": KIND,
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": spec,
+    }
+
+
+# ------------------------------------------------------------------------------ outcomes
+
+
+def run_id_of(obj: Obj) -> str | None:
+    value = (obj.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_RUN)
+    return str(value) if value else None
+
+
+def _condition(job: Obj, kind: str) -> Obj | None:
+    for cond in job.get("status", {}).get("conditions") or []:
+        if cond.get("type") == kind and cond.get("status") == "True":
+            return dict(cond)
+    return None
+
+
+def finished(job: Obj) -> bool:
+    status = job.get("status", {})
+    return bool(
+        _condition(job, "Complete")
+        or _condition(job, "Failed")
+        or status.get("succeeded")
+        or status.get("failed")
+    )
+
+
+def _terminated(pods: Sequence[Obj]) -> Obj | None:
+    """The last pod's terminated container state (a Job with backoffLimit 0 has one pod)."""
+    for pod in reversed(pods):
+        for status in pod.get("status", {}).get("containerStatuses") or []:
+            terminated = (status.get("state") or {}).get("terminated")
+            if terminated:
+                return dict(terminated)
+    return None
+
+
+def started(job: Obj, pods: Sequence[Obj]) -> RunStarted | None:
+    """The run's pod was scheduled: where it runs (for status and cost)."""
+    rid = run_id_of(job)
+    for pod in pods:
+        node = pod.get("spec", {}).get("nodeName")
+        if rid and node:
+            pool = (pod.get("metadata", {}).get("labels") or {}).get(LABEL_POOL)
+            return RunStarted(rid, node=node, pool=pool)
+    return None
+
+
+def outcome(job: Obj, pods: Sequence[Obj]) -> Observation | None:
+    """What a finished Job says: the record from its termination message, or why it failed.
+
+    The message holds the run's summary (≤ 4 KB); when it is missing or cut, result.json in
+    the store is the full record.
+    """
+    rid = run_id_of(job)
+    if rid is None or not finished(job):
+        return None
+    terminated = _terminated(pods) or {}
+    message = str(terminated.get("message") or "")
+    if _condition(job, "Complete") or (job.get("status", {}).get("succeeded") and not
+                                       _condition(job, "Failed")):  # fmt: skip
+        return _succeeded(rid, message, job)
+    failed = _condition(job, "Failed") or {}
+    try:
+        failure = RunFailure.model_validate_json(message)
+        return RunFailed(rid, failure.reason, failure.message, failure.retryable)
+    except (ValidationError, ValueError):
+        pass
+    code = terminated.get("exitCode")
+    reason = str(failed.get("reason") or terminated.get("reason") or "JobFailed")
+    tail = message.strip().splitlines()[-3:] if message else []
+    text = " | ".join(tail) or str(failed.get("message") or f"exit code {code}")
+    return RunFailed(rid, reason, text, retryable=code != EXIT_INVALID)
+
+
+def _succeeded(rid: str, message: str, job: Obj) -> Observation:
+    try:
+        return RunSucceeded(rid, RunRecord.model_validate_json(message))
+    except (ValidationError, ValueError):
+        pass
+    output = (job.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_OUTPUT)
+    try:
+        if not output:
+            raise KompaktorError("the Job names no output")
+        data = open_store(str(output)).get_bytes(RESULT_FILE)
+        return RunSucceeded(rid, RunRecord.model_validate_json(data))
+    except (KompaktorError, ValidationError, ValueError) as error:
+        return RunFailed(rid, "NoResult", f"the run succeeded but left no result: {error}")

@@ -1,0 +1,158 @@
+"""compress: low-rank factorization (truncated SVD) or weight sharing (k-means), then fine-tune.
+
+Low-rank rewrites the exported graph so the model really holds fewer parameters and does
+fewer multiply-adds; weight sharing keeps the layout but leaves each layer with at most
+`clusters` distinct values, which a codebook + index encoding (or a compressor) then exploits.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+from torch import nn
+
+from kompaktor.compression import factorize, share_weights
+from kompaktor.compression.sharing import recenter, sharable_weights
+from kompaktor.errors import StageError
+from kompaktor.stages.base import PlanContext, Stage, StageContext, StageParams, StageResult
+from kompaktor.surgery import as_graph_module, stored_elements
+from kompaktor.surgery.batches import sample
+
+
+class CompressParams(StageParams):
+    method: Literal["lowrank", "weightsharing"] = Field(
+        "lowrank",
+        description="lowrank: factorize conv/linear weights by truncated SVD; weightsharing: "
+        "cluster each layer's weights into `clusters` shared values.",
+    )
+    energy: float | None = Field(
+        None,
+        description="lowrank: keep the smallest rank whose singular values hold this share "
+        "of the layer's energy (Σσ²), in (0, 1]. The default when no rank rule is given: 0.9.",
+    )
+    ratio: float | None = Field(
+        None,
+        description="lowrank: instead of energy, the share of each layer's parameters the two "
+        "factors may hold, in (0, 1).",
+    )
+    rank: int | None = Field(
+        None, ge=1, description="lowrank: instead of energy, one rank for every layer."
+    )
+    clusters: int = Field(16, ge=2, le=256, description="weightsharing: values per layer.")
+    fine_tune_epochs: int = Field(1, ge=0, description="Epochs of fine-tuning afterwards.")
+    lr: float = Field(1e-3, gt=0, description="Fine-tuning learning rate.")
+    batch_size: int = Field(64, ge=1, description="Fine-tuning batch size.")
+    skip: tuple[str, ...] = Field(
+        (), description="Layer names (glob patterns, e.g. 'fc2', 'head.*') to leave as they are."
+    )
+
+    @model_validator(mode="after")
+    def _one_rank_rule(self) -> CompressParams:
+        given = [n for n in ("energy", "ratio", "rank") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of energy, ratio, rank (got {', '.join(given)})")
+        if given and self.method != "lowrank":
+            raise ValueError(f"{given[0]} only applies to method lowrank")
+        if self.energy is not None and not 0.0 < self.energy <= 1.0:
+            raise ValueError(f"energy must be in (0, 1] (got {self.energy})")
+        if self.ratio is not None and not 0.0 < self.ratio < 1.0:
+            raise ValueError(f"ratio must be in (0, 1) (got {self.ratio})")
+        return self
+
+
+class CompressStage(Stage[CompressParams]):
+    type: ClassVar[str] = "compress"
+    Params: ClassVar[type[StageParams]] = CompressParams
+
+    def check(self, params: CompressParams, plan: PlanContext) -> None:
+        if params.method == "lowrank" and plan.input_format != "pt2":
+            raise ValueError(
+                f"params.method: lowrank needs a pt2 model (got {plan.input_format}): it "
+                "rewrites the torch.export graph, which TorchScript cannot be"
+            )
+
+    def run(self, ctx: StageContext[CompressParams]) -> StageResult:
+        module = ctx.model.require_module("compress")
+        if ctx.params.method == "lowrank":
+            return _lowrank(ctx, module)
+        return _weightsharing(ctx, module)
+
+
+def _lowrank(ctx: StageContext[CompressParams], module: nn.Module) -> StageResult:
+    p = ctx.params
+    example = sample(ctx.dataset)
+    try:
+        gm = as_graph_module(copy.deepcopy(module), example)
+    except TypeError as error:
+        raise StageError(f"compress: lowrank: {error}") from None
+    before = stored_elements(gm)
+    energy = 0.9 if p.energy is p.ratio is p.rank is None else p.energy
+    try:
+        layers = factorize(gm, energy=energy, ratio=p.ratio, rank=p.rank, skip=p.skip)
+    except ValueError as error:
+        raise StageError(f"compress: {error}") from None
+    replaced = [f for f in layers if f.replaced]
+    if not replaced:
+        ctx.log("compress: no layer gets smaller at this rank rule; the model is unchanged")
+    _fine_tune(ctx, gm)
+    after = stored_elements(gm)
+    total = sum(f.full_rank for f in replaced) or 1
+    metrics = {
+        "parametersBefore": float(before),
+        "parametersAfter": float(after),
+        "layersFactorized": float(len(replaced)),
+        # each layer's kept energy, weighted by its full rank
+        "energyKept": sum(f.energy_kept * f.full_rank for f in replaced) / total if replaced else 1.0,
+    }
+    details = {
+        "ranks": {f.layer: {"rank": f.rank, "fullRank": f.full_rank, "energyKept": round(f.energy_kept, 6), "factorized": f.replaced} for f in layers},
+        "rule": {"energy": energy} if energy is not None else {"ratio": p.ratio} if p.ratio else {"rank": p.rank},
+    }
+    ctx.log(f"compress: lowrank: {before} -> {after} parameters, {len(replaced)} layers factorized")
+    return StageResult(module=gm, metrics=metrics, details=details)
+
+
+def _weightsharing(ctx: StageContext[CompressParams], module: nn.Module) -> StageResult:
+    p = ctx.params
+    module = copy.deepcopy(module)
+    weights = sharable_weights(module, p.skip)
+    if not weights:
+        raise StageError("compress: weightsharing: no conv/linear weights to share (check params.skip)")
+    shared = share_weights(weights, p.clusters)
+    if p.fine_tune_epochs:
+        _fine_tune(ctx, module)
+        weights = sharable_weights(module, p.skip)
+        shared = recenter(weights, shared)
+    count = sum(s.indices.numel() for s in shared)
+    bits = sum(s.bits_per_weight * s.indices.numel() for s in shared) / count
+    metrics = {
+        "parametersBefore": float(stored_elements(module)),
+        "parametersAfter": float(stored_elements(module)),
+        "clusters": float(p.clusters),
+        "bitsPerWeight": bits,
+        "sharedWeights": float(count),
+        "codebookBytes": float(math.ceil(count * bits / 8)),
+    }
+    details = {
+        "codebooks": {s.layer: [round(float(v), 8) for v in s.codebook] for s in shared},
+        "indexBits": {s.layer: math.ceil(math.log2(max(len(s.codebook), 2))) for s in shared},
+    }
+    ctx.log(f"compress: weightsharing: {len(shared)} layers, {bits:.2f} bits per weight")
+    return StageResult(module=module, metrics=metrics, details=details)
+
+
+def _fine_tune(ctx: StageContext[CompressParams], module: nn.Module) -> None:
+    p = ctx.params
+    if p.fine_tune_epochs == 0:
+        return
+    from kompaktor.training import fit
+
+    trained = fit(
+        module, ctx.dataset, epochs=p.fine_tune_epochs, lr=p.lr, batch_size=p.batch_size,
+        seed=ctx.seed, log=ctx.log,
+    )
+    if trained is not module:
+        module.load_state_dict(trained.state_dict())

@@ -1,0 +1,277 @@
+"""prune: remove weights (magnitude, Taylor) or whole channels (structured), step by step.
+
+Unstructured methods zero individual weights, exactly and for good (masks hold through
+fine-tuning); `runtime: sparse` then swaps the pruned linear layers for the sparse kernels.
+Structured pruning edits the exported graph so the model really has fewer channels, which
+is what makes it smaller and faster on any runtime.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field, ValidationInfo, field_validator
+from torch import fx, nn
+
+from kompaktor.errors import StageError
+from kompaktor.stages.base import PlanContext, Stage, StageContext, StageParams, StageResult
+from kompaktor.surgery import (
+    as_graph_module,
+    channel_groups,
+    channel_l1_scores,
+    channel_taylor_scores,
+    hold_masks,
+    keep_top,
+    linear_modules,
+    magnitude_scores,
+    masks_for_sparsity,
+    multiply_adds,
+    prunable_weights,
+    remove_channels,
+    sparsity_of,
+    sparsity_schedule,
+    stored_elements,
+    taylor_scores,
+)
+from kompaktor.surgery.batches import batches, sample, task_loss
+from kompaktor.surgery.kernels import optional_kernel
+
+
+class PruneParams(StageParams):
+    method: Literal["magnitude", "taylor", "structured"] = Field(
+        "magnitude",
+        description="magnitude: smallest |w|; taylor: smallest |w·dL/dw| (gradient-based); "
+        "structured: remove whole conv channels / linear neurons (pt2 models only).",
+    )
+    scope: Literal["global", "layer"] | None = Field(
+        None,
+        description="magnitude/taylor: rank weights across all layers (global, the default) "
+        "or prune each layer to the same sparsity (layer).",
+    )
+    sparsity: float = Field(
+        description="Fraction to remove: of prunable weights (magnitude/taylor), or of each "
+        "prunable layer's channels (structured). Strictly between 0 and 1."
+    )
+    steps: int = Field(
+        1, ge=1, le=100, description="Prune in this many steps, fine-tuning between."
+    )
+    schedule: Literal["cubic", "linear"] = Field(
+        "cubic", description="How the sparsity grows over the steps (cubic front-loads it)."
+    )
+    fine_tune_epochs: int = Field(1, ge=0, description="Epochs of fine-tuning after each step.")
+    lr: float = Field(1e-3, gt=0, description="Fine-tuning learning rate.")
+    batch_size: int = Field(64, ge=1, description="Fine-tuning and saliency batch size.")
+    l1: float = Field(0.0, ge=0, description="L1 regularization strength while fine-tuning.")
+    taylor_batches: int = Field(
+        8, ge=1, description="Training batches averaged for Taylor saliency scores."
+    )
+    criterion: Literal["l1", "taylor"] | None = Field(
+        None,
+        description="structured only: rank channels by filter L1 norm (default) or by the "
+        "Taylor score |Σ a·dL/da| of their activations.",
+    )
+    runtime: Literal["dense", "sparse"] = Field(
+        "dense",
+        description="sparse: run pruned linear layers with kompaktor_kernels' sparse kernel "
+        "(magnitude/taylor only).",
+    )
+    skip: tuple[str, ...] = Field(
+        (), description="Layer names (glob patterns, e.g. 'features.0', 'head.*') to leave whole."
+    )
+    keep_output_layer: bool = Field(
+        True, description="Leave the layer that produces the model's output whole."
+    )
+
+    @field_validator("sparsity")
+    @classmethod
+    def _open_interval(cls, value: float) -> float:
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"must be in (0, 1) (got {value})")
+        return value
+
+    @field_validator("scope")
+    @classmethod
+    def _scope_unstructured(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("method") == "structured":
+            raise ValueError(
+                "only applies to magnitude and taylor; structured removes the same fraction "
+                "of channels from every prunable layer"
+            )
+        return value
+
+    @field_validator("criterion")
+    @classmethod
+    def _criterion_structured(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("method") != "structured":
+            raise ValueError("only applies to method structured")
+        return value
+
+    @field_validator("runtime")
+    @classmethod
+    def _sparse_unstructured(cls, value: str, info: ValidationInfo) -> str:
+        if value == "sparse" and info.data.get("method") == "structured":
+            raise ValueError(
+                "sparse needs an unstructured method (magnitude or taylor); structured "
+                "pruning already leaves dense, smaller layers"
+            )
+        return value
+
+
+class PruneStage(Stage[PruneParams]):
+    type: ClassVar[str] = "prune"
+    Params = PruneParams
+
+    def check(self, params: PruneParams, plan: PlanContext) -> None:
+        if params.method == "structured" and plan.input_format != "pt2":
+            raise ValueError(
+                f"params.method: structured pruning needs a pt2 model (got {plan.input_format}): "
+                "it rewrites the torch.export graph to drop channels, and a TorchScript or ONNX "
+                "graph cannot be rewritten and re-exported that way"
+            )
+
+    def run(self, ctx: StageContext[PruneParams]) -> StageResult:
+        module = ctx.model.require_module("prune")
+        if ctx.params.method == "structured":
+            return _structured(ctx, module)
+        return _unstructured(ctx, module)
+
+
+def _unstructured(ctx: StageContext[PruneParams], module: nn.Module) -> StageResult:
+    p = ctx.params
+    weights = prunable_weights(module, p.skip, p.keep_output_layer)
+    if not weights:
+        raise StageError("prune: no conv/linear weights left to prune (check params.skip)")
+    masks: dict[str, torch.Tensor] = {}
+    targets = sparsity_schedule(p.sparsity, p.steps, p.schedule)
+    for step, target in enumerate(targets):
+        scores = _weight_scores(ctx, module, weights)
+        for name, mask in masks.items():  # once pruned, always pruned
+            scores[name] = scores[name].masked_fill(~mask, -1.0)
+        masks = masks_for_sparsity(scores, target, p.scope or "global")
+        with hold_masks(weights, masks):
+            _fine_tune(ctx, module, step)
+        ctx.log(f"prune: step {step + 1}/{p.steps}: sparsity {sparsity_of(weights):.4f}")
+        ctx.report(step, sparsity_of(weights))
+    details: dict[str, Any] = {
+        "layers": {name: round(sparsity_of({name: w}), 4) for name, w in weights.items()},
+        "schedule": [round(t, 4) for t in targets],
+    }
+    metrics = {
+        "sparsity": sparsity_of(weights),
+        "prunableParameters": float(sum(w.numel() for w in weights.values())),
+        "nonzeroParameters": float(sum(int((w != 0).sum()) for w in weights.values())),
+    }
+    if p.runtime == "sparse":
+        module = _sparse_runtime(ctx, module, metrics, details)
+    return StageResult(module=module, metrics=metrics, details=details)
+
+
+def _weight_scores(
+    ctx: StageContext[PruneParams], module: nn.Module, weights: Mapping[str, nn.Parameter]
+) -> dict[str, torch.Tensor]:
+    if ctx.params.method == "magnitude":
+        return magnitude_scores(weights)
+    data = batches(ctx.dataset, "train", ctx.params.batch_size, ctx.params.taylor_batches, ctx.seed)
+    return taylor_scores(module, weights, data, task_loss(ctx.dataset))
+
+
+def _structured(ctx: StageContext[PruneParams], module: nn.Module) -> StageResult:
+    p = ctx.params
+    example = sample(ctx.dataset)
+    try:
+        gm = as_graph_module(module, example)
+    except TypeError as error:
+        raise StageError(f"prune: structured: {error}") from None
+    names = _structured_layers(gm, example, p.skip)
+    original = {name: group.channels for name, group in channel_groups(gm, example).items()}
+    before, macs_before = stored_elements(gm), multiply_adds(gm, example)
+    removed = 0
+    for step, target in enumerate(sparsity_schedule(p.sparsity, p.steps, p.schedule)):
+        groups = {n: g for n, g in channel_groups(gm, example).items() if n in names}
+        scores = _channel_scores(ctx, gm, groups)
+        keep = {n: keep_top(scores[n], original[n] - round(target * original[n])) for n in groups}
+        removed += remove_channels(gm, groups, keep)
+        _fine_tune(ctx, gm, step)
+        ctx.log(f"prune: step {step + 1}/{p.steps}: {removed} channels removed")
+        ctx.report(step, float(removed))
+    after = channel_groups(gm, example)
+    total = sum(original[n] for n in names)
+    metrics = {
+        "parametersBefore": float(before),
+        "parametersAfter": float(stored_elements(gm)),
+        "channelsRemoved": float(removed),
+        "sparsity": removed / total,
+        "multiplyAddsBefore": float(macs_before),
+        "multiplyAddsAfter": float(multiply_adds(gm, example)),
+    }
+    details = {"channels": {n: [original[n], after[n].channels] for n in names if n in after}}
+    return StageResult(module=gm, metrics=metrics, details=details)
+
+
+def _structured_layers(
+    gm: fx.GraphModule, example: tuple[torch.Tensor, ...], skip: tuple[str, ...]
+) -> list[str]:
+    groups = channel_groups(gm, example)
+    names = [n for n in groups if not any(fnmatch.fnmatchcase(n, pat) for pat in skip)]
+    if not names:
+        raise StageError(
+            "prune: structured: no layer has removable channels (every conv/linear output "
+            "feeds the model output, a residual add or concat, or an op that mixes channels, "
+            "or params.skip names it)"
+        )
+    return names
+
+
+def _channel_scores(
+    ctx: StageContext[PruneParams], gm: fx.GraphModule, groups: Mapping[str, Any]
+) -> dict[str, torch.Tensor]:
+    if (ctx.params.criterion or "l1") == "l1":
+        return channel_l1_scores(gm, groups)
+    data = batches(ctx.dataset, "train", ctx.params.batch_size, ctx.params.taylor_batches, ctx.seed)
+    return channel_taylor_scores(gm, groups, data, task_loss(ctx.dataset))
+
+
+def _fine_tune(ctx: StageContext[PruneParams], module: nn.Module, step: int) -> None:
+    """Fine-tune in place (fit may hand back another object: its weights are copied back)."""
+    p = ctx.params
+    if p.fine_tune_epochs == 0:
+        return
+    from kompaktor.training import fit
+
+    trained = fit(
+        module,
+        ctx.dataset,
+        epochs=p.fine_tune_epochs,
+        lr=p.lr,
+        batch_size=p.batch_size,
+        l1=p.l1,
+        seed=ctx.seed + step,
+        log=ctx.log,
+    )
+    if trained is not module:
+        module.load_state_dict(trained.state_dict())
+
+
+def _sparse_runtime(
+    ctx: StageContext[PruneParams],
+    module: nn.Module,
+    metrics: dict[str, float],
+    details: dict[str, Any],
+) -> nn.Module:
+    """Swap pruned linear layers for SparseLinear; stay dense if the kernels are missing."""
+    sparsify = optional_kernel("sparsify")
+    if sparsify is None:
+        ctx.log("prune: kompaktor_kernels.sparsify is not available; output stays dense")
+        details["runtime"] = "dense (kompaktor_kernels not importable)"
+        return module
+    if isinstance(module, fx.GraphModule):
+        linear_modules(module)
+    swapped = sparsify(module, dtype=torch.float32, min_sparsity=0.5)
+    result = module if swapped is None else swapped
+    count = sum(type(m).__name__ == "SparseLinear" for m in result.modules())
+    metrics["sparseLayers"] = float(count)
+    details["runtime"] = "sparse"
+    return result

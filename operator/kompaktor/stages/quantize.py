@@ -1,0 +1,222 @@
+"""quantize: int8 (dynamic, static-calibrated, quantization-aware) or fp16, as an ONNX model.
+
+The output is ONNX because that is where int8 runs fast on CPUs: ONNX Runtime's quantization
+tools write QDQ (or QOperator) graphs its CPU kernels execute in int8. Torch inputs are exported
+to ONNX first; QAT fine-tunes with fake quantization in PyTorch before that export, then
+calibrates like `static`, so every int8 mode ends in the same kind of file.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import Field
+
+from kompaktor.errors import StageError
+from kompaktor.models import ModelFormat, save_onnx
+from kompaktor.quant import (
+    CalibrationReader,
+    check_calibration_shapes,
+    fake_quantize,
+    onnx_inputs,
+    strip_fake_quant,
+    torch_inputs,
+)
+from kompaktor.stages.base import PlanContext, Stage, StageContext, StageParams, StageResult
+from kompaktor.surgery import as_graph_module
+from kompaktor.surgery.batches import sample
+
+IntType = Literal["int8", "uint8"]
+
+
+class QuantizeParams(StageParams):
+    mode: Literal["dynamic", "static", "qat", "fp16"] = Field(
+        "static",
+        description="dynamic: int8 weights, activations quantized at run time (no data); "
+        "static: int8 weights and activations calibrated on training data; qat: fake-quant "
+        "fine-tuning first, then static; fp16: half-precision weights.",
+    )
+    per_channel: bool = Field(True, description="One int8 scale per output channel of weights.")
+    calibration_samples: int = Field(
+        256, gt=0, description="Training rows used to calibrate activation ranges (static, qat)."
+    )
+    calibration_method: Literal["minmax", "percentile", "entropy"] = Field(
+        "minmax", description="How activation ranges are chosen from the calibration data."
+    )
+    format: Literal["QDQ", "QOperator"] = Field(
+        "QDQ",
+        description="QDQ: quantize/dequantize pairs around float ops (portable); "
+        "QOperator: dedicated int8 operators.",
+    )
+    activation_type: IntType = Field("uint8", description="Integer type of activations.")
+    weight_type: IntType = Field("int8", description="Integer type of weights.")
+    qat_epochs: int = Field(2, ge=1, description="qat: epochs of fake-quant fine-tuning.")
+    lr: float = Field(1e-4, gt=0, description="qat: fine-tuning learning rate.")
+    batch_size: int = Field(64, ge=1, description="qat: fine-tuning batch size.")
+
+
+class QuantizeStage(Stage[QuantizeParams]):
+    type: ClassVar[str] = "quantize"
+    Params: ClassVar[type[StageParams]] = QuantizeParams
+    accepts: ClassVar[frozenset[ModelFormat]] = frozenset({"pt2", "torchscript", "onnx"})
+    produces: ClassVar[ModelFormat | None] = "onnx"
+
+    def check(self, params: QuantizeParams, plan: PlanContext) -> None:
+        if params.mode == "qat" and plan.input_format == "onnx":
+            raise ValueError(
+                "params.mode: qat fine-tunes in PyTorch and needs a pt2 or TorchScript model "
+                "(got onnx); use static for an ONNX model"
+            )
+
+    def run(self, ctx: StageContext[QuantizeParams]) -> StageResult:
+        p = ctx.params
+        source = _float_onnx(ctx)
+        target = ctx.work_dir / "model.onnx"
+        details: dict[str, Any] = {"mode": p.mode}
+        if p.mode == "fp16":
+            _fp16(source, target)
+        elif p.mode == "dynamic":
+            _dynamic(source, target, p)
+            details |= {"perChannel": p.per_channel, "weightType": p.weight_type}
+        else:
+            _static(ctx, source, target)
+            details |= {
+                "perChannel": p.per_channel,
+                "format": p.format,
+                "calibrationMethod": p.calibration_method,
+                "calibrationSamples": min(p.calibration_samples, len(ctx.dataset.targets("train"))),
+                "activationType": p.activation_type,
+                "weightType": p.weight_type,
+            }
+        before, after = source.stat().st_size, target.stat().st_size
+        metrics = {
+            "sizeBytesBefore": float(before),
+            "sizeBytesAfter": float(after),
+            "compressionRatio": before / max(after, 1),
+        }
+        ctx.log(f"quantize: {p.mode}: {before} -> {after} bytes")
+        return StageResult(path=target, output_format="onnx", metrics=metrics, details=details)
+
+
+def _float_onnx(ctx: StageContext[QuantizeParams]) -> Path:
+    """The fp32 ONNX model to quantize: the input itself, or the torch model exported (after
+    fake-quant fine-tuning for qat)."""
+    if ctx.model.format == "onnx":
+        if ctx.params.mode == "qat":
+            raise StageError("quantize: params.mode: qat needs a PyTorch model (got onnx)")
+        return ctx.model.path
+    module = ctx.model.require_module("quantize")
+    _check_shapes(ctx, torch_inputs(module))
+    example = sample(ctx.dataset)
+    if ctx.params.mode == "qat":
+        module = _qat(ctx, module, example)
+    path = ctx.work_dir / "float.onnx"
+    save_onnx(module, example, path)
+    return path
+
+
+def _qat(ctx: StageContext[QuantizeParams], module: Any, example: tuple[Any, ...]) -> Any:
+    from kompaktor.training import fit
+
+    p = ctx.params
+    try:
+        gm = as_graph_module(copy.deepcopy(module), example)
+    except TypeError as error:
+        raise StageError(f"quantize: params.mode: qat: {error}") from None
+    layers = fake_quantize(gm)
+    ctx.log(f"quantize: qat: fake-quantizing {layers} layers for {p.qat_epochs} epochs")
+    trained = fit(
+        gm, ctx.dataset, epochs=p.qat_epochs, lr=p.lr, batch_size=p.batch_size, seed=ctx.seed,
+        log=ctx.log,
+    )
+    if trained is not gm:
+        gm.load_state_dict(trained.state_dict())
+    strip_fake_quant(gm)
+    return gm.eval()
+
+
+def _static(ctx: StageContext[QuantizeParams], source: Path, target: Path) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+    p = ctx.params
+    arrays = [np.asarray(x) for x in ctx.dataset.inputs("train")]
+    inputs = onnx_inputs(source)
+    _check_shapes(ctx, inputs)
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }
+    prepared = _pre_process(source, ctx.work_dir / "prepared.onnx")
+    quantize_static(
+        str(prepared),
+        str(target),
+        CalibrationReader(inputs, arrays, p.calibration_samples),
+        quant_format=QuantFormat.QDQ if p.format == "QDQ" else QuantFormat.QOperator,
+        per_channel=p.per_channel,
+        activation_type=_int_type(p.activation_type),
+        weight_type=_int_type(p.weight_type),
+        calibrate_method=methods[p.calibration_method],
+        extra_options={"ActivationSymmetric": p.activation_type == "int8"},
+    )
+
+
+def _check_shapes(
+    ctx: StageContext[QuantizeParams], inputs: list[tuple[str, list[int | str]]] | None
+) -> None:
+    """StageError naming both shapes when the dataset cannot feed the model (None: unknown)."""
+    if inputs is None:
+        return
+    field = "params.calibrationSamples " if ctx.params.mode in ("static", "qat") else ""
+    where = f"quantize: {field}(train split of dataset {ctx.dataset.name})"
+    try:
+        check_calibration_shapes(inputs, ctx.dataset.inputs("train"), where)
+    except ValueError as error:
+        raise StageError(str(error)) from None
+
+
+def _dynamic(source: Path, target: Path, p: QuantizeParams) -> None:
+    from onnxruntime.quantization import quantize_dynamic
+
+    prepared = _pre_process(source, target.with_name("prepared.onnx"))
+    quantize_dynamic(
+        str(prepared), str(target), per_channel=p.per_channel, weight_type=_int_type(p.weight_type)
+    )
+
+
+def _fp16(source: Path, target: Path) -> None:
+    import onnx
+
+    try:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+    except ImportError:
+        try:
+            from onnxconverter_common.float16 import convert_float_to_float16
+        except ImportError:
+            raise StageError(
+                "quantize: params.mode: fp16 needs onnxruntime.transformers or "
+                "onnxconverter-common, and neither is installed"
+            ) from None
+    model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+    onnx.save(model, str(target))
+
+
+def _pre_process(source: Path, target: Path) -> Path:
+    """ONNX Runtime's recommended shape inference and graph cleanup before quantizing; the
+    model is quantized as it is when that step cannot handle it."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(source), str(target))
+    except Exception:  # noqa: BLE001 - an optional optimization; quantizing works without it
+        return source
+    return target
+
+
+def _int_type(name: str) -> Any:
+    from onnxruntime.quantization import QuantType
+
+    return QuantType.QInt8 if name == "int8" else QuantType.QUInt8

@@ -1,0 +1,366 @@
+"""`kompaktor stage run`: one stage run, the same in a pod and in a local subprocess.
+
+Fetch and load the input, the job's original model (reference) and the dataset; run the
+technique; save its output; measure it the same way for every stage; write model, stage.log and
+result.json (last) under `--output`. A failure leaves failure.json instead and exits 1, or 2
+when retrying cannot help (bad params, an input that does not load). A prefix that already has
+a result.json is a finished run: it is reported again, never redone or overwritten.
+
+Heavy imports (torch, models) happen inside functions: the CLI imports this module to build its
+parser for every command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import tempfile
+import traceback
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from kompaktor.api.run import EXIT_FAILED, EXIT_INVALID, EXIT_OK, LOG_FILE, RunFailure, RunRecord
+from kompaktor.errors import JobSpecError, KompaktorError, StageError
+
+if TYPE_CHECKING:
+    from kompaktor.data import Dataset
+    from kompaktor.models import LoadedModel, ModelFormat
+    from kompaktor.stages.base import StageContext, StageResult
+    from kompaktor.stages.outputs import OutputPrefix, RunLog
+
+#: The quick latency figure every run reports (benchmark measures properly).
+LATENCY_WARMUP, LATENCY_ITERATIONS = 5, 30
+FAILURE_MESSAGE_LIMIT = 3000
+
+
+@dataclass(frozen=True)
+class StageRequest:
+    """The stage command's arguments. `reference` defaults to `input`."""
+
+    type: str
+    input: str
+    dataset: str
+    output: str
+    params: dict[str, Any] = field(default_factory=dict)
+    reference: str | None = None
+    metric: str = "accuracy"
+    task: Literal["classification", "regression"] = "classification"
+    seed: int = 0
+
+
+class StageRunError(KompaktorError):
+    """The run failed; `failure` is what failure.json says, `exit_code` what the command exits."""
+
+    def __init__(self, failure: RunFailure, exit_code: int) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+        self.exit_code = exit_code
+
+
+class _InvalidInputError(KompaktorError):
+    """An input that cannot be used by this stage at all: retrying will not help."""
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def build_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `stage run` to the `kompaktor` command."""
+    stage = sub.add_parser("stage", help="run one stage (what each pod or local process runs)")
+    stage_sub = stage.add_subparsers(dest="stage_command", required=True)
+    run = stage_sub.add_parser("run", help="run one stage and write its output")
+    run.add_argument("--type", required=True, help="stage type (train, prune, …)")
+    run.add_argument("--params", default="{}", help="the stage's params as a JSON object")
+    run.add_argument("--input", required=True, help="input model URI (.pt2, .pt, .onnx)")
+    run.add_argument("--dataset", required=True, help="dataset URI or built-in (sklearn:digits)")
+    run.add_argument("--output", required=True, help="output prefix URI (s3://, file://, path)")
+    run.add_argument("--reference", help="the job's original model (default: --input)")
+    run.add_argument("--metric", default="accuracy", choices=["accuracy", "fidelity", "mse"])
+    run.add_argument("--task", default="classification", choices=["classification", "regression"])
+    run.add_argument("--seed", type=int, default=0)
+    run.set_defaults(handler=main_stage)
+
+
+def main_stage(args: argparse.Namespace) -> int:
+    """Run the stage from parsed args; print the record (stdout) and leave the pod's summary."""
+    from kompaktor.stages.outputs import write_termination_message
+
+    try:
+        request = StageRequest(
+            type=args.type,
+            params=_parse_params_json(args.type, args.params),
+            input=args.input,
+            dataset=args.dataset,
+            output=args.output,
+            reference=args.reference,
+            metric=args.metric,
+            task=args.task,
+            seed=args.seed,
+        )
+        record = run_stage(request)
+    except StageRunError as error:
+        write_termination_message(error.failure.model_dump_json(by_alias=True))
+        print(f"error: {error.failure.message}", file=sys.stderr)
+        return error.exit_code
+    write_termination_message(record.summary())
+    print(record.model_dump_json(by_alias=True, indent=2))
+    return EXIT_OK
+
+
+def _parse_params_json(stage_type: str, text: str) -> dict[str, Any]:
+    try:
+        params = json.loads(text)
+    except json.JSONDecodeError as error:
+        params, problem = None, f"not JSON ({error})"
+    else:
+        problem = "must be a JSON object"
+    if isinstance(params, dict):
+        return params
+    message = f"stage ({stage_type}): --params: {problem}"
+    failure = RunFailure(type=stage_type, reason="InvalidParams", message=message, retryable=False)
+    raise StageRunError(failure, EXIT_INVALID)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run_stage(request: StageRequest) -> RunRecord:
+    """Run one stage to completion, or raise StageRunError after writing failure.json."""
+    from kompaktor.stages.outputs import OutputPrefix, RunLog
+
+    with tempfile.TemporaryDirectory(prefix="kompaktor-stage-") as tmp:
+        work = Path(tmp)
+        log = RunLog(work / LOG_FILE)
+        out: OutputPrefix | None = None
+        try:
+            out = OutputPrefix(request.output)
+            cached = out.cached()
+            if cached is not None:
+                log(f"{request.output} already has a finished run: reusing it")
+                return cached
+            record = _execute(request, work, out, log)
+            out.put_log(log.path)
+            return out.put_result(record)
+        except Exception as error:
+            failure, code = _classify(request.type, error)
+            log(f"failed ({failure.reason}): {failure.message}")
+            if not isinstance(error, JobSpecError | _InvalidInputError):
+                log("".join(traceback.format_exception(error)).rstrip())
+            _leave_failure(out, failure, log)
+            raise StageRunError(failure, code) from error
+        finally:
+            log.close()
+
+
+def _execute(request: StageRequest, work: Path, out: OutputPrefix, log: RunLog) -> RunRecord:
+    from kompaktor.metrics import EnergyMeter
+    from kompaktor.stages.base import StageContext, registry
+    from kompaktor.stages.validate import parse_params
+    from kompaktor.training import seed_everything
+
+    started = _now()
+    with EnergyMeter() as meter:
+        params = parse_params(request.type, request.params, where=f"stage ({request.type})")
+        stage = registry()[request.type]()
+        seed_everything(request.seed)
+        model, reference, dataset = _load_inputs(request, work, log)
+        if model.format not in stage.accepts:
+            accepted = ", ".join(sorted(stage.accepts))
+            raise _InvalidInputError(
+                f"stage ({request.type}) cannot take a {model.format} model (needs {accepted})"
+            )
+        before = _input_metrics(request.metric, model, reference, dataset)
+        log(f"input {request.metric}: {before['inputMetric']:.4f} "
+            f"(reference {before['referenceMetric']:.4f})")  # fmt: skip
+        (work / "scratch").mkdir()
+        ctx: StageContext[Any] = StageContext(
+            params=params,
+            model=model,
+            dataset=dataset,
+            work_dir=work / "scratch",
+            seed=request.seed,
+            metric=request.metric,
+            reference=reference,
+            resolve=lambda uri: _fetch(uri, work / "resolved"),
+            log=log,
+            report=lambda step, value: log(f"report step {step}: {value:.6g}"),
+        )
+        log(f"running stage {request.type} with {json.dumps(request.params, sort_keys=True)}")
+        result = stage.run(ctx)
+        path, model_format = _write_model(result, dataset, work, request.type)
+        metrics = _output_metrics(request.metric, path, reference, dataset, result.metrics)
+        metrics.update(before)
+        output = out.put_model(path, model_format)
+        log(f"output {request.metric}: {metrics['metric']:.4f}, "
+            f"{metrics['sizeBytes']:.0f} bytes → {output.uri}")  # fmt: skip
+    reading = meter.reading
+    assert reading is not None
+    return RunRecord(
+        type=request.type,
+        params=params.model_dump(by_alias=True, mode="json"),
+        output=output,
+        format=model_format,
+        metrics=metrics,
+        details={**result.details, "energyParts": reading.parts},
+        start_time=started,
+        completion_time=_now(),
+        duration_seconds=reading.wall_seconds,
+        cpu_seconds=reading.cpu_seconds,
+        energy_joules=reading.joules,
+        energy_method=reading.method,
+        node=os.environ.get("KOMPAKTOR_NODE_NAME") or socket.gethostname(),
+    )
+
+
+def _fetch(uri: str, dest: Path) -> Path:
+    from kompaktor.artifacts import fetch
+
+    dest.mkdir(parents=True, exist_ok=True)
+    return fetch(uri, dest)
+
+
+def _load_inputs(
+    request: StageRequest, work: Path, log: RunLog
+) -> tuple[LoadedModel, LoadedModel, Dataset]:
+    """Input and reference load separately: a stage may change its input module in place."""
+    from kompaktor.artifacts import ArtifactError
+    from kompaktor.data import load_dataset
+    from kompaktor.models import load_model
+
+    def load(what: str, uri: str) -> LoadedModel:
+        path = _fetch(uri, work / what)
+        try:
+            return load_model(path)
+        except Exception as error:
+            raise _InvalidInputError(f"cannot load the {what} model {uri}: {error}") from error
+
+    model = load("input", request.input)
+    reference = load("reference", request.reference or request.input)
+    try:
+        dataset = load_dataset(request.dataset, task=request.task)
+    except ArtifactError:
+        raise
+    except Exception as error:
+        raise _InvalidInputError(f"cannot load the dataset {request.dataset}: {error}") from error
+    log(f"loaded {model.format} model {request.input} and dataset {dataset.name}")
+    return model, reference, dataset
+
+
+def _input_metrics(
+    name: str, model: LoadedModel, reference: LoadedModel, dataset: Dataset
+) -> dict[str, float]:
+    """Measured before the stage runs, since a stage may change its input module in place."""
+    from kompaktor.evaluate import metric
+    from kompaktor.models import predictor_for
+
+    ref = predictor_for(reference)
+    against = ref if name == "fidelity" else None
+    return {
+        "inputMetric": metric(name, predictor_for(model), dataset, "test", reference=against),
+        "referenceMetric": metric(name, ref, dataset, "test", reference=against),
+    }
+
+
+def _output_metrics(
+    name: str,
+    path: Path,
+    reference: LoadedModel,
+    dataset: Dataset,
+    stage_metrics: dict[str, float],
+) -> dict[str, float]:
+    """The figures every run reports, measured on the saved file as it will ship.
+
+    The stage's own metrics are kept, except that it cannot override these; a stage that
+    measured latency itself (benchmark) keeps its more careful figure.
+    """
+    from kompaktor.evaluate import measure_latency, metric, model_size_bytes, parameter_count
+    from kompaktor.models import load_model, predictor_for
+
+    output = load_model(path)
+    predictor = predictor_for(output)
+    against = predictor_for(reference) if name == "fidelity" else None
+    metrics = {k: float(v) for k, v in stage_metrics.items()}
+    metrics.update(
+        metric=metric(name, predictor, dataset, "test", reference=against),
+        sizeBytes=float(model_size_bytes(output)),
+        parameters=float(parameter_count(output)),
+    )
+    if "latencyMs" not in stage_metrics:
+        latency = measure_latency(
+            predictor,
+            dataset.inputs("test"),
+            1,
+            warmup=LATENCY_WARMUP,
+            iterations=LATENCY_ITERATIONS,
+        )
+        metrics["latencyMs"] = latency.p50_ms
+    return metrics
+
+
+def _write_model(
+    result: StageResult, dataset: Dataset, work: Path, stage_type: str
+) -> tuple[Path, ModelFormat]:
+    """The stage's output as a file: a module is exported to .pt2, a path is taken as it is."""
+    from kompaktor.models import format_of, save_torch
+    from kompaktor.training import set_training
+
+    if result.module is not None:
+        set_training(result.module, False)
+        return save_torch(result.module, example_inputs(dataset), work / "model.pt2"), "pt2"
+    if result.path is not None:
+        return result.path, result.output_format or format_of(result.path)
+    raise StageError(f"stage ({stage_type}) returned no model")
+
+
+def example_inputs(dataset: Dataset, rows: int = 8) -> tuple[Any, ...]:
+    """A few test rows (at least 2, so export keeps the batch dimension dynamic)."""
+    from kompaktor.training import as_tensors
+
+    test = dataset.inputs("test")
+    source = test if len(test[0]) >= 2 else dataset.inputs("train")
+    return as_tensors([x[:rows] for x in source])
+
+
+def _classify(stage_type: str, error: BaseException) -> tuple[RunFailure, int]:
+    """reason, retryable, exit code: only failures a retry might fix are retryable."""
+    from kompaktor.artifacts import ArtifactError
+
+    message = str(error)
+    if isinstance(error, JobSpecError):
+        reason, retryable, code = "InvalidParams", False, EXIT_INVALID
+    elif isinstance(error, _InvalidInputError):
+        reason, retryable, code = "InvalidInput", False, EXIT_INVALID
+    elif isinstance(error, ArtifactError):
+        reason, retryable, code = "ArtifactError", True, EXIT_FAILED
+    elif isinstance(error, KompaktorError):
+        reason, retryable, code = "StageError", False, EXIT_FAILED
+    else:
+        reason, retryable, code = "StageCrashed", True, EXIT_FAILED
+        message = f"stage ({stage_type}): {type(error).__name__}: {error}"
+    failure = RunFailure(
+        type=stage_type,
+        reason=reason,
+        message=message[:FAILURE_MESSAGE_LIMIT],
+        retryable=retryable,
+    )
+    return failure, code
+
+
+def _leave_failure(out: OutputPrefix | None, failure: RunFailure, log: RunLog) -> None:
+    """Best effort: the termination message still carries the failure if the store is down."""
+    if out is None:
+        return
+    try:
+        out.put_log(log.path)
+        out.put_failure(failure)
+    except Exception as error:  # the original failure matters more than this one
+        print(f"could not write failure.json to {out.uri}: {error}", file=sys.stderr)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -1,0 +1,167 @@
+"""`kompaktor run` end to end, as a user runs it: real processes, real models, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kompaktor.quickstart import init_digits
+
+pytestmark = pytest.mark.slow
+
+
+def kompaktor(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kompaktor.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return init_digits(tmp_path_factory.mktemp("demo"))
+
+
+def run_json(job: Path, *extra: str) -> tuple[int, dict[str, Any], str]:
+    done = kompaktor("run", str(job), "--json", *extra)
+    summary = json.loads(done.stdout) if done.stdout.strip() else {}
+    return done.returncode, summary, done.stderr
+
+
+def test_quickstart_runs_then_reruns_from_cache(demo: Path) -> None:
+    code, summary, err = run_json(demo)
+    assert code == 0, err
+    assert summary["phase"] == "Succeeded"
+    stages = summary["stages"]
+    assert [s["phase"] for s in stages] == ["Succeeded"] * len(stages)
+    assert not any(s.get("cached") for s in stages)
+    result = summary["result"]
+    assert result["metric"] >= result["baselineMetric"] - 0.01
+    assert result["speedup"] > 0 and result["sizeRatio"] > 0
+    for stage in stages:
+        assert Path(stage["output"]["uri"].removeprefix("file://")).exists()
+
+    started = time.monotonic()
+    code, again, err = run_json(demo)
+    assert code == 0, err
+    assert all(s["cached"] for s in again["stages"])
+    assert [s["output"] for s in again["stages"]] == [s["output"] for s in stages]
+    assert time.monotonic() - started < 60
+
+
+def test_human_output_has_the_table(demo: Path) -> None:
+    done = kompaktor("run", str(demo))
+    assert done.returncode == 0, done.stderr
+    assert "OptimizationJob digits-cnn: Succeeded" in done.stderr
+    assert "speedup at batch 1" in done.stderr
+
+
+def _edit(job: Path, target: Path, change: Any) -> Path:
+    document = yaml.safe_load(job.read_text())
+    change(document)
+    target.write_text(yaml.safe_dump(document))
+    return target
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["spec"]["stages"][0].update(type="sharpen"), "unknown stage type 'sharpen'"),
+        (lambda d: d["spec"]["model"].pop("uri"), "spec.model.uri: required"),
+        (lambda d: d["spec"]["stages"][0]["params"].update(lr=-1), "stages[0] (train): params.lr"),
+    ],
+)
+def test_bad_job_is_one_clear_message(demo: Path, change: Any, message: str) -> None:
+    bad = _edit(demo, demo.parent / "bad.yaml", change)
+    done = kompaktor("run", str(bad))
+    assert done.returncode != 0
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_corrupt_model_fails_and_keeps_earlier_artifacts(demo: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.pt2"
+    broken.write_bytes(b"this is not a model")
+    bad = _edit(demo, tmp_path / "job.yaml",
+                lambda d: d["spec"]["model"].update(uri=str(broken)))  # fmt: skip
+    before = sorted(p for p in (demo.parent / "runs").rglob("*") if p.is_file())
+    code, summary, err = run_json(bad, "--artifacts", str(demo.parent / "runs"))
+    assert code != 0
+    assert summary["phase"] == "Failed"
+    assert "broken.pt2" in summary["message"]
+    assert "Traceback" not in err
+    after = sorted(p for p in (demo.parent / "runs").rglob("*") if p.is_file())
+    assert set(before) <= set(after)
+
+
+def test_missing_model_file(demo: Path, tmp_path: Path) -> None:
+    bad = _edit(demo, tmp_path / "job.yaml",
+                lambda d: d["spec"]["model"].update(uri="nowhere/model.pt2"))  # fmt: skip
+    code, summary, err = run_json(bad)
+    assert code != 0
+    assert "nowhere/model.pt2" in summary["message"]
+
+
+def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(demo: Path, tmp_path: Path) -> None:
+    artifacts = tmp_path / "runs"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kompaktor.cli", "run", str(demo), "--json",
+         "--artifacts", str(artifacts)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list(artifacts.glob("runs/*")):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "resume" in err
+    assert not _children_alive(process.pid)
+    code, summary, err = run_json(demo, "--artifacts", str(artifacts))
+    assert code == 0, err
+    assert summary["phase"] == "Succeeded"
+
+
+def _children_alive(pid: int) -> bool:
+    """Whether any process still has `pid` as its parent (a stage left running)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat[1]) == pid:
+            return True
+    return False
+
+
+def test_s3_artifacts(demo: Path, s3_bucket: str) -> None:
+    env_ok = os.environ.get("KOMPAKTOR_S3_ENDPOINT_URL")
+    assert env_ok, "the s3_server fixture sets the endpoint for child processes"
+    code, summary, err = run_json(demo, "--artifacts", s3_bucket)
+    assert code == 0, err
+    assert all(s["output"]["uri"].startswith("s3://") for s in summary["stages"])
+    code, again, err = run_json(demo, "--artifacts", s3_bucket)
+    assert code == 0, err
+    assert all(s["cached"] for s in again["stages"])
+
+
+def test_unreadable_bucket(demo: Path, s3_server: Any) -> None:
+    code, summary, err = run_json(demo, "--artifacts", "s3://no-such-bucket-kompaktor/x")
+    assert code != 0
+    assert "no-such-bucket-kompaktor" in (summary.get("message") or err)
+    assert "Traceback" not in err

@@ -1,0 +1,230 @@
+"""The operator against an emulated API server, with stage pods run by the test kubelet.
+
+Stages here are tests/support/fake_stage.py (the real stage protocol, no training), so these
+tests are about the controller: idempotent Jobs, restarts, retries, spec edits, suspension,
+deletion and HPO trials. The real stages run in test_quickstart.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from tests.support.cluster import Cluster, optimization_job
+from tests.support.kubelet import TestKubelet
+
+FakeCluster = tuple[Cluster, TestKubelet]
+
+
+def spec(model: Path, *stages: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "model": {"uri": model.as_uri()},
+        "dataset": {"uri": "sklearn:digits"},
+        "stages": list(stages),
+        **extra,
+    }
+
+
+def prune(name: str, sparsity: float, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "type": "prune", "params": {"sparsity": sparsity}, **extra}
+
+
+async def test_pipeline_runs_one_owned_job_per_stage(fake_cluster: FakeCluster, model_file: Path) -> None:
+    cluster, _ = fake_cluster
+    await cluster.start_operator()
+    owner = cluster.apply(optimization_job(
+        "pipe", spec(model_file, prune("a", 0.3), prune("b", 0.5, pool="gpu"))
+    ))  # fmt: skip
+    status = await cluster.wait_phase("pipe", ("Succeeded", "Failed"), 60)
+    assert status["phase"] == "Succeeded", status
+    assert [s["phase"] for s in status["stages"]] == ["Succeeded", "Succeeded"]
+    assert [s["node"] for s in status["stages"]] == ["node-cpu", "node-gpu"]
+    assert status["observedGeneration"] == 1
+    jobs = sorted(cluster.jobs(), key=lambda j: j["metadata"]["creationTimestamp"])
+    assert len(jobs) == 2 and set(cluster.job_creations().values()) == {1}
+    for job, stage in zip(jobs, ("a", "b"), strict=True):
+        labels = job["metadata"]["labels"]
+        assert labels["kompaktor.io/job"] == "pipe" and labels["kompaktor.io/stage"] == stage
+        ref = job["metadata"]["ownerReferences"][0]
+        assert ref["uid"] == owner["metadata"]["uid"] and ref["controller"] is True
+    ready = {c["type"]: c for c in status["conditions"]}["Ready"]
+    assert ready["status"] == "True"
+    wanted = {"StageStarted", "StageSucceeded", "JobSucceeded"}
+    await cluster.wait_for(  # kopf posts events in the background
+        lambda: wanted <= {e["reason"] for e in cluster.emulator.live("v1/events")}, 10, "events"
+    )
+
+
+async def test_restarts_at_every_stage_create_no_duplicate_jobs(
+    fake_cluster: FakeCluster, model_file: Path
+) -> None:
+    cluster, kubelet = fake_cluster
+    kubelet.env["FAKE_STAGE_SECONDS"] = "0.5"
+    await cluster.start_operator()
+    cluster.apply(optimization_job(
+        "crashy", spec(model_file, prune("a", 0.2), prune("b", 0.4), prune("c", 0.6))
+    ))  # fmt: skip
+    for count in (1, 2, 3):
+        # Kill the operator as soon as the stage's Job exists, let the pod finish while it is
+        # down (the outcome must not be lost), then start a fresh operator.
+        await cluster.wait_for(lambda n=count: len(kubelet.started) >= n, 60, f"job {count}")
+        await cluster.kill_operator()
+        name = kubelet.started[count - 1]
+        await cluster.wait_for(
+            lambda name=name: "status" in str(cluster.emulator.get_live("batch/v1/jobs", "default", name))
+            and (cluster.emulator.get_live("batch/v1/jobs", "default", name) or {})
+            .get("status", {}).get("conditions"),
+            60, f"{name} to finish",
+        )  # fmt: skip
+        await cluster.start_operator()
+    status = await cluster.wait_phase("crashy", ("Succeeded", "Failed"), 60)
+    assert status["phase"] == "Succeeded", status
+    assert cluster.job_creations() == {name: 1 for name in kubelet.started}
+    assert len(kubelet.started) == 3
+    assert [s["attempts"] for s in status["stages"]] == [1, 1, 1]
+
+
+async def test_restart_while_a_stage_runs_adopts_its_job(fake_cluster: FakeCluster, model_file: Path) -> None:
+    cluster, kubelet = fake_cluster
+    kubelet.env["FAKE_STAGE_SECONDS"] = "1.5"
+    await cluster.start_operator()
+    cluster.apply(optimization_job("adopt", spec(model_file, prune("a", 0.2))))
+    await cluster.wait_for(lambda: kubelet.running, 60, "the stage pod to run")
+    for _ in range(3):  # several kills while the same pod runs
+        await cluster.kill_operator()
+        await cluster.start_operator()
+        await asyncio.sleep(0.2)
+    status = await cluster.wait_phase("adopt", ("Succeeded", "Failed"), 60)
+    assert status["phase"] == "Succeeded"
+    assert list(cluster.job_creations().values()) == [1]
+
+
+async def test_failing_stage_retries_then_fails_the_job(fake_cluster: FakeCluster, model_file: Path) -> None:
+    cluster, kubelet = fake_cluster
+    kubelet.env["FAKE_STAGE_FAIL"] = "compress"
+    await cluster.start_operator()
+    failing = {"name": "squeeze", "type": "compress", "params": {"method": "lowrank"}, "retries": 2}
+    cluster.apply(optimization_job("flaky", spec(model_file, prune("a", 0.2), failing)))
+    status = await cluster.wait_phase("flaky", ("Succeeded", "Failed"), 60)
+    assert status["phase"] == "Failed"
+    stage = status["stages"][1]
+    assert stage["phase"] == "Failed" and stage["attempts"] == 3
+    assert "compress exploded" in stage["message"]
+    degraded = {c["type"]: c for c in status["conditions"]}["Degraded"]
+    assert degraded["status"] == "True" and "compress exploded" in degraded["message"]
+    attempts = sorted(n for n in cluster.job_creations() if "-squeeze-" in n)
+    assert [n[-2:] for n in attempts] == ["a1", "a2", "a3"]
+    assert set(cluster.job_creations().values()) == {1}
+
+
+async def test_invalid_run_is_not_retried(fake_cluster: FakeCluster, model_file: Path) -> None:
+    cluster, kubelet = fake_cluster
+    kubelet.env["FAKE_STAGE_INVALID"] = "prune"
+    await cluster.start_operator()
+    cluster.apply(optimization_job("bad", spec(model_file, prune("a", 0.2, retries=3))))
+    status = await cluster.wait_phase("bad", ("Succeeded", "Failed"), 60)
+    assert status["phase"] == "Failed" and status["stages"][0]["attempts"] == 1
+    assert len(cluster.job_creations()) == 1
+
+
+async def test_spec_edit_reruns_from_the_changed_stage(fake_cluster: FakeCluster, model_file: Path) -> None:
+    cluster, _ = fake_cluster
+    await cluster.start_operator()
+    stages = [prune("a", 0.2), prune("b", 0.4), prune("c", 0.6)]
+    cluster.apply(optimization_job("edit", spec(model_file, *stages)))
+    first = await cluster.wait_phase("edit", ("Succeeded",), 60)
+    before = set(cluster.job_creations())
+    stages[1] = prune("b", 0.45)
+    cluster.edit_spec("edit", {"stages": stages})
+
+    def rerun() -> dict[str, Any] | None:
+        status = cluster.status("edit")
+        done = status.get("observedGeneration") == 2 and status.get("phase") == "Succeeded"
+        return status if done else None
+
+    second = await cluster.wait_for(rerun, 60, "the edited job to finish")
+    new = set(cluster.job_creations()) - before
+    assert sorted(n.split("-")[1] for n in new) == ["b", "c"]
+    assert second["stages"][0] == first["stages"][0]
+    assert second["stages"][1]["key"] != first["stages"][1]["key"]
+    assert set(cluster.job_creations().values()) == {1}
+
+
+async def test_suspend_stops_the_running_job_and_resume_finishes(
+    fake_cluster: FakeCluster, model_file: Path
+) -> None:
+    cluster, kubelet = fake_cluster
+    kubelet.env["FAKE_STAGE_SECONDS"] = "30"
+    await cluster.start_operator()
+    cluster.apply(optimization_job("pause", spec(model_file, prune("a", 0.2))))
+    await cluster.wait_for(lambda: kubelet.running, 60, "the stage to run")
+    cluster.edit_spec("pause", {"suspend": True})
+    await cluster.wait_phase("pause", ("Suspended",), 30)
+    await cluster.wait_for(lambda: not cluster.jobs(), 30, "the Job to be deleted")
+    assert not kubelet.running
+    kubelet.env["FAKE_STAGE_SECONDS"] = "0"
+    cluster.edit_spec("pause", {"suspend": False})
+    status = await cluster.wait_phase("pause", ("Succeeded", "Failed"), 60)
+    assert status["phase"] == "Succeeded"
+
+
+async def test_unknown_pool_fails_validation_naming_the_pools(
+    fake_cluster: FakeCluster, model_file: Path
+) -> None:
+    cluster, _ = fake_cluster
+    await cluster.start_operator()
+    cluster.apply(optimization_job("nopool", spec(model_file, prune("a", 0.2, pool="tpu"))))
+    status = await cluster.wait_phase("nopool", ("Failed",), 30)
+    assert "unknown pool 'tpu'" in status["message"]
+    assert "known pools: cpu, gpu, arm" in status["message"]
+    assert not cluster.jobs()
+
+
+async def test_deletion_collects_jobs_and_optionally_artifacts(
+    fake_cluster: FakeCluster, model_file: Path, tmp_path: Path
+) -> None:
+    cluster, _ = fake_cluster
+    await cluster.start_operator()
+    for name, delete in (("keep", False), ("wipe", True)):
+        cluster.apply(optimization_job(name, spec(
+            model_file, prune("a", 0.2), artifacts={"deleteOnJobDeletion": delete}
+        )))  # fmt: skip
+    for name in ("keep", "wipe"):
+        await cluster.wait_phase(name, ("Succeeded",), 60)
+    store = tmp_path / "store" / "default"
+    assert any((store / "keep").rglob("result.json")) and any((store / "wipe").rglob("result.json"))
+    for name in ("keep", "wipe"):
+        cluster.emulator.remove(cluster.oj, "default", name)
+    await cluster.wait_for(
+        lambda: cluster.emulator.get_live(cluster.oj, "default", "wipe") is None
+        and cluster.emulator.get_live(cluster.oj, "default", "keep") is None,
+        30, "both jobs to be deleted (finalizers released)",
+    )  # fmt: skip
+    assert not cluster.jobs()
+    assert not cluster.emulator.live("v1/pods")
+    assert any((store / "keep").rglob("result.json"))
+    assert not any((store / "wipe").rglob("result.json"))
+
+
+async def test_hpo_trials_run_as_parallel_jobs_and_survive_a_restart(
+    fake_cluster: FakeCluster, model_file: Path
+) -> None:
+    cluster, kubelet = fake_cluster
+    kubelet.env["FAKE_STAGE_SECONDS"] = "1"
+    await cluster.start_operator()
+    hpo = {"name": "tune", "type": "hpo", "params": {
+        "target": "prune", "sampler": "random", "trials": 4, "parallelism": 2,
+        "space": {"sparsity": {"low": 0.1, "high": 0.9}}}}  # fmt: skip
+    cluster.apply(optimization_job("study", spec(model_file, hpo)))
+    await cluster.wait_for(lambda: len(kubelet.running) >= 2, 60, "two trials at once")
+    trials = {j["metadata"]["labels"].get("kompaktor.io/trial") for j in cluster.jobs()}
+    assert len(trials) == 2 and None not in trials
+    await cluster.kill_operator()
+    await cluster.start_operator()
+    status = await cluster.wait_phase("study", ("Succeeded", "Failed"), 90)
+    assert status["phase"] == "Succeeded", status
+    assert len(status["trials"]) == 4
+    assert all(t["state"] == "Complete" for t in status["trials"])
+    assert len(cluster.job_creations()) == 4
+    assert set(cluster.job_creations().values()) == {1}

@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kompaktor_kernels as kk
+from kompaktor_kernels.reference import kd_loss_reference
+
+SHAPES = [(1, 1), (1, 7), (5, 16), (33, 1001), (64, 4099)]
+
+
+def _inputs(rows: int, vocab: int, scale: float = 3.0) -> tuple[torch.Tensor, ...]:
+    s = torch.randn(rows, vocab) * scale
+    t = torch.randn(rows, vocab) * scale
+    labels = torch.randint(0, vocab, (rows,))
+    return s, t, labels
+
+
+@pytest.mark.parametrize(("rows", "vocab"), SHAPES)
+@pytest.mark.parametrize(("temperature", "alpha"), [(1.0, 0.5), (2.5, 0.9), (4.0, 0.0), (0.7, 1.0)])
+def test_value_and_grad_match_reference(
+    isa: str, rows: int, vocab: int, temperature: float, alpha: float
+) -> None:
+    s, t, labels = _inputs(rows, vocab)
+    s1 = s.clone().requires_grad_()
+    s2 = s.clone().requires_grad_()
+    got = kk.kd_loss(s1, t, labels, temperature, alpha)
+    ref = kd_loss_reference(s2, t, labels, temperature, alpha)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    got.backward()
+    ref.backward()
+    assert s1.grad is not None and s2.grad is not None
+    torch.testing.assert_close(s1.grad, s2.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_upstream_gradient_is_applied(isa: str) -> None:
+    s, t, labels = _inputs(6, 50)
+    s1 = s.clone().requires_grad_()
+    s2 = s.clone().requires_grad_()
+    (kk.kd_loss(s1, t, labels, 2.0, 0.3) * 3.5).backward()
+    (kd_loss_reference(s2, t, labels, 2.0, 0.3) * 3.5).backward()
+    assert s1.grad is not None and s2.grad is not None
+    torch.testing.assert_close(s1.grad, s2.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_extreme_logits_stay_finite(isa: str) -> None:
+    s, t, labels = _inputs(4, 300, scale=200.0)
+    s1 = s.clone().requires_grad_()
+    loss = kk.kd_loss(s1, t, labels, 1.0, 0.5)
+    ref = kd_loss_reference(s.clone(), t, labels, 1.0, 0.5)
+    torch.testing.assert_close(loss, ref, rtol=1e-4, atol=1e-3)
+    loss.backward()
+    assert s1.grad is not None and torch.isfinite(s1.grad).all()
+
+
+def test_no_grad_and_teacher_constant() -> None:
+    s, t, labels = _inputs(3, 20)
+    with torch.no_grad():
+        plain = kk.kd_loss(s, t, labels, 2.0, 0.5)
+    assert not plain.requires_grad
+    teacher = t.clone().requires_grad_()
+    student = s.clone().requires_grad_()
+    kk.kd_loss(student, teacher, labels, 2.0, 0.5).backward()
+    assert teacher.grad is None and student.grad is not None
+
+
+def test_thread_count_does_not_change_result() -> None:
+    s, t, labels = _inputs(17, 333)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = kk.kd_loss(s, t, labels, 2.0, 0.5)
+        torch.set_num_threads(max(2, before))
+        many = kk.kd_loss(s, t, labels, 2.0, 0.5)
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(one, many, rtol=1e-6, atol=1e-6)
+
+
+def test_traceable_by_compile_and_export() -> None:
+    class Loss(torch.nn.Module):
+        def forward(self, s: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return kk.kd_loss(s, t, y, 2.0, 0.5)
+
+    s, t, labels = _inputs(4, 10)
+    ep = torch.export.export(Loss(), (s, t, labels))
+    torch.testing.assert_close(ep.module()(s, t, labels), kk.kd_loss(s, t, labels, 2.0, 0.5))
+    compiled = torch.compile(Loss(), backend="eager", fullgraph=True)
+    s1 = s.clone().requires_grad_()
+    compiled(s1, t, labels).backward()
+    s2 = s.clone().requires_grad_()
+    kd_loss_reference(s2, t, labels, 2.0, 0.5).backward()
+    assert s1.grad is not None and s2.grad is not None
+    torch.testing.assert_close(s1.grad, s2.grad, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"s": torch.randn(2, 3, dtype=torch.float64)}, TypeError, "float64"),
+        ({"t": torch.randn(2, 4)}, ValueError, r"\(2, 4\)"),
+        ({"s": torch.randn(3, 2).t()}, ValueError, "contiguous"),
+        ({"labels": torch.tensor([0, 3])}, ValueError, r"labels must lie in \[0, 3\)"),
+        ({"labels": torch.tensor([0, 1], dtype=torch.int32)}, TypeError, "int32"),
+        ({"labels": torch.tensor([0])}, ValueError, r"labels must have shape \(2,\)"),
+        ({"temperature": 0.0}, ValueError, "temperature"),
+        ({"alpha": 1.5}, ValueError, "alpha"),
+        ({"s": torch.randn(2, 3, 1)}, ValueError, "2-D"),
+        (
+            {"s": torch.empty(0, 3), "t": torch.empty(0, 3), "labels": torch.empty(0).long()},
+            ValueError,
+            "non-empty",
+        ),
+    ],
+)
+def test_bad_input(kwargs: dict[str, object], exc: type[Exception], match: str) -> None:
+    args: dict[str, object] = {
+        "s": torch.randn(2, 3),
+        "t": torch.randn(2, 3),
+        "labels": torch.tensor([0, 2]),
+        "temperature": 1.0,
+        "alpha": 0.5,
+    }
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        kk.kd_loss(args["s"], args["t"], args["labels"], args["temperature"], args["alpha"])  # type: ignore[arg-type]
+
+
+def test_second_backward_is_a_clear_error() -> None:
+    s, t, labels = _inputs(3, 8)
+    s1 = s.clone().requires_grad_()
+    loss = kk.kd_loss(s1, t, labels, 2.0, 0.5)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="one backward"):
+        loss.backward()
+
+
+def test_gradient_is_adopted_not_copied() -> None:
+    s, t, labels = _inputs(8, 64)
+    s1 = s.clone().requires_grad_()
+    loss = kk.kd_loss(s1, t, labels, 2.0, 0.5)
+    loss.backward()
+    assert s1.grad is not None
+    import gc
+    import weakref
+
+    ref = weakref.ref(loss.grad_fn) if loss.grad_fn is not None else None
+    del loss
+    gc.collect()
+    assert ref is None or ref() is None  # no reference cycle keeps the graph alive

@@ -1,0 +1,119 @@
+"""HPO inside the plan: trials as parallel runs, rebuilt from status after a restart."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kompaktor.api.run import RunRecord
+from kompaktor.api.spec import OptimizationJobSpec
+from kompaktor.api.status import OptimizationJobStatus, OutputRef
+from kompaktor.plan import (
+    CacheProbed,
+    EnsureRun,
+    InputsProbed,
+    JobContext,
+    ProbeCache,
+    RunSucceeded,
+    StepResult,
+    WriteRecord,
+    step,
+)
+from tests.unit.plan.test_machine import T0, kinds
+
+
+def hpo_job(trials: int = 4, parallelism: int = 2) -> JobContext:
+    spec = OptimizationJobSpec.model_validate({
+        "model": {"uri": "file:///m/model.pt2"},
+        "dataset": {"uri": "sklearn:digits"},
+        "objective": {"metric": "accuracy", "maxDrop": 0.05},
+        "stages": [{"name": "tune", "type": "hpo", "params": {
+            "target": "train", "sampler": "random", "trials": trials,
+            "parallelism": parallelism, "base": {"epochs": 1},
+            "space": {"lr": {"low": 1e-4, "high": 1e-1, "log": True}}}}],
+    })  # fmt: skip
+    return JobContext(name="h", spec=spec, artifacts_uri="file:///art", generation=1)
+
+
+def answer_probes(job: JobContext, result: StepResult) -> StepResult:
+    while probes := kinds(result, ProbeCache):
+        result = step(job, result.status, [CacheProbed(p.key, None) for p in probes], T0)
+    return result
+
+
+def succeed(job: JobContext, result: StepResult, metric_of: Any) -> StepResult:
+    runs = kinds(result, EnsureRun)
+    observations = [
+        RunSucceeded(e.request.run_id, RunRecord(
+            type="train",
+            output=OutputRef(uri=f"file:///art/{e.request.run_id}/model.pt2",
+                             digest=e.request.run_id),
+            format="pt2",
+            metrics={"metric": metric_of(e.request.params["lr"]), "referenceMetric": 0.9},
+        ))
+        for e in runs
+    ]  # fmt: skip
+    return answer_probes(job, step(job, result.status, observations, T0))
+
+
+def test_trials_run_in_parallel_and_the_best_wins() -> None:
+    job = hpo_job()
+    result = step(job, OptimizationJobStatus(), [InputsProbed("sha256:m", "sha256:d")], T0)
+    result = answer_probes(job, result)
+    first = kinds(result, EnsureRun)
+    assert len(first) == 2
+    assert {e.request.trial for e in first} == {0, 1}
+    assert all(e.request.stage_type == "train" for e in first)
+    assert all(e.request.params["epochs"] == 1 for e in first)
+
+    def metric(lr: float) -> float:
+        return 0.9 - abs(lr - 0.01)
+
+    result = succeed(job, result, metric)
+    second = kinds(result, EnsureRun)
+    assert {e.request.trial for e in second} == {2, 3}
+    result = succeed(job, result, metric)
+    assert result.status.phase == "Succeeded"
+    trials = result.status.trials
+    assert [t.state for t in trials] == ["Complete"] * 4
+    best = max(trials, key=lambda t: t.metrics["metric"])
+    stage = result.status.stages[0]
+    assert stage.output is not None and best.output is not None
+    assert stage.output.uri == best.output.uri
+
+
+def test_a_restart_mid_study_loses_nothing_and_duplicates_nothing() -> None:
+    job = hpo_job(trials=6, parallelism=3)
+    result = answer_probes(job, step(
+        job, OptimizationJobStatus(), [InputsProbed("sha256:m", "sha256:d")], T0))
+    result = succeed(job, result, lambda lr: 0.88)
+    running = {e.request.run_id for e in kinds(result, EnsureRun)}
+    # A new process knows only the status it reads back from the cluster.
+    saved = OptimizationJobStatus.model_validate_json(result.status.model_dump_json(by_alias=True))
+    again = step(job, saved, [], T0)
+    assert {e.request.run_id for e in kinds(again, EnsureRun)} == running
+    assert len(again.status.trials) == len(result.status.trials) == 6
+    assert [t.params for t in again.status.trials] == [t.params for t in result.status.trials]
+
+
+def test_no_trial_within_the_bound_fails_the_stage() -> None:
+    job = hpo_job(trials=2, parallelism=2)
+    result = answer_probes(job, step(
+        job, OptimizationJobStatus(), [InputsProbed("sha256:m", "sha256:d")], T0))
+    result = succeed(job, result, lambda lr: 0.5)
+    assert result.status.phase == "Failed"
+    assert "NoTrialWithinBound" in (result.status.message or "")
+
+
+def test_the_stage_result_is_recorded_for_the_cache() -> None:
+    job = hpo_job(trials=2, parallelism=2)
+    result = answer_probes(job, step(
+        job, OptimizationJobStatus(), [InputsProbed("sha256:m", "sha256:d")], T0))
+    penultimate = result
+    result = step(job, penultimate.status, [
+        RunSucceeded(e.request.run_id, RunRecord(
+            type="train", output=OutputRef(uri=f"file:///x/{i}/model.pt2", digest=str(i)), format="pt2",
+            metrics={"metric": 0.9, "referenceMetric": 0.9}))
+        for i, e in enumerate(kinds(penultimate, EnsureRun))], T0)  # fmt: skip
+    (write,) = kinds(result, WriteRecord)
+    assert write.record.type == "hpo"
+    assert write.record.metrics["trials"] == 2

@@ -1,0 +1,175 @@
+"""`kompaktor stage run` end to end on file:// outputs, through the real CLI parser."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kompaktor.api.run import (
+    EXIT_FAILED,
+    EXIT_INVALID,
+    EXIT_OK,
+    FAILURE_FILE,
+    LOG_FILE,
+    RESULT_FILE,
+    TERMINATION_LIMIT,
+    RunFailure,
+    RunRecord,
+)
+from kompaktor.artifacts import digest_file
+from kompaktor.cli import build_parser
+from kompaktor.models import load_model
+from kompaktor.stages.runner import StageRequest, StageRunError, run_stage
+from kompaktor.stages.train import TrainStage
+
+TRAIN = {"epochs": 1, "lr": 0.01, "batchSize": 32}
+
+
+@pytest.fixture
+def termination_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "termination-log"
+    monkeypatch.setenv("KOMPAKTOR_TERMINATION_LOG", str(path))
+    return path
+
+
+def stage_run(model: Path, output: str, *extra: str, stage: str = "train",
+              params: object = TRAIN, dataset: str = "sklearn:breast_cancer") -> int:  # fmt: skip
+    argv = ["stage", "run", "--type", stage, "--params", json.dumps(params),
+            "--input", str(model), "--dataset", dataset, "--output", output, *extra]  # fmt: skip
+    args = build_parser().parse_args(argv)
+    code: int = args.handler(args)
+    return code
+
+
+def test_train_run_writes_model_log_and_result(
+    cancer_mlp_pt2: Path, tmp_path: Path, termination_log: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    out = tmp_path / "runs" / "train-1"
+    code = stage_run(cancer_mlp_pt2, out.as_uri(), "--seed", "3", "--metric", "fidelity")
+    assert code == EXIT_OK
+    record = RunRecord.model_validate_json((out / RESULT_FILE).read_text())
+    assert record.type == "train" and record.format == "pt2"
+    assert record.params["lr"] == 0.01 and record.params["optimizer"] == "adam"  # defaults kept
+    assert record.output.uri == (out / "model.pt2").as_uri()
+    assert record.output.digest == digest_file(out / "model.pt2")
+    m = record.metrics
+    assert m["referenceMetric"] == 1.0  # the reference agrees with itself
+    assert m["inputMetric"] == 1.0  # input is the reference here
+    assert 0.8 < m["metric"] <= 1.0
+    assert m["sizeBytes"] == (out / "model.pt2").stat().st_size
+    assert m["parameters"] == 30 * 16 + 16 + 16 * 2 + 2
+    assert m["latencyMs"] > 0 and m["epochs"] == 1.0 and m["finalLoss"] > 0
+    assert record.energy_method in ("rapl", "estimate", "nvml")
+    assert record.energy_joules is not None and record.energy_joules > 0
+    assert record.cpu_seconds > 0 and record.duration_seconds > 0
+    assert record.start_time and record.completion_time and record.node
+    assert load_model(out / "model.pt2").module is not None
+    assert "running stage train" in (out / LOG_FILE).read_text()
+    assert not (out / FAILURE_FILE).exists()
+    summary = termination_log.read_bytes()
+    assert len(summary) <= TERMINATION_LIMIT
+    assert RunRecord.model_validate_json(summary).output == record.output
+    assert json.loads(capsys.readouterr().out)["output"]["digest"] == record.output.digest
+
+
+def test_finished_run_is_reused_not_rerun(
+    cancer_mlp_pt2: Path, tmp_path: Path, termination_log: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    assert stage_run(cancer_mlp_pt2, str(out)) == EXIT_OK
+    first = (out / RESULT_FILE).read_bytes()
+
+    def explode(*args: object) -> None:
+        raise AssertionError("a finished run must not run again")
+
+    monkeypatch.setattr(TrainStage, "run", explode)
+    termination_log.unlink()
+    assert stage_run(cancer_mlp_pt2, str(out)) == EXIT_OK
+    assert (out / RESULT_FILE).read_bytes() == first
+    assert RunRecord.model_validate_json(termination_log.read_text()).type == "train"
+
+
+def test_crashing_stage_leaves_failure_json_and_is_retryable(
+    cancer_mlp_pt2: Path, tmp_path: Path, termination_log: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def crash(*args: object) -> None:
+        raise RuntimeError("out of cheese")
+
+    monkeypatch.setattr(TrainStage, "run", crash)
+    out = tmp_path / "run"
+    assert stage_run(cancer_mlp_pt2, str(out)) == EXIT_FAILED
+    failure = RunFailure.model_validate_json((out / FAILURE_FILE).read_text())
+    assert failure.reason == "StageCrashed" and failure.retryable
+    assert "RuntimeError: out of cheese" in failure.message
+    assert not (out / RESULT_FILE).exists()
+    log = (out / LOG_FILE).read_text()
+    assert "Traceback" in log and "out of cheese" in log
+    assert RunFailure.model_validate_json(termination_log.read_text()) == failure
+
+
+def test_bad_params_exit_2_naming_the_field(
+    cancer_mlp_pt2: Path, tmp_path: Path, termination_log: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    out = tmp_path / "run"
+    assert stage_run(cancer_mlp_pt2, str(out), params={"lr": -1}) == EXIT_INVALID
+    assert "stage (train): params.lr: Input should be greater than 0" in capsys.readouterr().err
+    failure = RunFailure.model_validate_json((out / FAILURE_FILE).read_text())
+    assert failure.reason == "InvalidParams" and not failure.retryable
+    assert RunFailure.model_validate_json(termination_log.read_text()) == failure
+
+
+def test_params_that_are_not_json_exit_2(cancer_mlp_pt2: Path, tmp_path: Path) -> None:
+    args = build_parser().parse_args(["stage", "run", "--type", "train", "--params", "{lr:",
+        "--input", str(cancer_mlp_pt2), "--dataset", "sklearn:breast_cancer",
+        "--output", str(tmp_path / "o")])  # fmt: skip
+    assert args.handler(args) == EXIT_INVALID
+
+
+def test_unloadable_input_is_invalid_not_retryable(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.pt2"
+    broken.write_bytes(b"not a model")
+    request = StageRequest(type="train", input=str(broken), dataset="sklearn:breast_cancer",
+                           output=str(tmp_path / "o"), params=TRAIN)  # fmt: skip
+    with pytest.raises(StageRunError) as caught:
+        run_stage(request)
+    assert caught.value.exit_code == EXIT_INVALID
+    assert caught.value.failure.reason == "InvalidInput"
+    assert "broken.pt2" in caught.value.failure.message
+
+
+def test_onnx_input_to_a_torch_stage_is_invalid(
+    cancer_mlp_pt2: Path, tmp_path: Path, cancer: object
+) -> None:
+    from kompaktor.models import save_onnx
+    from kompaktor.training import as_tensors
+
+    module = load_model(cancer_mlp_pt2).module
+    assert module is not None
+    onnx = save_onnx(module, as_tensors([x[:4] for x in cancer.inputs("test")]),  # type: ignore[attr-defined]
+                     tmp_path / "m.onnx")  # fmt: skip
+    request = StageRequest(type="train", input=str(onnx), dataset="sklearn:breast_cancer",
+                           output=str(tmp_path / "o"), params=TRAIN)  # fmt: skip
+    with pytest.raises(StageRunError) as caught:
+        run_stage(request)
+    assert caught.value.exit_code == EXIT_INVALID
+    assert "cannot take a onnx model" in caught.value.failure.message
+
+
+def test_benchmark_run_keeps_the_input_and_compares_to_reference(
+    digits_cnn_small_pt2: Path, digits_cnn_pt2: Path, tmp_path: Path
+) -> None:
+    request = StageRequest(
+        type="benchmark", input=str(digits_cnn_small_pt2), dataset="sklearn:digits",
+        output=str(tmp_path / "bench"), reference=str(digits_cnn_pt2),
+        params={"batchSizes": [1], "iterations": 10, "warmup": 1},
+    )  # fmt: skip
+    record = run_stage(request)
+    assert record.output.digest == digest_file(digits_cnn_small_pt2)  # output = input
+    assert record.metrics["sizeRatio"] < 1.0
+    assert record.metrics["latencyMs"] == record.metrics["p50Ms@1"]  # the careful figure wins
+    assert record.metrics["referenceMetric"] > 0.8
+    assert record.details["models"]["reference"]["format"] == "pt2"

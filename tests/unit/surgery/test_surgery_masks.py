@@ -1,0 +1,32 @@
+"""Unstructured masks: exact counts, global vs per-layer ranking, zeros held through training."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kompaktor.surgery import hold_masks, masks_for_sparsity, prunable_weights, sparsity_of
+
+
+def test_mask_counts_are_exact_in_both_scopes() -> None:
+    scores = {"a": torch.arange(100.0).view(10, 10), "b": torch.arange(50.0).view(5, 10) + 1000}
+    global_masks = masks_for_sparsity(scores, 0.6, "global")
+    assert int((~global_masks["a"]).sum()) == 90 and int((~global_masks["b"]).sum()) == 0
+    layer_masks = masks_for_sparsity(scores, 0.6, "layer")
+    assert int((~layer_masks["a"]).sum()) == 60 and int((~layer_masks["b"]).sum()) == 30
+
+
+def test_held_zeros_stay_zero_through_adam_and_weight_decay() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 2))
+    weights = prunable_weights(model)
+    assert set(weights) == {"0"}  # the output layer "2" is kept by default
+    masks = {"0": torch.rand(6, 6) > 0.5}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.1)
+    with hold_masks(weights, masks):
+        for _ in range(5):
+            optimizer.zero_grad()
+            model(torch.randn(8, 6)).pow(2).sum().backward()
+            optimizer.step()
+            assert bool((weights["0"][~masks["0"]] == 0).all())
+    assert sparsity_of(weights) == int((~masks["0"]).sum()) / 36
