@@ -1,6 +1,5 @@
-// nanobind bindings. Tensors arrive as DLPack-backed ndarrays; the Python wrappers have already
-// validated dtypes, contiguity and shapes, and the checks here only guard against a crash if the
-// raw functions are called directly.
+// nanobind bindings. The KD loss takes DLPack-backed ndarrays (re-checked here); the sparse-linear
+// hot path takes raw pointers of tensors the Python op has fully validated (see below).
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
@@ -22,18 +21,6 @@ void require(bool ok, const char* what) {
   if (!ok) throw nb::value_error(what);
 }
 
-template <class X>
-void check_csr(const X& x, int64_t out_features, const In<int32_t>& row_ptr,
-               const In<int32_t>& col, size_t nval, const Out<float>& y) {
-  require(x.ndim() == 2 && y.ndim() == 2, "x and y must be 2-D");
-  require((int64_t)y.shape(0) == (int64_t)x.shape(0), "x and y batch sizes differ");
-  require((int64_t)y.shape(1) == out_features, "y has the wrong number of columns");
-  require(row_ptr.ndim() == 1 && (int64_t)row_ptr.shape(0) == out_features + 1,
-          "row_ptr must have out_features + 1 entries");
-  require(col.ndim() == 1 && col.shape(0) == nval, "col and values lengths differ");
-  require(row_ptr.data()[0] == 0 && (size_t)row_ptr.data()[out_features] == nval,
-          "row_ptr does not span the values");
-}
 }  // namespace
 
 NB_MODULE(_native, m) {
@@ -46,40 +33,6 @@ NB_MODULE(_native, m) {
     require(isa >= 0 && isa <= 2, "isa must be 0, 1 or 2");
     return kk::set_isa(static_cast<kk::Isa>(isa));
   });
-
-  m.def(
-      "spmm_f32",
-      [](In<float> x, In<int32_t> row_ptr, In<int32_t> col, In<float> val,
-         std::optional<In<float>> bias, Out<float> y, int nthreads) {
-        const int64_t out = (int64_t)y.shape(1);
-        check_csr(x, out, row_ptr, col, val.shape(0), y);
-        require(!bias || (int64_t)bias->shape(0) == out, "bias length differs from out_features");
-        kk::SpmmF32Args a{x.data(),  (int64_t)x.shape(0), (int64_t)x.shape(1), out,
-                          row_ptr.data(), col.data(), val.data(), bias ? bias->data() : nullptr,
-                          y.data(),  nthreads};
-        nb::gil_scoped_release release;
-        kk::spmm_f32(a);
-      },
-      nb::arg("x"), nb::arg("row_ptr"), nb::arg("col"), nb::arg("values"), nb::arg("bias").none(),
-      nb::arg("y"), nb::arg("nthreads"));
-
-  m.def(
-      "spmm_i8",
-      [](In<float> x, In<int32_t> row_ptr, In<int32_t> col, In<int8_t> val, In<float> wscale,
-         In<int32_t> rowsum, std::optional<In<float>> bias, Out<float> y, int nthreads) {
-        const int64_t out = (int64_t)y.shape(1);
-        check_csr(x, out, row_ptr, col, val.shape(0), y);
-        require((int64_t)wscale.shape(0) == out && (int64_t)rowsum.shape(0) == out,
-                "scales/rowsum length differs from out_features");
-        require(!bias || (int64_t)bias->shape(0) == out, "bias length differs from out_features");
-        kk::SpmmI8Args a{x.data(),      (int64_t)x.shape(0), (int64_t)x.shape(1), out,
-                         row_ptr.data(), col.data(),         val.data(),          wscale.data(),
-                         rowsum.data(), bias ? bias->data() : nullptr, y.data(), nthreads};
-        nb::gil_scoped_release release;
-        kk::spmm_i8(a);
-      },
-      nb::arg("x"), nb::arg("row_ptr"), nb::arg("col"), nb::arg("values"), nb::arg("scales"),
-      nb::arg("rowsum"), nb::arg("bias").none(), nb::arg("y"), nb::arg("nthreads"));
 
   // Pointer entry points for the sparse-linear hot path: importing a torch tensor through DLPack
   // costs ~3 us each here, which is a third of a batch-1 layer. The Python op validated every

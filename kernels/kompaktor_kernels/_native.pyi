@@ -6,20 +6,6 @@ def version() -> int: ...
 def best_isa() -> int: ...
 def active_isa() -> int: ...
 def set_isa(isa: int) -> bool: ...
-def spmm_f32(
-    x: Any, row_ptr: Any, col: Any, values: Any, bias: Any | None, y: Any, nthreads: int
-) -> None: ...
-def spmm_i8(
-    x: Any,
-    row_ptr: Any,
-    col: Any,
-    values: Any,
-    scales: Any,
-    rowsum: Any,
-    bias: Any | None,
-    y: Any,
-    nthreads: int,
-) -> None: ...
 def spmm_f32_ptr(
     x: int,
     batch: int,

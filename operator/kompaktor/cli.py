@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a job file locally (no cluster)")
     run.add_argument("job", help="OptimizationJob YAML file")
-    run.add_argument("--artifacts", help="artifact root URI (default: runs/ beside the job)")
+    run.add_argument("--artifacts", help="artifact root URI (default: artifacts/ beside the job)")
     run.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
     run.add_argument("--logs", help="folder for stage logs (default: .kompaktor/<job>/)")
     run.set_defaults(handler=_cmd_run)

@@ -40,7 +40,7 @@ def localize(job: OptimizationJob, job_dir: Path, artifacts: str | None) -> JobC
     spec = job.spec
     model = spec.model.model_copy(update={"uri": _absolute(spec.model.uri, job_dir)})
     dataset = spec.dataset.model_copy(update={"uri": _absolute(spec.dataset.uri, job_dir)})
-    root = artifacts or spec.artifacts.uri or str(job_dir / "runs")
+    root = artifacts or spec.artifacts.uri or str(job_dir / "artifacts")
     resolved: OptimizationJobSpec = spec.model_copy(update={"model": model, "dataset": dataset})
     return JobContext(
         name=job.metadata.name,

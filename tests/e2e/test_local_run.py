@@ -70,7 +70,9 @@ def test_human_output_has_the_table(demo: Path) -> None:
 
 
 def _edit(job: Path, target: Path, change: Any) -> Path:
+    """A changed copy of the job; its data stays where the original job keeps it."""
     document = yaml.safe_load(job.read_text())
+    document["spec"]["dataset"]["uri"] = str(job.parent / "digits.npz")
     change(document)
     target.write_text(yaml.safe_dump(document))
     return target
@@ -97,13 +99,13 @@ def test_corrupt_model_fails_and_keeps_earlier_artifacts(demo: Path, tmp_path: P
     broken.write_bytes(b"this is not a model")
     bad = _edit(demo, tmp_path / "job.yaml",
                 lambda d: d["spec"]["model"].update(uri=str(broken)))  # fmt: skip
-    before = sorted(p for p in (demo.parent / "runs").rglob("*") if p.is_file())
-    code, summary, err = run_json(bad, "--artifacts", str(demo.parent / "runs"))
+    before = sorted(p for p in (demo.parent / "artifacts").rglob("*") if p.is_file())
+    code, summary, err = run_json(bad, "--artifacts", str(demo.parent / "artifacts"))
     assert code != 0
     assert summary["phase"] == "Failed"
     assert "broken.pt2" in summary["message"]
     assert "Traceback" not in err
-    after = sorted(p for p in (demo.parent / "runs").rglob("*") if p.is_file())
+    after = sorted(p for p in (demo.parent / "artifacts").rglob("*") if p.is_file())
     assert set(before) <= set(after)
 
 
@@ -116,7 +118,7 @@ def test_missing_model_file(demo: Path, tmp_path: Path) -> None:
 
 
 def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(demo: Path, tmp_path: Path) -> None:
-    artifacts = tmp_path / "runs"
+    artifacts = tmp_path / "artifacts"
     process = subprocess.Popen(
         [sys.executable, "-m", "kompaktor.cli", "run", str(demo), "--json",
          "--artifacts", str(artifacts)],

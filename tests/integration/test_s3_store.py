@@ -23,7 +23,7 @@ from kompaktor.artifacts import (
 from kompaktor.artifacts.s3 import parse_s3_uri
 
 if TYPE_CHECKING:
-    from conftest import FlakyProxy, S3Server
+    from tests.support.s3 import FlakyProxy, S3Server
 
 MIB = 1024 * 1024
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -39,6 +40,30 @@ def write_kubeconfig(path: Path, server: str) -> Path:
     return path
 
 
+class _OperatorThread(threading.Thread):
+    def __init__(self, config_path: str, standalone: bool) -> None:
+        super().__init__(name="operator", daemon=True)
+        self.config_path, self.standalone = config_path, standalone
+        self.ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def run(self) -> None:
+        from kompaktor.controller import operate
+
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._task = asyncio.current_task()  # type: ignore[assignment]
+            await operate(self.config_path, standalone=self.standalone, ready_flag=self.ready)
+
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            asyncio.run(main())
+
+    def kill(self) -> None:
+        if self._loop is not None and self._task is not None:
+            self._loop.call_soon_threadsafe(self._task.cancel)
+
+
 class Cluster:
     """Emulator + server + kubeconfig (set as $KUBECONFIG while entered) + operator."""
 
@@ -51,7 +76,7 @@ class Cluster:
         self.config_path = workdir / "operator.yaml"
         self.config_path.write_text(yaml.safe_dump(dict(operator_config)))
         self._server = kmock.Server(self.emulator)
-        self._operator: asyncio.Task[None] | None = None
+        self._operator: _OperatorThread | None = None
         self._saved_env: dict[str, str | None] = {}
         self.url = ""
 
@@ -79,22 +104,19 @@ class Cluster:
     # ----------------------------------------------------------------- operator
 
     async def start_operator(self, *, standalone: bool = True) -> None:
-        from kompaktor.controller import operate
-
-        ready = asyncio.Event()
-        self._operator = asyncio.create_task(
-            operate(str(self.config_path), standalone=standalone, ready_flag=ready)
-        )
-        await asyncio.wait_for(ready.wait(), 30)
+        """The operator in its own thread and loop, as in its own process: kopf cancels every
+        task of its loop when it stops, which must not hit the emulator or the kubelet."""
+        self._operator = _OperatorThread(str(self.config_path), standalone)
+        self._operator.start()
+        if not await asyncio.to_thread(self._operator.ready.wait, 30):
+            raise AssertionError("the operator did not become ready in 30 s")
 
     async def kill_operator(self) -> None:
-        """Cancel the operator task: no graceful shutdown is relied upon."""
-        task, self._operator = self._operator, None
-        if task is None:
-            return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await asyncio.wait_for(task, 30)
+        """Cancel the operator's main task: no graceful shutdown is relied upon."""
+        thread, self._operator = self._operator, None
+        if thread is not None:
+            thread.kill()
+            await asyncio.to_thread(thread.join, 30)
 
     # ----------------------------------------------------------------- objects
 

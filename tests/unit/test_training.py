@@ -63,7 +63,7 @@ def test_weight_decay_shrinks_weights(cancer: Dataset) -> None:
     def norm(decay: float) -> float:
         model = fit(mlp(), cancer, epochs=3, lr=1e-2, batch_size=32, seed=0,
                     optimizer="adamw", weight_decay=decay)  # fmt: skip
-        return float(sum(p.pow(2).sum() for p in model.parameters()))
+        return float(sum(p.detach().pow(2).sum() for p in model.parameters()))
 
     assert norm(5.0) < norm(0.0)
 
@@ -84,7 +84,8 @@ def test_custom_loss_fn_is_used(cancer: Dataset) -> None:
 
     def loss_fn(module: nn.Module, x: tuple[torch.Tensor, ...], y: torch.Tensor) -> torch.Tensor:
         calls.append(len(y))
-        return module(*x).pow(2).mean()  # drive outputs to zero
+        out: torch.Tensor = module(*x)
+        return out.pow(2).mean()  # drive outputs to zero
 
     model = fit(mlp(), cancer, epochs=2, lr=1e-2, batch_size=64, seed=0, loss_fn=loss_fn)
     assert sum(calls) == 2 * len(cancer.targets("train"))

@@ -12,6 +12,7 @@ import fnmatch
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -54,7 +55,9 @@ def choose_rank(
     squares = singular.double() ** 2
     cumulative = torch.cumsum(squares, 0) / squares.sum().clamp(min=1e-30)
     target = 1.0 if energy is None else energy
-    return int(torch.searchsorted(cumulative, torch.tensor(target - 1e-9, dtype=cumulative.dtype))) + 1
+    return (
+        int(torch.searchsorted(cumulative, torch.tensor(target - 1e-9, dtype=cumulative.dtype))) + 1
+    )
 
 
 def factorize(
@@ -75,7 +78,7 @@ def factorize(
         weight_node = node.args[1]
         if not (isinstance(weight_node, fx.Node) and weight_node.op == "get_attr"):
             continue
-        if node.target == _CONV and int(_arg(node, 6, "groups", 1)) != 1:
+        if node.target == _CONV and _arg(node, 6, "groups", 1) != 1:
             continue
         if len(weight_node.users) != 1:
             continue  # a tied weight stays whole
@@ -130,20 +133,20 @@ def _rewrite(
         if node.target == _LINEAR:
             hidden = graph.call_function(_LINEAR, (node.args[0], low))
         else:
-            args = list(node.args) + [None] * (7 - len(node.args))
-            stride, padding, dilation = (
+            spatial: tuple[Any, ...] = (
                 _arg(node, 3, "stride", [1, 1]),
                 _arg(node, 4, "padding", [0, 0]),
                 _arg(node, 5, "dilation", [1, 1]),
             )
-            hidden = graph.call_function(_CONV, (args[0], low, None, stride, padding, dilation, 1))
+            hidden = graph.call_function(_CONV, (node.args[0], low, None, *spatial, 1))
     bias = _arg(node, 2, "bias", None)
-    node.args = (hidden, up, bias) if node.target == _LINEAR else (hidden, up, bias, [1, 1], [0, 0], [1, 1], 1)
+    pointwise: tuple[Any, ...] = () if node.target == _LINEAR else ([1, 1], [0, 0], [1, 1], 1)
+    node.args = (hidden, up, bias, *pointwise)
     node.kwargs = {}
     graph.erase_node(weight_node)
 
 
-def _arg(node: fx.Node, index: int, name: str, default: object) -> object:
+def _arg(node: fx.Node, index: int, name: str, default: Any) -> Any:
     if len(node.args) > index:
         return node.args[index]
     return node.kwargs.get(name, default)

@@ -27,10 +27,14 @@ class Shared:
     def bits_per_weight(self) -> float:
         """Index bits plus the fp32 codebook spread over the layer's weights."""
         count = self.indices.numel()
-        return (count * math.ceil(math.log2(max(len(self.codebook), 2))) + 32 * len(self.codebook)) / count
+        return (
+            count * math.ceil(math.log2(max(len(self.codebook), 2))) + 32 * len(self.codebook)
+        ) / count
 
 
-def cluster_1d(values: torch.Tensor, k: int, iterations: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
+def cluster_1d(
+    values: torch.Tensor, k: int, iterations: int = 30
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Lloyd's k-means on a flat tensor, started at evenly spaced quantiles (deterministic).
 
     Returns (sorted centroids, index of each value's centroid)."""

@@ -16,7 +16,6 @@ import torch
 from onnxruntime.quantization import CalibrationDataReader
 
 
-
 def onnx_inputs(path: Path) -> list[tuple[str, list[int | str]]]:
     """Each graph input's name and shape (ints, or the symbolic name of a free dimension)."""
     model = onnx.load(str(path), load_external_data=False)
@@ -41,8 +40,8 @@ def torch_inputs(module: torch.nn.Module) -> list[tuple[str, list[int | str]]] |
     for node in module.graph.nodes:
         value = node.meta.get("val") if node.op == "placeholder" else None
         if isinstance(value, torch.Tensor):
-            dims = [int(d) if isinstance(d, int) else str(d) for d in value.shape]
-            inputs.append((node.name, dims))
+            dims: list[int | str] = [d if isinstance(d, int) else str(d) for d in value.shape]
+            inputs.append((str(node.name), dims))
     return inputs or None
 
 

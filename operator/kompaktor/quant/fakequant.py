@@ -36,6 +36,9 @@ class _ActFakeQuant(nn.Module):
     def __init__(self, momentum: float = 0.1) -> None:
         super().__init__()
         self.momentum = momentum
+        self.low: torch.Tensor
+        self.high: torch.Tensor
+        self.seen: torch.Tensor
         self.register_buffer("low", torch.tensor(0.0))
         self.register_buffer("high", torch.tensor(0.0))
         self.register_buffer("seen", torch.tensor(False))
@@ -87,6 +90,6 @@ def strip_fake_quant(gm: fx.GraphModule) -> None:
             gm.delete_submodule(str(node.target))
     for module in list(gm.modules()):
         if parametrize.is_parametrized(module):
-            for leaf in list(module.parametrizations.keys()):  # type: ignore[union-attr]
+            for leaf in list(module.parametrizations.keys()):  # type: ignore[operator,union-attr]
                 parametrize.remove_parametrizations(module, leaf, leave_parametrized=True)
     gm.recompile()

@@ -38,9 +38,11 @@ def propose(
     maximize: bool,
 ) -> list[dict[str, Any]]:
     try:
-        from cmaes import CMA
+        from cmaes import CMA  # type: ignore[import-untyped]
     except ModuleNotFoundError:  # pragma: no cover - depends on the install
-        raise ValueError("the cmaes sampler needs the `cmaes` package (pip install cmaes)") from None
+        raise ValueError(
+            "the cmaes sampler needs the `cmaes` package (pip install cmaes)"
+        ) from None
     numeric = {n: d for n, d in distributions.items() if isinstance(d, Numeric)}
     popsize = population_size(len(numeric))
     optimizer = CMA(
@@ -102,4 +104,4 @@ def _decode(dist: Numeric, unit: float) -> float | int:
     if dist.step is not None:
         value = low + round((value - low) / dist.step) * dist.step
     value = min(max(value, low), high)
-    return int(round(value)) if isinstance(dist, IntDistribution) else value
+    return round(value) if isinstance(dist, IntDistribution) else value

@@ -71,7 +71,9 @@ def rebuild(
     failing the search. Generations are tagged by record order so NSGA-II finds its populations.
     """
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    directions = ["maximize" if up else "minimize" for up in maximize]
+    directions: list[Literal["minimize", "maximize"]] = [
+        "maximize" if up else "minimize" for up in maximize
+    ]
     study = optuna.create_study(directions=directions, sampler=sampler)
     finished = 0
     for item in observed:

@@ -76,8 +76,8 @@ class PlanContext:
 class Stage(ABC, Generic[P]):
     """A technique. Subclasses set `type`, `Params`, and the formats they accept/produce."""
 
-    type: ClassVar[str]
     Params: ClassVar[type[StageParams]]
+    type: ClassVar[str]
     accepts: ClassVar[frozenset[ModelFormat]] = frozenset({"pt2", "torchscript"})
     #: None: the output has the input's format.
     produces: ClassVar[ModelFormat | None] = "pt2"

@@ -64,8 +64,8 @@ class CompressParams(StageParams):
 
 
 class CompressStage(Stage[CompressParams]):
-    type: ClassVar[str] = "compress"
     Params: ClassVar[type[StageParams]] = CompressParams
+    type: ClassVar[str] = "compress"
 
     def check(self, params: CompressParams, plan: PlanContext) -> None:
         if params.method == "lowrank" and plan.input_format != "pt2":
@@ -105,11 +105,25 @@ def _lowrank(ctx: StageContext[CompressParams], module: nn.Module) -> StageResul
         "parametersAfter": float(after),
         "layersFactorized": float(len(replaced)),
         # each layer's kept energy, weighted by its full rank
-        "energyKept": sum(f.energy_kept * f.full_rank for f in replaced) / total if replaced else 1.0,
+        "energyKept": sum(f.energy_kept * f.full_rank for f in replaced) / total
+        if replaced
+        else 1.0,
     }
     details = {
-        "ranks": {f.layer: {"rank": f.rank, "fullRank": f.full_rank, "energyKept": round(f.energy_kept, 6), "factorized": f.replaced} for f in layers},
-        "rule": {"energy": energy} if energy is not None else {"ratio": p.ratio} if p.ratio else {"rank": p.rank},
+        "ranks": {
+            f.layer: {
+                "rank": f.rank,
+                "fullRank": f.full_rank,
+                "energyKept": round(f.energy_kept, 6),
+                "factorized": f.replaced,
+            }
+            for f in layers
+        },
+        "rule": {"energy": energy}
+        if energy is not None
+        else {"ratio": p.ratio}
+        if p.ratio
+        else {"rank": p.rank},
     }
     ctx.log(f"compress: lowrank: {before} -> {after} parameters, {len(replaced)} layers factorized")
     return StageResult(module=gm, metrics=metrics, details=details)
@@ -120,7 +134,9 @@ def _weightsharing(ctx: StageContext[CompressParams], module: nn.Module) -> Stag
     module = copy.deepcopy(module)
     weights = sharable_weights(module, p.skip)
     if not weights:
-        raise StageError("compress: weightsharing: no conv/linear weights to share (check params.skip)")
+        raise StageError(
+            "compress: weightsharing: no conv/linear weights to share (check params.skip)"
+        )
     shared = share_weights(weights, p.clusters)
     if p.fine_tune_epochs:
         _fine_tune(ctx, module)
@@ -151,8 +167,13 @@ def _fine_tune(ctx: StageContext[CompressParams], module: nn.Module) -> None:
     from kompaktor.training import fit
 
     trained = fit(
-        module, ctx.dataset, epochs=p.fine_tune_epochs, lr=p.lr, batch_size=p.batch_size,
-        seed=ctx.seed, log=ctx.log,
+        module,
+        ctx.dataset,
+        epochs=p.fine_tune_epochs,
+        lr=p.lr,
+        batch_size=p.batch_size,
+        seed=ctx.seed,
+        log=ctx.log,
     )
     if trained is not module:
         module.load_state_dict(trained.state_dict())

@@ -86,19 +86,16 @@ class DistillStage(Stage[DistillParams]):
         _check_shapes(teacher, student, example)
         from kompaktor.training import fit
 
-        pair = _WithTeacher(student, teacher)
-        trained = fit(
-            pair,
+        student = fit(
+            student,
             ctx.dataset,
             epochs=p.epochs,
             lr=p.lr,
             batch_size=p.batch_size,
             seed=ctx.seed,
-            loss_fn=pair.loss(p.temperature, p.alpha),
+            loss_fn=_distill_loss(teacher, p.temperature, p.alpha),
             log=ctx.log,
         )
-        if isinstance(trained, _WithTeacher):
-            student = trained.student
         metrics = {
             "parametersInput": float(before),
             "parametersStudent": float(stored_elements(student)),
@@ -133,35 +130,23 @@ def _check_shapes(
         )
 
 
-class _WithTeacher(nn.Module):
-    """The student, trained by `fit`, with the teacher run on the same batch in its forward.
+def _distill_loss(teacher: nn.Module, temperature: float, alpha: float) -> Any:
+    """fit's loss hook: the teacher's logits on the same batch, soft targets for the student.
 
-    fit calls loss_fn(outputs, targets) without the batch's inputs, so the teacher's logits
-    for the batch are kept here for the loss to read. The teacher is held outside the module
-    tree so fit neither optimizes nor switches its mode.
+    The teacher stays outside the trained module, so fit neither optimizes it nor switches
+    its mode.
     """
+    kd = optional_kernel("kd_loss") or kd_loss
 
-    def __init__(self, student: nn.Module, teacher: nn.Module) -> None:
-        super().__init__()
-        self.student = student
-        self._teacher = (teacher,)
-        self._soft: torch.Tensor | None = None
-
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+    def loss_fn(
+        student: nn.Module, inputs: tuple[torch.Tensor, ...], targets: torch.Tensor
+    ) -> torch.Tensor:
         with torch.no_grad():
-            self._soft = self._teacher[0](*inputs).detach()
-        out: torch.Tensor = self.student(*inputs)
-        return out
+            soft = teacher(*inputs).detach()
+        result: torch.Tensor = kd(student(*inputs), soft, targets, temperature, alpha)
+        return result
 
-    def loss(self, temperature: float, alpha: float) -> Any:
-        kd = optional_kernel("kd_loss") or kd_loss
-
-        def loss_fn(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-            assert self._soft is not None, "the loss runs after a forward pass"
-            result: torch.Tensor = kd(outputs, self._soft, targets, temperature, alpha)
-            return result
-
-        return loss_fn
+    return loss_fn
 
 
 def kd_loss(

@@ -10,6 +10,7 @@ in-process for `kompaktor stage run --type hpo`.
 
 from __future__ import annotations
 
+import builtins
 import math
 import random
 from collections.abc import Mapping, Sequence
@@ -27,15 +28,18 @@ from kompaktor.api.status import TrialRecord
 from kompaktor.errors import StageError
 from kompaktor.evaluate import higher_is_better
 from kompaktor.models import ModelFormat
-from kompaktor.search import Observed, ask, grid_points, pareto_front, rebuild, sampler_for
-from kompaktor.search import cma
+from kompaktor.search import Observed, ask, cma, grid_points, pareto_front, rebuild, sampler_for
 from kompaktor.search.grid import MAX_GRID, grid_size
 from kompaktor.search.study import canonical
 from kompaktor.stages.base import PlanContext, Stage, StageContext, StageParams, StageResult
 
 Objective = Literal["metric", "latency", "size"]
 #: Where each objective's figure is in a run's metrics (result.json / TrialRecord.metrics).
-OBJECTIVE_METRICS: dict[str, str] = {"metric": "metric", "latency": "latencyMs", "size": "sizeBytes"}
+OBJECTIVE_METRICS: dict[str, str] = {
+    "metric": "metric",
+    "latency": "latencyMs",
+    "size": "sizeBytes",
+}
 _FINISHED = ("Complete", "Failed", "Pruned")
 
 
@@ -102,7 +106,9 @@ class SpaceParam(StageParams):
             return CategoricalDistribution(list(self.choices or []))
         assert self.low is not None and self.high is not None
         if self.kind == "int":
-            return IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+            return IntDistribution(
+                int(self.low), int(self.high), log=self.log, step=int(self.step or 1)
+            )
         step = None if self.step is None else float(self.step)
         return FloatDistribution(float(self.low), float(self.high), log=self.log, step=step)
 
@@ -125,7 +131,7 @@ class HpoParams(StageParams):
         default_factory=dict, description="Fixed target params every trial gets."
     )
     objectives: list[Objective] = Field(
-        default_factory=lambda: ["metric"],
+        default_factory=lambda: ["metric"],  # type: ignore[arg-type]
         description="What to optimize: metric (the job's objective metric), latency, size. "
         "More than one makes the search multi-objective (a Pareto set).",
     )
@@ -189,7 +195,8 @@ def check(params: HpoParams, plan: PlanContext | None = None) -> None:
             if key not in names:
                 known = ", ".join(sorted(n for n in names if n == _camel(n)))
                 raise ValueError(
-                    f"params.{where}.{key}: {params.target} has no param {key!r} (its params: {known})"
+                    f"params.{where}.{key}: {params.target} has no param {key!r} "
+                    f"(its params: {known})"
                 )
     for key in params.base:
         if _canonical_name(target.Params, key) in {
@@ -204,7 +211,7 @@ def check(params: HpoParams, plan: PlanContext | None = None) -> None:
             raise ValueError(f"params.space: the grid has more than {MAX_GRID} points")
     point = trial_params(params, _first_point(params))
     try:
-        target_params = target.Params.model_validate(point)
+        target_params = _params_model(target).model_validate(point)
     except ValidationError as error:
         raise ValueError("\n".join(_describe(params, target.type, error))) from None
     if plan is not None:
@@ -227,6 +234,12 @@ def _target_stage(params: HpoParams) -> type[Stage[Any]]:
     if stage is None:
         raise ValueError(f"params.target: stage type {params.target!r} is not available")
     return stage
+
+
+def _params_model(stage: builtins.type[Stage[Any]]) -> builtins.type[StageParams]:
+    """The target's params model (typed here: `Stage.type` shadows `type` in Stage's body)."""
+    model: builtins.type[StageParams] = stage.Params
+    return model
 
 
 def _param_names(model: type[StageParams]) -> set[str]:
@@ -353,9 +366,7 @@ def trial_params(params: HpoParams, suggested: Mapping[str, Any]) -> dict[str, A
     return {**params.base, **suggested}
 
 
-def trial_values(
-    params: HpoParams, metrics: Mapping[str, float], metric_name: str
-) -> list[float]:
+def trial_values(params: HpoParams, metrics: Mapping[str, float], metric_name: str) -> list[float]:
     """A finished run's objective values, in `objectives` order, from its metrics."""
     values = []
     for objective in params.objectives:
@@ -371,9 +382,7 @@ def trial_values(
 # ---- choosing the winner --------------------------------------------------------------------
 
 
-def within_drop(
-    value: float, baseline: float | None, max_drop: float, metric_name: str
-) -> bool:
+def within_drop(value: float, baseline: float | None, max_drop: float, metric_name: str) -> bool:
     """The metric is no more than `max_drop` worse than the baseline (always, with none)."""
     if baseline is None or math.isnan(baseline):
         return True
@@ -424,23 +433,24 @@ def select_best(
 
 
 class HpoStage(Stage[HpoParams]):
-    """Standalone: runs the trials one after another in this process (the plan runs them as
-    separate pods instead and only calls the functions above)."""
+    """The plan runs an hpo stage's trials (as pods, or local processes) through the functions
+    above; a single `kompaktor stage run --type hpo` has no trials to run and says so."""
 
-    type: ClassVar[str] = "hpo"
     Params: ClassVar[type[StageParams]] = HpoParams
+    type: ClassVar[str] = "hpo"
     accepts: ClassVar[frozenset[ModelFormat]] = frozenset({"pt2", "torchscript", "onnx"})
     produces: ClassVar[ModelFormat | None] = None
 
     def output_format(self, input_format: ModelFormat, params: HpoParams) -> ModelFormat:
         target = _target_stage(params)
-        point = target.Params.model_validate(trial_params(params, _first_point(params)))
+        point = _params_model(target).model_validate(trial_params(params, _first_point(params)))
         return target().output_format(input_format, point)
 
     def check(self, params: HpoParams, plan: PlanContext) -> None:
         check(params, plan)
 
     def run(self, ctx: StageContext[HpoParams]) -> StageResult:
-        from kompaktor.search.local import run_trials
-
-        return run_trials(ctx, _target_stage(ctx.params))
+        raise StageError(
+            "hpo: trials run as separate stage runs driven by the job's plan; run the job "
+            "(`kompaktor run job.yaml`) rather than a single hpo stage"
+        )

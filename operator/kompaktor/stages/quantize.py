@@ -59,8 +59,8 @@ class QuantizeParams(StageParams):
 
 
 class QuantizeStage(Stage[QuantizeParams]):
-    type: ClassVar[str] = "quantize"
     Params: ClassVar[type[StageParams]] = QuantizeParams
+    type: ClassVar[str] = "quantize"
     accepts: ClassVar[frozenset[ModelFormat]] = frozenset({"pt2", "torchscript", "onnx"})
     produces: ClassVar[ModelFormat | None] = "onnx"
 
@@ -129,7 +129,12 @@ def _qat(ctx: StageContext[QuantizeParams], module: Any, example: tuple[Any, ...
     layers = fake_quantize(gm)
     ctx.log(f"quantize: qat: fake-quantizing {layers} layers for {p.qat_epochs} epochs")
     trained = fit(
-        gm, ctx.dataset, epochs=p.qat_epochs, lr=p.lr, batch_size=p.batch_size, seed=ctx.seed,
+        gm,
+        ctx.dataset,
+        epochs=p.qat_epochs,
+        lr=p.lr,
+        batch_size=p.batch_size,
+        seed=ctx.seed,
         log=ctx.log,
     )
     if trained is not gm:
@@ -194,7 +199,9 @@ def _fp16(source: Path, target: Path) -> None:
         from onnxruntime.transformers.float16 import convert_float_to_float16
     except ImportError:
         try:
-            from onnxconverter_common.float16 import convert_float_to_float16
+            from onnxconverter_common.float16 import (  # type: ignore[import-not-found,no-redef]
+                convert_float_to_float16,
+            )
         except ImportError:
             raise StageError(
                 "quantize: params.mode: fp16 needs onnxruntime.transformers or "
@@ -211,7 +218,7 @@ def _pre_process(source: Path, target: Path) -> Path:
 
     try:
         quant_pre_process(str(source), str(target))
-    except Exception:  # noqa: BLE001 - an optional optimization; quantizing works without it
+    except Exception:
         return source
     return target
 

@@ -162,7 +162,7 @@ async def test_suspend_stops_the_running_job_and_resume_finishes(
     cluster.edit_spec("pause", {"suspend": True})
     await cluster.wait_phase("pause", ("Suspended",), 30)
     await cluster.wait_for(lambda: not cluster.jobs(), 30, "the Job to be deleted")
-    assert not kubelet.running
+    await cluster.wait_for(lambda: not kubelet.running, 10, "the pod's process to be killed")
     kubelet.env["FAKE_STAGE_SECONDS"] = "0"
     cluster.edit_spec("pause", {"suspend": False})
     status = await cluster.wait_phase("pause", ("Succeeded", "Failed"), 60)

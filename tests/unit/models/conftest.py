@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from kompaktor.data import Dataset, load_dataset
+from kompaktor.models import save_torch
 from kompaktor.zoo import train_digits_cnn
+
+#: the export example: batch 2, a size the tests never predict on
+EXAMPLE = (torch.zeros(2, 1, 8, 8),)
 
 
 @pytest.fixture(scope="session")
@@ -36,10 +43,32 @@ class TwoInputs(nn.Module):
         self.b = nn.Linear(5, 4)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return self.a(a) - 2 * self.b(b)
+        return self.a(a) - 2 * self.b(b)  # type: ignore[no-any-return]
 
 
 @pytest.fixture
 def two_inputs() -> nn.Module:
     torch.manual_seed(0)
     return TwoInputs().eval()
+
+
+@pytest.fixture(scope="session")
+def saved_digits_cnn(
+    digits_cnn: nn.Module, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], Path]:
+    """`saved_digits_cnn("model.onnx")`: the trained CNN saved once per file name, read-only."""
+    folder = tmp_path_factory.mktemp("saved")
+    cache: dict[str, Path] = {}
+
+    def saved(filename: str) -> Path:
+        if filename not in cache:
+            cache[filename] = save_torch(digits_cnn, EXAMPLE, folder / filename)
+        return cache[filename]
+
+    return saved
+
+
+@pytest.fixture
+def example() -> tuple[torch.Tensor, ...]:
+    """Export example inputs for the digits CNN."""
+    return EXAMPLE

@@ -32,7 +32,8 @@ class DigitsCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(torch.relu(self.conv(x))).flatten(1)
-        return self.fc2(torch.relu(self.fc1(x)))
+        out: torch.Tensor = self.fc2(torch.relu(self.fc1(x)))
+        return out
 
 
 def cancer_mlp() -> nn.Module:

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (fixtures are imported from the shared support modules)
 """The quantize stage on real small models: int8 ONNX about 4x smaller at the same accuracy,
 fp16 half the size, ONNX inputs, QAT, and a calibration shape error raised before any work."""
 

@@ -1,0 +1,62 @@
+"""`kompaktor init digits`: a runnable job, its data and a trained model, from nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from kompaktor.api.jobfile import load_job_file
+from kompaktor.data import load_dataset
+from kompaktor.errors import KompaktorError
+from kompaktor.evaluate import metric, parameter_count
+from kompaktor.models import load_model, predictor_for
+from kompaktor.quickstart import init_digits
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return init_digits(tmp_path_factory.mktemp("qs") / "digits")
+
+
+def test_writes_a_valid_job_naming_files_beside_it(quickstart: Path) -> None:
+    job = load_job_file(quickstart)
+    assert job.metadata.name == "digits-cnn"
+    assert (job.spec.model.uri, job.spec.dataset.uri) == ("model.pt2", "digits.npz")
+    assert (quickstart.parent / job.spec.model.uri).is_file()
+    assert (quickstart.parent / job.spec.dataset.uri).is_file()
+    assert job.spec.objective.metric == "accuracy"
+    assert job.spec.objective.max_drop == 0.01
+    assert [(s.type, s.params) for s in job.spec.stages] == [
+        ("train", {"epochs": 2, "lr": 0.001}),
+        ("benchmark", {"batchSizes": [1, 16]}),
+    ]
+    raw = yaml.safe_load(quickstart.read_text())
+    assert (raw["apiVersion"], raw["kind"]) == ("kompaktor.io/v1alpha1", "OptimizationJob")
+
+
+def test_saved_model_is_accurate_and_has_weights_to_remove(quickstart: Path) -> None:
+    model = load_model(quickstart.parent / "model.pt2")
+    data = load_dataset(str(quickstart.parent / "digits.npz"))
+    assert metric("accuracy", predictor_for(model), data) >= 0.95
+    assert predictor_for(model)(data.inputs("test")[0][:1]).shape == (1, 10)
+    assert parameter_count(model) > 100_000
+
+
+def test_data_file_is_the_builtin_split(quickstart: Path) -> None:
+    saved, builtin = (
+        load_dataset(str(quickstart.parent / "digits.npz")),
+        load_dataset("sklearn:digits"),
+    )
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(saved.inputs(split)[0], builtin.inputs(split)[0])
+        np.testing.assert_array_equal(saved.targets(split), builtin.targets(split))
+
+
+def test_refuses_to_overwrite_an_existing_job(quickstart: Path) -> None:
+    before = quickstart.read_text()
+    with pytest.raises(KompaktorError, match="already exists"):
+        init_digits(quickstart.parent)
+    assert quickstart.read_text() == before
