@@ -31,6 +31,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     ctx = localize(job, job_path.parent, args.artifacts)
     logs = Path(args.logs) if args.logs else job_path.parent / ".kompaktor" / job.metadata.name
     console = Console(stderr=True)
+    if not console.is_terminal:
+        console = Console(stderr=True, width=120)
     executor = LocalExecutor(logs)
     quiet = args.json or not console.is_terminal
     with Live(console=console, transient=True, auto_refresh=False, redirect_stdout=False) as live:

@@ -23,8 +23,50 @@ DATA_FILE = "digits.npz"
 JOB_FILE = "job.yaml"
 
 
-def digits_job(name: str = "digits-cnn") -> dict[str, Any]:
-    """The example OptimizationJob: fine-tune, then benchmark, within 1 point of accuracy."""
+#: the default demo: fine-tune, then benchmark (a minute on a laptop)
+SHORT_STAGES: list[dict[str, Any]] = [
+    {"name": "train", "type": "train", "params": {"epochs": 2, "lr": 0.001}},
+    {"name": "bench", "type": "benchmark", "params": {"batchSizes": [1, 16]}},
+]
+
+#: `--full`: every technique in a row, sized to finish in minutes on two CPU cores
+FULL_STAGES: list[dict[str, Any]] = [
+    {
+        "name": "tune",
+        "type": "hpo",
+        "params": {
+            "target": "train",
+            "sampler": "tpe",
+            "trials": 6,
+            "parallelism": 2,
+            "base": {"epochs": 2},
+            "space": {
+                "lr": {"low": 1.0e-4, "high": 1.0e-2, "log": True},
+                "weightDecay": {"low": 0.0, "high": 1.0e-3},
+            },
+        },
+    },
+    {
+        "name": "prune",
+        "type": "prune",
+        "params": {"method": "magnitude", "scope": "global", "sparsity": 0.7, "fineTuneEpochs": 2},
+    },
+    {
+        "name": "distill",
+        "type": "distill",
+        "params": {"teacher": {"fromStage": "tune"}, "temperature": 4, "alpha": 0.7, "epochs": 3},
+    },
+    {
+        "name": "quantize",
+        "type": "quantize",
+        "params": {"mode": "static", "perChannel": True, "calibrationSamples": 256},
+    },
+    {"name": "bench", "type": "benchmark", "params": {"batchSizes": [1, 16]}},
+]
+
+
+def digits_job(*, full: bool = False, name: str = "digits-cnn") -> dict[str, Any]:
+    """The example OptimizationJob, gated at 1 point of accuracy; `full` runs every technique."""
     return {
         "apiVersion": "kompaktor.io/v1alpha1",
         "kind": "OptimizationJob",
@@ -33,19 +75,19 @@ def digits_job(name: str = "digits-cnn") -> dict[str, Any]:
             "model": {"uri": MODEL_FILE},
             "dataset": {"uri": DATA_FILE, "task": "classification"},
             "objective": {"metric": "accuracy", "maxDrop": 0.01},
-            "stages": [
-                {"name": "train", "type": "train", "params": {"epochs": 2, "lr": 0.001}},
-                {"name": "bench", "type": "benchmark", "params": {"batchSizes": [1, 16]}},
-            ],
+            "stages": FULL_STAGES if full else SHORT_STAGES,
         },
     }
 
 
-def init_digits(directory: Path, *, seed: int = 0, epochs: int = 8, force: bool = False) -> Path:
+def init_digits(
+    directory: Path, *, seed: int = 0, epochs: int = 8, full: bool = False, force: bool = False
+) -> Path:
     """Train and save the digits CNN, its data and a job into `directory`; returns job.yaml.
 
-    Refuses to overwrite an existing job.yaml unless `force` (a user's edits are worth more
-    than a regenerated example).
+    `full` writes the whole pipeline (hpo, prune, distill, quantize, benchmark) instead of
+    train + benchmark. Refuses to overwrite an existing job.yaml unless `force` (a user's
+    edits are worth more than a regenerated example).
     """
     job_path = directory / JOB_FILE
     if job_path.exists() and not force:
@@ -56,5 +98,5 @@ def init_digits(directory: Path, *, seed: int = 0, epochs: int = 8, force: bool 
     model = train_digits_cnn(seed, epochs=epochs, dataset=dataset)
     example = (torch.from_numpy(dataset.inputs("train")[0][:2]),)
     save_torch(model, example, directory / MODEL_FILE)
-    job_path.write_text(yaml.safe_dump(digits_job(), sort_keys=False))
+    job_path.write_text(yaml.safe_dump(digits_job(full=full), sort_keys=False))
     return job_path

@@ -13,7 +13,8 @@ from kompaktor.data import load_dataset
 from kompaktor.errors import KompaktorError
 from kompaktor.evaluate import metric, parameter_count
 from kompaktor.models import load_model, predictor_for
-from kompaktor.quickstart import init_digits
+from kompaktor.quickstart import digits_job, init_digits
+from kompaktor.stages import validate_job
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,15 @@ def test_data_file_is_the_builtin_split(quickstart: Path) -> None:
     for split in ("train", "val", "test"):
         np.testing.assert_array_equal(saved.inputs(split)[0], builtin.inputs(split)[0])
         np.testing.assert_array_equal(saved.targets(split), builtin.targets(split))
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_both_pipelines_pass_stage_validation(tmp_path: Path, full: bool) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(digits_job(full=full)))
+    job = load_job_file(path)
+    params = validate_job(job.spec)
+    assert len(params) == len(job.spec.stages) == (5 if full else 2)
 
 
 def test_refuses_to_overwrite_an_existing_job(quickstart: Path) -> None:

@@ -59,6 +59,8 @@ class OnnxPredictor:
         options.intra_op_num_threads = threads if threads is not None else torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # Spinning workers would starve a torch model measured beside this one (benchmark).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
             path, sess_options=options, providers=["CPUExecutionProvider"]
         )

@@ -30,6 +30,10 @@ class TeacherRef(StageParams):
     uri: str | None = Field(
         None, description="Model URI of the teacher (filled in by the plan for fromStage)."
     )
+    digest: str | None = Field(
+        None,
+        description="sha256 of the teacher, filled in by the plan so the cache key follows it.",
+    )
 
 
 class StudentSpec(StageParams):

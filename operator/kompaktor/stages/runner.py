@@ -278,6 +278,8 @@ def _output_metrics(
     The stage's own metrics are kept, except that it cannot override these; a stage that
     measured latency itself (benchmark) keeps its more careful figure.
     """
+    import torch
+
     from kompaktor.evaluate import measure_latency, metric, model_size_bytes, parameter_count
     from kompaktor.models import load_model, predictor_for
 
@@ -291,8 +293,11 @@ def _output_metrics(
         parameters=float(parameter_count(output)),
     )
     if "latencyMs" not in stage_metrics:
+        # One thread, as the benchmark stage defaults to: stable on a shared node, and what
+        # an HPO latency objective should compare.
+        torch.set_num_threads(1)
         latency = measure_latency(
-            predictor,
+            predictor_for(output, threads=1),
             dataset.inputs("test"),
             1,
             warmup=LATENCY_WARMUP,

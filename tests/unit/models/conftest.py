@@ -25,7 +25,8 @@ def digits() -> Dataset:
 
 @pytest.fixture(scope="session")
 def digits_cnn(digits: Dataset) -> nn.Module:
-    return train_digits_cnn(0, dataset=digits)
+    """Trained briefly: the I/O tests need real weights, not peak accuracy."""
+    return train_digits_cnn(0, epochs=3, dataset=digits)
 
 
 @pytest.fixture(scope="session")
