@@ -60,7 +60,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_init(args: argparse.Namespace) -> int:
     from kompaktor.quickstart import init_digits
 
-    job = init_digits(Path(args.directory), **({"full": True} if args.full else {}))
+    job = init_digits(Path(args.directory), full=not args.simple)
     print(f"wrote {job}\nnext: kompaktor run {job}")
     return 0
 

@@ -25,7 +25,7 @@ JOB_FILE = "job.yaml"
 
 #: the default demo: fine-tune, then benchmark (a minute on a laptop)
 SHORT_STAGES: list[dict[str, Any]] = [
-    {"name": "train", "type": "train", "params": {"epochs": 2, "lr": 0.001}},
+    {"name": "train", "type": "train", "params": {"epochs": 2, "lr": 0.0001}},
     {"name": "bench", "type": "benchmark", "params": {"batchSizes": [1, 16]}},
 ]
 
@@ -41,7 +41,7 @@ FULL_STAGES: list[dict[str, Any]] = [
             "parallelism": 2,
             "base": {"epochs": 2},
             "space": {
-                "lr": {"low": 1.0e-4, "high": 1.0e-2, "log": True},
+                "lr": {"low": 1.0e-5, "high": 1.0e-3, "log": True},
                 "weightDecay": {"low": 0.0, "high": 1.0e-3},
             },
         },
@@ -84,6 +84,9 @@ def init_digits(
     directory: Path, *, seed: int = 0, epochs: int = 8, full: bool = False, force: bool = False
 ) -> Path:
     """Train and save the digits CNN, its data and a job into `directory`; returns job.yaml.
+
+    `full` writes the whole pipeline (hpo → prune → distill → quantize → benchmark) instead
+    of the two-stage fine-tune and benchmark.
 
     `full` writes the whole pipeline (hpo, prune, distill, quantize, benchmark) instead of
     train + benchmark. Refuses to overwrite an existing job.yaml unless `force` (a user's

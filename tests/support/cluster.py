@@ -128,7 +128,9 @@ class Cluster:
         assert found is not None, f"OptimizationJob {name} is gone"
         return found
 
-    def edit_spec(self, name: str, spec_patch: Mapping[str, Any], namespace: str = "default") -> None:
+    def edit_spec(
+        self, name: str, spec_patch: Mapping[str, Any], namespace: str = "default"
+    ) -> None:
         self.emulator.patch(self.oj, namespace, name, {"spec": dict(spec_patch)})
 
     def status(self, name: str, namespace: str = "default") -> dict[str, Any]:
@@ -152,7 +154,9 @@ class Cluster:
                 raise AssertionError(f"timed out after {timeout}s waiting for {what}")
             await self.emulator.changed(0.1)
 
-    async def wait_phase(self, name: str, phases: tuple[str, ...], timeout: float = 180) -> dict[str, Any]:
+    async def wait_phase(
+        self, name: str, phases: tuple[str, ...], timeout: float = 180
+    ) -> dict[str, Any]:
         def done() -> dict[str, Any] | None:
             status = self.status(name)
             return status if status.get("phase") in phases else None
@@ -164,7 +168,9 @@ class Cluster:
         return found
 
 
-def optimization_job(name: str, spec: Mapping[str, Any], namespace: str = "default") -> dict[str, Any]:
+def optimization_job(
+    name: str, spec: Mapping[str, Any], namespace: str = "default"
+) -> dict[str, Any]:
     return {
         "apiVersion": "kompaktor.io/v1alpha1",
         "kind": "OptimizationJob",

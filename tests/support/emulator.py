@@ -242,7 +242,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             if r == res and not obj.deleted and (namespace is None or ns == namespace)
         ]
 
-    def get_live(self, resource: references.resource | str, namespace: str | None, name: str) -> Obj | None:
+    def get_live(
+        self, resource: references.resource | str, namespace: str | None, name: str
+    ) -> Obj | None:
         res = kmock.resource(resource) if isinstance(resource, str) else resource
         key = (res, namespace, name)
         if key not in self.objects or self.objects[key].deleted:

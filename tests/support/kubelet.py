@@ -107,8 +107,15 @@ class TestKubelet:
                 "namespace": namespace,
                 "labels": labels,
                 "annotations": dict(template["metadata"].get("annotations") or {}),
-                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name,
-                                     "uid": meta["uid"], "controller": True}],
+                "ownerReferences": [
+                    {
+                        "apiVersion": "batch/v1",
+                        "kind": "Job",
+                        "name": name,
+                        "uid": meta["uid"],
+                        "controller": True,
+                    }
+                ],
             },  # fmt: skip
             "spec": dict(template["spec"], nodeName=node),
         }

@@ -51,7 +51,9 @@ def restricted_violations(spec: Mapping[str, Any]) -> list[str]:
     if pod_sc.get("runAsUser") == 0:
         problems.append("spec.securityContext.runAsUser must not be 0")
     if pod_seccomp is not None and pod_seccomp not in SECCOMP_OK:
-        problems.append("spec.securityContext.seccompProfile.type must be RuntimeDefault or Localhost")
+        problems.append(
+            "spec.securityContext.seccompProfile.type must be RuntimeDefault or Localhost"
+        )
     for where, c in _containers(spec):
         sc = c.get("securityContext") or {}
         if sc.get("privileged"):
@@ -77,7 +79,11 @@ def restricted_violations(spec: Mapping[str, Any]) -> list[str]:
             problems.append(f"{where}: capabilities must drop ALL")
         added = set(caps.get("add") or [])
         if added - {"NET_BIND_SERVICE"}:
-            problems.append(f"{where}: capabilities may add only NET_BIND_SERVICE, not {sorted(added)}")
+            problems.append(
+                f"{where}: capabilities may add only NET_BIND_SERVICE, not {sorted(added)}"
+            )
         if added - BASELINE_CAPABILITIES:
-            problems.append(f"{where}: capabilities {sorted(added - BASELINE_CAPABILITIES)} are not baseline")
+            problems.append(
+                f"{where}: capabilities {sorted(added - BASELINE_CAPABILITIES)} are not baseline"
+            )
     return problems

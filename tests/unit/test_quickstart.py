@@ -31,7 +31,7 @@ def test_writes_a_valid_job_naming_files_beside_it(quickstart: Path) -> None:
     assert job.spec.objective.metric == "accuracy"
     assert job.spec.objective.max_drop == 0.01
     assert [(s.type, s.params) for s in job.spec.stages] == [
-        ("train", {"epochs": 2, "lr": 0.001}),
+        ("train", {"epochs": 2, "lr": 0.0001}),
         ("benchmark", {"batchSizes": [1, 16]}),
     ]
     raw = yaml.safe_load(quickstart.read_text())

@@ -102,7 +102,9 @@ def _login(memo: Any, **kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
-async def _job_daemon(name: str, namespace: str, memo: Any, logger: logging.Logger, **_: Any) -> None:
+async def _job_daemon(
+    name: str, namespace: str, memo: Any, logger: logging.Logger, **_: Any
+) -> None:
     rt = runtime(memo)
     wake = rt.wake(namespace, name)
     try:

@@ -67,7 +67,9 @@ def active_runs(status: OptimizationJobStatus) -> dict[str, str | None]:
 
 
 def observe(
-    status: OptimizationJobStatus, jobs: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str, Any]]
+    status: OptimizationJobStatus,
+    jobs: Sequence[Mapping[str, Any]],
+    pods: Sequence[Mapping[str, Any]],
 ) -> list[Observation]:
     """Facts about in-flight runs only, so outcomes already recorded are never fed twice."""
     active = active_runs(status)
@@ -106,7 +108,9 @@ def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, An
     return patch
 
 
-def invalid(status: OptimizationJobStatus, message: str, generation: int, now: datetime) -> OptimizationJobStatus:
+def invalid(
+    status: OptimizationJobStatus, message: str, generation: int, now: datetime
+) -> OptimizationJobStatus:
     failed = status.model_copy(
         update={
             "phase": "Failed",
@@ -146,7 +150,9 @@ class Reconciler:
         await self._write_status(namespace, name, raw_status, result.status)
         return await self._act(obj, namespace, result, jobs)
 
-    def context(self, obj: Mapping[str, Any], namespace: str, name: str, generation: int) -> JobContext:
+    def context(
+        self, obj: Mapping[str, Any], namespace: str, name: str, generation: int
+    ) -> JobContext:
         try:
             spec = OptimizationJobSpec.model_validate(obj.get("spec") or {})
         except ValidationError as error:
@@ -189,7 +195,11 @@ class Reconciler:
             await self.kube.patch_status(cr_path(namespace, name), patch)
 
     async def _act(
-        self, obj: Mapping[str, Any], namespace: str, result: StepResult, jobs: Sequence[Mapping[str, Any]]
+        self,
+        obj: Mapping[str, Any],
+        namespace: str,
+        result: StepResult,
+        jobs: Sequence[Mapping[str, Any]],
     ) -> Pass:
         existing = {job["metadata"]["name"]: job for job in jobs}
         created = deleted = 0
@@ -199,7 +209,9 @@ class Reconciler:
                 case EmitEvent():
                     self.emit(obj, action.type, action.reason, action.message)
                 case EnsureRun():
-                    manifest = k8s.job_manifest(action.request, obj, self.config, namespace=namespace)
+                    manifest = k8s.job_manifest(
+                        action.request, obj, self.config, namespace=namespace
+                    )
                     if manifest["metadata"]["name"] not in existing:
                         created += await self.kube.create(jobs_path(namespace), manifest)
                 case CancelRun():

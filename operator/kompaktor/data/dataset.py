@@ -127,7 +127,7 @@ def _builtin_name(uri: str) -> str:
 
 
 def _cache_dir() -> Path:
-    """Where remote datasets are downloaded: $KOMPAKTOR_CACHE_DIR, else a per-user temp dir."""
+    """Where remote datasets are downloaded: $KOMPAKTOR_CACHE_DIR, else under the temp dir."""
     configured = os.environ.get("KOMPAKTOR_CACHE_DIR")
     base = Path(configured) if configured else Path(tempfile.gettempdir()) / "kompaktor-cache"
     return base / "datasets"

@@ -208,7 +208,25 @@ def _fp16(source: Path, target: Path) -> None:
                 "onnxconverter-common, and neither is installed"
             ) from None
     model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+    _sort_topologically(model.graph)
     onnx.save(model, str(target))
+
+
+def _sort_topologically(graph: Any) -> None:
+    """The converter appends its input casts after their consumers; ONNX requires order."""
+    known = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(name in known for name in n.input)]
+        if not ready:  # a cycle or a dangling input: leave the rest as they were
+            ordered += pending
+            break
+        for node in ready:
+            ordered.append(node)
+            known.update(node.output)
+        pending = [n for n in pending if n not in ready]
+    del graph.node[:]
+    graph.node.extend(ordered)
 
 
 def _pre_process(source: Path, target: Path) -> Path:

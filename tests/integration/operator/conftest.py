@@ -21,6 +21,7 @@ from tests.support.cluster import Cluster  # noqa: E402
 from tests.support.kubelet import TestKubelet  # noqa: E402
 from tests.support.pools import operator_config  # noqa: E402
 
+
 @pytest.fixture
 def model_file(tmp_path: Path) -> Path:
     path = tmp_path / "model.pt2"
@@ -39,7 +40,9 @@ def stub_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def fake_cluster(tmp_path: Path, stub_inputs: None) -> AsyncIterator[tuple[Cluster, TestKubelet]]:
+async def fake_cluster(
+    tmp_path: Path, stub_inputs: None
+) -> AsyncIterator[tuple[Cluster, TestKubelet]]:
     async with Cluster(tmp_path, operator_config(tmp_path)) as cluster:
         kubelet = TestKubelet(
             cluster.emulator,

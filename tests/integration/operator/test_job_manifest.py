@@ -7,19 +7,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.pools import operator_config
+from tests.support.pss import restricted_violations
 
 from kompaktor.api.spec import OptimizationJobSpec
 from kompaktor.config import check_pools, parse_config
 from kompaktor.errors import JobSpecError
 from kompaktor.executors.kubernetes import MAX_NAME, job_manifest, job_name
 from kompaktor.plan import RunRequest
-from tests.support.pools import operator_config
-from tests.support.pss import restricted_violations
 
 OWNER = {"metadata": {"name": "digits", "namespace": "ml", "uid": "u-1"}}
 
 
-def request(pool: str | None, *, trial: int | None = None, timeout: float | None = 600) -> RunRequest:
+def request(
+    pool: str | None, *, trial: int | None = None, timeout: float | None = 600
+) -> RunRequest:
     return RunRequest(
         run_id="prune-0123456789-a1", job="digits", stage="prune", stage_type="prune",
         params={"sparsity": 0.5}, key="0123456789abcdef", input_uri="s3://b/in.pt2",
@@ -50,7 +52,10 @@ def test_each_pool_places_and_sizes_the_pod(config: Any) -> None:
 
     default = job_manifest(request(None), OWNER, config, namespace="ml")["spec"]["template"]
     assert default["metadata"]["labels"]["kompaktor.io/pool"] == "cpu"
-    assert default["spec"]["containers"][0]["resources"]["requests"] == {"cpu": "2", "memory": "4Gi"}
+    assert default["spec"]["containers"][0]["resources"]["requests"] == {
+        "cpu": "2",
+        "memory": "4Gi",
+    }
     env = {e["name"]: e for e in default["spec"]["containers"][0]["env"]}
     assert env["KOMPAKTOR_POOL_WATTS"]["value"] == "60.0"
     assert env["KOMPAKTOR_NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
@@ -82,9 +87,10 @@ def test_job_is_owned_labelled_and_runs_the_stage_command(config: Any) -> None:
     assert {v["name"]: v for v in pod["volumes"]}[mounts["/tmp"]]["emptyDir"] == {}
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["TMPDIR"] == env["HOME"] == "/tmp"
-    assert "activeDeadlineSeconds" not in job_manifest(
-        request("cpu", timeout=None), OWNER, config, namespace="ml"
-    )["spec"]
+    assert (
+        "activeDeadlineSeconds"
+        not in job_manifest(request("cpu", timeout=None), OWNER, config, namespace="ml")["spec"]
+    )
 
 
 def test_pod_spec_passes_the_restricted_profile(config: Any) -> None:

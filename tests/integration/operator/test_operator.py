@@ -30,7 +30,9 @@ def prune(name: str, sparsity: float, **extra: Any) -> dict[str, Any]:
     return {"name": name, "type": "prune", "params": {"sparsity": sparsity}, **extra}
 
 
-async def test_pipeline_runs_one_owned_job_per_stage(fake_cluster: FakeCluster, model_file: Path) -> None:
+async def test_pipeline_runs_one_owned_job_per_stage(
+    fake_cluster: FakeCluster, model_file: Path
+) -> None:
     cluster, _ = fake_cluster
     await cluster.start_operator()
     owner = cluster.apply(optimization_job(
@@ -85,7 +87,9 @@ async def test_restarts_at_every_stage_create_no_duplicate_jobs(
     assert [s["attempts"] for s in status["stages"]] == [1, 1, 1]
 
 
-async def test_restart_while_a_stage_runs_adopts_its_job(fake_cluster: FakeCluster, model_file: Path) -> None:
+async def test_restart_while_a_stage_runs_adopts_its_job(
+    fake_cluster: FakeCluster, model_file: Path
+) -> None:
     cluster, kubelet = fake_cluster
     kubelet.env["FAKE_STAGE_SECONDS"] = "1.5"
     await cluster.start_operator()
@@ -100,7 +104,9 @@ async def test_restart_while_a_stage_runs_adopts_its_job(fake_cluster: FakeClust
     assert list(cluster.job_creations().values()) == [1]
 
 
-async def test_failing_stage_retries_then_fails_the_job(fake_cluster: FakeCluster, model_file: Path) -> None:
+async def test_failing_stage_retries_then_fails_the_job(
+    fake_cluster: FakeCluster, model_file: Path
+) -> None:
     cluster, kubelet = fake_cluster
     kubelet.env["FAKE_STAGE_FAIL"] = "compress"
     await cluster.start_operator()
@@ -128,7 +134,9 @@ async def test_invalid_run_is_not_retried(fake_cluster: FakeCluster, model_file:
     assert len(cluster.job_creations()) == 1
 
 
-async def test_spec_edit_reruns_from_the_changed_stage(fake_cluster: FakeCluster, model_file: Path) -> None:
+async def test_spec_edit_reruns_from_the_changed_stage(
+    fake_cluster: FakeCluster, model_file: Path
+) -> None:
     cluster, _ = fake_cluster
     await cluster.start_operator()
     stages = [prune("a", 0.2), prune("b", 0.4), prune("c", 0.6)]

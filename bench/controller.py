@@ -1,0 +1,86 @@
+"""Controller latency and memory against the emulated API server.
+
+Creates N OptimizationJobs (default 200) one after another and measures, for each, the time
+from its creation to the first batch Job the operator creates for it (p50 / p99), then the
+operator's resident memory with all N live. Stages never run (no kubelet): the figures are the
+controller's own. The operator runs in a child process so its RSS is its own.
+
+    python bench/controller.py [--jobs 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.support.cluster import Cluster, optimization_job  # noqa: E402
+
+BENCH_STUB = """
+import sys, kompaktor.engine as e, kompaktor.stages.validate as v
+e.dataset_digest = lambda uri: "sha256:" + "d" * 64
+v.format_of = lambda uri: "pt2"
+from kompaktor.controller import main_operator
+sys.exit(main_operator(sys.argv[1:]))
+"""
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def main(jobs: int) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="kompaktor-bench-"))
+    model = tmp / "model.pt2"
+    model.write_bytes(b"bench")
+    config = {"pools": [{"name": "cpu"}], "artifactsUri": (tmp / "store").as_uri()}
+    async with Cluster(tmp, config) as cluster:
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        operator = subprocess.Popen(
+            [sys.executable, "-c", BENCH_STUB, "--config", str(cluster.config_path), "--standalone"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            await asyncio.sleep(3)  # operator start-up (imports, login, first lists)
+            latencies = []
+            for index in range(jobs):
+                name = f"bench-{index:04d}"
+                started = time.perf_counter()
+                cluster.apply(optimization_job(name, {
+                    "model": {"uri": model.as_uri()}, "dataset": {"uri": "sklearn:digits"},
+                    "stages": [{"name": "p", "type": "prune", "params": {"sparsity": 0.5 + index / 1e4}}],
+                }))  # fmt: skip
+                await cluster.wait_for(
+                    lambda name=name: any(
+                        j["metadata"]["labels"]["kompaktor.io/job"] == name for j in cluster.jobs()
+                    ), 60, f"the first Job of {name}",
+                )  # fmt: skip
+                latencies.append(time.perf_counter() - started)
+            await asyncio.sleep(2)
+            memory = rss_mb(operator.pid)
+        finally:
+            operator.terminate()
+            operator.wait(10)
+    ms = sorted(x * 1000 for x in latencies)
+    p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
+    print(f"CR created -> first Job: p50 {statistics.median(ms):.1f} ms, p99 {p99:.1f} ms "
+          f"over {jobs} jobs (target p50 <= 200 ms)")  # fmt: skip
+    print(f"operator RSS with {jobs} live jobs: {memory:.0f} MB (target <= 300 MB)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=200)
+    asyncio.run(main(parser.parse_args().jobs))

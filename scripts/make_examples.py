@@ -1,0 +1,66 @@
+"""Regenerate examples/: small trained models and the jobs that use them (deterministic).
+
+    .venv/bin/python scripts/make_examples.py
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+import yaml
+
+from kompaktor.data import load_dataset
+from kompaktor.models import save_onnx, save_torch
+from kompaktor.quickstart import init_digits
+from kompaktor.zoo import train_tabular_mlp
+
+ROOT = Path(__file__).resolve().parents[1] / "examples"
+
+
+def job(name: str, model: str, dataset: str, stages: list[dict[str, object]]) -> str:
+    document = {
+        "apiVersion": "kompaktor.io/v1alpha1",
+        "kind": "OptimizationJob",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"uri": model},
+            "dataset": {"uri": dataset, "task": "classification"},
+            "objective": {"metric": "accuracy", "maxDrop": 0.02},
+            "stages": stages,
+        },
+    }
+    return yaml.safe_dump(document, sort_keys=False)
+
+
+def main() -> None:
+    digits = ROOT / "digits-pipeline"
+    shutil.rmtree(digits, ignore_errors=True)
+    init_digits(digits, full=True)
+
+    cancer = load_dataset("sklearn:breast_cancer")
+    mlp = train_tabular_mlp(cancer, seed=0)
+    example = (torch.from_numpy(cancer.inputs("train")[0][:2]),)
+    tabular = ROOT / "breast-cancer-mlp"
+    tabular.mkdir(parents=True, exist_ok=True)
+    save_torch(mlp, example, tabular / "model.pt2")
+    (tabular / "job.yaml").write_text(job("breast-cancer-mlp", "model.pt2", "sklearn:breast_cancer", [
+        {"name": "prune", "type": "prune",
+         "params": {"method": "magnitude", "scope": "global", "sparsity": 0.7, "fineTuneEpochs": 5}},
+        {"name": "quantize", "type": "quantize", "params": {"mode": "dynamic"}},
+        {"name": "bench", "type": "benchmark", "params": {"batchSizes": [1, 32]}},
+    ]))  # fmt: skip
+
+    onnx_dir = ROOT / "onnx-quantize"
+    onnx_dir.mkdir(parents=True, exist_ok=True)
+    save_onnx(mlp, example, onnx_dir / "model.onnx")
+    (onnx_dir / "job.yaml").write_text(job("onnx-quantize", "model.onnx", "sklearn:breast_cancer", [
+        {"name": "quantize", "type": "quantize",
+         "params": {"mode": "static", "perChannel": True, "calibrationSamples": 128}},
+        {"name": "bench", "type": "benchmark", "params": {"batchSizes": [1, 32]}},
+    ]))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
