@@ -112,9 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("example", choices=["digits"])
     init.add_argument("directory")
     init.add_argument(
-        "--full",
+        "--simple",
         action="store_true",
-        help="the whole pipeline: hpo, prune, distill, quantize, benchmark",
+        help="fine-tune and benchmark only (default: hpo, prune, distill, quantize, benchmark)",
     )
     init.set_defaults(handler=_cmd_init)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import copy
 import json
 import re
@@ -213,10 +214,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         """Wait until any object changes (or `timeout` passes)."""
         if self._tick is None:
             self._tick = asyncio.Event()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._tick.wait(), timeout)
-        except TimeoutError:
-            pass
 
     # ----------------------------------------------------------------- assertions
 

@@ -116,7 +116,7 @@ class TestKubelet:
                         "controller": True,
                     }
                 ],
-            },  # fmt: skip
+            },
             "spec": dict(template["spec"], nodeName=node),
         }
         self.emulator.create(PODS, pod)

@@ -7,9 +7,10 @@ wake it early, and the plan's Requeue sets how long it may sleep otherwise.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -23,6 +24,7 @@ from kompaktor.executors.kubernetes import LABEL_JOB, MANAGED_BY
 FINALIZER = "kompaktor.io/finalizer"
 ERROR_BACKOFF_SECONDS = 5.0
 MANAGED = {MANAGED_BY: "kompaktor"}
+Log = logging.Logger | logging.LoggerAdapter[Any]
 
 
 class Runtime:
@@ -60,7 +62,7 @@ class Runtime:
 
 
 def _emit(obj: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
-    kopf.event(dict(obj), type=kind, reason=reason, message=message[:1024])
+    kopf.event(cast(Any, dict(obj)), type=kind, reason=reason, message=message[:1024])
 
 
 def runtime(memo: Any) -> Runtime:
@@ -102,9 +104,8 @@ def _login(memo: Any, **kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
-async def _job_daemon(
-    name: str, namespace: str, memo: Any, logger: logging.Logger, **_: Any
-) -> None:
+async def _job_daemon(name: str, namespace: str | None, memo: Any, logger: Log, **_: Any) -> None:
+    namespace = namespace or "default"
     rt = runtime(memo)
     wake = rt.wake(namespace, name)
     try:
@@ -118,45 +119,48 @@ async def _job_daemon(
             except Exception:
                 logger.exception("reconcile of %s/%s failed; retrying", namespace, name)
                 delay = ERROR_BACKOFF_SECONDS
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=delay)
-            except TimeoutError:
-                pass
     finally:
         rt.forget(namespace, name)
 
 
 def _needs_pass(body: Mapping[str, Any], **_: Any) -> bool:
     generation = body.get("metadata", {}).get("generation")
-    return generation != (body.get("status") or {}).get("observedGeneration")
+    return bool(generation != (body.get("status") or {}).get("observedGeneration"))
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, when=_needs_pass)
-def _job_changed(name: str, namespace: str, memo: Any, **_: Any) -> None:
+def _job_changed(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
     runtime(memo).poke(namespace, name)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
-def _child_job_changed(labels: Mapping[str, str], namespace: str, memo: Any, **_: Any) -> None:
+def _child_job_changed(
+    labels: Mapping[str, str], namespace: str | None, memo: Any, **_: Any
+) -> None:
     runtime(memo).poke(namespace, labels.get(LABEL_JOB))
 
 
 @kopf.on.event("", "v1", "pods", labels=MANAGED)
-def _child_pod_changed(labels: Mapping[str, str], namespace: str, memo: Any, **_: Any) -> None:
+def _child_pod_changed(
+    labels: Mapping[str, str], namespace: str | None, memo: Any, **_: Any
+) -> None:
     runtime(memo).poke(namespace, labels.get(LABEL_JOB))
 
 
 def _deletes_artifacts(spec: Mapping[str, Any], **_: Any) -> bool:
-    return bool((spec.get("artifacts") or {}).get("deleteOnJobDeletion"))
+    artifacts: Any = spec.get("artifacts") or {}
+    return bool(artifacts.get("deleteOnJobDeletion"))
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, when=_deletes_artifacts)
 async def _delete_artifacts(
-    spec: Mapping[str, Any], name: str, namespace: str, memo: Any, logger: logging.Logger, **_: Any
+    spec: kopf.Spec, name: str, namespace: str | None, memo: Any, logger: Log, **_: Any
 ) -> None:
     """Children go by ownerReferences; artifacts only when the job asked for it."""
     rt = runtime(memo)
     parsed = OptimizationJobSpec.model_validate(dict(spec))
-    uri = rt.config.artifacts_for(parsed, namespace, name)
+    uri = rt.config.artifacts_for(parsed, namespace or "default", name)
     removed = await asyncio.to_thread(lambda: open_store(uri).delete_prefix(""))
     logger.info("deleted %d artifacts under %s", removed, uri)
