@@ -28,23 +28,34 @@ from kompaktor.zoo import DIGITS_URI, train_digits_cnn
 
 TECHNIQUES: list[tuple[str, str, dict[str, Any]]] = [
     ("train (fine-tune 1 epoch)", "train", {"epochs": 1, "lr": 5e-4}),
-    ("prune magnitude 80%", "prune", {"method": "magnitude", "sparsity": 0.8,
-                                       "fineTuneEpochs": 1}),
+    ("prune magnitude 80%", "prune", {"method": "magnitude", "sparsity": 0.8, "fineTuneEpochs": 1}),
     ("prune taylor 80%", "prune", {"method": "taylor", "sparsity": 0.8, "fineTuneEpochs": 1}),
-    ("prune magnitude 90% sparse runtime", "prune", {"method": "magnitude", "sparsity": 0.9,
-                                                      "fineTuneEpochs": 1, "runtime": "sparse"}),
-    ("prune structured 50%", "prune", {"method": "structured", "sparsity": 0.5,
-                                        "fineTuneEpochs": 2}),
+    (
+        "prune magnitude 90% sparse runtime",
+        "prune",
+        {"method": "magnitude", "sparsity": 0.9, "fineTuneEpochs": 1, "runtime": "sparse"},
+    ),
+    (
+        "prune structured 50%",
+        "prune",
+        {"method": "structured", "sparsity": 0.5, "fineTuneEpochs": 2},
+    ),
     ("distill width 0.5", "distill", {"student": {"widthMultiplier": 0.5}, "epochs": 3}),
-    ("compress low-rank 90% energy", "compress", {"method": "lowrank", "energy": 0.9,
-                                                   "fineTuneEpochs": 1}),
+    (
+        "compress low-rank 90% energy",
+        "compress",
+        {"method": "lowrank", "energy": 0.9, "fineTuneEpochs": 1},
+    ),
     ("compress weight sharing k=16", "compress", {"method": "weightsharing", "clusters": 16}),
     ("quantize dynamic int8", "quantize", {"mode": "dynamic"}),
-    ("quantize static int8 (QDQ)", "quantize", {"mode": "static", "perChannel": True,
-                                                 "calibrationSamples": 256}),
+    (
+        "quantize static int8 (QDQ)",
+        "quantize",
+        {"mode": "static", "perChannel": True, "calibrationSamples": 256},
+    ),
     ("quantize fp16", "quantize", {"mode": "fp16"}),
     ("quantize QAT int8", "quantize", {"mode": "qat", "qatEpochs": 1}),
-]  # fmt: skip
+]
 
 
 def p50_ms(call: Callable[[], object], blocks: int, per_block: int) -> list[float]:
@@ -87,13 +98,28 @@ def main() -> None:
     base_predict = predictor_for(base, threads=1)
     base_metric = metric("accuracy", base_predict, data)
     sample = make_batch(data.inputs("test"), 1)
-    rows = [("input model (fp32, torch.export)", base_metric, 0.0, parameter_count(base),
-             model_size_bytes(base), None, 1.0)]  # fmt: skip
+    rows = [
+        (
+            "input model (fp32, torch.export)",
+            base_metric,
+            0.0,
+            parameter_count(base),
+            model_size_bytes(base),
+            None,
+            1.0,
+        )
+    ]
     base_p50 = None
     for index, (label, stage_type, params) in enumerate(TECHNIQUES):
-        record = run_stage(StageRequest(
-            type=stage_type, input=str(input_path), dataset=str(work / "digits.npz"),
-            output=str(work / f"run{index}"), params=params))  # fmt: skip
+        record = run_stage(
+            StageRequest(
+                type=stage_type,
+                input=str(input_path),
+                dataset=str(work / "digits.npz"),
+                output=str(work / f"run{index}"),
+                params=params,
+            )
+        )
         out = load_model(Path(record.output.uri.removeprefix("file://")))
         predict = predictor_for(out, threads=1)
         value = metric("accuracy", predict, data)
@@ -101,8 +127,17 @@ def main() -> None:
             lambda p=predict: p(*sample), lambda: base_predict(*sample), blocks, per_block
         )  # type: ignore[misc]
         base_p50 = theirs if base_p50 is None else min(base_p50, theirs)
-        rows.append((label, value, value - base_metric, parameter_count(out),
-                     model_size_bytes(out), mine, theirs / mine))  # fmt: skip
+        rows.append(
+            (
+                label,
+                value,
+                value - base_metric,
+                parameter_count(out),
+                model_size_bytes(out),
+                mine,
+                theirs / mine,
+            )
+        )
     print(
         f"digits CNN, batch 1, 1 thread, {torch.__version__}; input p50 "
         f"{base_p50:.3f} ms (median of the side-by-side blocks)\n"

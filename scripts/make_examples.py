@@ -1,6 +1,6 @@
 """Regenerate examples/: small trained models and the jobs that use them (deterministic).
 
-    .venv/bin/python scripts/make_examples.py
+.venv/bin/python scripts/make_examples.py
 """
 
 from __future__ import annotations
@@ -45,21 +45,46 @@ def main() -> None:
     tabular = ROOT / "breast-cancer-mlp"
     tabular.mkdir(parents=True, exist_ok=True)
     save_torch(mlp, example, tabular / "model.pt2")
-    (tabular / "job.yaml").write_text(job("breast-cancer-mlp", "model.pt2", "sklearn:breast_cancer", [
-        {"name": "prune", "type": "prune",
-         "params": {"method": "magnitude", "scope": "global", "sparsity": 0.7, "fineTuneEpochs": 5}},
-        {"name": "quantize", "type": "quantize", "params": {"mode": "dynamic"}},
-        {"name": "bench", "type": "benchmark", "params": {"batchSizes": [1, 32]}},
-    ]))  # fmt: skip
+    (tabular / "job.yaml").write_text(
+        job(
+            "breast-cancer-mlp",
+            "model.pt2",
+            "sklearn:breast_cancer",
+            [
+                {
+                    "name": "prune",
+                    "type": "prune",
+                    "params": {
+                        "method": "magnitude",
+                        "scope": "global",
+                        "sparsity": 0.7,
+                        "fineTuneEpochs": 5,
+                    },
+                },
+                {"name": "quantize", "type": "quantize", "params": {"mode": "dynamic"}},
+                {"name": "bench", "type": "benchmark", "params": {"batchSizes": [1, 32]}},
+            ],
+        )
+    )
 
     onnx_dir = ROOT / "onnx-quantize"
     onnx_dir.mkdir(parents=True, exist_ok=True)
     save_onnx(mlp, example, onnx_dir / "model.onnx")
-    (onnx_dir / "job.yaml").write_text(job("onnx-quantize", "model.onnx", "sklearn:breast_cancer", [
-        {"name": "quantize", "type": "quantize",
-         "params": {"mode": "static", "perChannel": True, "calibrationSamples": 128}},
-        {"name": "bench", "type": "benchmark", "params": {"batchSizes": [1, 32]}},
-    ]))  # fmt: skip
+    (onnx_dir / "job.yaml").write_text(
+        job(
+            "onnx-quantize",
+            "model.onnx",
+            "sklearn:breast_cancer",
+            [
+                {
+                    "name": "quantize",
+                    "type": "quantize",
+                    "params": {"mode": "static", "perChannel": True, "calibrationSamples": 128},
+                },
+                {"name": "bench", "type": "benchmark", "params": {"batchSizes": [1, 32]}},
+            ],
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import torch  # noqa: E402  (after the thread limit, so OpenMP reads it)
+import torch  # (after the thread limit, so OpenMP reads it)
 
 torch.set_num_threads(1)
 

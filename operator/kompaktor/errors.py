@@ -1,4 +1,4 @@
-"""User-facing errors: their message is the whole story, so the CLI prints it without a traceback."""
+"""User-facing errors: the message is the whole story, so the CLI prints it without a traceback."""
 
 
 class KompaktorError(Exception):

@@ -16,10 +16,23 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 def run(job: Path, artifacts: Path) -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, "-m", "kompaktor.cli", "run", str(job), "--json",
-         "--artifacts", str(artifacts), "--logs", str(artifacts / "logs")],
-        capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "kompaktor.cli",
+            "run",
+            str(job),
+            "--json",
+            "--artifacts",
+            str(artifacts),
+            "--logs",
+            str(artifacts / "logs"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     summary: dict[str, Any] = json.loads(done.stdout)
     return summary
@@ -32,7 +45,9 @@ def test_digits_pipeline_is_smaller_and_as_accurate(tmp_path: Path) -> None:
     assert result["sizeRatio"] <= 0.25
     assert result["metric"] >= result["baselineMetric"] - 0.01
     by_name = {s["name"]: s for s in summary["stages"]}
-    assert by_name["prune"]["metrics"]["parameters"] < 0.5 * by_name["tune"]["metrics"]["parameters"]
+    assert (
+        by_name["prune"]["metrics"]["parameters"] < 0.5 * by_name["tune"]["metrics"]["parameters"]
+    )
     assert by_name["quantize"]["output"]["uri"].endswith(".onnx")
     assert by_name["bench"]["metrics"]["speedup"] > 0
 

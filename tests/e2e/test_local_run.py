@@ -19,7 +19,9 @@ from kompaktor.quickstart import init_digits
 pytestmark = pytest.mark.slow
 
 
-def kompaktor(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def kompaktor(
+    *args: str, cwd: Path | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "kompaktor.cli", *args],
         capture_output=True,
@@ -97,8 +99,7 @@ def test_bad_job_is_one_clear_message(demo: Path, change: Any, message: str) -> 
 def test_corrupt_model_fails_and_keeps_earlier_artifacts(demo: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken.pt2"
     broken.write_bytes(b"this is not a model")
-    bad = _edit(demo, tmp_path / "job.yaml",
-                lambda d: d["spec"]["model"].update(uri=str(broken)))  # fmt: skip
+    bad = _edit(demo, tmp_path / "job.yaml", lambda d: d["spec"]["model"].update(uri=str(broken)))
     before = sorted(p for p in (demo.parent / "artifacts").rglob("*") if p.is_file())
     code, summary, err = run_json(bad, "--artifacts", str(demo.parent / "artifacts"))
     assert code != 0
@@ -110,9 +111,10 @@ def test_corrupt_model_fails_and_keeps_earlier_artifacts(demo: Path, tmp_path: P
 
 
 def test_missing_model_file(demo: Path, tmp_path: Path) -> None:
-    bad = _edit(demo, tmp_path / "job.yaml",
-                lambda d: d["spec"]["model"].update(uri="nowhere/model.pt2"))  # fmt: skip
-    code, summary, err = run_json(bad)
+    bad = _edit(
+        demo, tmp_path / "job.yaml", lambda d: d["spec"]["model"].update(uri="nowhere/model.pt2")
+    )
+    code, summary, _ = run_json(bad)
     assert code != 0
     assert "nowhere/model.pt2" in summary["message"]
 
@@ -120,10 +122,20 @@ def test_missing_model_file(demo: Path, tmp_path: Path) -> None:
 def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(demo: Path, tmp_path: Path) -> None:
     artifacts = tmp_path / "artifacts"
     process = subprocess.Popen(
-        [sys.executable, "-m", "kompaktor.cli", "run", str(demo), "--json",
-         "--artifacts", str(artifacts)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "kompaktor.cli",
+            "run",
+            str(demo),
+            "--json",
+            "--artifacts",
+            str(artifacts),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not list(artifacts.glob("runs/*")):
         time.sleep(0.2)

@@ -21,17 +21,33 @@ _DROP = {"title", "default", "$defs"}
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Stage", "type": "string", "jsonPath": ".status.stage"},
-    {"name": "Speedup", "type": "number", "jsonPath": ".status.result.speedup",
-     "description": "Batch-1 speedup of the final model over the input model"},
-    {"name": "Size", "type": "number", "jsonPath": ".status.result.sizeRatio",
-     "description": "Final model size as a fraction of the input model"},
+    {
+        "name": "Speedup",
+        "type": "number",
+        "jsonPath": ".status.result.speedup",
+        "description": "Batch-1 speedup of the final model over the input model",
+    },
+    {
+        "name": "Size",
+        "type": "number",
+        "jsonPath": ".status.result.sizeRatio",
+        "description": "Final model size as a fraction of the input model",
+    },
     {"name": "Metric", "type": "number", "jsonPath": ".status.result.metric"},
-    {"name": "Cost", "type": "number", "jsonPath": ".status.costUSD",
-     "description": "USD spent so far"},
-    {"name": "Energy", "type": "number", "jsonPath": ".status.energyJoules",
-     "description": "Joules spent so far"},
+    {
+        "name": "Cost",
+        "type": "number",
+        "jsonPath": ".status.costUSD",
+        "description": "USD spent so far",
+    },
+    {
+        "name": "Energy",
+        "type": "number",
+        "jsonPath": ".status.energyJoules",
+        "description": "Joules spent so far",
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-]  # fmt: skip
+]
 
 SPEC_VALIDATIONS = [
     {

@@ -17,8 +17,8 @@ from kompaktor.models import format_of
 from kompaktor.plan.keys import run_key
 from kompaktor.stages import hpo
 
-#: The only metrics a trial keeps: enough to rank it and gate it, small enough for 300 trials.
-TRIAL_METRICS = ("metric", "referenceMetric", "latencyMs", "sizeBytes")
+#: The only metrics a trial keeps: enough to rank, gate and report it, small enough for 300 trials.
+TRIAL_METRICS = ("metric", "referenceMetric", "latencyMs", "sizeBytes", "parameters")
 
 
 @dataclass(frozen=True)

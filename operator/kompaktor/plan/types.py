@@ -93,17 +93,28 @@ class RunRequest:
         import json
 
         return [
-            "kompaktor", "stage", "run",
-            "--type", self.stage_type,
-            "--params", json.dumps(self.params, sort_keys=True),
-            "--input", self.input_uri,
-            "--dataset", self.dataset_uri,
-            "--output", self.output_uri,
-            "--reference", self.reference_uri,
-            "--metric", self.metric,
-            "--task", self.task,
-            "--seed", str(self.seed),
-        ]  # fmt: skip
+            "kompaktor",
+            "stage",
+            "run",
+            "--type",
+            self.stage_type,
+            "--params",
+            json.dumps(self.params, sort_keys=True),
+            "--input",
+            self.input_uri,
+            "--dataset",
+            self.dataset_uri,
+            "--output",
+            self.output_uri,
+            "--reference",
+            self.reference_uri,
+            "--metric",
+            self.metric,
+            "--task",
+            self.task,
+            "--seed",
+            str(self.seed),
+        ]
 
 
 @dataclass(frozen=True)

@@ -84,8 +84,8 @@ def validate_job(spec: OptimizationJobSpec) -> list[StageParams]:
             if model_format not in impl.accepts:
                 accepted = ", ".join(sorted(impl.accepts))
                 problems.append(
-                    f"{where}: cannot take a {model_format} model "
-                    f"(it needs {accepted}; an earlier stage or spec.model.uri gives {model_format})"
+                    f"{where}: cannot take a {model_format} model (it needs {accepted}; "
+                    f"the stage before it or spec.model.uri gives {model_format})"
                 )
             plan = PlanContext(stage.name, model_format, tuple(earlier), spec.dataset.task)
             try:

@@ -84,7 +84,12 @@ def test_examples_validate_against_the_crd(path: Path) -> None:
 
 def test_the_schema_rejects_a_bad_document() -> None:
     schema = _as_json_schema(openapi_schema())
-    bad = {"spec": {"model": {"uri": "m.pt2"}, "dataset": {"uri": "d.npz"}, "stages": [
-        {"name": "Bad Name", "type": "train"}]}}  # fmt: skip
+    bad = {
+        "spec": {
+            "model": {"uri": "m.pt2"},
+            "dataset": {"uri": "d.npz"},
+            "stages": [{"name": "Bad Name", "type": "train"}],
+        }
+    }
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)

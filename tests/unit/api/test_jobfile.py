@@ -62,8 +62,10 @@ def test_missing_file(tmp_path: Path) -> None:
         load_job_file(tmp_path / "nope.yaml")
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("2h", 7200), ("1h30m", 5400),
-                                               ("250ms", 0.25), ("1d", 86400)])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("2h", 7200), ("1h30m", 5400), ("250ms", 0.25), ("1d", 86400)],
+)
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 

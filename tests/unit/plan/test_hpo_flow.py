@@ -22,15 +22,27 @@ from tests.unit.plan.test_machine import T0, kinds
 
 
 def hpo_job(trials: int = 4, parallelism: int = 2) -> JobContext:
-    spec = OptimizationJobSpec.model_validate({
-        "model": {"uri": "file:///m/model.pt2"},
-        "dataset": {"uri": "sklearn:digits"},
-        "objective": {"metric": "accuracy", "maxDrop": 0.05},
-        "stages": [{"name": "tune", "type": "hpo", "params": {
-            "target": "train", "sampler": "random", "trials": trials,
-            "parallelism": parallelism, "base": {"epochs": 1},
-            "space": {"lr": {"low": 1e-4, "high": 1e-1, "log": True}}}}],
-    })  # fmt: skip
+    spec = OptimizationJobSpec.model_validate(
+        {
+            "model": {"uri": "file:///m/model.pt2"},
+            "dataset": {"uri": "sklearn:digits"},
+            "objective": {"metric": "accuracy", "maxDrop": 0.05},
+            "stages": [
+                {
+                    "name": "tune",
+                    "type": "hpo",
+                    "params": {
+                        "target": "train",
+                        "sampler": "random",
+                        "trials": trials,
+                        "parallelism": parallelism,
+                        "base": {"epochs": 1},
+                        "space": {"lr": {"low": 1e-4, "high": 1e-1, "log": True}},
+                    },
+                }
+            ],
+        }
+    )
     return JobContext(name="h", spec=spec, artifacts_uri="file:///art", generation=1)
 
 
@@ -43,15 +55,19 @@ def answer_probes(job: JobContext, result: StepResult) -> StepResult:
 def succeed(job: JobContext, result: StepResult, metric_of: Any) -> StepResult:
     runs = kinds(result, EnsureRun)
     observations = [
-        RunSucceeded(e.request.run_id, RunRecord(
-            type="train",
-            output=OutputRef(uri=f"file:///art/{e.request.run_id}/model.pt2",
-                             digest=e.request.run_id),
-            format="pt2",
-            metrics={"metric": metric_of(e.request.params["lr"]), "referenceMetric": 0.9},
-        ))
+        RunSucceeded(
+            e.request.run_id,
+            RunRecord(
+                type="train",
+                output=OutputRef(
+                    uri=f"file:///art/{e.request.run_id}/model.pt2", digest=e.request.run_id
+                ),
+                format="pt2",
+                metrics={"metric": metric_of(e.request.params["lr"]), "referenceMetric": 0.9},
+            ),
+        )
         for e in runs
-    ]  # fmt: skip
+    ]
     return answer_probes(job, step(job, result.status, observations, T0))
 
 
@@ -83,8 +99,9 @@ def test_trials_run_in_parallel_and_the_best_wins() -> None:
 
 def test_a_restart_mid_study_loses_nothing_and_duplicates_nothing() -> None:
     job = hpo_job(trials=6, parallelism=3)
-    result = answer_probes(job, step(
-        job, OptimizationJobStatus(), [InputsProbed("sha256:m", "sha256:d")], T0))
+    result = answer_probes(
+        job, step(job, OptimizationJobStatus(), [InputsProbed("sha256:m", "sha256:d")], T0)
+    )
     result = succeed(job, result, lambda lr: 0.88)
     running = {e.request.run_id for e in kinds(result, EnsureRun)}
     # A new process knows only the status it reads back from the cluster.
@@ -97,8 +114,9 @@ def test_a_restart_mid_study_loses_nothing_and_duplicates_nothing() -> None:
 
 def test_no_trial_within_the_bound_fails_the_stage() -> None:
     job = hpo_job(trials=2, parallelism=2)
-    result = answer_probes(job, step(
-        job, OptimizationJobStatus(), [InputsProbed("sha256:m", "sha256:d")], T0))
+    result = answer_probes(
+        job, step(job, OptimizationJobStatus(), [InputsProbed("sha256:m", "sha256:d")], T0)
+    )
     result = succeed(job, result, lambda lr: 0.5)
     assert result.status.phase == "Failed"
     assert "NoTrialWithinBound" in (result.status.message or "")
@@ -106,14 +124,27 @@ def test_no_trial_within_the_bound_fails_the_stage() -> None:
 
 def test_the_stage_result_is_recorded_for_the_cache() -> None:
     job = hpo_job(trials=2, parallelism=2)
-    result = answer_probes(job, step(
-        job, OptimizationJobStatus(), [InputsProbed("sha256:m", "sha256:d")], T0))
+    result = answer_probes(
+        job, step(job, OptimizationJobStatus(), [InputsProbed("sha256:m", "sha256:d")], T0)
+    )
     penultimate = result
-    result = step(job, penultimate.status, [
-        RunSucceeded(e.request.run_id, RunRecord(
-            type="train", output=OutputRef(uri=f"file:///x/{i}/model.pt2", digest=str(i)), format="pt2",
-            metrics={"metric": 0.9, "referenceMetric": 0.9}))
-        for i, e in enumerate(kinds(penultimate, EnsureRun))], T0)  # fmt: skip
+    result = step(
+        job,
+        penultimate.status,
+        [
+            RunSucceeded(
+                e.request.run_id,
+                RunRecord(
+                    type="train",
+                    output=OutputRef(uri=f"file:///x/{i}/model.pt2", digest=str(i)),
+                    format="pt2",
+                    metrics={"metric": 0.9, "referenceMetric": 0.9},
+                ),
+            )
+            for i, e in enumerate(kinds(penultimate, EnsureRun))
+        ],
+        T0,
+    )
     (write,) = kinds(result, WriteRecord)
     assert write.record.type == "hpo"
     assert write.record.metrics["trials"] == 2

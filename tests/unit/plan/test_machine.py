@@ -255,10 +255,17 @@ class TestBudgetAndControl:
         result = started(job)
         run = only_run(result).request
         after = step(job, result.status, [RunSucceeded(run.run_id, record("train", "d1"))], T0)
-        edited = spec(stages=[
-            {"name": "train", "type": "train", "params": {"epochs": 1, "lr": 0.01}, "retries": 1},
-            {"name": "bench", "type": "benchmark", "params": {"batchSizes": [1, 8]}},
-        ])  # fmt: skip
+        edited = spec(
+            stages=[
+                {
+                    "name": "train",
+                    "type": "train",
+                    "params": {"epochs": 1, "lr": 0.01},
+                    "retries": 1,
+                },
+                {"name": "bench", "type": "benchmark", "params": {"batchSizes": [1, 8]}},
+            ]
+        )
         again = step(ctx(edited, generation=2), after.status, [], T0)
         assert again.status.stages[0].phase == "Succeeded"
         assert not again.status.stages[0].cached
@@ -295,11 +302,13 @@ def test_attempts_never_exceed_retries_and_terminal_is_final(script: list[str]) 
         if running and move in ("ok", "fail", "fatal"):
             rid = running[0].request.run_id
             digest = f"d{len(result.status.stages)}"
-            obs = [{
-                "ok": RunSucceeded(rid, record(running[0].request.stage_type, digest)),
-                "fail": RunFailed(rid, "Boom", "x"),
-                "fatal": RunFailed(rid, "Boom", "x", retryable=False),
-            }[move]]  # fmt: skip
+            obs = [
+                {
+                    "ok": RunSucceeded(rid, record(running[0].request.stage_type, digest)),
+                    "fail": RunFailed(rid, "Boom", "x"),
+                    "fatal": RunFailed(rid, "Boom", "x", retryable=False),
+                }[move]
+            ]
         elif move == "stale":
             obs = [RunFailed("train-ffffffffff-a1", "Boom", "stale")]
         now += timedelta(seconds=30)

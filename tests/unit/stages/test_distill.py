@@ -62,7 +62,7 @@ def test_distillation_beats_the_same_student_without_a_teacher(
     data = noisy_subset(300, noise=0.4)
     budget = {
         "student": {"widthMultiplier": 0.5},
-        "epochs": 20,
+        "epochs": 30,
         "lr": 3e-3,
         "batchSize": 32,
         "temperature": 4.0,
