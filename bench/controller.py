@@ -49,24 +49,47 @@ async def main(jobs: int) -> None:
     async with Cluster(tmp, config) as cluster:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         operator = subprocess.Popen(
-            [sys.executable, "-c", BENCH_STUB, "--config", str(cluster.config_path), "--standalone"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-c",
+                BENCH_STUB,
+                "--config",
+                str(cluster.config_path),
+                "--standalone",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             await asyncio.sleep(3)  # operator start-up (imports, login, first lists)
             latencies = []
             for index in range(jobs):
                 name = f"bench-{index:04d}"
                 started = time.perf_counter()
-                cluster.apply(optimization_job(name, {
-                    "model": {"uri": model.as_uri()}, "dataset": {"uri": "sklearn:digits"},
-                    "stages": [{"name": "p", "type": "prune", "params": {"sparsity": 0.5 + index / 1e4}}],
-                }))  # fmt: skip
+                cluster.apply(
+                    optimization_job(
+                        name,
+                        {
+                            "model": {"uri": model.as_uri()},
+                            "dataset": {"uri": "sklearn:digits"},
+                            "stages": [
+                                {
+                                    "name": "p",
+                                    "type": "prune",
+                                    "params": {"sparsity": 0.5 + index / 1e4},
+                                }
+                            ],
+                        },
+                    )
+                )
                 await cluster.wait_for(
                     lambda name=name: any(
                         j["metadata"]["labels"]["kompaktor.io/job"] == name for j in cluster.jobs()
-                    ), 60, f"the first Job of {name}",
-                )  # fmt: skip
+                    ),
+                    60,
+                    f"the first Job of {name}",
+                )
                 latencies.append(time.perf_counter() - started)
             await asyncio.sleep(2)
             memory = rss_mb(operator.pid)
@@ -75,8 +98,10 @@ async def main(jobs: int) -> None:
             operator.wait(10)
     ms = sorted(x * 1000 for x in latencies)
     p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
-    print(f"CR created -> first Job: p50 {statistics.median(ms):.1f} ms, p99 {p99:.1f} ms "
-          f"over {jobs} jobs (target p50 <= 200 ms)")  # fmt: skip
+    print(
+        f"CR created -> first Job: p50 {statistics.median(ms):.1f} ms, p99 {p99:.1f} ms "
+        f"over {jobs} jobs (target p50 <= 200 ms)"
+    )
     print(f"operator RSS with {jobs} live jobs: {memory:.0f} MB (target <= 300 MB)")
 
 

@@ -29,13 +29,18 @@ def write_kubeconfig(path: Path, server: str) -> Path:
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "emulator", "cluster": {"server": server,
-                                                      "insecure-skip-tls-verify": True}}],
+        "clusters": [
+            {"name": "emulator", "cluster": {"server": server, "insecure-skip-tls-verify": True}}
+        ],
         "users": [{"name": "tester", "user": {"token": "test"}}],
-        "contexts": [{"name": "emulator",
-                      "context": {"cluster": "emulator", "user": "tester", "namespace": "default"}}],
+        "contexts": [
+            {
+                "name": "emulator",
+                "context": {"cluster": "emulator", "user": "tester", "namespace": "default"},
+            }
+        ],
         "current-context": "emulator",
-    }  # fmt: skip
+    }
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -85,8 +90,10 @@ class Cluster:
         await self._server.__aenter__()
         self.url = str(self._server.url).rstrip("/")
         kubeconfig = write_kubeconfig(self.workdir / "kubeconfig", self.url)
-        for name, value in (("KUBECONFIG", str(kubeconfig)),
-                            ("KOMPAKTOR_CONFIG", str(self.config_path))):  # fmt: skip
+        for name, value in (
+            ("KUBECONFIG", str(kubeconfig)),
+            ("KOMPAKTOR_CONFIG", str(self.config_path)),
+        ):
             self._saved_env[name] = os.environ.get(name)
             os.environ[name] = value
         return self

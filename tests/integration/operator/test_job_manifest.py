@@ -23,12 +23,24 @@ def request(
     pool: str | None, *, trial: int | None = None, timeout: float | None = 600
 ) -> RunRequest:
     return RunRequest(
-        run_id="prune-0123456789-a1", job="digits", stage="prune", stage_type="prune",
-        params={"sparsity": 0.5}, key="0123456789abcdef", input_uri="s3://b/in.pt2",
-        dataset_uri="sklearn:digits", output_uri="s3://b/out", reference_uri="s3://b/in.pt2",
-        metric="accuracy", task="classification", seed=0, attempt=1, pool=pool,
-        timeout_seconds=timeout, trial=trial,
-    )  # fmt: skip
+        run_id="prune-0123456789-a1",
+        job="digits",
+        stage="prune",
+        stage_type="prune",
+        params={"sparsity": 0.5},
+        key="0123456789abcdef",
+        input_uri="s3://b/in.pt2",
+        dataset_uri="sklearn:digits",
+        output_uri="s3://b/out",
+        reference_uri="s3://b/in.pt2",
+        metric="accuracy",
+        task="classification",
+        seed=0,
+        attempt=1,
+        pool=pool,
+        timeout_seconds=timeout,
+        trial=trial,
+    )
 
 
 @pytest.fixture
@@ -66,13 +78,22 @@ def test_job_is_owned_labelled_and_runs_the_stage_command(config: Any) -> None:
     meta, spec = job["metadata"], job["spec"]
     assert meta["name"] == "digits-prune-0123456789-a1"
     assert meta["labels"] == {
-        "app.kubernetes.io/managed-by": "kompaktor", "kompaktor.io/job": "digits",
-        "kompaktor.io/stage": "prune", "kompaktor.io/trial": "3", "kompaktor.io/pool": "cpu",
-    }  # fmt: skip
-    assert meta["ownerReferences"] == [{
-        "apiVersion": "kompaktor.io/v1alpha1", "kind": "OptimizationJob", "name": "digits",
-        "uid": "u-1", "controller": True, "blockOwnerDeletion": True,
-    }]  # fmt: skip
+        "app.kubernetes.io/managed-by": "kompaktor",
+        "kompaktor.io/job": "digits",
+        "kompaktor.io/stage": "prune",
+        "kompaktor.io/trial": "3",
+        "kompaktor.io/pool": "cpu",
+    }
+    assert meta["ownerReferences"] == [
+        {
+            "apiVersion": "kompaktor.io/v1alpha1",
+            "kind": "OptimizationJob",
+            "name": "digits",
+            "uid": "u-1",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
     assert spec["backoffLimit"] == 0
     assert spec["activeDeadlineSeconds"] >= 600
     pod = spec["template"]["spec"]
@@ -102,19 +123,32 @@ def test_pod_spec_passes_the_restricted_profile(config: Any) -> None:
 @pytest.mark.parametrize(
     ("breakage", "complaint"),
     [
-        (lambda c, p: c["securityContext"].pop("allowPrivilegeEscalation"), "allowPrivilegeEscalation"),
+        (
+            lambda c, p: c["securityContext"].pop("allowPrivilegeEscalation"),
+            "allowPrivilegeEscalation",
+        ),
         (lambda c, p: c["securityContext"]["capabilities"].update(drop=[]), "drop ALL"),
         (lambda c, p: c["securityContext"].update(runAsUser=0), "runAsUser"),
         (lambda c, p: c["securityContext"].update(privileged=True), "privileged"),
         (lambda c, p: p.update(hostNetwork=True), "hostNetwork"),
         (lambda c, p: p["volumes"].append({"name": "h", "hostPath": {"path": "/"}}), "hostPath"),
-        (lambda c, p: (c["securityContext"].pop("seccompProfile"),
-                       p["securityContext"].pop("seccompProfile")), "seccompProfile"),
-        (lambda c, p: (c["securityContext"].pop("runAsNonRoot"),
-                       p["securityContext"].pop("runAsNonRoot")), "runAsNonRoot"),
+        (
+            lambda c, p: (
+                c["securityContext"].pop("seccompProfile"),
+                p["securityContext"].pop("seccompProfile"),
+            ),
+            "seccompProfile",
+        ),
+        (
+            lambda c, p: (
+                c["securityContext"].pop("runAsNonRoot"),
+                p["securityContext"].pop("runAsNonRoot"),
+            ),
+            "runAsNonRoot",
+        ),
         (lambda c, p: c["securityContext"]["capabilities"].update(add=["SYS_ADMIN"]), "SYS_ADMIN"),
     ],
-)  # fmt: skip
+)
 def test_restricted_check_rejects_a_bad_spec(config: Any, breakage: Any, complaint: str) -> None:
     pod = copy.deepcopy(job_manifest(request("cpu"), OWNER, config, namespace="ml"))
     spec = pod["spec"]["template"]["spec"]
@@ -131,11 +165,16 @@ def test_job_names_are_deterministic_dns_labels() -> None:
 
 
 def test_unknown_pool_is_rejected_with_the_known_ones(config: Any) -> None:
-    spec = OptimizationJobSpec.model_validate({
-        "model": {"uri": "s3://b/m.pt2"}, "dataset": {"uri": "sklearn:digits"},
-        "stages": [{"name": "p", "type": "prune", "pool": "cpu"},
-                   {"name": "b", "type": "benchmark", "pools": ["cpu", "tpu"]}],
-    })  # fmt: skip
+    spec = OptimizationJobSpec.model_validate(
+        {
+            "model": {"uri": "s3://b/m.pt2"},
+            "dataset": {"uri": "sklearn:digits"},
+            "stages": [
+                {"name": "p", "type": "prune", "pool": "cpu"},
+                {"name": "b", "type": "benchmark", "pools": ["cpu", "tpu"]},
+            ],
+        }
+    )
     with pytest.raises(JobSpecError) as caught:
         check_pools(spec, config)
     message = str(caught.value)

@@ -20,7 +20,7 @@ from tests.support.pools import operator_config
 
 from kompaktor.quickstart import init_digits
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 
 @pytest.fixture(scope="module")
