@@ -13,25 +13,16 @@ import yaml
 
 from kompaktor.data import load_dataset
 from kompaktor.models import save_onnx, save_torch
-from kompaktor.quickstart import init_digits
+from kompaktor.quickstart import init_digits, job_document
 from kompaktor.zoo import train_tabular_mlp
 
 ROOT = Path(__file__).resolve().parents[1] / "examples"
 
 
 def job(name: str, model: str, dataset: str, stages: list[dict[str, object]]) -> str:
-    document = {
-        "apiVersion": "kompaktor.io/v1alpha1",
-        "kind": "OptimizationJob",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"uri": model},
-            "dataset": {"uri": dataset, "task": "classification"},
-            "objective": {"metric": "accuracy", "maxDrop": 0.02},
-            "stages": stages,
-        },
-    }
-    return yaml.safe_dump(document, sort_keys=False)
+    return yaml.safe_dump(
+        job_document(name, model, dataset, stages, max_drop=0.02), sort_keys=False
+    )
 
 
 def main() -> None:

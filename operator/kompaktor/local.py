@@ -7,7 +7,6 @@ saved beside the artifacts after every step, so an interrupted run resumes where
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -105,7 +104,3 @@ class LocalRun:
                 observations = self.executor.poll(wake)
         finally:
             self.executor.shutdown()
-
-
-def default_threads() -> int:
-    return max(1, os.cpu_count() or 1)

@@ -66,19 +66,31 @@ FULL_STAGES: list[dict[str, Any]] = [
 ]
 
 
-def digits_job(*, full: bool = False, name: str = "digits-cnn") -> dict[str, Any]:
-    """The example OptimizationJob, gated at 1 point of accuracy; `full` runs every technique."""
+def job_document(
+    name: str,
+    model: str,
+    dataset: str,
+    stages: list[dict[str, Any]],
+    *,
+    max_drop: float = 0.01,
+) -> dict[str, Any]:
+    """An OptimizationJob for a classification model, gated on accuracy."""
     return {
         "apiVersion": "kompaktor.io/v1alpha1",
         "kind": "OptimizationJob",
         "metadata": {"name": name},
         "spec": {
-            "model": {"uri": MODEL_FILE},
-            "dataset": {"uri": DATA_FILE, "task": "classification"},
-            "objective": {"metric": "accuracy", "maxDrop": 0.01},
-            "stages": FULL_STAGES if full else SHORT_STAGES,
+            "model": {"uri": model},
+            "dataset": {"uri": dataset, "task": "classification"},
+            "objective": {"metric": "accuracy", "maxDrop": max_drop},
+            "stages": stages,
         },
     }
+
+
+def digits_job(*, full: bool = False, name: str = "digits-cnn") -> dict[str, Any]:
+    """The example OptimizationJob, gated at 1 point of accuracy; `full` runs every technique."""
+    return job_document(name, MODEL_FILE, DATA_FILE, FULL_STAGES if full else SHORT_STAGES)
 
 
 def init_digits(
