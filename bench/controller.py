@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,14 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.support.cluster import Cluster, optimization_job  # noqa: E402
-
-BENCH_STUB = """
-import sys, kompaktor.engine as e, kompaktor.stages.validate as v
-e.dataset_digest = lambda uri: "sha256:" + "d" * 64
-v.format_of = lambda uri: "pt2"
-from kompaktor.controller import main_operator
-sys.exit(main_operator(sys.argv[1:]))
-"""
 
 
 def rss_mb(pid: int) -> float:
@@ -46,23 +36,11 @@ async def main(jobs: int) -> None:
     model = tmp / "model.pt2"
     model.write_bytes(b"bench")
     config = {"pools": [{"name": "cpu"}], "artifactsUri": (tmp / "store").as_uri()}
-    async with Cluster(tmp, config) as cluster:
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        operator = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                BENCH_STUB,
-                "--config",
-                str(cluster.config_path),
-                "--standalone",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+    async with Cluster(tmp, config, stub_inputs=True) as cluster:
+        operator = await cluster.start_operator()  # its own process: its RSS is its own
+        assert operator.process is not None
+        pid = operator.process.pid
         try:
-            await asyncio.sleep(3)  # operator start-up (imports, login, first lists)
             latencies = []
             for index in range(jobs):
                 name = f"bench-{index:04d}"
@@ -92,10 +70,9 @@ async def main(jobs: int) -> None:
                 )
                 latencies.append(time.perf_counter() - started)
             await asyncio.sleep(2)
-            memory = rss_mb(operator.pid)
+            memory = rss_mb(pid)
         finally:
-            operator.terminate()
-            operator.wait(10)
+            await cluster.kill_operator()
     ms = sorted(x * 1000 for x in latencies)
     p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
     print(

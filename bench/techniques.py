@@ -1,6 +1,6 @@
 """Every technique on the same model, measured side by side in one process.
 
-    .venv/bin/python bench/techniques.py [--quick]
+    .venv/bin/python bench/techniques.py [--quick] [--only TEXT]
 
 Trains the digits CNN (as `kompaktor init digits` does), runs each technique through the real
 stage runner, then times each output against the input model on one thread, alternating
@@ -85,6 +85,9 @@ def side_by_side(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer timing iterations")
+    parser.add_argument(
+        "--only", metavar="TEXT", help="only the techniques whose label contains TEXT"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     blocks, per_block = (4, 50) if args.quick else (10, 100)
@@ -111,6 +114,8 @@ def main() -> None:
     ]
     base_p50 = None
     for index, (label, stage_type, params) in enumerate(TECHNIQUES):
+        if args.only and args.only not in label:
+            continue
         record = run_stage(
             StageRequest(
                 type=stage_type,

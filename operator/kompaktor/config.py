@@ -8,6 +8,7 @@ gets that pool's image, node selector, tolerations, resources, price and watts.
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from kompaktor.api.spec import ApiModel, OptimizationJobSpec
 from kompaktor.errors import JobSpecError, KompaktorError
 
 CONFIG_ENV = "KOMPAKTOR_CONFIG"
+PRIORITY_ENV = "KOMPAKTOR_PEERING_PRIORITY"
 DEFAULT_IMAGE = "ghcr.io/kompaktor/kompaktor:latest"
 
 
@@ -62,7 +64,31 @@ class PeeringConfig(ApiModel):
     mandatory: bool = Field(
         default=False, description="Fail to start if the peering CRD is missing."
     )
-    priority: int = Field(default=0, description="This replica's priority.")
+    lifetime_seconds: int = Field(
+        default=60,
+        ge=2,
+        description="A replica that has not renewed its peering record for this long is "
+        "taken for dead and a standby takes over.",
+    )
+    priority: int = Field(
+        default=0,
+        description=f"This replica's priority; ${PRIORITY_ENV} overrides it per replica "
+        "(`auto`: random), since peers of equal priority all freeze.",
+    )
+
+    def replica_priority(self) -> int:
+        """Replicas share one ConfigMap but need distinct priorities: the env var wins."""
+        override = os.environ.get(PRIORITY_ENV, "").strip()
+        if not override:
+            return self.priority
+        if override == "auto":
+            return secrets.randbelow(1_000_000) + 1
+        try:
+            return int(override)
+        except ValueError:
+            raise KompaktorError(
+                f"${PRIORITY_ENV}: expected an integer or 'auto' (got {override!r})"
+            ) from None
 
 
 class OperatorConfig(ApiModel):
@@ -94,6 +120,12 @@ class OperatorConfig(ApiModel):
     )
     ttl_seconds_after_finished: int | None = Field(
         default=None, description="Let Kubernetes remove finished stage Jobs after this long."
+    )
+    pod_start_timeout_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="A stage pod that cannot start this long (image pull, missing Secret, no "
+        "node fits) fails its run with the reason; an invalid image fails it at once.",
     )
     retry_base_seconds: float = Field(
         default=10.0, gt=0, description="Backoff before retry n is this times 2**(n-1)."

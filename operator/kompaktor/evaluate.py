@@ -7,14 +7,18 @@ compare honestly.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from kompaktor.data import Dataset, Split
 from kompaktor.errors import KompaktorError
 from kompaktor.models import LoadedModel, Predictor
+
+if TYPE_CHECKING:
+    import torch
 
 METRICS = ("accuracy", "fidelity", "mse")
 EVAL_BATCH = 512
@@ -64,6 +68,28 @@ def metric(
         target = dataset.targets(split).astype(np.float64)
         return float(np.mean((out.reshape(target.shape).astype(np.float64) - target) ** 2))
     raise KompaktorError(f"unknown metric {name!r}; use one of {', '.join(METRICS)}")
+
+
+def scorer(
+    name: str, dataset: Dataset, split: Split = "val", reference: Predictor | None = None
+) -> Callable[[Predictor], float]:
+    """`metric(name, ·, dataset, split)` as a function of the predictor, for scoring a model
+    again and again (a validation curve): the reference's predictions are computed once."""
+    if name != "fidelity":
+        return lambda predictor: metric(name, predictor, dataset, split)
+    if reference is None:
+        raise KompaktorError("metric fidelity needs the reference model's predictor")
+    inputs = dataset.inputs(split)
+    theirs = predicted_classes(predict_all(reference, inputs))
+
+    def fidelity(predictor: Predictor) -> float:
+        return float(np.mean(predicted_classes(predict_all(predictor, inputs)) == theirs))
+
+    return fidelity
+
+
+def has_rows(dataset: Dataset, split: Split) -> bool:
+    return len(dataset.targets(split)) > 0
 
 
 def higher_is_better(metric_name: str) -> bool:

@@ -50,7 +50,7 @@ FULL_STAGES: list[dict[str, Any]] = [
         "name": "prune",
         "type": "prune",
         # structured: whole channels go, so the model really shrinks and speeds up
-        "params": {"method": "structured", "sparsity": 0.5, "fineTuneEpochs": 3},
+        "params": {"method": "structured", "sparsity": 0.5, "fineTuneEpochs": 4},
     },
     {
         "name": "distill",

@@ -118,13 +118,14 @@ def fit(
     seed: int,
     loss_fn: LossFn | None = None,
     log: Callable[[str], None] | None = None,
-    on_epoch: Callable[[int, float], None] | None = None,
+    on_epoch: Callable[[int, float], bool | None] | None = None,
 ) -> nn.Module:
     """Train `module` in place on the train split; returns it in eval mode.
 
     `l1` adds l1 × Σ|w| over trainable parameters; `weight_decay` is L2 (see make_optimizer).
-    `on_epoch(epoch, mean_loss)` runs after each epoch (epoch counts from 1); the mean is the
-    task (or `loss_fn`) loss without the L1 term.
+    `on_epoch(epoch, mean_loss)` runs after each epoch (epoch counts from 1) with the module in
+    eval mode, so it may evaluate it; the mean is the task (or `loss_fn`) loss without the L1
+    term. When it returns True, training stops there (an HPO pruner's verdict).
     """
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ValueError("fit: epochs and batch_size must be >= 1 and lr > 0")
@@ -150,7 +151,11 @@ def fit(
             if log is not None:
                 log(f"epoch {epoch}/{epochs}: loss {mean:.4f}")
             if on_epoch is not None:
-                on_epoch(epoch, mean)
+                set_training(module, False)
+                stop = on_epoch(epoch, mean)
+                set_training(module, True)
+                if stop:
+                    break
     finally:
         set_training(module, False)
     return module

@@ -1,7 +1,8 @@
-"""An in-process cluster for operator tests: emulator over HTTP, kubeconfig, operator task.
+"""A cluster for operator tests: emulator over HTTP, kubeconfig, operator processes.
 
-The operator runs as an asyncio task in the test's loop (`start_operator`), and can be killed
-(cancelled) and started again at any point, as a crashed pod would be.
+The emulator lives in the test's loop; each operator replica is its own process
+(`start_operator`), which can be killed at any point and started again, as a crashed pod
+would be. Several replicas with peering make the HA setup.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import threading
+import signal
+import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any
 import kmock
 import yaml
 
+from kompaktor.config import PRIORITY_ENV
 from tests.support.emulator import CRD_PATH, ClusterEmulator
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,14 +28,14 @@ OJ = "kompaktor.io/v1alpha1/optimizationjobs"
 JOBS = "batch/v1/jobs"
 
 
-def write_kubeconfig(path: Path, server: str) -> Path:
+def write_kubeconfig(path: Path, server: str, token: str = "test") -> Path:
     config = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [
             {"name": "emulator", "cluster": {"server": server, "insecure-skip-tls-verify": True}}
         ],
-        "users": [{"name": "tester", "user": {"token": "test"}}],
+        "users": [{"name": "tester", "user": {"token": token}}],
         "contexts": [
             {
                 "name": "emulator",
@@ -45,34 +48,67 @@ def write_kubeconfig(path: Path, server: str) -> Path:
     return path
 
 
-class _OperatorThread(threading.Thread):
-    def __init__(self, config_path: str, standalone: bool) -> None:
-        super().__init__(name="operator", daemon=True)
-        self.config_path, self.standalone = config_path, standalone
-        self.ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[None] | None = None
+class OperatorProcess:
+    """One operator replica: `python -m tests.support.operator_process` with its own log."""
 
-    def run(self) -> None:
-        from kompaktor.controller import operate
+    def __init__(self, workdir: Path, config_path: Path, server: str, index: int, *,
+                 standalone: bool, stub_inputs: bool, priority: int | None,
+                 metrics_port: int | None = None) -> None:  # fmt: skip
+        self.token = f"replica-{index}"  # the emulator's `writes` tell replicas apart by it
+        kubeconfig = write_kubeconfig(workdir / f"kubeconfig-{index}", server, self.token)
+        self.log_path = workdir / f"operator-{index}.log"
+        self.ready_file = workdir / f"operator-{index}.ready"
+        self.argv = [
+            sys.executable, "-m", "tests.support.operator_process",
+            "--config", str(config_path), "--ready-file", str(self.ready_file),
+        ]  # fmt: skip
+        if standalone:
+            self.argv.append("--standalone")
+        if stub_inputs:
+            self.argv.append("--stub-inputs")
+        if metrics_port is not None:
+            self.argv += ["--metrics-port", str(metrics_port)]
+        self.env = dict(os.environ, PYTHONPATH=str(ROOT), KUBECONFIG=str(kubeconfig))
+        if priority is not None:
+            self.env[PRIORITY_ENV] = str(priority)
+        self.process: asyncio.subprocess.Process | None = None
 
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._task = asyncio.current_task()  # type: ignore[assignment]
-            await operate(self.config_path, standalone=self.standalone, ready_flag=self.ready)
+    async def start(self, timeout: float = 60) -> None:
+        self.ready_file.unlink(missing_ok=True)
+        with self.log_path.open("ab") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                *self.argv, stdout=log, stderr=asyncio.subprocess.STDOUT, env=self.env,
+                start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while not self.ready_file.exists():
+            if self.process.returncode is not None or time.monotonic() > deadline:
+                await self.kill()
+                raise AssertionError(f"the operator did not become ready:\n{self.log_tail()}")
+            await asyncio.sleep(0.05)
 
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            asyncio.run(main())
+    async def kill(self) -> None:
+        """SIGKILL, as a crashed pod: nothing graceful is relied upon."""
+        process, self.process = self.process, None
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
 
-    def kill(self) -> None:
-        if self._loop is not None and self._task is not None:
-            self._loop.call_soon_threadsafe(self._task.cancel)
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    def log_tail(self, size: int = 4000) -> str:
+        return self.log_path.read_bytes()[-size:].decode(errors="replace")
 
 
 class Cluster:
     """Emulator + server + kubeconfig (set as $KUBECONFIG while entered) + operator."""
 
-    def __init__(self, workdir: Path, operator_config: Mapping[str, Any]) -> None:
+    def __init__(
+        self, workdir: Path, operator_config: Mapping[str, Any], *, stub_inputs: bool = False
+    ) -> None:
         self.workdir = workdir
         self.emulator = ClusterEmulator()
         self.emulator.install_defaults()
@@ -81,7 +117,8 @@ class Cluster:
         self.config_path = workdir / "operator.yaml"
         self.config_path.write_text(yaml.safe_dump(dict(operator_config)))
         self._server = kmock.Server(self.emulator)
-        self._operator: _OperatorThread | None = None
+        self.stub_inputs = stub_inputs
+        self.operators: list[OperatorProcess] = []
         self._saved_env: dict[str, str | None] = {}
         self.url = ""
 
@@ -99,7 +136,8 @@ class Cluster:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.kill_operator()
+        for operator in self.operators:
+            await operator.kill()
         await self._server.__aexit__(None, None, None)
         await self.emulator.__aexit__(None, None, None)
         for name, value in self._saved_env.items():
@@ -110,20 +148,26 @@ class Cluster:
 
     # ----------------------------------------------------------------- operator
 
-    async def start_operator(self, *, standalone: bool = True) -> None:
-        """The operator in its own thread and loop, as in its own process: kopf cancels every
-        task of its loop when it stops, which must not hit the emulator or the kubelet."""
-        self._operator = _OperatorThread(str(self.config_path), standalone)
-        self._operator.start()
-        if not await asyncio.to_thread(self._operator.ready.wait, 30):
-            raise AssertionError("the operator did not become ready in 30 s")
+    async def start_operator(
+        self, *, standalone: bool = True, priority: int | None = None,
+        metrics_port: int | None = None,
+    ) -> OperatorProcess:  # fmt: skip
+        """A new operator replica, returned once kopf reports it ready."""
+        operator = OperatorProcess(
+            self.workdir, self.config_path, self.url, len(self.operators), standalone=standalone,
+            stub_inputs=self.stub_inputs, priority=priority, metrics_port=metrics_port,
+        )  # fmt: skip
+        self.operators.append(operator)
+        await operator.start()
+        return operator
 
     async def kill_operator(self) -> None:
-        """Cancel the operator's main task: no graceful shutdown is relied upon."""
-        thread, self._operator = self._operator, None
-        if thread is not None:
-            thread.kill()
-            await asyncio.to_thread(thread.join, 30)
+        """Kill every live replica (SIGKILL)."""
+        for operator in self.operators:
+            await operator.kill()
+
+    def operator_logs(self) -> str:
+        return "\n".join(f"--- {o.log_path.name}\n{o.log_tail()}" for o in self.operators)
 
     # ----------------------------------------------------------------- objects
 
@@ -171,7 +215,9 @@ class Cluster:
         try:
             found: dict[str, Any] = await self.wait_for(done, timeout, f"{name} in {phases}")
         except AssertionError as error:
-            raise AssertionError(f"{error}; status: {self.status(name)}") from None
+            raise AssertionError(
+                f"{error}; status: {self.status(name)}\n{self.operator_logs()}"
+            ) from None
         return found
 
 

@@ -141,6 +141,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     _log_rvs: list[int] = attrs.field(factory=list, init=False)
     _tick: asyncio.Event | None = attrs.field(default=None, init=False)
     _columns: dict[references.resource, list[Obj]] = attrs.field(factory=dict, init=False)
+    writes: list[tuple[str, str, str]] = attrs.field(factory=list, init=False)
+    """(bearer token, method, path) of every write, so a test can tell who acted."""
 
     # ----------------------------------------------------------------- setup
 
@@ -214,8 +216,11 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         """Wait until any object changes (or `timeout` passes)."""
         if self._tick is None:
             self._tick = asyncio.Event()
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+        # races with the event, and the waiting task then never stops.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._tick.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._tick.wait()
 
     # ----------------------------------------------------------------- assertions
 
@@ -267,6 +272,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             raise kmock.KubernetesResourceNotFoundError()
         namespace = request.namespace
         method = str(request.method.value).upper()
+        if method != "GET":
+            token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            self.writes.append((token, method, request.url.path))
         if request.params.get("watch") in ("true", "1"):
             return await self._watch(request, resource)
         if method == "GET" and request.name is None:

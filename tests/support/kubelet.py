@@ -4,12 +4,14 @@ It watches batch Jobs in the emulator, makes the one pod a Job with backoffLimit
 the container's command (`kompaktor stage run ...`, the real stage code) as a subprocess, and
 writes pod and Job status back as a kubelet and the Job controller would, including the
 termination message (read from the file KOMPAKTOR_TERMINATION_LOG points at) and
-FallbackToLogsOnError. Jobs deleted mid-run get their process killed.
+FallbackToLogsOnError. The process sees the pod's environment (env, envFrom Secrets), not the
+test's. Jobs deleted mid-run get their process killed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import signal
@@ -23,6 +25,8 @@ from tests.support.emulator import ClusterEmulator, now_iso
 
 JOBS = "batch/v1/jobs"
 PODS = "v1/pods"
+SECRETS = "v1/secrets"
+HOST_ENV = ("PATH", "LANG", "LC_ALL", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTHONHASHSEED")
 MANAGED = ("app.kubernetes.io/managed-by", "kompaktor")
 FALLBACK_LOG_BYTES = 2048
 
@@ -49,6 +53,8 @@ class TestKubelet:
     env: dict[str, str] = field(default_factory=dict)
     runner: list[str] = field(default_factory=lambda: [sys.executable, "-m", "kompaktor.cli"])
     paused: bool = False
+    unpullable: dict[str, str] = field(default_factory=dict)
+    """image -> waiting reason (e.g. ImagePullBackOff): such pods are created, never run."""
     started: list[str] = field(default_factory=list)
     _seen: set[str] = field(default_factory=set)
     _runs: dict[str, _Run] = field(default_factory=dict)
@@ -120,15 +126,18 @@ class TestKubelet:
             "spec": dict(template["spec"], nodeName=node),
         }
         self.emulator.create(PODS, pod)
+        if (reason := self.unpullable.get(container["image"])) is not None:
+            self.emulator.patch(PODS, namespace, pod_name, {"status": {
+                "phase": "Pending",
+                "containerStatuses": [{"name": container["name"], "ready": False, "state": {
+                    "waiting": {"reason": reason, "message": f"cannot pull {container['image']}"}
+                }}],
+            }}, "status")  # fmt: skip
+            return
         run_dir = self.workdir / name
         run_dir.mkdir(parents=True, exist_ok=True)
         message_path, log_path = run_dir / "termination-log", run_dir / "output.log"
-        env = dict(os.environ)
-        for item in container.get("env", []):
-            if "value" in item:
-                env[item["name"]] = item["value"]
-            elif item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "spec.nodeName":
-                env[item["name"]] = node
+        env = self._pod_env(namespace, container, node)
         env.update(TMPDIR=str(run_dir), HOME=str(run_dir), **self.env)
         env["KOMPAKTOR_TERMINATION_LOG"] = str(message_path)
         command = [*self.runner, *container["command"][1:]]
@@ -152,6 +161,22 @@ class TestKubelet:
         }}, "status")  # fmt: skip
         self.emulator.patch(JOBS, namespace, name,
                             {"status": {"active": 1, "startTime": stamp}}, "status")  # fmt: skip
+
+    def _pod_env(self, namespace: str, container: dict[str, Any], node: str) -> dict[str, str]:
+        """What the container would see: its own env and envFrom Secrets, not the host's
+        (a few host variables only, so the process can run at all)."""
+        env = {name: os.environ[name] for name in HOST_ENV if name in os.environ}
+        for source in container.get("envFrom", []):
+            ref = source.get("secretRef", {}).get("name")
+            secret = self.emulator.get_live(SECRETS, namespace, ref) if ref else None
+            for key, value in ((secret or {}).get("data") or {}).items():
+                env[key] = base64.b64decode(value).decode()
+        for item in container.get("env", []):
+            if "value" in item:
+                env[item["name"]] = item["value"]
+            elif item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "spec.nodeName":
+                env[item["name"]] = node
+        return env
 
     # ------------------------------------------------------------------ finish
 

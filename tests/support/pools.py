@@ -24,4 +24,6 @@ def operator_config(tmp: Path) -> dict[str, Any]:
         "artifactsUri": (tmp / "store").as_uri(),
         "s3CredentialsSecret": "kompaktor-s3",
         "retryBaseSeconds": 0.2,
+        "peering": {"lifetimeSeconds": 3},
+        "podStartTimeoutSeconds": 2,
     }

@@ -22,6 +22,17 @@ TERMINATION_LIMIT = 4096
 
 #: Exit codes of `kompaktor stage run`: the plan retries only a plain failure.
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+#: Most points a validation curve keeps (result.json, trial records, what a pruner sees).
+MAX_CURVE = 25
+#: Significant digits a curve point keeps: enough to rank trials, small in status.
+CURVE_DIGITS = 4
+
+
+def round_point(value: float, digits: int = CURVE_DIGITS) -> float:
+    """A float rounded to `digits` significant digits (NaN and inf pass through)."""
+    if value != value or value in (float("inf"), float("-inf")):
+        return value
+    return float(f"{value:.{digits}g}")
 
 
 class RunRecord(ApiModel):
@@ -38,10 +49,23 @@ class RunRecord(ApiModel):
         default_factory=dict,
         description=(
             "Always: metric (output, test split), inputMetric, referenceMetric (the job's input "
-            "model), sizeBytes, parameters, latencyMs (batch 1 p50); plus the technique's own."
+            "model), sizeBytes, parameters, latencyMs (batch 1 p50); valMetric and "
+            "referenceValMetric (the same on validation rows) when there are any; plus the "
+            "technique's own."
         ),
     )
     details: dict[str, Any] = Field(default_factory=dict)
+    curve: list[float] = Field(
+        default_factory=list,
+        description=(
+            f"The objective metric on validation rows during training (train, prune "
+            f"fine-tuning): one point per epoch, or per `stride` epochs, at most {MAX_CURVE}."
+        ),
+    )
+    pruned: bool = Field(
+        default=False,
+        description="An HPO pruner stopped this trial early: the curve ends where it stopped.",
+    )
     start_time: str | None = None
     completion_time: str | None = None
     duration_seconds: float = 0.0
@@ -57,6 +81,42 @@ class RunRecord(ApiModel):
             slim = self.model_dump(by_alias=True, exclude={"details", "params"}, mode="json")
             text = json.dumps(slim)[:TERMINATION_LIMIT]
         return text
+
+
+class TrialPoint(ApiModel):
+    """A finished trial as a pruner sees it: its state, final value and validation curve."""
+
+    number: int = Field(ge=0)
+    state: Literal["Complete", "Pruned"]
+    value: float | None = None
+    curve: list[float] = Field(default_factory=list, max_length=MAX_CURVE)
+
+
+class PrunerSpec(ApiModel):
+    """An Optuna pruner and its options (the hpo stage's params, as the trial needs them)."""
+
+    name: Literal["median", "percentile", "successiveHalving", "hyperband"]
+    startup_trials: int = Field(5, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    percentile: float = Field(50.0, ge=0, le=100)
+    min_resource: int = Field(1, ge=1)
+    reduction_factor: int = Field(3, ge=2)
+    max_resource: int = Field(MAX_CURVE, ge=1)
+
+
+class TrialContext(ApiModel):
+    """What an HPO trial run needs to prune itself (`kompaktor stage run --trial JSON`).
+
+    The plan passes it when it starts the trial; the run rebuilds the study from `history`
+    (the finished trials numbered below it; other numbers count as unfinished), joins it as
+    trial `number`, reports a curve point every `stride` epochs and stops when the pruner says.
+    """
+
+    number: int = Field(ge=0)
+    maximize: bool = True
+    stride: int = Field(1, ge=1)
+    pruner: PrunerSpec
+    history: list[TrialPoint] = Field(default_factory=list)
 
 
 class RunFailure(ApiModel):

@@ -60,13 +60,27 @@ class TrialRecord(StatusModel):
     number: int
     params: dict[str, Any]
     state: TrialState = "Pending"
-    values: list[float] | None = None
-    metrics: dict[str, float] = Field(
-        default_factory=dict, description="metric, referenceMetric, latencyMs, sizeBytes only."
+    values: list[float] | None = Field(
+        default=None, description="The objective values the search ranks it by (complete)."
     )
-    key: str | None = None
+    metrics: dict[str, float] = Field(
+        default_factory=dict,
+        description="metric, valMetric, their reference figures, latencyMs, sizeBytes and "
+        "parameters only (5 significant digits).",
+    )
+    curve: list[float] | None = Field(
+        default=None,
+        description="Validation metric during training (at most 25 points): what HPO pruners "
+        "compare trials by.",
+    )
+    key: str | None = Field(
+        default=None, description="The run's cache key: its output is stored under it."
+    )
     attempts: int = 0
-    output: OutputRef | None = None
+    output: OutputRef | None = Field(
+        default=None,
+        description="Kept for the leading trial only (every trial's model stays under its key).",
+    )
     cost_usd: float | None = Field(default=None, alias="costUSD")
     energy_joules: float | None = None
     message: str | None = None

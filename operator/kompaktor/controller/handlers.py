@@ -20,6 +20,7 @@ from kompaktor.config import load_config
 from kompaktor.controller.kube import Kube
 from kompaktor.controller.reconciler import Reconciler
 from kompaktor.executors.kubernetes import LABEL_JOB, MANAGED_BY
+from kompaktor.metrics.prometheus import JobStatusCollector
 
 FINALIZER = "kompaktor.io/finalizer"
 ERROR_BACKOFF_SECONDS = 5.0
@@ -30,8 +31,9 @@ Log = logging.Logger | logging.LoggerAdapter[Any]
 class Runtime:
     """Per-operator state kept in kopf's memo: configuration, API client, wake-up events."""
 
-    def __init__(self, config_path: str | None) -> None:
+    def __init__(self, config_path: str | None, metrics: JobStatusCollector | None) -> None:
         self.config = load_config(config_path)
+        self.metrics = metrics or JobStatusCollector()
         self.connection: kopf.ConnectionInfo | None = None
         self._kube: Kube | None = None
         self._wake: dict[tuple[str, str], asyncio.Event] = {}
@@ -67,7 +69,7 @@ def _emit(obj: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
 
 def runtime(memo: Any) -> Runtime:
     if getattr(memo, "kompaktor", None) is None:
-        memo.kompaktor = Runtime(getattr(memo, "config_path", None))
+        memo.kompaktor = Runtime(getattr(memo, "config_path", None), getattr(memo, "metrics", None))
     found: Runtime = memo.kompaktor
     return found
 
@@ -78,7 +80,8 @@ async def _startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None
     peering = rt.config.peering
     settings.peering.name = peering.name
     settings.peering.mandatory = peering.mandatory
-    settings.peering.priority = peering.priority
+    settings.peering.lifetime = peering.lifetime_seconds
+    settings.peering.priority = peering.replica_priority()
     settings.peering.clusterwide = not rt.config.namespaces
     if not peering.enabled:
         settings.peering.standalone = True
@@ -114,15 +117,22 @@ async def _job_daemon(name: str, namespace: str | None, memo: Any, logger: Log, 
             try:
                 done = await rt.reconciler.run_pass(namespace, name)
                 delay = done.wake_after
+                if done.status is not None:
+                    rt.metrics.record(namespace, name, done.status)
             except kopf.TemporaryError:
                 delay = ERROR_BACKOFF_SECONDS
             except Exception:
                 logger.exception("reconcile of %s/%s failed; retrying", namespace, name)
+                rt.metrics.record_error()
                 delay = ERROR_BACKOFF_SECONDS
+            # Not wait_for: on Python 3.11 it can swallow kopf's cancellation when the event
+            # fires at the same moment, and the daemon would then never stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout=delay)
-    finally:
+                async with asyncio.timeout(delay):
+                    await wake.wait()
+    finally:  # deleted, or this replica paused: another one exports it now
         rt.forget(namespace, name)
+        rt.metrics.forget(namespace, name)
 
 
 def _needs_pass(body: Mapping[str, Any], **_: Any) -> bool:

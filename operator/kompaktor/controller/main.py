@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import kopf
 
 from kompaktor.config import CONFIG_ENV, load_config
+from kompaktor.metrics.prometheus import JobStatusCollector, serve
 
 
 async def operate(
@@ -20,11 +21,15 @@ async def operate(
     stop_flag: asyncio.Event | None = None,
     ready_flag: asyncio.Event | None = None,
     liveness_endpoint: str | None = None,
+    metrics_port: int | None = None,
 ) -> None:
     """Run the operator in the current event loop until `stop_flag` (or cancellation)."""
     from kompaktor.controller import handlers  # noqa: F401  (registers the handlers)
 
     config = load_config(config_path)
+    metrics = JobStatusCollector()
+    if metrics_port is not None:
+        serve(metrics, metrics_port)
     watched = list(namespaces) or config.namespaces
     if standalone is None and not config.peering.enabled:
         standalone = True
@@ -33,11 +38,10 @@ async def operate(
         namespaces=watched,
         standalone=standalone,
         peering_name=config.peering.name,
-        priority=config.peering.priority,
         stop_flag=stop_flag,
         ready_flag=ready_flag,
         liveness_endpoint=liveness_endpoint,
-        memo=kopf.Memo(config_path=config_path or os.environ.get(CONFIG_ENV)),
+        memo=kopf.Memo(config_path=config_path or os.environ.get(CONFIG_ENV), metrics=metrics),
     )
 
 
@@ -50,6 +54,9 @@ def main_operator(argv: list[str]) -> int:
     )  # fmt: skip
     parser.add_argument("--standalone", action="store_true", help="no peering (one replica)")
     parser.add_argument("--liveness", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    parser.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus metrics on this port (/metrics)"
+    )
     parser.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args(argv)
     load_config(args.config)  # fail fast, with a clear message, on a bad file
@@ -60,6 +67,7 @@ def main_operator(argv: list[str]) -> int:
             namespaces=args.namespace,
             standalone=True if args.standalone else None,
             liveness_endpoint=args.liveness,
+            metrics_port=args.metrics_port,
         )
     )
     return 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,6 +30,7 @@ from kompaktor.plan import (
     JobContext,
     Observation,
     Requeue,
+    RunFailed,
     StepResult,
 )
 from kompaktor.plan.conditions import conditions_for
@@ -39,6 +40,8 @@ from kompaktor.stages.validate import describe_errors
 
 #: With runs in flight, look again at least this often even if no event arrives.
 ACTIVE_POLL_SECONDS = 30.0
+#: While a pod is still pending, look again this often (it may be stuck: see `k8s.stuck`).
+PENDING_POLL_SECONDS = 5.0
 #: Status keys other writers own (kopf's progress); never removed by our patches.
 FOREIGN_STATUS_KEYS = frozenset({"kopf"})
 
@@ -52,6 +55,7 @@ class Pass:
     wake_after: float | None
     created: int = 0
     deleted: int = 0
+    status: OptimizationJobStatus | None = None
 
 
 def active_runs(status: OptimizationJobStatus) -> dict[str, str | None]:
@@ -70,8 +74,12 @@ def observe(
     status: OptimizationJobStatus,
     jobs: Sequence[Mapping[str, Any]],
     pods: Sequence[Mapping[str, Any]],
+    now: datetime | None = None,
+    start_timeout: float = float("inf"),
 ) -> list[Observation]:
-    """Facts about in-flight runs only, so outcomes already recorded are never fed twice."""
+    """Facts about in-flight runs only, so outcomes already recorded are never fed twice.
+
+    A run whose pod cannot start is reported failed (its Job is then deleted by the pass)."""
     active = active_runs(status)
     by_run: dict[str, list[Mapping[str, Any]]] = {}
     for pod in pods:
@@ -88,6 +96,8 @@ def observe(
             found.append(start)
         if (result := k8s.outcome(job, mine)) is not None:
             found.append(result)
+        elif now is not None and (failed := k8s.stuck(job, mine, now, start_timeout)):
+            found.append(failed)
     return found
 
 
@@ -145,10 +155,16 @@ class Reconciler:
             self.kube.list(jobs_path(namespace), selector),
             self.kube.list(pods_path(namespace), selector),
         )
-        observations = observe(status, jobs, pods)
+        timeout = self.config.pod_start_timeout_seconds
+        observations = observe(status, jobs, pods, now, timeout)
         result = await asyncio.to_thread(reconcile, ctx, status, observations, now)
         await self._write_status(namespace, name, raw_status, result.status)
-        return await self._act(obj, namespace, result, jobs)
+        done = await self._act(obj, namespace, result, jobs)
+        removed = await self._remove_stuck(namespace, jobs, observations)
+        wake = done.wake_after
+        if any(pod.get("status", {}).get("phase") == "Pending" for pod in pods):
+            wake = min(wake or PENDING_POLL_SECONDS, PENDING_POLL_SECONDS)
+        return replace(done, wake_after=wake, status=result.status, deleted=done.deleted + removed)
 
     def context(
         self, obj: Mapping[str, Any], namespace: str, name: str, generation: int
@@ -185,7 +201,7 @@ class Reconciler:
             invalid(status, message, generation, now),
         )  # fmt: skip
         self.emit(obj, "Warning", "InvalidSpec", message)
-        return Pass(None)
+        return Pass(None, status=invalid(status, message, generation, now))
 
     async def _write_status(
         self, namespace: str, name: str, old: Mapping[str, Any], status: OptimizationJobStatus
@@ -193,6 +209,19 @@ class Reconciler:
         patch = status_patch(old, status.dump())
         if patch:
             await self.kube.patch_status(cr_path(namespace, name), patch)
+
+    async def _remove_stuck(
+        self, namespace: str, jobs: Sequence[Mapping[str, Any]], observed: Sequence[Observation]
+    ) -> int:
+        """Delete the Jobs of runs reported failed while still active (pods that cannot
+        start); the outcome is in the status already, so a retry gets a Job of its own."""
+        failed = {o.run_id for o in observed if isinstance(o, RunFailed)}
+        removed = 0
+        for job in jobs:
+            if k8s.run_id_of(job) in failed and not k8s.finished(job):
+                await self.kube.delete(jobs_path(namespace, job["metadata"]["name"]))
+                removed += 1
+        return removed
 
     async def _act(
         self,

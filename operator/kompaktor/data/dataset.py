@@ -2,6 +2,8 @@
 
 .npz layout: `x_train, y_train, x_val, y_val, x_test, y_test`; a model with several inputs
 uses `x_train_0, x_train_1, …` (likewise for val/test) in the order of the model's arguments.
+The val arrays may be left out: the split is then empty, and a stage that needs validation rows
+(train) holds some train rows out instead (`Dataset.with_validation`).
 Built-ins: `sklearn:digits` (N,1,8,8 float32 in [0,1]), `sklearn:breast_cancer` and
 `sklearn:wine` (standardized with train statistics); split 60/20/20 stratified with seed 0, so
 every stage and every pod sees the same rows.
@@ -14,7 +16,7 @@ import os
 import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -43,6 +45,23 @@ class Dataset:
 
     def targets(self, split: Split) -> np.ndarray:
         return self.y[split]
+
+    def with_validation(self, fraction: float, seed: int) -> Dataset:
+        """This dataset when it has validation rows; otherwise `fraction` of the train rows
+        (a seeded draw, at least one row, at least one left to train on) become the val split."""
+        rows = len(self.y["train"])
+        if len(self.y["val"]) or rows < 2:
+            return self
+        held = min(max(1, round(fraction * rows)), rows - 1)
+        order = np.random.default_rng(seed).permutation(rows)
+        val, train = np.sort(order[:held]), np.sort(order[held:])
+        x = dict(self.x)
+        y = dict(self.y)
+        x["val"] = tuple(a[val] for a in self.x["train"])
+        y["val"] = self.y["train"][val]
+        x["train"] = tuple(a[train] for a in self.x["train"])
+        y["train"] = self.y["train"][train]
+        return replace(self, x=x, y=y)
 
     def save_npz(self, path: Path) -> Path:
         """Write the .npz layout `load_dataset` reads (so built-ins can ship as files)."""
@@ -167,6 +186,10 @@ def _from_npz(path: Path, where: str, task: Task) -> Dataset:
     xs: dict[Split, tuple[np.ndarray, ...]] = {}
     ys: dict[Split, np.ndarray] = {}
     for split in SPLITS:
+        if split == "val" and not any(k == "y_val" or k.startswith("x_val") for k in arrays):
+            xs[split] = tuple(a[:0] for a in xs["train"])  # no validation rows given
+            ys[split] = arrays["y_train"][:0]
+            continue
         xs[split] = _split_inputs(arrays, split, where)
         if f"y_{split}" not in arrays:
             raise KompaktorError(f"dataset {where} has no array 'y_{split}'")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -175,6 +176,51 @@ def outcome(job: Obj, pods: Sequence[Obj]) -> Observation | None:
     tail = message.strip().splitlines()[-3:] if message else []
     text = " | ".join(tail) or str(failed.get("message") or f"exit code {code}")
     return RunFailed(rid, reason, text, retryable=code != EXIT_INVALID)
+
+
+#: Waiting reasons no amount of waiting fixes.
+HOPELESS_WAITING = frozenset({"InvalidImageName", "ErrImageNeverPull"})
+#: Waiting reasons that may clear (a registry hiccup, a Secret created late), up to a limit.
+SLOW_WAITING = frozenset(
+    {"ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError", "CreateContainerError"}
+)
+
+
+def stuck(job: Obj, pods: Sequence[Obj], now: datetime, timeout: float) -> RunFailed | None:
+    """A run whose pod cannot start: a bad image at once, a missing image, Secret or node after
+    `timeout` seconds. Kubernetes itself would wait until the Job's deadline."""
+    rid = run_id_of(job)
+    if rid is None or finished(job):
+        return None
+    for pod in pods:
+        waited = (now - _created(pod)).total_seconds()
+        for container in pod.get("status", {}).get("containerStatuses") or []:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            reason = str(waiting.get("reason") or "")
+            if reason in HOPELESS_WAITING or (reason in SLOW_WAITING and waited > timeout):
+                detail = waiting.get("message") or "the container cannot start"
+                return RunFailed(rid, reason, f"pod {_name(pod)}: {reason}: {detail}",
+                                 retryable=reason not in HOPELESS_WAITING)  # fmt: skip
+        for condition in pod.get("status", {}).get("conditions") or []:
+            unschedulable = condition.get("type") == "PodScheduled" and (
+                condition.get("reason") == "Unschedulable"
+            )
+            if unschedulable and condition.get("status") == "False" and waited > timeout:
+                detail = condition.get("message") or "no node fits"
+                return RunFailed(rid, "Unschedulable", f"pod {_name(pod)}: {detail}")
+    return None
+
+
+def _created(obj: Obj) -> datetime:
+    stamp = obj.get("metadata", {}).get("creationTimestamp")
+    try:
+        return datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.now(UTC)
+
+
+def _name(obj: Obj) -> str:
+    return str(obj.get("metadata", {}).get("name", "?"))
 
 
 def _succeeded(rid: str, message: str, job: Obj) -> Observation:

@@ -16,58 +16,14 @@ import io
 import logging
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import nn
 
-from kompaktor.errors import KompaktorError, StageError
-
-ModelFormat = Literal["pt2", "torchscript", "onnx"]
-
-_EXTENSIONS: dict[str, ModelFormat] = {".pt2": "pt2", ".pt": "torchscript", ".onnx": "onnx"}
-
-
-class ModelFormatError(KompaktorError, ValueError):
-    """A model name whose extension is none of .pt2, .pt, .onnx (a spec error and a ValueError)."""
-
-
-def format_of(path_or_uri: str | Path) -> ModelFormat:
-    """The format named by a file extension (.pt2, .pt, .onnx); ModelFormatError otherwise."""
-    name = str(path_or_uri).rstrip("/").rsplit("/", 1)[-1]
-    suffix = Path(name).suffix.lower()
-    try:
-        return _EXTENSIONS[suffix]
-    except KeyError:
-        known = ", ".join(_EXTENSIONS)
-        raise ModelFormatError(
-            f"{path_or_uri}: unknown model format {suffix or '(no extension)'!r}; "
-            f"use one of {known}"
-        ) from None
-
-
-@dataclass
-class LoadedModel:
-    """A model ready to run or transform.
-
-    `module` is a trainable nn.Module for pt2 (ExportedProgram.module()) and TorchScript inputs,
-    None for ONNX; `path` is the file it came from (ONNX stages work on the file itself).
-    """
-
-    format: ModelFormat
-    path: Path
-    module: nn.Module | None
-
-    def require_module(self, stage: str) -> nn.Module:
-        """The torch module, or a StageError saying that `stage` needs a PyTorch model."""
-        if self.module is None:
-            raise StageError(
-                f"stage {stage!r} needs a PyTorch model (.pt2 or .pt), "
-                f"but its input {self.path.name} is {self.format}"
-            )
-        return self.module
+from kompaktor.errors import KompaktorError
+from kompaktor.models.formats import format_of
+from kompaktor.models.types import LoadedModel
 
 
 def _import_custom_ops() -> None:

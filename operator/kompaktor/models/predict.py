@@ -6,19 +6,14 @@ output as a numpy array, so metrics and latency compare torch and ONNX Runtime l
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from kompaktor.models.io import LoadedModel, set_eval
-
-
-class Predictor(Protocol):
-    """Runs a model on a batch of inputs (one array per model input) and returns its output."""
-
-    def __call__(self, *inputs: np.ndarray) -> np.ndarray: ...
+from kompaktor.models.io import set_eval
+from kompaktor.models.types import LoadedModel, Predictor
 
 
 def _as_model_array(array: np.ndarray) -> np.ndarray:

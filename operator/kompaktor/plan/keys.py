@@ -10,7 +10,9 @@ import hashlib
 import json
 from typing import Any
 
-KEY_VERSION = 1
+#: Bump when a stage's output for the same inputs changes (2: packed weight sharing,
+#: validation metrics and curves in every result), so older cached runs are not reused.
+KEY_VERSION = 2
 
 
 def run_key(

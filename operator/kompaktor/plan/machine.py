@@ -108,6 +108,7 @@ class _Step:
         input_uri: str,
         attempt: int,
         trial: int | None = None,
+        trial_context: dict[str, Any] | None = None,
     ) -> RunRequest:
         stage = self.spec.stages[index]
         return RunRequest(
@@ -128,6 +129,7 @@ class _Step:
             pool=self.pool_for(stage),
             timeout_seconds=stage.timeout_seconds,
             trial=trial,
+            trial_context=trial_context,
         )
 
     def gate(self, record: RunRecord) -> str | None:
@@ -222,7 +224,8 @@ class _Step:
             trial = self.trials[tindex]
             pool = self.pool_for(self.spec.stages[self.spec.stage_index(trial.stage)])
             done = trial_flow.complete(trial, record, self.spec)
-            self.trials[tindex] = done.model_copy(update={"cost_usd": self.cost(record, pool)})
+            cost = round(self.cost(record, pool), 6)  # compact: hundreds of trials in status
+            self.trials[tindex] = done.model_copy(update={"cost_usd": cost})
 
     def stage_done(self, index: int, record: RunRecord, *, cached: bool) -> None:
         rec = self.stages[index]
@@ -419,13 +422,20 @@ class _Step:
         for trial in outcome.records:
             if trial.key is None:
                 continue
+            if trial.state not in ("Pending", "Running"):
+                continue
+            context = None
+            if trial.state == "Running":
+                context = trial_flow.context(
+                    params, outcome.records, trial, self.spec.objective.metric
+                )
             request = self.request(
                 index, outcome.target, trial_flow.target_params(params, trial), trial.key,
-                input_uri, max(trial.attempts, 1), trial.number,
+                input_uri, max(trial.attempts, 1), trial.number, context,
             )  # fmt: skip
             if trial.state == "Pending":
                 self.actions.append(ProbeCache(trial.key, request.output_uri))
-            elif trial.state == "Running":
+            else:
                 self.actions.append(EnsureRun(request))
         if outcome.best is not None:
             record = trial_flow.stage_record(params, outcome, out, self.spec)

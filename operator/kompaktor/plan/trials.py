@@ -10,15 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kompaktor.api.run import RunRecord
+from kompaktor.api.run import MAX_CURVE, RunRecord, round_point
 from kompaktor.api.spec import OptimizationJobSpec, StageSpec
 from kompaktor.api.status import TrialRecord
 from kompaktor.models import format_of
 from kompaktor.plan.keys import run_key
 from kompaktor.stages import hpo
 
-#: The only metrics a trial keeps: enough to rank, gate and report it, small enough for 300 trials.
-TRIAL_METRICS = ("metric", "referenceMetric", "latencyMs", "sizeBytes", "parameters")
+#: Significant digits of a trial's metrics in status.
+METRIC_DIGITS = 5
 
 
 @dataclass(frozen=True)
@@ -30,19 +30,48 @@ class HpoOutcome:
 
 
 def complete(trial: TrialRecord, record: RunRecord, spec: OptimizationJobSpec) -> TrialRecord:
-    """A trial whose run finished (or was found in the cache)."""
+    """A trial whose run finished (or was found in the cache): Pruned when the pruner stopped
+    it, else Complete; its figures rounded and its curve capped, to keep status small."""
+    metrics = {k: _round(record.metrics[k]) for k in hpo.TRIAL_METRICS if k in record.metrics}
     return trial.model_copy(
         update={
-            "state": "Complete",
+            "state": "Pruned" if record.pruned else "Complete",
             "output": record.output,
-            "metrics": {k: record.metrics[k] for k in TRIAL_METRICS if k in record.metrics},
-            "energy_joules": record.energy_joules,
+            "metrics": metrics,
+            "curve": [round_point(v) for v in record.curve[:MAX_CURVE]] or None,
+            "energy_joules": None
+            if record.energy_joules is None
+            else round(record.energy_joules, 1),
         }
     )
 
 
+def _round(value: float) -> float:
+    return value if float(value).is_integer() else round_point(value, METRIC_DIGITS)
+
+
+def keep_leader_output(records: list[TrialRecord], leader: TrialRecord | None) -> list[TrialRecord]:
+    """Only the leading trial keeps its output in status (a trial that is not the winner now
+    never becomes it: `hpo.select_best`); every trial's model stays in the store under its key."""
+    number = None if leader is None else leader.number
+    return [
+        r.model_copy(update={"output": None})
+        if r.output is not None and r.number != number and r.state in ("Complete", "Pruned")
+        else r
+        for r in records
+    ]
+
+
 def target_params(params: hpo.HpoParams, trial: TrialRecord) -> dict[str, Any]:
     return hpo.trial_params(params, trial.params)
+
+
+def context(
+    params: hpo.HpoParams, records: list[TrialRecord], trial: TrialRecord, metric: str
+) -> dict[str, Any] | None:
+    """The `--trial` context a trial starts with when the search prunes (else None)."""
+    found = hpo.trial_context(params, records, trial.number, metric_name=metric)
+    return None if found is None else found.model_dump(by_alias=True, mode="json")
 
 
 def _seed(params: hpo.HpoParams, spec: OptimizationJobSpec) -> int:
@@ -66,13 +95,19 @@ def advance(
         else r
         for r in records
     ]
+    baseline = next(
+        (r.metrics["referenceMetric"] for r in scored if "referenceMetric" in r.metrics), None
+    )
+    best = hpo.select_best(
+        params, scored, metric_name=metric, baseline=baseline, max_drop=spec.objective.max_drop
+    )
+    scored = keep_leader_output(scored, best)
     if hpo.is_done(params, scored):
-        baseline = next(
-            (r.metrics["referenceMetric"] for r in scored if "referenceMetric" in r.metrics), None
-        )
-        best = hpo.select_best(
-            params, scored, metric_name=metric, baseline=baseline, max_drop=spec.objective.max_drop
-        )
+        if best is not None and best.output is None:
+            # An edited objective crowned a trial whose output status no longer holds: probe
+            # the store for it again (a cache hit), then finish.
+            again = best.model_copy(update={"state": "Pending", "attempts": 0})
+            return HpoOutcome(params.target, [again if r is best else r for r in scored])
         if best is None:
             failure = (
                 f"NoTrialWithinBound: none of {len(scored)} trials kept {metric} within "
@@ -89,7 +124,7 @@ def advance(
             key = run_key(
                 input_digest=input_digest,
                 stage_type=params.target,
-                params=hpo.trial_params(params, suggested),
+                params=hpo.trial_key_params(params, suggested),
                 dataset_digest=dataset_digest,
                 metric=metric,
                 seed=spec.seed,
@@ -115,10 +150,7 @@ def stage_record(
         details={
             "bestTrial": best.number,
             "bestParams": best.params,
-            "trials": [
-                {"number": r.number, "params": r.params, "values": r.values, "state": r.state}
-                for r in outcome.records
-            ],
+            "trials": hpo.trials_report(outcome.records),
             "outputUri": output_uri,
         },
     )

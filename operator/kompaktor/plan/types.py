@@ -87,11 +87,16 @@ class RunRequest:
     pool: str | None = None
     timeout_seconds: float | None = None
     trial: int | None = None
+    #: An HPO trial's pruning context (TrialContext), passed as `--trial JSON`.
+    trial_context: dict[str, Any] | None = None
 
     def command(self) -> list[str]:
         """The stage command line, the same for a local process and a pod."""
         import json
 
+        extra = []
+        if self.trial_context is not None:
+            extra = ["--trial", json.dumps(self.trial_context, separators=(",", ":"))]
         return [
             "kompaktor",
             "stage",
@@ -114,6 +119,7 @@ class RunRequest:
             self.task,
             "--seed",
             str(self.seed),
+            *extra,
         ]
 
 

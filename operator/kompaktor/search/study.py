@@ -31,11 +31,13 @@ _GA_GENERATION = "NSGAIISampler:generation"
 
 @dataclass(frozen=True)
 class Observed:
-    """A trial as the search sees it: its point, its state and (when complete) its values."""
+    """A trial as the search sees it: its point, its state, (when complete) its values and its
+    validation curve (the intermediate values TPE ranks pruned trials by)."""
 
     params: Mapping[str, Any]
     state: ObservedState
     values: Sequence[float] | None = None
+    curve: Sequence[float] | None = None
 
 
 def sampler_for(
@@ -84,6 +86,9 @@ def rebuild(
             continue  # a finished trial not scored yet says nothing to the sampler
         attrs = {_GA_GENERATION: finished // population} if item.state == "Complete" else {}
         finished += item.state == "Complete"
+        curve = dict(enumerate(item.curve or [])) if len(maximize) == 1 else {}
+        if item.state == "Pruned" and curve:
+            values = [curve[len(curve) - 1]]  # what Optuna's tell records for a pruned trial
         study.add_trial(
             optuna.trial.create_trial(
                 params=dict(item.params),
@@ -91,6 +96,7 @@ def rebuild(
                 values=values,
                 state=_STATES[item.state],
                 system_attrs=attrs,
+                intermediate_values=curve if item.state in ("Complete", "Pruned") else None,
             )
         )
     return study

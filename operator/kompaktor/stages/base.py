@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
+from kompaktor.api.run import MAX_CURVE, round_point
 from kompaktor.data import Dataset
 from kompaktor.models import LoadedModel, ModelFormat
 
@@ -32,9 +33,57 @@ class StageParams(BaseModel):
 P = TypeVar("P", bound=StageParams)
 
 
+class Curve:
+    """The validation curve a training stage reports, epoch by epoch.
+
+    A stage calls `after_epoch` after each training epoch; a point is scored (the job's metric
+    on validation rows) every `stride` epochs, at most MAX_CURVE points. In an HPO trial with a
+    pruner, `prune(value)` is the study's verdict on the new point; once it says stop, the
+    stage ends its training there and the run is recorded as pruned.
+    """
+
+    def __init__(
+        self,
+        *,
+        stride: int | None = None,
+        prune: Callable[[float], bool] | None = None,
+        maximize: bool = True,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.stride = stride
+        self.prune = prune
+        self.maximize = maximize
+        self.log = log
+        self.points: list[float] = []
+        self.pruned = False
+
+    def due(self, epoch: int, epochs: int) -> bool:
+        """Whether epoch `epoch` (from 1) of `epochs` gets a curve point."""
+        stride = self.stride or max(1, -(-epochs // MAX_CURVE))
+        return epoch % stride == 0 and len(self.points) < MAX_CURVE and not self.pruned
+
+    def after_epoch(self, epoch: int, epochs: int, score: Callable[[], float]) -> bool:
+        """Score the epoch when a point is due; True means stop training (pruned)."""
+        if not self.due(epoch, epochs):
+            return self.pruned
+        value = score()
+        if value != value or abs(value) == float("inf"):  # a diverged run: the worst value
+            value = -1e30 if self.maximize else 1e30
+        value = round_point(value)
+        self.points.append(value)
+        if self.prune is not None and self.prune(value):
+            self.pruned = True
+        if self.log is not None:
+            verdict = ": pruned, training stops" if self.pruned else ""
+            self.log(f"validation point {len(self.points)} (epoch {epoch}): {value:.6g}{verdict}")
+        return self.pruned
+
+
 @dataclass
 class StageContext(Generic[P]):
-    """What a stage run sees. `resolve` turns an artifact URI into a local file."""
+    """What a stage run sees. `resolve` turns an artifact URI into a local file; `curve` takes
+    the validation points of a stage that trains in epochs; `max_drop` is the job's objective
+    bound when the caller gave it (a standalone hpo run)."""
 
     params: P
     model: LoadedModel
@@ -46,6 +95,8 @@ class StageContext(Generic[P]):
     resolve: Callable[[str], Path]
     log: Callable[[str], None] = print
     report: Callable[[int, float], None] = lambda step, value: None
+    curve: Curve = field(default_factory=Curve)
+    max_drop: float | None = None
 
 
 @dataclass
@@ -82,6 +133,9 @@ class Stage(ABC, Generic[P]):
     #: None: the output has the input's format.
     produces: ClassVar[ModelFormat | None] = "pt2"
     multi_pool: ClassVar[bool] = False
+    #: The stage trains in epochs and reports a validation curve (`StageContext.curve`), so an
+    #: HPO pruner can stop its trials early.
+    reports_curve: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -94,6 +148,14 @@ class Stage(ABC, Generic[P]):
 
     def check(self, params: P, plan: PlanContext) -> None:
         """Reject what cannot work before any work starts; raise ValueError with the field."""
+
+    def preflight(self, params: P) -> None:
+        """The checks that need no plan, made by `kompaktor stage run` before it loads anything;
+        raise ValueError with the field."""
+
+    def epochs(self, params: P) -> int:
+        """Training epochs a run with these params reports curve points for (0: none)."""
+        return 0
 
     @abstractmethod
     def run(self, ctx: StageContext[P]) -> StageResult:

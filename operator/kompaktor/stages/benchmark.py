@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from pydantic import Field, field_validator
 
 from kompaktor.evaluate import metric, model_size_bytes
 from kompaktor.metrics import EnergyMeter
-from kompaktor.models import Predictor, predictor_for
+from kompaktor.models import Predictor
 from kompaktor.stages.base import Stage, StageContext, StageParams, StageResult
 
 MODELS = ("input", "reference")
@@ -116,6 +115,10 @@ class BenchmarkStage(Stage[BenchmarkParams]):
     multi_pool = True
 
     def run(self, ctx: StageContext[BenchmarkParams]) -> StageResult:
+        import torch
+
+        from kompaktor.models import predictor_for
+
         p = ctx.params
         torch.set_num_threads(p.threads)
         models = {"input": ctx.model, "reference": ctx.reference}

@@ -1,25 +1,24 @@
 """compress: low-rank factorization (truncated SVD) or weight sharing (k-means), then fine-tune.
 
 Low-rank rewrites the exported graph so the model really holds fewer parameters and does
-fewer multiply-adds; weight sharing keeps the layout but leaves each layer with at most
-`clusters` distinct values, which a codebook + index encoding (or a compressor) then exploits.
+fewer multiply-adds; weight sharing leaves each layer with at most `clusters` distinct values
+and stores it that way: a k-entry codebook and packed integer indices (4 bits each for k ≤ 16),
+gathered into the float weight on each call (`kompaktor.compression.codebook`), so the saved
+model really is smaller. It is not faster: the layers still compute in float.
 """
 
 from __future__ import annotations
 
 import copy
-import math
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, model_validator
-from torch import nn
 
-from kompaktor.compression import factorize, share_weights
-from kompaktor.compression.sharing import recenter, sharable_weights
 from kompaktor.errors import StageError
 from kompaktor.stages.base import PlanContext, Stage, StageContext, StageParams, StageResult
-from kompaktor.surgery import as_graph_module, stored_elements
-from kompaktor.surgery.batches import sample
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class CompressParams(StageParams):
@@ -68,10 +67,10 @@ class CompressStage(Stage[CompressParams]):
     type: ClassVar[str] = "compress"
 
     def check(self, params: CompressParams, plan: PlanContext) -> None:
-        if params.method == "lowrank" and plan.input_format != "pt2":
+        if plan.input_format != "pt2":
             raise ValueError(
-                f"params.method: lowrank needs a pt2 model (got {plan.input_format}): it "
-                "rewrites the torch.export graph, which TorchScript cannot be"
+                f"params.method: {params.method} needs a pt2 model (got {plan.input_format}): "
+                "it rewrites the torch.export graph, which TorchScript cannot be"
             )
 
     def run(self, ctx: StageContext[CompressParams]) -> StageResult:
@@ -82,6 +81,10 @@ class CompressStage(Stage[CompressParams]):
 
 
 def _lowrank(ctx: StageContext[CompressParams], module: nn.Module) -> StageResult:
+    from kompaktor.compression import factorize
+    from kompaktor.surgery import as_graph_module, stored_elements
+    from kompaktor.surgery.batches import sample
+
     p = ctx.params
     example = sample(ctx.dataset)
     try:
@@ -130,34 +133,55 @@ def _lowrank(ctx: StageContext[CompressParams], module: nn.Module) -> StageResul
 
 
 def _weightsharing(ctx: StageContext[CompressParams], module: nn.Module) -> StageResult:
+    from kompaktor.compression import share_weights
+    from kompaktor.compression.codebook import encode
+    from kompaktor.compression.sharing import recenter, sharable_weights
+    from kompaktor.surgery import as_graph_module, stored_elements
+    from kompaktor.surgery.batches import sample
+
     p = ctx.params
-    module = copy.deepcopy(module)
-    weights = sharable_weights(module, p.skip)
+    try:
+        gm = as_graph_module(copy.deepcopy(module), sample(ctx.dataset))
+    except TypeError as error:
+        raise StageError(f"compress: weightsharing: {error}") from None
+    before_elements, before_bytes = stored_elements(gm), stored_bytes(gm)
+    weights = sharable_weights(gm, p.skip)
     if not weights:
         raise StageError(
             "compress: weightsharing: no conv/linear weights to share (check params.skip)"
         )
     shared = share_weights(weights, p.clusters)
     if p.fine_tune_epochs:
-        _fine_tune(ctx, module)
-        weights = sharable_weights(module, p.skip)
-        shared = recenter(weights, shared)
+        _fine_tune(ctx, gm)
+        shared = recenter(sharable_weights(gm, p.skip), shared)
+    encoded = encode(gm, shared)
     count = sum(s.indices.numel() for s in shared)
-    bits = sum(s.bits_per_weight * s.indices.numel() for s in shared) / count
+    codebook_bytes = sum(e.stored_bytes for e in encoded.values())
     metrics = {
-        "parametersBefore": float(stored_elements(module)),
-        "parametersAfter": float(stored_elements(module)),
+        "parametersBefore": float(before_elements),
+        "parametersAfter": float(stored_elements(gm)),
         "clusters": float(p.clusters),
-        "bitsPerWeight": bits,
+        "bitsPerWeight": 8 * codebook_bytes / count,
         "sharedWeights": float(count),
-        "codebookBytes": float(math.ceil(count * bits / 8)),
+        "codebookBytes": float(codebook_bytes),
+        "storedBytesBefore": float(before_bytes),
+        "storedBytesAfter": float(stored_bytes(gm)),
     }
     details = {
+        "clusters": {s.layer: len(s.codebook) for s in shared},
+        "indexBits": {s.layer: e.bits for s, e in zip(shared, encoded.values(), strict=True)},
         "codebooks": {s.layer: [round(float(v), 8) for v in s.codebook] for s in shared},
-        "indexBits": {s.layer: math.ceil(math.log2(max(len(s.codebook), 2))) for s in shared},
     }
-    ctx.log(f"compress: weightsharing: {len(shared)} layers, {bits:.2f} bits per weight")
-    return StageResult(module=module, metrics=metrics, details=details)
+    ctx.log(
+        f"compress: weightsharing: {len(shared)} layers, {metrics['bitsPerWeight']:.2f} bits "
+        f"per weight; stored tensors {before_bytes} -> {metrics['storedBytesAfter']:.0f} bytes"
+    )
+    return StageResult(module=gm, metrics=metrics, details=details)
+
+
+def stored_bytes(module: nn.Module) -> int:
+    """Bytes of the module's parameters and buffers (what a saved model stores)."""
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
 
 
 def _fine_tune(ctx: StageContext[CompressParams], module: nn.Module) -> None:

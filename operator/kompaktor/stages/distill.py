@@ -4,23 +4,32 @@ The student is the stage's input model, optionally made thinner first (`student.
 by the same channel surgery as structured pruning). The teacher is the job's input model, an
 earlier stage's output, or any model URI. Loss (Hinton et al. 2015):
 alpha·T²·KL(softmax(t/T) ‖ softmax(s/T)) + (1-alpha)·CE(s, y).
+
+With `featureWeight` > 0 the loss also pulls the student's hidden conv/linear outputs towards
+the teacher's (FitNets, Romero et al. 2015): featureWeight × the mean over matched layer pairs
+of MSE(s, t) / mean(t²). Where a thinner student's width differs, a linear projection
+(student width → teacher width) learns along with the student and is dropped at export. Which
+pairs were matched, and which left out and why, goes to result.json.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-import torch.nn.functional as F
-from pydantic import Field
-from torch import nn
+from pydantic import Field, ValidationInfo, field_validator
 
 from kompaktor.errors import StageError
+from kompaktor.models import ModelFormat, format_of
 from kompaktor.stages.base import PlanContext, Stage, StageContext, StageParams, StageResult
-from kompaktor.surgery import stored_elements, width_reduce
-from kompaktor.surgery.batches import sample
-from kompaktor.surgery.kernels import optional_kernel
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from kompaktor.distillation import FeatureMatch
+    from kompaktor.surgery.features import HiddenLayer
 
 
 class TeacherRef(StageParams):
@@ -45,6 +54,11 @@ class StudentSpec(StageParams):
     )
 
 
+class FeaturePair(StageParams):
+    teacher: str = Field(description="Teacher layer (its weight's path without .weight).")
+    student: str = Field(description="Student layer (its weight's path without .weight).")
+
+
 class DistillParams(StageParams):
     teacher: TeacherRef = Field(
         default_factory=TeacherRef,
@@ -59,16 +73,59 @@ class DistillParams(StageParams):
     epochs: int = Field(5, ge=1, description="Training epochs.")
     lr: float = Field(1e-3, gt=0.0, description="Learning rate.")
     batch_size: int = Field(64, ge=1, description="Batch size.")
+    feature_weight: float = Field(
+        0.0,
+        ge=0.0,
+        description="Weight of hidden-feature matching (FitNets): the squared error between "
+        "the outputs of matched teacher and student conv/linear layers, relative to the "
+        "teacher's (so layers of any scale weigh alike), averaged over the pairs and added to "
+        "the loss. 0 turns it off. Needs pt2 models.",
+    )
+    feature_layers: tuple[FeaturePair, ...] = Field(
+        (),
+        description="Layer pairs to match, [{teacher: NAME, student: NAME}]. Default: the "
+        "hidden conv/linear layers the two models share by name, or else in order.",
+    )
+    feature_projection: bool = Field(
+        True,
+        description="Where a pair's feature widths differ (a thinner student), learn a linear "
+        "map from the student's width to the teacher's, trained with the student and not "
+        "exported; false: leave such pairs out.",
+    )
+
+    @field_validator("feature_layers")
+    @classmethod
+    def _layers_need_a_weight(
+        cls, layers: tuple[FeaturePair, ...], info: ValidationInfo
+    ) -> tuple[FeaturePair, ...]:
+        if layers and not info.data.get("feature_weight"):
+            raise ValueError("only applies when featureWeight > 0")
+        return layers
 
 
 class DistillStage(Stage[DistillParams]):
     type: ClassVar[str] = "distill"
     Params = DistillParams
+    reports_curve: ClassVar[bool] = True
+
+    def epochs(self, params: DistillParams) -> int:
+        return params.epochs
 
     def check(self, params: DistillParams, plan: PlanContext) -> None:
         source = params.teacher.from_stage
         if source is not None and source not in plan.earlier_stages:
             raise ValueError(f"params.teacher.fromStage: {source!r} is not an earlier stage")
+        if params.feature_weight > 0:
+            teacher = params.teacher.uri
+            formats = [("student", plan.input_format)]
+            if teacher is not None and _format(teacher) is not None:
+                formats.append(("teacher", _format(teacher)))  # type: ignore[arg-type]
+            for role, fmt in formats:
+                if fmt != "pt2":
+                    raise ValueError(
+                        f"params.featureWeight: hidden-feature matching reads the layers of "
+                        f"a torch.export graph and needs a pt2 {role} (got {fmt})"
+                    )
         if plan.task != "classification":
             raise ValueError(
                 f"distill needs a classification task (soft targets are class probabilities); "
@@ -76,36 +133,75 @@ class DistillStage(Stage[DistillParams]):
             )
 
     def run(self, ctx: StageContext[DistillParams]) -> StageResult:
+        import torch
+
+        from kompaktor.distillation import WithProjections, feature_loss, soft_target_loss
+        from kompaktor.surgery import stored_elements, width_reduce
+        from kompaktor.surgery.batches import sample
+        from kompaktor.training import fit
+
         p = ctx.params
         teacher = _teacher(ctx)
         student = copy.deepcopy(ctx.model.require_module("distill"))
         example = sample(ctx.dataset)
         before = stored_elements(student)
+        _check_shapes(teacher, student, example)  # before any work: the input already shows it
         if p.student.width_multiplier < 1.0:
             try:
                 student, removed = width_reduce(student, p.student.width_multiplier, example)
             except TypeError as error:
                 raise StageError(f"distill: params.student.widthMultiplier: {error}") from None
             ctx.log(f"distill: student has {removed} fewer channels")
-        _check_shapes(teacher, student, example)
-        from kompaktor.training import fit
-
-        student = fit(
-            student,
+            _check_shapes(teacher, student, example)
+        loss_fn = soft_target_loss(teacher, p.temperature, p.alpha)
+        trained: nn.Module = student
+        details: dict[str, Any] = {}
+        if p.feature_weight > 0:
+            torch.manual_seed(ctx.seed)  # the projections' initial weights
+            match = _match_features(p, teacher, student, example)
+            loss_fn = feature_loss(match, p.temperature, p.alpha, p.feature_weight)
+            trained = WithProjections(student, match.projections)
+            details = {"featurePairs": match.report(), "featureSkipped": match.skipped}
+            ctx.log(f"distill: matching {len(match.pairs)} hidden-feature pairs")
+        fit(
+            trained,
             ctx.dataset,
             epochs=p.epochs,
             lr=p.lr,
             batch_size=p.batch_size,
             seed=ctx.seed,
-            loss_fn=_distill_loss(teacher, p.temperature, p.alpha),
+            loss_fn=loss_fn,
             log=ctx.log,
+            on_epoch=_student_curve(ctx, student),
         )
         metrics = {
             "parametersInput": float(before),
             "parametersStudent": float(stored_elements(student)),
             "parametersTeacher": float(stored_elements(teacher)),
         }
-        return StageResult(module=student, metrics=metrics)
+        if p.feature_weight > 0:
+            metrics["featurePairs"] = float(len(details["featurePairs"]))
+        return StageResult(module=student, metrics=metrics, details=details)
+
+
+def _student_curve(
+    ctx: StageContext[DistillParams], student: nn.Module
+) -> Callable[[int, float], bool] | None:
+    """The student's validation curve, so HPO pruners can stop a distillation trial."""
+    if not len(ctx.dataset.targets("val")):
+        return None
+    from kompaktor.evaluate import scorer
+    from kompaktor.models import predictor_for
+    from kompaktor.models.predict import TorchPredictor
+
+    reference = predictor_for(ctx.reference) if ctx.metric == "fidelity" else None
+    score_val = scorer(ctx.metric, ctx.dataset, "val", reference)
+    epochs = ctx.params.epochs
+
+    def on_epoch(epoch: int, _loss: float) -> bool:
+        return ctx.curve.after_epoch(epoch, epochs, lambda: score_val(TorchPredictor(student)))
+
+    return on_epoch
 
 
 def _teacher(ctx: StageContext[DistillParams]) -> nn.Module:
@@ -125,6 +221,8 @@ def _teacher(ctx: StageContext[DistillParams]) -> nn.Module:
 def _check_shapes(
     teacher: nn.Module, student: nn.Module, example: tuple[torch.Tensor, ...]
 ) -> None:
+    import torch
+
     with torch.no_grad():
         t_shape, s_shape = tuple(teacher(*example).shape), tuple(student(*example).shape)
     if t_shape != s_shape:
@@ -134,37 +232,93 @@ def _check_shapes(
         )
 
 
-def _distill_loss(teacher: nn.Module, temperature: float, alpha: float) -> Any:
-    """fit's loss hook: the teacher's logits on the same batch, soft targets for the student.
+def _match_features(
+    p: DistillParams, teacher: nn.Module, student: nn.Module, example: tuple[torch.Tensor, ...]
+) -> FeatureMatch:
+    """Pair hidden layers (given, by name, or in order) whose outputs differ at most in width;
+    StageError when the user asked for feature matching and nothing can be matched."""
+    from torch import nn
 
-    The teacher stays outside the trained module, so fit neither optimizes it nor switches
-    its mode.
-    """
-    kd = optional_kernel("kd_loss") or kd_loss
+    from kompaktor.distillation import FeatureMatch, MatchedPair
+    from kompaktor.surgery import as_graph_module
+    from kompaktor.surgery.features import feature_view, hidden_layers
 
-    def loss_fn(
-        student: nn.Module, inputs: tuple[torch.Tensor, ...], targets: torch.Tensor
-    ) -> torch.Tensor:
-        with torch.no_grad():
-            soft = teacher(*inputs).detach()
-        result: torch.Tensor = kd(student(*inputs), soft, targets, temperature, alpha)
-        return result
-
-    return loss_fn
-
-
-def kd_loss(
-    student: torch.Tensor,
-    teacher: torch.Tensor,
-    labels: torch.Tensor,
-    temperature: float,
-    alpha: float,
-) -> torch.Tensor:
-    """The distillation loss in plain PyTorch (what kompaktor_kernels.kd_loss fuses)."""
-    soft = F.kl_div(
-        F.log_softmax(student / temperature, dim=-1),
-        F.log_softmax(teacher / temperature, dim=-1),
-        log_target=True,
-        reduction="batchmean",
+    graphs = []
+    for role, module in (("teacher", teacher), ("student", student)):
+        try:
+            graphs.append(as_graph_module(module, example))
+        except TypeError as error:
+            raise StageError(f"distill: params.featureWeight: the {role}: {error}") from None
+    t_gm, s_gm = graphs
+    t_layers = {layer.name: layer for layer in hidden_layers(t_gm, example)}
+    s_layers = {layer.name: layer for layer in hidden_layers(s_gm, example)}
+    if p.feature_layers:
+        candidates = []
+        for index, given in enumerate(p.feature_layers):
+            for role, name, layers in (
+                ("teacher", given.teacher, t_layers),
+                ("student", given.student, s_layers),
+            ):
+                if name not in layers:
+                    known = ", ".join(layers) or "none"
+                    raise StageError(
+                        f"distill: params.featureLayers[{index}].{role}: {name!r} is not a "
+                        f"hidden conv/linear layer of the {role} (hidden layers: {known})"
+                    )
+            candidates.append((t_layers[given.teacher], s_layers[given.student]))
+    else:
+        shared = [name for name in s_layers if name in t_layers]
+        candidates = (
+            [(t_layers[name], s_layers[name]) for name in shared]
+            if shared
+            else list(zip(t_layers.values(), s_layers.values(), strict=False))
+        )
+    pairs: list[MatchedPair] = []
+    projections = nn.ModuleDict()
+    skipped = []
+    for t, s in candidates:
+        problem = _mismatch(t, s, p.feature_projection)
+        if problem is not None:
+            if p.feature_layers:
+                raise StageError(f"distill: params.featureLayers: {t.name} ↔ {s.name}: {problem}")
+            skipped.append(f"{t.name} ↔ {s.name}: {problem}")
+            continue
+        key = None
+        if t.width != s.width:
+            key = f"p{len(projections)}"
+            projections[key] = nn.Linear(s.width, t.width, bias=False)
+        pairs.append(MatchedPair(t, s, key))
+    if not pairs:
+        why = "; ".join(skipped) if skipped else "the teacher or the student has no hidden layer"
+        raise StageError(
+            f"distill: params.featureWeight: no teacher/student layer pair can be matched "
+            f"({why}); name pairs in params.featureLayers or set featureWeight to 0"
+        )
+    return FeatureMatch(
+        pairs,
+        feature_view(t_gm, [pair.teacher.name for pair in pairs]),
+        feature_view(s_gm, [pair.student.name for pair in pairs]),
+        projections,
+        skipped,
     )
-    return alpha * temperature**2 * soft + (1 - alpha) * F.cross_entropy(student, labels)
+
+
+def _mismatch(t: HiddenLayer, s: HiddenLayer, projection: bool) -> str | None:
+    """Why a pair's outputs cannot be compared (None: they can)."""
+    shapes = f"output shapes {t.shape} and {s.shape}"
+    if len(t.shape) != len(s.shape) or t.channel_dim != s.channel_dim:
+        return f"{shapes} have different layouts"
+    if any(
+        a != b for i, (a, b) in enumerate(zip(t.shape, s.shape, strict=True)) if i != t.channel_dim
+    ):
+        return f"{shapes} differ beyond the feature width"
+    if t.width != s.width and not projection:
+        return f"widths {s.width} and {t.width} differ and featureProjection is false"
+    return None
+
+
+def _format(uri: str) -> ModelFormat | None:
+    try:
+        return format_of(uri)
+    except ValueError:
+        return None

@@ -24,6 +24,7 @@ from optuna.distributions import (
 )
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from kompaktor.api.run import MAX_CURVE, PrunerSpec, TrialContext, TrialPoint
 from kompaktor.api.status import TrialRecord
 from kompaktor.errors import StageError
 from kompaktor.evaluate import higher_is_better
@@ -140,10 +141,36 @@ class HpoParams(StageParams):
         description="How the winner is picked among trials whose metric is within the job's "
         "maxDrop of the input model: best metric, lowest latency, or smallest size.",
     )
-    pruner: Literal["none", "median"] = Field(
+    pruner: Literal["none", "median", "percentile", "successiveHalving", "hyperband"] = Field(
         "none",
-        description="median: stop a trial early when its reported progress is worse than the "
-        "median of earlier trials at the same step.",
+        description="Stop unpromising trials early, judged on their validation curve (one point "
+        "per training epoch; targets train and prune): median (worse than the median of "
+        "complete trials at the same point), percentile (outside the best `percentile` %), "
+        "successiveHalving or hyperband (keep the best 1/reductionFactor at each rung).",
+    )
+    startup_trials: int = Field(
+        5, ge=0, description="median, percentile: trials that complete before any is pruned."
+    )
+    warmup_steps: int = Field(
+        0,
+        ge=0,
+        description="median, percentile: curve points every trial reports before it can be pruned.",
+    )
+    percentile: float = Field(
+        25.0,
+        gt=0,
+        lt=100,
+        description="percentile: keep trials whose curve is in the best `percentile` % of "
+        "complete trials at the same point; prune the rest.",
+    )
+    min_resource: int = Field(
+        1, ge=1, description="successiveHalving, hyperband: curve points before the first rung."
+    )
+    reduction_factor: int = Field(
+        3,
+        ge=2,
+        description="successiveHalving, hyperband: the best 1/reductionFactor of trials "
+        "go on at each rung.",
     )
     seed: int | None = Field(None, description="Sampler seed (default: the job's seed).")
 
@@ -171,6 +198,28 @@ class HpoParams(StageParams):
                 "for several objectives"
             )
         return self
+
+
+#: The pruner options and the pruners that use them.
+PRUNER_OPTIONS: dict[str, tuple[str, ...]] = {
+    "startup_trials": ("median", "percentile"),
+    "warmup_steps": ("median", "percentile"),
+    "percentile": ("percentile",),
+    "min_resource": ("successiveHalving", "hyperband"),
+    "reduction_factor": ("successiveHalving", "hyperband"),
+}
+#: Most bytes of finished trials a trial's context carries (a command-line argument).
+MAX_CONTEXT_BYTES = 64 * 1024
+#: The only metrics a trial keeps: enough to rank, gate and report it, small enough for 300 trials.
+TRIAL_METRICS = (
+    "metric",
+    "valMetric",
+    "referenceMetric",
+    "referenceValMetric",
+    "latencyMs",
+    "sizeBytes",
+    "parameters",
+)
 
 
 def distributions(params: HpoParams) -> dict[str, BaseDistribution]:
@@ -209,11 +258,11 @@ def check(params: HpoParams, plan: PlanContext | None = None) -> None:
                 raise ValueError(f"params.space.{key}: a grid search needs step or choices")
         if grid_size(distributions(params)) > MAX_GRID:
             raise ValueError(f"params.space: the grid has more than {MAX_GRID} points")
-    point = trial_params(params, _first_point(params))
-    try:
-        target_params = _params_model(target).model_validate(point)
-    except ValidationError as error:
-        raise ValueError("\n".join(_describe(params, target.type, error))) from None
+    target_params = _validated(params, target, _first_point(params))
+    for key, values in _extremes(params).items():
+        for value in values:  # every end of a range and every choice must work
+            _validated(params, target, {**_first_point(params), key: value})
+    _check_pruner(params, target)
     if plan is not None:
         if plan.input_format not in target.accepts:
             accepted = ", ".join(sorted(target.accepts))
@@ -225,6 +274,79 @@ def check(params: HpoParams, plan: PlanContext | None = None) -> None:
             target().check(target_params, plan)
         except ValueError as error:
             raise ValueError(f"params.target ({params.target}): {error}") from None
+
+
+def _validated(params: HpoParams, target: type[Stage[Any]], point: dict[str, Any]) -> StageParams:
+    try:
+        return _params_model(target).model_validate(trial_params(params, point))
+    except ValidationError as error:
+        raise ValueError("\n".join(_describe(params, target.type, error))) from None
+
+
+def _extremes(params: HpoParams) -> dict[str, list[Any]]:
+    """Each searched param's end points: low and high of a range, or every choice."""
+    ends: dict[str, list[Any]] = {}
+    for key, space in params.space.items():
+        if space.kind == "categorical":
+            ends[key] = list(space.choices or [])
+        else:
+            dist = space.distribution()
+            assert isinstance(dist, IntDistribution | FloatDistribution)
+            ends[key] = [dist.low, dist.high]  # high as Optuna adjusts it to the step
+    return ends
+
+
+def _check_pruner(params: HpoParams, target: type[Stage[Any]]) -> None:
+    for option, pruners in PRUNER_OPTIONS.items():
+        if option in params.model_fields_set and params.pruner not in pruners:
+            raise ValueError(
+                f"params.{_camel(option)}: only used with pruner: {' or '.join(pruners)} "
+                f"(pruner is {params.pruner})"
+            )
+    if params.pruner == "none":
+        return
+    if len(params.objectives) > 1:
+        raise ValueError(
+            f"params.pruner: Optuna prunes single-objective searches only (objectives: "
+            f"{', '.join(params.objectives)}); use pruner: none"
+        )
+    if not target.reports_curve:
+        from kompaktor.stages.base import registry
+
+        able = " or ".join(sorted(t for t, s in registry().items() if s.reports_curve))
+        raise ValueError(
+            f"params.pruner: target {params.target} reports no per-epoch validation curve to "
+            f"prune on (pruning works with target {able}); use pruner: none"
+        )
+    points = curve_points(params)
+    if params.pruner in ("successiveHalving", "hyperband") and params.min_resource > points:
+        raise ValueError(
+            f"params.minResource: {params.min_resource} is more than the {points} curve "
+            f"points a trial reports at most"
+        )
+
+
+def max_epochs(params: HpoParams) -> int:
+    """The most training epochs a trial can run: the target at the high end of the space."""
+    target = _target_stage(params)
+    point: dict[str, Any] = {}
+    for key, ends in _extremes(params).items():
+        numbers = [v for v in ends if isinstance(v, int | float) and not isinstance(v, bool)]
+        point[key] = max(numbers) if numbers else ends[0]
+    try:
+        return target().epochs(_params_model(target).model_validate(trial_params(params, point)))
+    except ValidationError:
+        return MAX_CURVE
+
+
+def curve_stride(params: HpoParams) -> int:
+    """Epochs per curve point, the same for every trial, so curves compare point by point."""
+    return max(1, -(-max_epochs(params) // MAX_CURVE))
+
+
+def curve_points(params: HpoParams) -> int:
+    """The most curve points a trial reports (Hyperband's maximum resource)."""
+    return max(1, -(-max_epochs(params) // curve_stride(params)))
 
 
 def _target_stage(params: HpoParams) -> type[Stage[Any]]:
@@ -273,12 +395,14 @@ def _first_point(params: HpoParams) -> dict[str, Any]:
 
 
 def _describe(params: HpoParams, target: str, error: ValidationError) -> list[str]:
+    from kompaktor.stages.validate import _message
+
     lines = []
     for item in error.errors():
         key = str(item["loc"][0]) if item["loc"] else ""
         rest = "".join(f".{part}" for part in item["loc"][1:])
         where = "space" if key in params.space else "base"
-        message = str(item["msg"]).removeprefix("Value error, ")
+        message = _message(item)
         if item["type"] == "missing":
             message = f"{target} requires it; set it in params.base or params.space"
         lines.append(f"params.{where}.{key}{rest}: {message}")
@@ -336,7 +460,7 @@ def _grid(
 
 def _observed(record: TrialRecord) -> Observed:
     state = record.state if record.state in _FINISHED else "Running"
-    return Observed(record.params, state, record.values)  # type: ignore[arg-type]
+    return Observed(record.params, state, record.values, record.curve)  # type: ignore[arg-type]
 
 
 def _startup(params: HpoParams) -> int:
@@ -367,10 +491,14 @@ def trial_params(params: HpoParams, suggested: Mapping[str, Any]) -> dict[str, A
 
 
 def trial_values(params: HpoParams, metrics: Mapping[str, float], metric_name: str) -> list[float]:
-    """A finished run's objective values, in `objectives` order, from its metrics."""
+    """A finished run's objective values, in `objectives` order, from its metrics. The metric
+    objective is the validation metric when the run has one: the test split never steers the
+    search."""
     values = []
     for objective in params.objectives:
         key = OBJECTIVE_METRICS[objective]
+        if objective == "metric" and "valMetric" in metrics:
+            key = "valMetric"
         if key not in metrics and objective == "metric" and metric_name in metrics:
             key = metric_name
         if key not in metrics:
@@ -408,33 +536,126 @@ def select_best(
     baseline: float | None,
     max_drop: float,
 ) -> TrialRecord | None:
-    """The winner by `select` among complete trials within `max_drop` of `baseline`; None when
-    no trial is. Ties go to the better metric, then to the earlier trial."""
+    """The winner by `select` among complete trials within `max_drop` of the input model; None
+    when no trial is. Ties go to the better metric, then to the earlier trial.
+
+    Trials are ranked and bounded on validation rows (`ranked`) when they have them, against
+    the input model's figure on the same rows; `baseline` stands in when a record has none.
+    A trial's standing depends on its own record only, so a trial that is not the winner now
+    never becomes it later (the plan keeps only the leader's output in status).
+    """
     sign = 1.0 if higher_is_better(metric_name) else -1.0
-    eligible = [
-        r
-        for r in records
-        if r.state == "Complete"
-        and "metric" in r.metrics
-        and within_drop(r.metrics["metric"], baseline, max_drop, metric_name)
-    ]
+    eligible = []
+    for r in records:
+        figure = ranked(r)
+        if r.state == "Complete" and figure is not None:
+            value, own = figure
+            if within_drop(value, baseline if own is None else own, max_drop, metric_name):
+                eligible.append((r, value))
     if params.select != "best-metric":
         key = "latencyMs" if params.select == "fastest-within-drop" else "sizeBytes"
-        eligible = [r for r in eligible if key in r.metrics]
+        eligible = [(r, v) for r, v in eligible if key in r.metrics]
         if not eligible:
             return None
-        return min(eligible, key=lambda r: (r.metrics[key], -sign * r.metrics["metric"], r.number))
+        return min(eligible, key=lambda rv: (rv[0].metrics[key], -sign * rv[1], rv[0].number))[0]
     if not eligible:
         return None
-    return min(eligible, key=lambda r: (-sign * r.metrics["metric"], r.number))
+    return min(eligible, key=lambda rv: (-sign * rv[1], rv[0].number))[0]
+
+
+def ranked(record: TrialRecord) -> tuple[float, float | None] | None:
+    """The figure a trial is ranked by, and the input model's figure on the same rows: the
+    validation metric when the run measured one, else the test metric."""
+    if "valMetric" in record.metrics:
+        return record.metrics["valMetric"], record.metrics.get("referenceValMetric")
+    if "metric" in record.metrics:
+        return record.metrics["metric"], record.metrics.get("referenceMetric")
+    return None
+
+
+# ---- pruning across processes -------------------------------------------------------------
+
+
+def pruner_spec(params: HpoParams) -> PrunerSpec | None:
+    """What a trial needs to rebuild the pruner (None: no pruning)."""
+    if params.pruner == "none":
+        return None
+    return PrunerSpec(
+        name=params.pruner,
+        startup_trials=params.startup_trials,
+        warmup_steps=params.warmup_steps,
+        percentile=params.percentile,
+        min_resource=params.min_resource,
+        reduction_factor=params.reduction_factor,
+        max_resource=curve_points(params),
+    )
+
+
+def trials_report(records: Sequence[TrialRecord]) -> list[dict[str, Any]]:
+    """Every trial as the hpo stage's result.json lists it (plan-run and in-process alike)."""
+    return [
+        {
+            "number": r.number,
+            "params": r.params,
+            "state": r.state,
+            "values": r.values,
+            "curve": r.curve,
+            **({"message": r.message} if r.message else {}),
+        }
+        for r in records
+    ]
+
+
+def trial_key_params(params: HpoParams, suggested: Mapping[str, Any]) -> dict[str, Any]:
+    """What a trial's cache key covers: its target params, plus the pruner when there is one
+    (a pruned result must not stand in for a run that nothing would have stopped)."""
+    spec = pruner_spec(params)
+    point = trial_params(params, suggested)
+    return point if spec is None else {**point, "hpoPruner": spec.model_dump(mode="json")}
+
+
+def trial_context(
+    params: HpoParams, records: Sequence[TrialRecord], number: int, *, metric_name: str
+) -> TrialContext | None:
+    """What trial `number` is started with when the search prunes: the pruner, the curve
+    stride, and the finished trials numbered below it (newest first up to MAX_CONTEXT_BYTES)."""
+    spec = pruner_spec(params)
+    if spec is None:
+        return None
+    history: list[TrialPoint] = []
+    size = 0
+    for record in sorted(records, key=lambda r: -r.number):
+        if record.number >= number or record.state not in ("Complete", "Pruned"):
+            continue
+        if record.state == "Pruned" and not record.curve:
+            continue
+        value = record.values[0] if record.state == "Complete" and record.values else None
+        point = TrialPoint(
+            number=record.number,
+            state=record.state,  # type: ignore[arg-type]
+            value=value,
+            curve=list(record.curve or [])[:MAX_CURVE],
+        )
+        size += len(point.model_dump_json(by_alias=True)) + 1
+        if size > MAX_CONTEXT_BYTES:
+            break
+        history.append(point)
+    return TrialContext(
+        number=number,
+        maximize=maximize(params, metric_name)[0],
+        stride=curve_stride(params),
+        pruner=spec,
+        history=sorted(history, key=lambda p: p.number),
+    )
 
 
 # ---- the stage ------------------------------------------------------------------------------
 
 
 class HpoStage(Stage[HpoParams]):
-    """The plan runs an hpo stage's trials (as pods, or local processes) through the functions
-    above; a single `kompaktor stage run --type hpo` has no trials to run and says so."""
+    """In a job, the plan runs an hpo stage's trials (as pods, or local processes) through the
+    functions above. `kompaktor stage run --type hpo` runs the same search in-process: trials
+    one after another, in batches of `parallelism` proposed together as the plan would."""
 
     Params: ClassVar[type[StageParams]] = HpoParams
     type: ClassVar[str] = "hpo"
@@ -449,8 +670,10 @@ class HpoStage(Stage[HpoParams]):
     def check(self, params: HpoParams, plan: PlanContext) -> None:
         check(params, plan)
 
+    def preflight(self, params: HpoParams) -> None:
+        check(params)
+
     def run(self, ctx: StageContext[HpoParams]) -> StageResult:
-        raise StageError(
-            "hpo: trials run as separate stage runs driven by the job's plan; run the job "
-            "(`kompaktor run job.yaml`) rather than a single hpo stage"
-        )
+        from kompaktor.stages.hpo_inprocess import run_search
+
+        return run_search(ctx)

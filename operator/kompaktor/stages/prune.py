@@ -9,35 +9,17 @@ is what makes it smaller and faster on any runtime.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping
-from typing import Any, ClassVar, Literal
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
 from pydantic import Field, ValidationInfo, field_validator
-from torch import fx, nn
 
 from kompaktor.errors import StageError
 from kompaktor.stages.base import PlanContext, Stage, StageContext, StageParams, StageResult
-from kompaktor.surgery import (
-    as_graph_module,
-    channel_groups,
-    channel_l1_scores,
-    channel_taylor_scores,
-    hold_masks,
-    keep_top,
-    linear_modules,
-    magnitude_scores,
-    masks_for_sparsity,
-    multiply_adds,
-    prunable_weights,
-    remove_channels,
-    sparsity_of,
-    sparsity_schedule,
-    stored_elements,
-    taylor_scores,
-)
-from kompaktor.surgery.batches import batches, sample, task_loss
-from kompaktor.surgery.kernels import optional_kernel
+
+if TYPE_CHECKING:
+    import torch
+    from torch import fx, nn
 
 
 class PruneParams(StageParams):
@@ -123,6 +105,10 @@ class PruneParams(StageParams):
 class PruneStage(Stage[PruneParams]):
     type: ClassVar[str] = "prune"
     Params = PruneParams
+    reports_curve: ClassVar[bool] = True
+
+    def epochs(self, params: PruneParams) -> int:
+        return params.steps * params.fine_tune_epochs
 
     def check(self, params: PruneParams, plan: PlanContext) -> None:
         if params.method == "structured" and plan.input_format != "pt2":
@@ -140,6 +126,14 @@ class PruneStage(Stage[PruneParams]):
 
 
 def _unstructured(ctx: StageContext[PruneParams], module: nn.Module) -> StageResult:
+    from kompaktor.surgery import (
+        hold_masks,
+        masks_for_sparsity,
+        prunable_weights,
+        sparsity_of,
+        sparsity_schedule,
+    )
+
     p = ctx.params
     weights = prunable_weights(module, p.skip, p.keep_output_layer)
     if not weights:
@@ -152,9 +146,11 @@ def _unstructured(ctx: StageContext[PruneParams], module: nn.Module) -> StageRes
             scores[name] = scores[name].masked_fill(~mask, -1.0)
         masks = masks_for_sparsity(scores, target, p.scope or "global")
         with hold_masks(weights, masks):
-            _fine_tune(ctx, module, step)
+            stop = _fine_tune(ctx, module, step)
         ctx.log(f"prune: step {step + 1}/{p.steps}: sparsity {sparsity_of(weights):.4f}")
         ctx.report(step, sparsity_of(weights))
+        if stop:
+            break
     details: dict[str, Any] = {
         "layers": {name: round(sparsity_of({name: w}), 4) for name, w in weights.items()},
         "schedule": [round(t, 4) for t in targets],
@@ -172,6 +168,9 @@ def _unstructured(ctx: StageContext[PruneParams], module: nn.Module) -> StageRes
 def _weight_scores(
     ctx: StageContext[PruneParams], module: nn.Module, weights: Mapping[str, nn.Parameter]
 ) -> dict[str, torch.Tensor]:
+    from kompaktor.surgery import magnitude_scores, taylor_scores
+    from kompaktor.surgery.batches import batches, task_loss
+
     if ctx.params.method == "magnitude":
         return magnitude_scores(weights)
     data = batches(ctx.dataset, "train", ctx.params.batch_size, ctx.params.taylor_batches, ctx.seed)
@@ -179,6 +178,17 @@ def _weight_scores(
 
 
 def _structured(ctx: StageContext[PruneParams], module: nn.Module) -> StageResult:
+    from kompaktor.surgery import (
+        as_graph_module,
+        channel_groups,
+        keep_top,
+        multiply_adds,
+        remove_channels,
+        sparsity_schedule,
+        stored_elements,
+    )
+    from kompaktor.surgery.batches import sample
+
     p = ctx.params
     example = sample(ctx.dataset)
     try:
@@ -194,9 +204,11 @@ def _structured(ctx: StageContext[PruneParams], module: nn.Module) -> StageResul
         scores = _channel_scores(ctx, gm, groups)
         keep = {n: keep_top(scores[n], original[n] - round(target * original[n])) for n in groups}
         removed += remove_channels(gm, groups, keep)
-        _fine_tune(ctx, gm, step)
+        stop = _fine_tune(ctx, gm, step)
         ctx.log(f"prune: step {step + 1}/{p.steps}: {removed} channels removed")
         ctx.report(step, float(removed))
+        if stop:
+            break
     after = channel_groups(gm, example)
     total = sum(original[n] for n in names)
     metrics = {
@@ -214,6 +226,8 @@ def _structured(ctx: StageContext[PruneParams], module: nn.Module) -> StageResul
 def _structured_layers(
     gm: fx.GraphModule, example: tuple[torch.Tensor, ...], skip: tuple[str, ...]
 ) -> list[str]:
+    from kompaktor.surgery import channel_groups
+
     groups = channel_groups(gm, example)
     names = [n for n in groups if not any(fnmatch.fnmatchcase(n, pat) for pat in skip)]
     if not names:
@@ -228,19 +242,41 @@ def _structured_layers(
 def _channel_scores(
     ctx: StageContext[PruneParams], gm: fx.GraphModule, groups: Mapping[str, Any]
 ) -> dict[str, torch.Tensor]:
+    from kompaktor.surgery import channel_l1_scores, channel_taylor_scores
+    from kompaktor.surgery.batches import batches, task_loss
+
     if (ctx.params.criterion or "l1") == "l1":
         return channel_l1_scores(gm, groups)
     data = batches(ctx.dataset, "train", ctx.params.batch_size, ctx.params.taylor_batches, ctx.seed)
     return channel_taylor_scores(gm, groups, data, task_loss(ctx.dataset))
 
 
-def _fine_tune(ctx: StageContext[PruneParams], module: nn.Module, step: int) -> None:
-    """Fine-tune in place (fit may hand back another object: its weights are copied back)."""
+def _fine_tune(ctx: StageContext[PruneParams], module: nn.Module, step: int) -> bool:
+    """Fine-tune in place (fit may hand back another object: its weights are copied back).
+
+    Each epoch may add a point to the validation curve (epochs counted across all steps);
+    True means an HPO pruner stopped the trial, so no further step should run.
+    """
     p = ctx.params
     if p.fine_tune_epochs == 0:
-        return
+        return False
+    from kompaktor.evaluate import scorer
+    from kompaktor.models import predictor_for
+    from kompaktor.models.predict import TorchPredictor
     from kompaktor.training import fit
 
+    callback: Callable[[int, float], bool] | None = None
+    if len(ctx.dataset.targets("val")):  # no val split: no curve (train holds rows out)
+        reference = predictor_for(ctx.reference) if ctx.metric == "fidelity" else None
+        score_val = scorer(ctx.metric, ctx.dataset, "val", reference)
+        total = PruneStage().epochs(p)
+
+        def on_epoch(epoch: int, _loss: float) -> bool:
+            return ctx.curve.after_epoch(
+                step * p.fine_tune_epochs + epoch, total, lambda: score_val(TorchPredictor(module))
+            )
+
+        callback = on_epoch
     trained = fit(
         module,
         ctx.dataset,
@@ -250,9 +286,11 @@ def _fine_tune(ctx: StageContext[PruneParams], module: nn.Module, step: int) -> 
         l1=p.l1,
         seed=ctx.seed + step,
         log=ctx.log,
+        on_epoch=callback,
     )
     if trained is not module:
         module.load_state_dict(trained.state_dict())
+    return ctx.curve.pruned
 
 
 def _sparse_runtime(
@@ -262,6 +300,12 @@ def _sparse_runtime(
     details: dict[str, Any],
 ) -> nn.Module:
     """Swap pruned linear layers for SparseLinear; stay dense if the kernels are missing."""
+    import torch
+    from torch import fx
+
+    from kompaktor.surgery import linear_modules
+    from kompaktor.surgery.kernels import optional_kernel
+
     sparsify = optional_kernel("sparsify")
     if sparsify is None:
         ctx.log("prune: kompaktor_kernels.sparsify is not available; output stays dense")

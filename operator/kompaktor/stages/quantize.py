@@ -16,18 +16,8 @@ import numpy as np
 from pydantic import Field
 
 from kompaktor.errors import StageError
-from kompaktor.models import ModelFormat, save_onnx
-from kompaktor.quant import (
-    CalibrationReader,
-    check_calibration_shapes,
-    fake_quantize,
-    onnx_inputs,
-    strip_fake_quant,
-    torch_inputs,
-)
+from kompaktor.models import ModelFormat
 from kompaktor.stages.base import PlanContext, Stage, StageContext, StageParams, StageResult
-from kompaktor.surgery import as_graph_module
-from kompaktor.surgery.batches import sample
 
 IntType = Literal["int8", "uint8"]
 
@@ -104,11 +94,15 @@ class QuantizeStage(Stage[QuantizeParams]):
 def _float_onnx(ctx: StageContext[QuantizeParams]) -> Path:
     """The fp32 ONNX model to quantize: the input itself, or the torch model exported (after
     fake-quant fine-tuning for qat)."""
+    from kompaktor.models import save_onnx
+    from kompaktor.quant import torch_inputs
+    from kompaktor.surgery.batches import sample
+
     if ctx.model.format == "onnx":
         if ctx.params.mode == "qat":
             raise StageError("quantize: params.mode: qat needs a PyTorch model (got onnx)")
         return ctx.model.path
-    module = ctx.model.require_module("quantize")
+    module = _materialized(ctx, ctx.model.require_module("quantize"))
     _check_shapes(ctx, torch_inputs(module))
     example = sample(ctx.dataset)
     if ctx.params.mode == "qat":
@@ -118,7 +112,26 @@ def _float_onnx(ctx: StageContext[QuantizeParams]) -> Path:
     return path
 
 
+def _materialized(ctx: StageContext[QuantizeParams], module: Any) -> Any:
+    """A copy whose computed weights (a weight-shared model's codebook gathers) are stored
+    floats again: the int8 quantizers only quantize weights that are constants."""
+    from torch import fx
+
+    from kompaktor.compression.materialize import materialize
+
+    if not isinstance(module, fx.GraphModule):
+        return module
+    copied = copy.deepcopy(module)
+    folded = materialize(copied)
+    if not folded:
+        return module
+    ctx.log(f"quantize: stored {len(folded)} computed weights as floats ({', '.join(folded)})")
+    return copied
+
+
 def _qat(ctx: StageContext[QuantizeParams], module: Any, example: tuple[Any, ...]) -> Any:
+    from kompaktor.quant import fake_quantize, strip_fake_quant
+    from kompaktor.surgery import as_graph_module
     from kompaktor.training import fit
 
     p = ctx.params
@@ -145,6 +158,8 @@ def _qat(ctx: StageContext[QuantizeParams], module: Any, example: tuple[Any, ...
 
 def _static(ctx: StageContext[QuantizeParams], source: Path, target: Path) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+    from kompaktor.quant import CalibrationReader, onnx_inputs
 
     p = ctx.params
     arrays = [np.asarray(x) for x in ctx.dataset.inputs("train")]
@@ -173,6 +188,8 @@ def _check_shapes(
     ctx: StageContext[QuantizeParams], inputs: list[tuple[str, list[int | str]]] | None
 ) -> None:
     """StageError naming both shapes when the dataset cannot feed the model (None: unknown)."""
+    from kompaktor.quant import check_calibration_shapes
+
     if inputs is None:
         return
     field = "params.calibrationSamples " if ctx.params.mode in ("static", "qat") else ""

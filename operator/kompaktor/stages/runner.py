@@ -24,13 +24,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic import ValidationError
+
 from kompaktor.api.run import EXIT_FAILED, EXIT_INVALID, EXIT_OK, LOG_FILE, RunFailure, RunRecord
 from kompaktor.errors import JobSpecError, KompaktorError, StageError
 
 if TYPE_CHECKING:
     from kompaktor.data import Dataset
     from kompaktor.models import LoadedModel, ModelFormat
-    from kompaktor.stages.base import StageContext, StageResult
+    from kompaktor.stages.base import Curve, StageContext, StageResult
     from kompaktor.stages.outputs import OutputPrefix, RunLog
 
 #: The quick latency figure every run reports (benchmark measures properly).
@@ -51,6 +53,10 @@ class StageRequest:
     metric: str = "accuracy"
     task: Literal["classification", "regression"] = "classification"
     seed: int = 0
+    #: An HPO trial's context (TrialContext as JSON): the pruner and the finished trials.
+    trial: dict[str, Any] | None = None
+    #: The job's objective.maxDrop (hpo run standalone picks its winner within it).
+    max_drop: float | None = None
 
 
 class StageRunError(KompaktorError):
@@ -83,6 +89,17 @@ def build_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     run.add_argument("--metric", default="accuracy", choices=["accuracy", "fidelity", "mse"])
     run.add_argument("--task", default="classification", choices=["classification", "regression"])
     run.add_argument("--seed", type=int, default=0)
+    run.add_argument(
+        "--trial",
+        help="HPO trial context as JSON (the pruner and the finished trials' curves); the plan "
+        "passes it when the hpo stage has a pruner",
+    )
+    run.add_argument(
+        "--max-drop",
+        type=float,
+        help="the job's objective.maxDrop: a standalone hpo run picks its winner among trials "
+        "within it (default: no bound)",
+    )
     run.set_defaults(handler=main_stage)
 
 
@@ -101,6 +118,8 @@ def main_stage(args: argparse.Namespace) -> int:
             metric=args.metric,
             task=args.task,
             seed=args.seed,
+            trial=_parse_json_object(args.type, "--trial", args.trial) if args.trial else None,
+            max_drop=args.max_drop,
         )
         record = run_stage(request)
     except StageRunError as error:
@@ -113,6 +132,10 @@ def main_stage(args: argparse.Namespace) -> int:
 
 
 def _parse_params_json(stage_type: str, text: str) -> dict[str, Any]:
+    return _parse_json_object(stage_type, "--params", text)
+
+
+def _parse_json_object(stage_type: str, option: str, text: str) -> dict[str, Any]:
     try:
         params = json.loads(text)
     except json.JSONDecodeError as error:
@@ -121,7 +144,7 @@ def _parse_params_json(stage_type: str, text: str) -> dict[str, Any]:
         problem = "must be a JSON object"
     if isinstance(params, dict):
         return params
-    message = f"stage ({stage_type}): --params: {problem}"
+    message = f"stage ({stage_type}): {option}: {problem}"
     failure = RunFailure(type=stage_type, reason="InvalidParams", message=message, retryable=False)
     raise StageRunError(failure, EXIT_INVALID)
 
@@ -167,6 +190,11 @@ def _execute(request: StageRequest, work: Path, out: OutputPrefix, log: RunLog) 
     with EnergyMeter() as meter:
         params = parse_params(request.type, request.params, where=f"stage ({request.type})")
         stage = registry()[request.type]()
+        try:
+            stage.preflight(params)
+        except ValueError as error:
+            raise JobSpecError(f"stage ({request.type}): {error}") from None
+        curve = _curve(request, stage.reports_curve, log)
         seed_everything(request.seed)
         model, reference, dataset = _load_inputs(request, work, log)
         if model.format not in stage.accepts:
@@ -189,11 +217,13 @@ def _execute(request: StageRequest, work: Path, out: OutputPrefix, log: RunLog) 
             resolve=lambda uri: _fetch(uri, work / "resolved"),
             log=log,
             report=lambda step, value: log(f"report step {step}: {value:.6g}"),
+            curve=curve,
+            max_drop=request.max_drop,
         )
         log(f"running stage {request.type} with {json.dumps(request.params, sort_keys=True)}")
         result = stage.run(ctx)
-        path, model_format = _write_model(result, dataset, work, request.type)
-        metrics = _output_metrics(request.metric, path, reference, dataset, result.metrics)
+        path, model_format = write_model(result, dataset, work, request.type)
+        metrics = output_metrics(request.metric, path, reference, dataset, result.metrics)
         metrics.update(before)
         output = out.put_model(path, model_format)
         log(f"output {request.metric}: {metrics['metric']:.4f}, "
@@ -207,6 +237,8 @@ def _execute(request: StageRequest, work: Path, out: OutputPrefix, log: RunLog) 
         format=model_format,
         metrics=metrics,
         details={**result.details, "energyParts": reading.parts},
+        curve=curve.points,
+        pruned=curve.pruned,
         start_time=started,
         completion_time=_now(),
         duration_seconds=reading.wall_seconds,
@@ -215,6 +247,35 @@ def _execute(request: StageRequest, work: Path, out: OutputPrefix, log: RunLog) 
         energy_method=reading.method,
         node=os.environ.get("KOMPAKTOR_NODE_NAME") or socket.gethostname(),
     )
+
+
+def _curve(request: StageRequest, reports: bool, log: RunLog) -> Curve:
+    """The run's validation curve; in an HPO trial with a pruner, wired to the rebuilt study."""
+    from kompaktor.api.run import TrialContext
+    from kompaktor.evaluate import higher_is_better
+    from kompaktor.stages.base import Curve
+
+    maximize = higher_is_better(request.metric)
+    if request.trial is None:
+        return Curve(maximize=maximize, log=log)
+    try:
+        context = TrialContext.model_validate(request.trial)
+    except ValidationError as error:
+        from kompaktor.stages.validate import describe_errors
+
+        lines = describe_errors(error, f"stage ({request.type}): --trial.")
+        raise JobSpecError("\n".join(lines)) from None
+    if not reports:
+        log(f"trial {context.number}: {request.type} reports no validation curve; no pruning")
+        return Curve(maximize=maximize, log=log)
+    from kompaktor.search.pruning import TrialPruner
+
+    pruner = TrialPruner(context)
+    log(
+        f"trial {context.number}: {context.pruner.name} pruner over "
+        f"{len(context.history)} finished trials, a point every {context.stride} epoch(s)"
+    )
+    return Curve(stride=context.stride, prune=pruner.report, maximize=maximize, log=log)
 
 
 def _fetch(uri: str, dest: Path) -> Path:
@@ -255,18 +316,21 @@ def _input_metrics(
     name: str, model: LoadedModel, reference: LoadedModel, dataset: Dataset
 ) -> dict[str, float]:
     """Measured before the stage runs, since a stage may change its input module in place."""
-    from kompaktor.evaluate import metric
+    from kompaktor.evaluate import has_rows, metric
     from kompaktor.models import predictor_for
 
     ref = predictor_for(reference)
     against = ref if name == "fidelity" else None
-    return {
+    figures = {
         "inputMetric": metric(name, predictor_for(model), dataset, "test", reference=against),
         "referenceMetric": metric(name, ref, dataset, "test", reference=against),
     }
+    if has_rows(dataset, "val"):
+        figures["referenceValMetric"] = metric(name, ref, dataset, "val", reference=against)
+    return figures
 
 
-def _output_metrics(
+def output_metrics(
     name: str,
     path: Path,
     reference: LoadedModel,
@@ -276,11 +340,18 @@ def _output_metrics(
     """The figures every run reports, measured on the saved file as it will ship.
 
     The stage's own metrics are kept, except that it cannot override these; a stage that
-    measured latency itself (benchmark) keeps its more careful figure.
+    measured latency itself (benchmark) keeps its more careful figure, and a stage that held
+    validation rows out of a dataset without a val split (train) keeps its valMetric.
     """
     import torch
 
-    from kompaktor.evaluate import measure_latency, metric, model_size_bytes, parameter_count
+    from kompaktor.evaluate import (
+        has_rows,
+        measure_latency,
+        metric,
+        model_size_bytes,
+        parameter_count,
+    )
     from kompaktor.models import load_model, predictor_for
 
     output = load_model(path)
@@ -292,6 +363,8 @@ def _output_metrics(
         sizeBytes=float(model_size_bytes(output)),
         parameters=float(parameter_count(output)),
     )
+    if has_rows(dataset, "val"):
+        metrics["valMetric"] = metric(name, predictor, dataset, "val", reference=against)
     if "latencyMs" not in stage_metrics:
         # One thread, as the benchmark stage defaults to: stable on a shared node, and what
         # an HPO latency objective should compare.
@@ -307,7 +380,7 @@ def _output_metrics(
     return metrics
 
 
-def _write_model(
+def write_model(
     result: StageResult, dataset: Dataset, work: Path, stage_type: str
 ) -> tuple[Path, ModelFormat]:
     """The stage's output as a file: a module is exported to .pt2, a path is taken as it is."""

@@ -1,13 +1,18 @@
-"""`train`: fine-tune the model on the train split (what HPO searches by default)."""
+"""`train`: fine-tune the model on the train split (what HPO searches by default).
+
+After each epoch the job's metric is measured on validation rows (`StageContext.curve`): the
+dataset's val split, or, when it has none, `validationFraction` of the train rows held out (a
+draw seeded by the run's seed) and never trained on. HPO ranks trials by that figure and its
+pruners stop a trial whose curve falls behind.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
 from kompaktor.stages.base import Stage, StageContext, StageParams, StageResult
-from kompaktor.training import fit
 
 
 class TrainParams(StageParams):
@@ -20,19 +25,46 @@ class TrainParams(StageParams):
     momentum: float = Field(default=0.0, ge=0, lt=1, description="SGD momentum.")
     weight_decay: float = Field(default=0.0, ge=0, description="L2 regularization strength.")
     l1: float = Field(default=0.0, ge=0, description="L1 regularization: l1 × Σ|w| is added.")
+    validation_fraction: float = Field(
+        default=0.15,
+        gt=0,
+        lt=1,
+        description="Share of the train rows held out to validate on when the dataset has no "
+        "val split (a draw seeded by the run's seed).",
+    )
     seed: int | None = Field(default=None, description="Overrides the job's seed.")
 
 
 class TrainStage(Stage[TrainParams]):
     type = "train"
     Params = TrainParams
+    reports_curve: ClassVar[bool] = True
+
+    def epochs(self, params: TrainParams) -> int:
+        return params.epochs
 
     def run(self, ctx: StageContext[TrainParams]) -> StageResult:
+        from kompaktor.evaluate import scorer
+        from kompaktor.models import predictor_for
+        from kompaktor.models.predict import TorchPredictor
+        from kompaktor.training import fit
+
         p = ctx.params
+        seed = ctx.seed if p.seed is None else p.seed
+        data = ctx.dataset.with_validation(p.validation_fraction, seed)
+        held_out = data is not ctx.dataset
+        reference = predictor_for(ctx.reference) if ctx.metric == "fidelity" else None
+        score_val = scorer(ctx.metric, data, "val", reference)
         losses: list[float] = []
+        module = ctx.model.require_module(self.type)
+
+        def on_epoch(epoch: int, loss: float) -> bool:
+            losses.append(loss)
+            return ctx.curve.after_epoch(epoch, p.epochs, lambda: score_val(TorchPredictor(module)))
+
         module = fit(
-            ctx.model.require_module(self.type),
-            ctx.dataset,
+            module,
+            data,
             epochs=p.epochs,
             lr=p.lr,
             batch_size=p.batch_size,
@@ -40,12 +72,14 @@ class TrainStage(Stage[TrainParams]):
             weight_decay=p.weight_decay,
             l1=p.l1,
             momentum=p.momentum,
-            seed=ctx.seed if p.seed is None else p.seed,
+            seed=seed,
             log=ctx.log,
-            on_epoch=lambda _epoch, loss: losses.append(loss),
+            on_epoch=on_epoch,
         )
-        return StageResult(
-            module=module,
-            metrics={"finalLoss": losses[-1], "epochs": float(p.epochs)},
-            details={"losses": losses},
-        )
+        metrics = {"finalLoss": losses[-1], "epochs": float(len(losses))}
+        details: dict[str, Any] = {"losses": losses}
+        if held_out:  # the runner measures the dataset's val split; this one is ours
+            metrics["valMetric"] = score_val(TorchPredictor(module))
+            metrics["referenceValMetric"] = score_val(predictor_for(ctx.reference))
+            details["validationRows"] = len(data.targets("val"))
+        return StageResult(module=module, metrics=metrics, details=details)

@@ -92,7 +92,9 @@ def validate_job(spec: OptimizationJobSpec) -> list[StageParams]:
                 impl.check(params, plan)
             except ValueError as error:
                 problems.append(f"{where}: {error}")
-            model_format = impl.output_format(model_format, params)
+                model_format = None  # what it would output is unknown too
+            else:
+                model_format = impl.output_format(model_format, params)
         earlier.append(stage.name)
     if problems:
         raise JobSpecError("\n".join(problems))

@@ -30,20 +30,8 @@ def model_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def stub_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fake stages do not read models or data; only digests are needed."""
-    import kompaktor.engine as engine
-    import kompaktor.stages.validate as validate
-
-    monkeypatch.setattr(engine, "dataset_digest", lambda uri: "sha256:" + "d" * 64)
-    monkeypatch.setattr(validate, "format_of", lambda uri: "pt2")
-
-
-@pytest.fixture
-async def fake_cluster(
-    tmp_path: Path, stub_inputs: None
-) -> AsyncIterator[tuple[Cluster, TestKubelet]]:
-    async with Cluster(tmp_path, operator_config(tmp_path)) as cluster:
+async def fake_cluster(tmp_path: Path) -> AsyncIterator[tuple[Cluster, TestKubelet]]:
+    async with Cluster(tmp_path, operator_config(tmp_path), stub_inputs=True) as cluster:
         kubelet = TestKubelet(
             cluster.emulator,
             tmp_path / "kubelet",

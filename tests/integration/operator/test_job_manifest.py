@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from tests.support.pss import restricted_violations
 from kompaktor.api.spec import OptimizationJobSpec
 from kompaktor.config import check_pools, parse_config
 from kompaktor.errors import JobSpecError
-from kompaktor.executors.kubernetes import MAX_NAME, job_manifest, job_name
+from kompaktor.executors.kubernetes import ANNOTATION_RUN, MAX_NAME, job_manifest, job_name, stuck
 from kompaktor.plan import RunRequest
 
 OWNER = {"metadata": {"name": "digits", "namespace": "ml", "uid": "u-1"}}
@@ -180,3 +181,37 @@ def test_unknown_pool_is_rejected_with_the_known_ones(config: Any) -> None:
     message = str(caught.value)
     assert "spec.stages[1] (b).pools" in message and "'tpu'" in message
     assert "known pools: cpu, gpu, arm" in message
+
+
+def _pod(created: str, *, waiting: str | None = None, unschedulable: bool = False) -> Any:
+    status: dict[str, Any] = {"phase": "Pending"}
+    if waiting:
+        status["containerStatuses"] = [{"name": "stage", "state": {"waiting": {"reason": waiting}}}]
+    if unschedulable:
+        condition = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}
+        status["conditions"] = [dict(condition, message="0/3 nodes: no GPU")]
+    return {"metadata": {"name": "p", "creationTimestamp": created}, "status": status}
+
+
+@pytest.mark.parametrize(
+    ("pod", "seconds_later", "reason", "retryable"),
+    [
+        (_pod("2026-01-01T00:00:00Z", waiting="InvalidImageName"), 1, "InvalidImageName", False),
+        (_pod("2026-01-01T00:00:00Z", waiting="ImagePullBackOff"), 30, None, None),
+        (_pod("2026-01-01T00:00:00Z", waiting="ImagePullBackOff"), 90, "ImagePullBackOff", True),
+        (_pod("2026-01-01T00:00:00Z", unschedulable=True), 30, None, None),
+        (_pod("2026-01-01T00:00:00Z", unschedulable=True), 90, "Unschedulable", True),
+        (_pod("2026-01-01T00:00:00Z", waiting="ContainerCreating"), 900, None, None),
+    ],
+)
+def test_a_pod_that_cannot_start_is_reported_after_the_timeout(
+    pod: Any, seconds_later: int, reason: str | None, retryable: bool | None
+) -> None:
+    job = {"metadata": {"annotations": {ANNOTATION_RUN: "run-1"}}, "status": {"active": 1}}
+    now = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds_later)
+    found = stuck(job, [pod], now, timeout=60)
+    if reason is None:
+        assert found is None
+    else:
+        assert found is not None and found.reason == reason and found.retryable is retryable
+        assert found.run_id == "run-1"

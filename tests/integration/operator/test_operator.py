@@ -8,15 +8,16 @@ deletion and HPO trials. The real stages run in test_quickstart.py.
 from __future__ import annotations
 
 import asyncio
+import socket
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from tests.support.cluster import Cluster, optimization_job
 from tests.support.kubelet import TestKubelet
 
-# Run with `pytest -m cluster`: alone they pass; in one session their teardowns still
-# interfere (see the issue note), so CI leaves them out until that is fixed.
 pytestmark = pytest.mark.cluster
 
 FakeCluster = tuple[Cluster, TestKubelet]
@@ -39,7 +40,8 @@ async def test_pipeline_runs_one_owned_job_per_stage(
     fake_cluster: FakeCluster, model_file: Path
 ) -> None:
     cluster, _ = fake_cluster
-    await cluster.start_operator()
+    port = free_port()
+    await cluster.start_operator(metrics_port=port)
     owner = cluster.apply(
         optimization_job("pipe", spec(model_file, prune("a", 0.3), prune("b", 0.5, pool="gpu")))
     )
@@ -61,6 +63,41 @@ async def test_pipeline_runs_one_owned_job_per_stage(
     await cluster.wait_for(  # kopf posts events in the background
         lambda: wanted <= {e["reason"] for e in cluster.emulator.live("v1/events")}, 10, "events"
     )
+
+    metrics = await scrape(port)
+    job = {"namespace": "default", "job": "pipe"}
+    assert metrics["kompaktor_job_phase", frozen(job, phase="Succeeded")] == 1
+    assert metrics["kompaktor_job_phase", frozen(job, phase="Running")] == 0
+    cost = metrics["kompaktor_job_cost_usd", frozen(job)]
+    assert cost == pytest.approx(status["costUSD"]) and cost > 0
+    gpu = frozen(job, stage="b", type="prune", pool="gpu")
+    assert metrics["kompaktor_stage_cost_usd", gpu] == pytest.approx(status["stages"][1]["costUSD"])
+    assert metrics["kompaktor_stage_attempts", gpu] == 1
+
+
+Labels = frozenset[tuple[str, str]]
+
+
+def frozen(labels: dict[str, str], **more: str) -> Labels:
+    return frozenset({**labels, **more}.items())
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def scrape(port: int) -> dict[tuple[str, Labels], float]:
+    """The operator's /metrics over HTTP, as Prometheus would read it."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read().decode())
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 async def test_restarts_at_every_stage_create_no_duplicate_jobs(
@@ -133,6 +170,23 @@ async def test_failing_stage_retries_then_fails_the_job(
     attempts = sorted(n for n in cluster.job_creations() if "-squeeze-" in n)
     assert [n[-2:] for n in attempts] == ["a1", "a2", "a3"]
     assert set(cluster.job_creations().values()) == {1}
+
+
+@pytest.mark.parametrize(("reason", "attempts"), [("InvalidImageName", 1), ("ErrImagePull", 2)])
+async def test_a_pod_that_cannot_start_fails_its_run_with_the_reason(
+    fake_cluster: FakeCluster, model_file: Path, reason: str, attempts: int
+) -> None:
+    cluster, kubelet = fake_cluster
+    kubelet.unpullable["kompaktor:gpu"] = reason  # the gpu pool's image
+    await cluster.start_operator()
+    cluster.apply(optimization_job("noimage", spec(model_file, prune("a", 0.2, pool="gpu",
+                                                                     retries=1))))  # fmt: skip
+    status = await cluster.wait_phase("noimage", ("Succeeded", "Failed"), 60)
+    stage = status["stages"][0]
+    assert status["phase"] == "Failed" and stage["attempts"] == attempts
+    assert reason in stage["message"] and "kompaktor:gpu" in stage["message"]
+    await cluster.wait_for(lambda: not cluster.jobs(), 10, "the stuck Jobs to be deleted")
+    assert len(cluster.job_creations()) == attempts
 
 
 async def test_invalid_run_is_not_retried(fake_cluster: FakeCluster, model_file: Path) -> None:
@@ -260,3 +314,34 @@ async def test_hpo_trials_run_as_parallel_jobs_and_survive_a_restart(
     assert all(t["state"] == "Complete" for t in status["trials"])
     assert len(cluster.job_creations()) == 4
     assert set(cluster.job_creations().values()) == {1}
+
+
+async def test_two_replicas_only_the_leader_acts_and_a_standby_takes_over(
+    fake_cluster: FakeCluster, model_file: Path
+) -> None:
+    cluster, kubelet = fake_cluster
+    kubelet.env["FAKE_STAGE_SECONDS"] = "1"
+    cluster.emulator.create(
+        "kopf.dev/v1/clusterkopfpeerings",
+        {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering",
+         "metadata": {"name": "kompaktor"}},
+    )  # fmt: skip
+    leader = await cluster.start_operator(standalone=False, priority=100)
+    standby = await cluster.start_operator(standalone=False, priority=10)
+    await cluster.wait_for(lambda: "Pausing" in standby.log_tail(), 30, "the standby to pause")
+    cluster.apply(
+        optimization_job("ha", spec(model_file, prune("a", 0.2), prune("b", 0.4), prune("c", 0.6)))
+    )
+    await cluster.wait_for(lambda: len(kubelet.started) >= 2, 60, "the second stage to start")
+    await leader.kill()
+    handover = len(cluster.emulator.writes)
+    status = await cluster.wait_phase("ha", ("Succeeded", "Failed"), 90)
+    assert status["phase"] == "Succeeded", status
+    assert set(cluster.job_creations().values()) == {1} and len(kubelet.started) == 3
+
+    def actors(writes: list[tuple[str, str, str]]) -> set[str]:
+        acting = ("/jobs", "/optimizationjobs/")
+        return {token for token, _, path in writes if any(p in path for p in acting)}
+
+    assert actors(cluster.emulator.writes[:handover]) == {leader.token}
+    assert actors(cluster.emulator.writes[handover:]) == {standby.token}

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -30,21 +31,35 @@ BATCHES = [
 ]  # 70 > the widest register tile (64 lanes); 12, 45 hit AVX-512 int8 tiles
 
 
-@pytest.mark.parametrize(("out_f", "in_f"), SHAPES)
-@pytest.mark.parametrize("sparsity", SPARSITIES)
-def test_fp32_matches_dense(isa: str, out_f: int, in_f: int, sparsity: float) -> None:
+INDEX_DTYPES = [torch.uint16, torch.int32]
+
+
+# uint16 indices (the default) get the full grid; int32 a sparse corner of it.
+GRID = [(shape, sp, torch.uint16) for shape in SHAPES for sp in SPARSITIES] + [
+    (shape, sp, torch.int32) for shape in SHAPES[1:] for sp in (0.5, 0.99)
+]
+
+
+@pytest.mark.parametrize(("shape", "sparsity", "index_dtype"), GRID)
+def test_fp32_matches_dense(
+    isa: str, shape: tuple[int, int], sparsity: float, index_dtype: torch.dtype
+) -> None:
+    out_f, in_f = shape
     lin = pruned(out_f, in_f, sparsity)
-    sl = kk.SparseLinear.from_dense(lin)
+    sl = kk.SparseLinear.from_dense(lin, index_dtype=index_dtype)
+    assert sl.col.dtype == index_dtype
     for batch in BATCHES:
         x = torch.randn(batch, in_f)
         torch.testing.assert_close(sl(x), lin(x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize(("out_f", "in_f"), SHAPES)
-@pytest.mark.parametrize("sparsity", SPARSITIES)
-def test_int8_matches_reference(isa: str, out_f: int, in_f: int, sparsity: float) -> None:
+@pytest.mark.parametrize(("shape", "sparsity", "index_dtype"), GRID)
+def test_int8_matches_reference(
+    isa: str, shape: tuple[int, int], sparsity: float, index_dtype: torch.dtype
+) -> None:
+    out_f, in_f = shape
     lin = pruned(out_f, in_f, sparsity)
-    s8 = kk.SparseLinear.from_dense(lin, torch.int8)
+    s8 = kk.SparseLinear.from_dense(lin, torch.int8, index_dtype=index_dtype)
     for batch in BATCHES:
         x = torch.randn(batch, in_f)
         ref = sparse_linear_reference(x, lin.weight, lin.bias, torch.int8)
@@ -53,6 +68,84 @@ def test_int8_matches_reference(isa: str, out_f: int, in_f: int, sparsity: float
         dense = lin(x)
         err = (s8(x) - dense).abs().max()
         assert err <= 0.02 * dense.abs().max() + 1e-3
+
+
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+def test_every_row_length(isa: str, index_dtype: torch.dtype) -> None:
+    """Row r holds r non-zeros, so each unrolled loop and remainder of the batch-1 dot products
+    (16/32-wide blocks, 4-wide groups, scalar tails) ends a row somewhere."""
+    out_f, in_f = 80, 300
+    weight = torch.zeros(out_f, in_f)
+    for r in range(out_f):
+        cols = torch.randperm(in_f)[:r]
+        weight[r, cols] = torch.randn(r)
+    lin = nn.Linear(in_f, out_f)
+    with torch.no_grad():
+        lin.weight.copy_(weight)
+    for batch in (1, 2):
+        x = torch.randn(batch, in_f)
+        sl = kk.SparseLinear.from_dense(lin, index_dtype=index_dtype)
+        torch.testing.assert_close(sl(x), lin(x), rtol=1e-5, atol=1e-5)
+        s8 = kk.SparseLinear.from_dense(lin, torch.int8, index_dtype=index_dtype)
+        ref = sparse_linear_reference(x, lin.weight, lin.bias, torch.int8)
+        torch.testing.assert_close(s8(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_index_dtype_follows_in_features(isa: str) -> None:
+    assert kk.SparseLinear.from_dense(pruned(3, 65536, 0.999)).col.dtype == torch.uint16
+    lin = pruned(3, 70_000, 0.99)
+    with torch.no_grad():
+        lin.weight[:, -1] = 1.0  # the last column is the one 16 bits cannot address
+    for dtype in (torch.float32, torch.int8):
+        sl = kk.SparseLinear.from_dense(lin, dtype)
+        assert sl.col.dtype == torch.int32
+        for batch in (1, 5):
+            x = torch.randn(batch, 70_000)
+            ref = sparse_linear_reference(x, lin.weight, lin.bias, dtype)
+            torch.testing.assert_close(sl(x), ref, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="uint16"):
+        kk.SparseLinear.from_dense(lin, index_dtype=torch.uint16)
+    with pytest.raises(TypeError, match="index_dtype"):
+        kk.SparseLinear.from_dense(lin, index_dtype=torch.int64)
+
+
+def test_buffer_replacement_and_edits_are_seen() -> None:
+    """The module caches validated native arguments; every way of changing the buffers must
+    invalidate them."""
+    lin = pruned(6, 10, 0.5)
+    sl = kk.SparseLinear.from_dense(lin)
+    x = torch.randn(1, 10)
+    torch.testing.assert_close(sl(x), lin(x))
+    with torch.no_grad():
+        sl.values.mul_(2)  # in place: same pointer, new contents
+        lin.weight.mul_(2)
+    torch.testing.assert_close(sl(x), lin(x))
+    other = nn.Linear(10, 6)
+    with torch.no_grad():  # same non-zero count, other positions and values
+        other.weight.copy_(lin.weight.flip(1) * 3)
+    sl.load_state_dict(kk.SparseLinear.from_dense(other).state_dict())  # copies in place
+    torch.testing.assert_close(sl(x), other(x))
+    sl.bias = None  # buffer replaced
+    torch.testing.assert_close(sl(x), F.linear(x, other.weight))
+    sl2 = sl.to(torch.device("cpu"))  # _apply
+    torch.testing.assert_close(sl2(x), F.linear(x, other.weight))
+    sl.col = sl.col[:-1].clone()  # replaced by an inconsistent tensor: rejected, not read
+    with pytest.raises(ValueError, match="lengths differ"):
+        sl(x)
+
+
+def test_pickle_and_deepcopy_after_a_call(tmp_path: Path) -> None:
+    lin = pruned(5, 7, 0.5)
+    sl = kk.SparseLinear.from_dense(lin, torch.int8)
+    x = torch.randn(2, 7)
+    expected = sl(x)  # builds the cached plan
+    torch.save(sl, tmp_path / "m.pt")
+    loaded = torch.load(tmp_path / "m.pt", weights_only=False)
+    torch.testing.assert_close(loaded(x), expected, rtol=0, atol=0)
+    twin = copy.deepcopy(sl)
+    with torch.no_grad():
+        sl.values.zero_()  # the copy must not share the original's buffers or pointers
+    torch.testing.assert_close(twin(x), expected, rtol=0, atol=0)
 
 
 def test_empty_rows_and_no_bias(isa: str) -> None:
@@ -182,7 +275,7 @@ def test_op_rejects_noncontiguous_and_bad_csr() -> None:
     op = torch.ops.kompaktor_kernels.sparse_linear
     with pytest.raises(ValueError, match="contiguous"):
         op(torch.randn(6, 2).t(), row_ptr, col, values, None, 6)
-    with pytest.raises(TypeError, match=r"col must have dtype torch\.int32"):
+    with pytest.raises(TypeError, match=r"col must have dtype torch\.int32 or torch\.uint16"):
         op(torch.randn(2, 6), row_ptr, col.long(), values, None, 6)
     bad = col.clone()
     if bad.numel():

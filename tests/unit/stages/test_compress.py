@@ -24,9 +24,10 @@ from prune_distill_support import (  # noqa: F401  (fixtures)
 from torch import fx, nn
 
 from kompaktor.compression import choose_rank
+from kompaktor.compression.codebook import CodebookWeight
 from kompaktor.data import Dataset
 from kompaktor.errors import JobSpecError, StageError
-from kompaktor.stages.base import StageResult
+from kompaktor.stages.base import PlanContext, StageResult
 from kompaktor.stages.compress import CompressParams, CompressStage
 from kompaktor.stages.validate import parse_params
 from kompaktor.surgery import stored_elements
@@ -76,12 +77,19 @@ def test_lowrank_on_an_mlp_with_a_target_ratio(
 
 
 def test_a_rank_above_a_layers_full_rank_is_named(
-    digits_cnn: fx.GraphModule, digits_data: Dataset, tmp_path: Path
+    digits_cnn: fx.GraphModule,
+    digits_data: Dataset,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("fine-tuning started")
+
+    monkeypatch.setattr("kompaktor.training.fit", refuse)  # the error comes before any training
     with pytest.raises(
         StageError, match=r"params\.rank: 12 is larger than layer fc2's full rank 10"
     ):
-        run({"rank": 12, "skip": ["conv1"]}, digits_cnn, digits_data, tmp_path)
+        run({"rank": 12, "skip": ["conv1"], "fineTuneEpochs": 1}, digits_cnn, digits_data, tmp_path)
 
 
 @pytest.mark.parametrize("clusters", [4, 16])
@@ -97,13 +105,16 @@ def test_weight_sharing_leaves_at_most_k_values_per_layer(
     )
     out = result.module
     for layer in ("conv1", "conv2", "fc1", "fc2"):
-        weight = out.get_parameter(f"{layer}.weight")
-        values = torch.unique(weight)
-        assert len(values) <= clusters, layer
+        encoded = out.get_submodule(f"{layer}.weight")
+        assert isinstance(encoded, CodebookWeight), layer  # no float weight is stored
+        values = torch.unique(encoded())
+        assert len(values) == result.details["clusters"][layer] <= clusters, layer
         assert sorted(values.tolist()) == pytest.approx(
             sorted(result.details["codebooks"][layer]), abs=1e-6
         )
+        assert result.details["indexBits"][layer] == {4: 2, 16: 4}[clusters]
     assert result.metrics["bitsPerWeight"] < {4: 2.1, 16: 4.1}[clusters]
+    assert result.metrics["storedBytesAfter"] < 0.2 * result.metrics["storedBytesBefore"]
     assert accuracy(out, digits_data) >= acc - (0.1 if clusters == 4 else 0.02)
     assert len(torch.unique(digits_cnn.get_parameter("fc1.weight"))) > 256  # input untouched
 
@@ -111,5 +122,22 @@ def test_weight_sharing_leaves_at_most_k_values_per_layer(
 def test_rank_rules_exclude_each_other() -> None:
     with pytest.raises(JobSpecError, match=r"give one of energy, ratio, rank"):
         parse_params("compress", {"energy": 0.9, "rank": 4}, "stages[0] (compress)")
-    with pytest.raises(JobSpecError, match=r"params.clusters: "):
-        parse_params("compress", {"method": "weightsharing", "clusters": 1}, "stages[0] (compress)")
+
+
+@pytest.mark.parametrize("clusters", [0, 1, 257])
+def test_clusters_outside_2_to_256_are_refused(clusters: int) -> None:
+    with pytest.raises(JobSpecError) as error:
+        parse_params(
+            "compress", {"method": "weightsharing", "clusters": clusters}, "stages[0] (compress)"
+        )
+    assert str(error.value).startswith("stages[0] (compress): params.clusters: ")
+    assert ("256" if clusters > 256 else "2") in str(error.value)
+
+
+@pytest.mark.parametrize("method", ["lowrank", "weightsharing"])
+def test_a_torchscript_input_is_refused_at_validation(method: str) -> None:
+    with pytest.raises(ValueError, match=rf"params\.method: {method} needs a pt2 model"):
+        CompressStage().check(
+            CompressParams(method=method),  # type: ignore[arg-type]
+            PlanContext("compress", "torchscript", (), "classification"),
+        )

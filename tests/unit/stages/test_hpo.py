@@ -231,3 +231,88 @@ def test_points_the_target_would_reject_are_named() -> None:
             },
             "stages[0] (hpo)",
         )
+
+
+# ---- ranking on validation rows ----------------------------------------------------------------
+
+
+def test_trials_are_valued_and_ranked_by_the_validation_metric_not_the_test_split() -> None:
+    p = params(objectives=["metric", "size"])
+    metrics = {"metric": 0.99, "valMetric": 0.91, "sizeBytes": 10.0}
+    assert trial_values(p, metrics, "accuracy") == [0.91, 10.0]
+    assert trial_values(p, {"metric": 0.99, "sizeBytes": 10.0}, "accuracy") == [0.99, 10.0]
+    records = [  # test favours 0, validation favours 1
+        TrialRecord(stage="tune", number=0, params={}, state="Complete",
+                    metrics={"metric": 0.99, "valMetric": 0.90, "referenceValMetric": 0.92}),
+        TrialRecord(stage="tune", number=1, params={}, state="Complete",
+                    metrics={"metric": 0.95, "valMetric": 0.93, "referenceValMetric": 0.92}),
+    ]  # fmt: skip
+    best = select_best(params(), records, metric_name="accuracy", baseline=0.99, max_drop=0.01)
+    assert best is not None and best.number == 1
+    # the bound is on validation rows too: 0.90 is 0.02 below the input model's 0.92 there
+    fastest = params(select="fastest-within-drop")
+    timed = [r.model_copy(update={"metrics": {**r.metrics, "latencyMs": 2.0 - r.number}})
+             for r in records]  # fmt: skip
+    assert (
+        select_best(fastest, timed, metric_name="accuracy", baseline=0.0, max_drop=0.01)
+        == (timed[1])
+    )
+    assert select_best(params(), records[:1], metric_name="accuracy", baseline=0.0,
+                       max_drop=0.01) is None  # fmt: skip
+
+
+# ---- bad input: every message names the stage and the field, before any work ------------------
+
+
+@pytest.mark.parametrize(
+    ("hpo", "message"),
+    [
+        ({"space": {"epochs": {"low": 5, "high": 2}}}, "params.space.epochs: low (5) is greater"),
+        ({"space": {"optimizer": {"choices": []}}}, "params.space.optimizer: choices must not"),
+        (
+            {"sampler": "grid", "space": {"lr": {"low": 1e-4, "high": 1e-2}}},
+            "params.space.lr: a grid search needs step or choices",
+        ),
+        ({"space": {"epochs": {"low": 0, "high": 3}}}, "params.space.epochs: Input should be"),
+        (  # the low end is fine, the high end is not
+            {"space": {"momentum": {"low": 0.5, "high": 1.0}}},
+            "params.space.momentum: Input should be less than 1",
+        ),
+        (  # one choice the target rejects
+            {"space": {"optimizer": {"choices": ["adam", "rmsprop"]}}},
+            "params.space.optimizer: must be one of",
+        ),
+        ({"pruner": "median", "objectives": ["metric", "size"]}, "params.pruner: Optuna prunes"),
+        (
+            {
+                "pruner": "median",
+                "target": "quantize",
+                "space": {"calibrationSamples": {"low": 16, "high": 64}},
+            },
+            "params.pruner: target quantize reports no",
+        ),
+        ({"pruner": "median", "percentile": 10}, "params.percentile: only used with pruner"),
+        ({"reductionFactor": 2}, "params.reductionFactor: only used with pruner"),
+        (
+            {"pruner": "hyperband", "minResource": 5, "base": {"epochs": 3}},
+            "params.minResource: 5 is more than the 3 curve points",
+        ),
+    ],
+)
+def test_a_search_that_cannot_work_is_refused_with_stage_and_field(
+    hpo: dict[str, Any], message: str
+) -> None:
+    from kompaktor.api.spec import OptimizationJobSpec
+    from kompaktor.stages.validate import validate_job
+
+    stage = {"target": "train", "trials": 4, "space": {"lr": {"low": 1e-4, "high": 1e-2}}} | hpo
+    spec = OptimizationJobSpec.model_validate(
+        {
+            "model": {"uri": "file:///m/model.pt2"},
+            "dataset": {"uri": "sklearn:digits"},
+            "stages": [{"name": "tune", "type": "hpo", "params": stage}],
+        }
+    )
+    with pytest.raises(JobSpecError) as error:
+        validate_job(spec)
+    assert f"stages[0] (hpo): {message}" in str(error.value)
