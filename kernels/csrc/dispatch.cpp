@@ -17,10 +17,21 @@ Isa detect() {
   return Isa::portable;
 }
 const Isa g_best = detect();
+// AVX512_VBMI (vpermi2b) enables the register-gather batch-1 int8 kernel within the AVX-512
+// path; parts with VNNI but no VBMI (e.g. Cascade Lake) keep the byte-insert gathers.
+bool detect_vbmi() {
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+  return g_best == Isa::avx512 && __builtin_cpu_supports("avx512vbmi");
+#else
+  return false;
+#endif
+}
+const bool g_vbmi = detect_vbmi();
 std::atomic<int> g_active{static_cast<int>(g_best)};
 }  // namespace
 
 Isa best_isa() { return g_best; }
+bool has_vbmi() { return g_vbmi; }
 Isa active_isa() { return static_cast<Isa>(g_active.load(std::memory_order_relaxed)); }
 bool set_isa(Isa isa) {
   if (static_cast<int>(isa) > static_cast<int>(g_best)) return false;
@@ -55,6 +66,11 @@ void spmm_i8(const SpmmI8Args& a) {
   // 512-bit ops anyway).
   if (active_isa() == Isa::avx512 && a.B > 1 && (a.B % 16) >= 1 && (a.B % 16) <= 8)
     return avx2::spmm_i8(a);
+  if (active_isa() == Isa::avx512 && a.B == 1 && g_vbmi) {
+    SpmmI8Args b = a;
+    b.vbmi = true;
+    return avx512::spmm_i8(b);
+  }
 #endif
   KK_DISPATCH(spmm_i8, a)
 }

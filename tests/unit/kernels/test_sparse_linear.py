@@ -148,6 +148,53 @@ def test_pickle_and_deepcopy_after_a_call(tmp_path: Path) -> None:
     torch.testing.assert_close(twin(x), expected, rtol=0, atol=0)
 
 
+# Batch-1 int8 on the avx512 path: rows in blocks of 16 after a gather pass; for in <= 1024 on
+# CPUs with AVX512_VBMI the gather is vpermi2b over activations held in registers (one 128-byte
+# register pair per 128 columns, so the sizes straddle those and the 1024 limit).
+VBMI_IN = [1, 3, 64, 127, 128, 129, 255, 640, 1000, 1023, 1024, 1025, 1500]
+
+
+@pytest.mark.parametrize("in_f", VBMI_IN)
+@pytest.mark.parametrize("sparsity", [0.0, 0.9, 0.99])
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+def test_int8_batch1_blocked_paths(in_f: int, sparsity: float, index_dtype: torch.dtype) -> None:
+    out_f = 37  # two 16-row blocks and a partial one; not a multiple of the 4-row reduction
+    lin = pruned(out_f, in_f, sparsity)
+    with torch.no_grad():
+        lin.weight[::5] = 0  # empty rows, the first one included
+        lin.weight[3, -1] = 1.5  # the last column is reachable (highest register pair)
+        lin.weight[4, 0] = -0.75
+    x = torch.randn(1, in_f)
+    ref = sparse_linear_reference(x, lin.weight, lin.bias, torch.int8)
+    s8 = kk.SparseLinear.from_dense(lin, torch.int8, index_dtype=index_dtype)
+    outs = {}
+    for isa in kk.available_isas():
+        with kk.use_isa(isa):
+            outs[isa] = s8(x)
+        torch.testing.assert_close(outs[isa], ref, rtol=1e-5, atol=1e-5)
+        assert torch.all(outs[isa][:, ::5] == lin.bias[::5])
+    # Exact integer accumulation: the same result as the AVX2 per-row kernel, bit for bit.
+    if "avx512" in outs:
+        assert torch.equal(outs["avx512"], outs["avx2"])
+
+
+@pytest.mark.parametrize("in_f", [768, 1024, 3072])
+def test_int8_batch1_long_rows_and_threads(in_f: int) -> None:
+    """Dense rows (> 16 KB gathered per 16-row block when in = 3072) and a 2-thread split that
+    starts blocks mid-matrix."""
+    lin = pruned(53, in_f, 0.0)
+    x = torch.randn(1, in_f)
+    ref = sparse_linear_reference(x, lin.weight, lin.bias, torch.int8)
+    s8 = kk.SparseLinear.from_dense(lin, torch.int8)
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            torch.testing.assert_close(s8(x), ref, rtol=1e-5, atol=1e-5)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_empty_rows_and_no_bias(isa: str) -> None:
     lin = pruned(40, 50, 0.5, bias=False)
     with torch.no_grad():
