@@ -21,29 +21,39 @@ from kompaktor.plan import (
 from tests.unit.plan.test_machine import T0, kinds
 
 
-def hpo_job(trials: int = 4, parallelism: int = 2) -> JobContext:
+def hpo_job(
+    trials: int = 4,
+    parallelism: int = 2,
+    *,
+    epochs: int = 1,
+    pruner: str | None = None,
+    gpu_price: float | None = None,
+) -> JobContext:
+    """A one-stage job: random search over train's lr; `gpu_price` puts it on a priced pool."""
+    params: dict[str, Any] = {
+        "target": "train",
+        "sampler": "random",
+        "trials": trials,
+        "parallelism": parallelism,
+        "base": {"epochs": epochs},
+        "space": {"lr": {"low": 1e-4, "high": 1e-1, "log": True}},
+    }
+    if pruner is not None:
+        params["pruner"] = pruner
     spec = OptimizationJobSpec.model_validate(
         {
             "model": {"uri": "file:///m/model.pt2"},
             "dataset": {"uri": "sklearn:digits"},
             "objective": {"metric": "accuracy", "maxDrop": 0.05},
-            "stages": [
-                {
-                    "name": "tune",
-                    "type": "hpo",
-                    "params": {
-                        "target": "train",
-                        "sampler": "random",
-                        "trials": trials,
-                        "parallelism": parallelism,
-                        "base": {"epochs": 1},
-                        "space": {"lr": {"low": 1e-4, "high": 1e-1, "log": True}},
-                    },
-                }
-            ],
+            "stages": [{"name": "tune", "type": "hpo", "params": params}],
         }
     )
-    return JobContext(name="h", spec=spec, artifacts_uri="file:///art", generation=1)
+    if gpu_price is None:
+        return JobContext(name="h", spec=spec, artifacts_uri="file:///art", generation=1)
+    return JobContext(
+        name="h", spec=spec, artifacts_uri="file:///art", generation=1,
+        default_pool="gpu", pool_prices={"gpu": gpu_price},
+    )  # fmt: skip
 
 
 def answer_probes(job: JobContext, result: StepResult) -> StepResult:

@@ -10,10 +10,10 @@ from typing import Any
 import optuna
 import pytest
 from optuna.trial import TrialState
+from tests.unit.plan.test_hpo_flow import hpo_job
 from tests.unit.plan.test_machine import T0, kinds
 
 from kompaktor.api.run import MAX_CURVE, PrunerSpec, RunRecord, TrialContext, TrialPoint
-from kompaktor.api.spec import OptimizationJobSpec
 from kompaktor.api.status import OptimizationJobStatus, OutputRef, TrialRecord
 from kompaktor.plan import (
     CacheProbed,
@@ -159,35 +159,7 @@ def test_trial_context_is_bounded_and_keeps_the_newest_trials() -> None:
 
 
 def job(pruner: str, trials: int = 4, parallelism: int = 2) -> JobContext:
-    spec = OptimizationJobSpec.model_validate(
-        {
-            "model": {"uri": "file:///m/model.pt2"},
-            "dataset": {"uri": "sklearn:digits"},
-            "objective": {"metric": "accuracy", "maxDrop": 0.05},
-            "stages": [
-                {
-                    "name": "tune",
-                    "type": "hpo",
-                    "params": {
-                        "target": "train",
-                        "sampler": "random",
-                        "trials": trials,
-                        "parallelism": parallelism,
-                        "pruner": pruner,
-                        "base": {"epochs": 3},
-                        "space": {"lr": {"low": 1e-4, "high": 1e-1, "log": True}},
-                    },
-                }
-            ],
-        }
-    )
-    return JobContext(
-        name="h",
-        spec=spec,
-        artifacts_uri="file:///art",
-        default_pool="gpu",
-        pool_prices={"gpu": 2.4567},
-    )
+    return hpo_job(trials, parallelism, epochs=3, pruner=pruner, gpu_price=2.4567)
 
 
 def start(ctx: JobContext) -> StepResult:
