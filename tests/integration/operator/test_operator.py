@@ -8,7 +8,10 @@ deletion and HPO trials. The real stages run in test_quickstart.py.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
+import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -345,3 +348,25 @@ async def test_two_replicas_only_the_leader_acts_and_a_standby_takes_over(
 
     assert actors(cluster.emulator.writes[:handover]) == {leader.token}
     assert actors(cluster.emulator.writes[handover:]) == {standby.token}
+
+
+async def test_kopf_run_starts_the_same_operator(
+    fake_cluster: FakeCluster, model_file: Path, tmp_path: Path
+) -> None:
+    """`kopf run -m kompaktor.controller` (kopf's own CLI) registers the same handlers; the
+    configuration comes from $KOMPAKTOR_CONFIG, as in the chart."""
+    cluster, _ = fake_cluster
+    log = (tmp_path / "kopf-run.log").open("wb")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kopf", "run", "-m", "kompaktor.controller", "--standalone",
+        stdout=log, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        cluster.apply(optimization_job("via-kopf", spec(model_file, prune("a", 0.3, pool="arm"))))
+        status = await cluster.wait_phase("via-kopf", ("Succeeded", "Failed"), 60)
+        assert status["phase"] == "Succeeded", (tmp_path / "kopf-run.log").read_text()[-3000:]
+        assert status["stages"][0]["node"] == "node-arm"
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+        log.close()
