@@ -95,10 +95,6 @@ class OperatorProcess:
                 os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
 
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.returncode is None
-
     def log_tail(self, size: int = 4000) -> str:
         return self.log_path.read_bytes()[-size:].decode(errors="replace")
 

@@ -195,13 +195,13 @@ class Reconciler:
         now: datetime,
     ) -> Pass:
         if status.observed_generation == generation and status.phase == "Failed":
-            return Pass(None)
+            return Pass(None, status=status)  # already said; still exported as metrics
+        failed = invalid(status, message, generation, now)
         await self._write_status(
-            obj["metadata"]["namespace"], obj["metadata"]["name"], raw_status,
-            invalid(status, message, generation, now),
-        )  # fmt: skip
+            obj["metadata"]["namespace"], obj["metadata"]["name"], raw_status, failed
+        )
         self.emit(obj, "Warning", "InvalidSpec", message)
-        return Pass(None, status=invalid(status, message, generation, now))
+        return Pass(None, status=failed)
 
     async def _write_status(
         self, namespace: str, name: str, old: Mapping[str, Any], status: OptimizationJobStatus
