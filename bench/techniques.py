@@ -54,6 +54,7 @@ TECHNIQUES: list[tuple[str, str, dict[str, Any]]] = [
         {"mode": "static", "perChannel": True, "calibrationSamples": 256},
     ),
     ("quantize fp16", "quantize", {"mode": "fp16"}),
+    ("quantize bf16 (torch.export)", "quantize", {"mode": "bf16"}),
     ("quantize QAT int8", "quantize", {"mode": "qat", "qatEpochs": 1}),
 ]
 

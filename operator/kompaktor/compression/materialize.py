@@ -10,6 +10,7 @@ and on one loaded from a .pt2, where the decoding is plain aten ops.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from typing import Any
 
@@ -62,6 +63,28 @@ def materialize(gm: fx.GraphModule) -> list[str]:
     gm.graph.lint()
     gm.recompile()
     return paths
+
+
+def materialized_copy(module: nn.Module) -> tuple[nn.Module, list[str]]:
+    """A copy with every computed weight folded, and the folded paths; `module` itself (and no
+    paths) when there is nothing to fold. The original keeps its encoding, so a shared model
+    still trains its codebook and saves small, while inference decodes once instead of on
+    every call."""
+    if not isinstance(module, fx.GraphModule) or not _computes_weights(module):
+        return module, []
+    copied = copy.deepcopy(module)
+    return copied, materialize(copied)
+
+
+def _computes_weights(gm: fx.GraphModule) -> bool:
+    """Whether a value computed from stored tensors alone feeds the rest of the graph."""
+    constant = _constant_nodes(gm)
+    return any(
+        node.op != "get_attr"
+        and node.target not in _CHECKS
+        and any(user not in constant for user in node.users)
+        for node in constant
+    )
 
 
 def _store(gm: fx.GraphModule, path: str, value: torch.Tensor) -> None:

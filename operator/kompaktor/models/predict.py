@@ -73,7 +73,12 @@ class OnnxPredictor:
 
 
 def predictor_for(model: LoadedModel, threads: int | None = None) -> Predictor:
-    """torch (eval, inference_mode) for pt2/TorchScript, ONNX Runtime CPU session for ONNX."""
+    """torch (eval, inference_mode) for pt2/TorchScript, ONNX Runtime CPU session for ONNX.
+
+    Weights a saved graph computes from stored tensors (a weight-shared model's codebook
+    gathers) are computed once here, as a deployment decodes on load, not on every call."""
     if model.module is not None:
-        return TorchPredictor(model.module, threads)
+        from kompaktor.compression.materialize import materialized_copy
+
+        return TorchPredictor(materialized_copy(model.module)[0], threads)
     return OnnxPredictor(str(model.path), threads)

@@ -1,9 +1,11 @@
-"""quantize: int8 (dynamic, static-calibrated, quantization-aware) or fp16, as an ONNX model.
+"""quantize: int8 (dynamic, static-calibrated, quantization-aware) or fp16, as an ONNX model;
+bf16 as a torch.export program.
 
 The output is ONNX because that is where int8 runs fast on CPUs: ONNX Runtime's quantization
 tools write QDQ (or QOperator) graphs its CPU kernels execute in int8. Torch inputs are exported
 to ONNX first; QAT fine-tunes with fake quantization in PyTorch before that export, then
-calibrates like `static`, so every int8 mode ends in the same kind of file.
+calibrates like `static`, so every int8 mode ends in the same kind of file. ONNX Runtime has no
+bfloat16 CPU kernels, so bf16 stays in PyTorch (oneDNN; `kompaktor.quant.bfloat16`).
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ IntType = Literal["int8", "uint8"]
 
 
 class QuantizeParams(StageParams):
-    mode: Literal["dynamic", "static", "qat", "fp16"] = Field(
+    mode: Literal["dynamic", "static", "qat", "fp16", "bf16"] = Field(
         "static",
         description="dynamic: int8 weights, activations quantized at run time (no data); "
         "static: int8 weights and activations calibrated on training data; qat: fake-quant "
-        "fine-tuning first, then static; fp16: half-precision weights.",
+        "fine-tuning first, then static; fp16: half-precision weights (ONNX); bf16: bfloat16 "
+        "weights and compute behind float32 inputs and outputs (a .pt2; needs a .pt2 input).",
     )
     per_channel: bool = Field(True, description="One int8 scale per output channel of weights.")
     calibration_samples: int = Field(
@@ -54,7 +57,15 @@ class QuantizeStage(Stage[QuantizeParams]):
     accepts: ClassVar[frozenset[ModelFormat]] = frozenset({"pt2", "torchscript", "onnx"})
     produces: ClassVar[ModelFormat | None] = "onnx"
 
+    def output_format(self, input_format: ModelFormat, params: QuantizeParams) -> ModelFormat:
+        return "pt2" if params.mode == "bf16" else "onnx"
+
     def check(self, params: QuantizeParams, plan: PlanContext) -> None:
+        if params.mode == "bf16" and plan.input_format != "pt2":
+            raise ValueError(
+                "params.mode: bf16 rewrites a torch.export graph and needs a pt2 model (got "
+                f"{plan.input_format}); use fp16 for a half-precision ONNX model"
+            )
         if params.mode == "qat" and plan.input_format == "onnx":
             raise ValueError(
                 "params.mode: qat fine-tunes in PyTorch and needs a pt2 or TorchScript model "
@@ -63,6 +74,8 @@ class QuantizeStage(Stage[QuantizeParams]):
 
     def run(self, ctx: StageContext[QuantizeParams]) -> StageResult:
         p = ctx.params
+        if p.mode == "bf16":
+            return _bf16(ctx)
         source = _float_onnx(ctx)
         target = ctx.work_dir / "model.onnx"
         details: dict[str, Any] = {"mode": p.mode}
@@ -82,13 +95,45 @@ class QuantizeStage(Stage[QuantizeParams]):
                 "weightType": p.weight_type,
             }
         before, after = source.stat().st_size, target.stat().st_size
-        metrics = {
-            "sizeBytesBefore": float(before),
-            "sizeBytesAfter": float(after),
-            "compressionRatio": before / max(after, 1),
-        }
+        metrics = _size_metrics(before, after)
         ctx.log(f"quantize: {p.mode}: {before} -> {after} bytes")
         return StageResult(path=target, output_format="onnx", metrics=metrics, details=details)
+
+
+def _size_metrics(before: int, after: int) -> dict[str, float]:
+    return {
+        "sizeBytesBefore": float(before),
+        "sizeBytesAfter": float(after),
+        "compressionRatio": before / max(after, 1),
+    }
+
+
+def _bf16(ctx: StageContext[QuantizeParams]) -> StageResult:
+    from torch import fx
+
+    from kompaktor.models import save_torch
+    from kompaktor.quant import torch_inputs
+    from kompaktor.quant.bfloat16 import native_bf16, to_bfloat16
+    from kompaktor.surgery.batches import sample
+
+    module = _materialized(ctx, ctx.model.require_module("quantize"))
+    if not isinstance(module, fx.GraphModule):
+        raise StageError("quantize: params.mode: bf16 needs a torch.export (pt2) model")
+    _check_shapes(ctx, torch_inputs(module))
+    example = sample(ctx.dataset)
+    source = save_torch(module, example, ctx.work_dir / "float.pt2")  # the same graph in fp32
+    target = save_torch(to_bfloat16(module), example, ctx.work_dir / "model.pt2")
+    before, after = source.stat().st_size, target.stat().st_size
+    native = native_bf16()
+    if not native:
+        ctx.log("quantize: bf16: this CPU has no native bfloat16 (AVX512_BF16/AMX): slower here")
+    ctx.log(f"quantize: bf16: {before} -> {after} bytes")
+    return StageResult(
+        path=target,
+        output_format="pt2",
+        metrics=_size_metrics(before, after),
+        details={"mode": "bf16", "nativeBf16": native},
+    )
 
 
 def _float_onnx(ctx: StageContext[QuantizeParams]) -> Path:
@@ -115,17 +160,11 @@ def _float_onnx(ctx: StageContext[QuantizeParams]) -> Path:
 def _materialized(ctx: StageContext[QuantizeParams], module: Any) -> Any:
     """A copy whose computed weights (a weight-shared model's codebook gathers) are stored
     floats again: the int8 quantizers only quantize weights that are constants."""
-    from torch import fx
+    from kompaktor.compression.materialize import materialized_copy
 
-    from kompaktor.compression.materialize import materialize
-
-    if not isinstance(module, fx.GraphModule):
-        return module
-    copied = copy.deepcopy(module)
-    folded = materialize(copied)
-    if not folded:
-        return module
-    ctx.log(f"quantize: stored {len(folded)} computed weights as floats ({', '.join(folded)})")
+    copied, folded = materialized_copy(module)
+    if folded:
+        ctx.log(f"quantize: stored {len(folded)} computed weights as floats ({', '.join(folded)})")
     return copied
 
 

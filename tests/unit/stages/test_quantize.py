@@ -1,6 +1,7 @@
 # ruff: noqa: F811  (fixtures are imported from the shared support modules)
 """The quantize stage on real small models: int8 ONNX about 4x smaller at the same accuracy,
-fp16 half the size, ONNX inputs, QAT, and a calibration shape error raised before any work."""
+fp16 half the size, bf16 half the size in PyTorch, ONNX inputs, QAT, and a calibration shape
+error raised before any work."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import onnx
 import pytest
+import torch
 from compress_quantize_support import (  # noqa: F401  (fixtures)
     cancer_data,
     cancer_mlp,
@@ -28,8 +30,8 @@ from torch import fx, nn
 
 from kompaktor.data import Dataset
 from kompaktor.errors import JobSpecError, StageError
-from kompaktor.models import LoadedModel
-from kompaktor.stages.base import StageResult
+from kompaktor.models import LoadedModel, load_model
+from kompaktor.stages.base import PlanContext, StageResult
 from kompaktor.stages.quantize import QuantizeParams, QuantizeStage
 from kompaktor.stages.validate import parse_params
 
@@ -83,6 +85,36 @@ def test_fp16_halves_the_size(
     assert onnx_accuracy(result.path, cancer_data) >= before - 0.01
 
 
+def test_bf16_halves_the_file_and_keeps_float32_inputs_and_outputs(
+    digits_cnn: fx.GraphModule, digits_data: Dataset, tmp_path: Path
+) -> None:
+    before = accuracy(digits_cnn, digits_data)
+    result = run({"mode": "bf16"}, digits_cnn, digits_data, tmp_path)
+    assert result.output_format == "pt2" and result.path == tmp_path / "model.pt2"
+    assert result.path.stat().st_size <= 0.6 * (tmp_path / "float.pt2").stat().st_size
+    assert result.metrics["sizeBytesAfter"] == result.path.stat().st_size
+    loaded = load_model(result.path).module
+    assert loaded is not None
+    weights = [t for t in loaded.state_dict().values() if t.is_floating_point()]
+    assert weights and all(t.dtype == torch.bfloat16 for t in weights)
+    x = torch.as_tensor(digits_data.x["test"][0])  # type: ignore[index]
+    with torch.no_grad():
+        logits, exact = loaded(x), digits_cnn(x)
+    assert logits.dtype == torch.float32  # drops in where the fp32 model ran
+    assert 0 < float((logits - exact).abs().max()) <= 0.05 * float(exact.abs().max())
+    assert accuracy(loaded, digits_data) >= before - 0.01
+    assert isinstance(result.details["nativeBf16"], bool)
+
+
+def test_bf16_needs_a_torch_export_model() -> None:
+    params = QuantizeParams(mode="bf16")
+    for fmt in ("onnx", "torchscript"):
+        with pytest.raises(ValueError, match=f"params.mode: bf16 .* needs a pt2 model .got {fmt}"):
+            QuantizeStage().check(params, PlanContext("quantize", fmt, (), "classification"))
+    assert QuantizeStage().output_format("pt2", params) == "pt2"
+    assert QuantizeStage().output_format("pt2", QuantizeParams(mode="fp16")) == "onnx"
+
+
 def test_an_onnx_model_quantizes(
     cancer_mlp: fx.GraphModule, cancer_data: Dataset, tmp_path: Path
 ) -> None:
@@ -124,5 +156,6 @@ def test_unknown_mode_reads_well() -> None:
     with pytest.raises(JobSpecError) as error:
         parse_params("quantize", {"mode": "int4"}, "stages[3] (quantize)")
     assert str(error.value) == (
-        "stages[3] (quantize): params.mode: must be one of dynamic, static, qat, fp16 (got 'int4')"
+        "stages[3] (quantize): params.mode: must be one of dynamic, static, qat, fp16, bf16 "
+        "(got 'int4')"
     )

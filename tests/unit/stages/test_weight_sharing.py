@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -24,7 +25,8 @@ from kompaktor.compression.codebook import CodebookWeight, index_bits, pack, unp
 from kompaktor.compression.materialize import materialize
 from kompaktor.compression.sharing import sharable_weights, share_weights
 from kompaktor.data import Dataset
-from kompaktor.models import load_model, save_torch
+from kompaktor.models import load_model, predictor_for, save_torch
+from kompaktor.models.predict import TorchPredictor
 from kompaktor.stages.compress import CompressParams, CompressStage
 from kompaktor.stages.runner import StageRequest, run_stage
 from kompaktor.training import fit
@@ -94,7 +96,7 @@ def stage(
 
 
 def test_shared_model_file_is_small_and_feeds_quantize_and_benchmark(
-    mlp_pt2: Path, tmp_path: Path
+    mlp_pt2: Path, digits: Dataset, tmp_path: Path
 ) -> None:
     shared = stage(
         "compress", mlp_pt2, tmp_path / "compress",
@@ -107,6 +109,18 @@ def test_shared_model_file_is_small_and_feeds_quantize_and_benchmark(
     assert m["metric"] >= m["inputMetric"] - 0.02
     assert shared.details["clusters"] == {"1": 16, "3": 16, "5": 16}
     assert shared.details["indexBits"] == {"1": 4, "3": 4, "5": 4}
+
+    # The file keeps the packed indices; a predictor (benchmark, evaluation) decodes them once.
+    loaded, plain = load_model(shared_file), load_model(mlp_pt2)
+    assert loaded.module is not None and plain.module is not None
+    predictor = predictor_for(loaded)
+    assert isinstance(predictor, TorchPredictor)
+    assert any(b.dtype == torch.uint8 for b in loaded.module.buffers())
+    assert not any(b.dtype == torch.uint8 for b in predictor.module.buffers())
+    x = digits.x["test"][0][:8]  # type: ignore[index]
+    np.testing.assert_allclose(predictor(x), TorchPredictor(loaded.module)(x), rtol=1e-5, atol=1e-6)
+    unshared = predictor_for(plain)
+    assert isinstance(unshared, TorchPredictor) and unshared.module is plain.module  # no copy
 
     quantized = stage("quantize", shared_file, tmp_path / "quantize", {"mode": "dynamic"})
     onnx_model = onnx.load(str(tmp_path / "quantize" / "model.onnx"))

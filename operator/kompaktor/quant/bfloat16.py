@@ -1,0 +1,57 @@
+"""bfloat16 weights and compute behind a float32 interface, for the quantize stage's bf16 mode.
+
+ONNX Runtime has no bfloat16 CPU kernels, so bf16 stays a torch.export program: the weights are
+stored in bfloat16 (half the file) and the graph casts its float inputs down and its float
+outputs back up, so the file drops in wherever the fp32 model ran. oneDNN runs the convolutions
+and matmuls in bf16 on CPUs with AVX512_BF16 or AMX; elsewhere it emulates them (slower).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import fx
+
+#: Checks export inserts that an input still has its traced (float32) dtype.
+_DTYPE_CHECKS = frozenset({torch.ops.aten._assert_tensor_metadata.default})
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (oneDNN's own test)."""
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(probe()) if probe is not None else False
+
+
+def to_bfloat16(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy of an exported program's module computing in bfloat16, with float32 inputs and
+    outputs; `gm` is left as it was."""
+    copied = copy.deepcopy(gm).to(torch.bfloat16)
+    graph = copied.graph
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target in _DTYPE_CHECKS:
+            graph.erase_node(node)
+    placeholders = [n for n in graph.nodes if n.op == "placeholder" and _is_float(n)]
+    for node in placeholders:
+        with graph.inserting_after(node):
+            cast = graph.call_function(
+                torch.ops.aten._to_copy.default, (node,), {"dtype": torch.bfloat16}
+            )
+        node.replace_all_uses_with(cast, delete_user_cb=lambda user, c=cast: user is not c)
+    output = next(n for n in graph.nodes if n.op == "output")
+    with graph.inserting_before(output):
+        output.args = fx.node.map_arg(output.args, lambda value: _to_float32(graph, value))
+    graph.lint()
+    copied.recompile()
+    return copied
+
+
+def _is_float(node: fx.Node) -> bool:
+    value = node.meta.get("val")
+    return isinstance(value, torch.Tensor) and value.is_floating_point()
+
+
+def _to_float32(graph: fx.Graph, value: fx.Node) -> fx.Node:
+    if not _is_float(value):
+        return value
+    return graph.call_function(torch.ops.aten._to_copy.default, (value,), {"dtype": torch.float32})
