@@ -24,6 +24,9 @@ def operator_config(tmp: Path) -> dict[str, Any]:
         "artifactsUri": (tmp / "store").as_uri(),
         "s3CredentialsSecret": "kompaktor-s3",
         "retryBaseSeconds": 0.2,
-        "peering": {"lifetimeSeconds": 3},
+        # kopf refreshes a peer's record every max(1, lifetime - 5..10) s: with 6 s that is every
+        # second, and a leader starved of CPU for up to 5 s (two busy cores running the suite)
+        # still counts as alive, so a standby does not resume beside it. Failover takes ~6 s.
+        "peering": {"lifetimeSeconds": 6},
         "podStartTimeoutSeconds": 2,
     }
