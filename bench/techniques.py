@@ -1,6 +1,6 @@
 """Every technique on the same model, measured side by side in one process.
 
-    .venv/bin/python bench/techniques.py [--quick] [--only TEXT]
+    .venv/bin/python bench/techniques.py [--quick] [--only TEXT] [--batch N]
 
 Trains the digits CNN (as `kompaktor init digits` does), runs each technique through the real
 stage runner, then times each output against the input model on one thread, alternating
@@ -89,7 +89,10 @@ def main() -> None:
     parser.add_argument(
         "--only", metavar="TEXT", help="only the techniques whose label contains TEXT"
     )
+    parser.add_argument("--batch", type=int, default=1, help="rows per timed call (default 1)")
     args = parser.parse_args()
+    if args.only and not any(args.only in label for label, _, _ in TECHNIQUES):
+        raise SystemExit(f"no technique matches --only {args.only!r}")
     torch.set_num_threads(1)
     blocks, per_block = (4, 50) if args.quick else (10, 100)
     work = Path(tempfile.mkdtemp(prefix="kompaktor-bench-"))
@@ -101,7 +104,7 @@ def main() -> None:
     base = load_model(input_path)
     base_predict = predictor_for(base, threads=1)
     base_metric = metric("accuracy", base_predict, data)
-    sample = make_batch(data.inputs("test"), 1)
+    sample = make_batch(data.inputs("test"), args.batch)
     rows = [
         (
             "input model (fp32, torch.export)",
@@ -145,7 +148,7 @@ def main() -> None:
             )
         )
     print(
-        f"digits CNN, batch 1, 1 thread, {torch.__version__}; input p50 "
+        f"digits CNN, batch {args.batch}, 1 thread, {torch.__version__}; input p50 "
         f"{base_p50:.3f} ms (median of the side-by-side blocks)\n"
     )
     print("| technique | accuracy | Δ vs input | params | size (KiB) | p50 ms | speedup |")

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import yaml
 
 from kompaktor.data import load_dataset
 from kompaktor.models import save_onnx, save_torch
-from kompaktor.quickstart import init_digits, job_document
+from kompaktor.quickstart import digits_job, init_digits, job_document
 from kompaktor.zoo import train_tabular_mlp
 
 ROOT = Path(__file__).resolve().parents[1] / "examples"
@@ -37,7 +38,7 @@ GPU_STAGES = ("tune", "prune", "distill")
 
 def write_cluster_job(directory: Path, bucket: str = "kompaktor-examples") -> None:
     """`cluster.yaml` beside `job.yaml`: the same job, with S3 URIs and pools."""
-    document = yaml.safe_load((directory / "job.yaml").read_text())
+    document = copy.deepcopy(digits_job(full=True, name="digits-pipeline"))  # shared stages
     spec = document["spec"]
     root = f"s3://{bucket}/{directory.name}"
     for field in ("model", "dataset"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,9 +65,12 @@ def expected(source: Path = SOURCE) -> dict[str, str]:
     return files
 
 
-def differences(source: Path = SOURCE, target: Path = TARGET) -> list[str]:
-    """What is stale in `target`, one line each; empty when it is in sync."""
-    want = expected(source)
+def differences(
+    source: Path = SOURCE, target: Path = TARGET, want: Mapping[str, str] | None = None
+) -> list[str]:
+    """What is stale in `target`, one line each; empty when it is in sync. `want` is
+    `expected(source)`, for a caller that has it already."""
+    want = expected(source) if want is None else want
     have = {path.name: path for path in sorted(target.glob("*.yaml"))} if target.is_dir() else {}
     problems = [f"{target / name}: missing" for name in want if name not in have]
     problems += [f"{path}: not in {source}" for name, path in have.items() if name not in want]
@@ -80,8 +84,8 @@ def differences(source: Path = SOURCE, target: Path = TARGET) -> list[str]:
 
 def sync(source: Path = SOURCE, target: Path = TARGET) -> list[str]:
     """Make `target` match; returns the paths written or removed."""
-    changed = differences(source, target)
     want = expected(source)
+    changed = differences(source, target, want)
     target.mkdir(parents=True, exist_ok=True)
     for path in target.glob("*.yaml"):
         if path.name not in want:

@@ -66,11 +66,6 @@ void spmm_i8(const SpmmI8Args& a) {
   // 512-bit ops anyway).
   if (active_isa() == Isa::avx512 && a.B > 1 && (a.B % 16) >= 1 && (a.B % 16) <= 8)
     return avx2::spmm_i8(a);
-  if (active_isa() == Isa::avx512 && a.B == 1 && g_vbmi) {
-    SpmmI8Args b = a;
-    b.vbmi = true;
-    return avx512::spmm_i8(b);
-  }
 #endif
   KK_DISPATCH(spmm_i8, a)
 }

@@ -32,7 +32,6 @@ struct SpmmI8Args {
   const float* bias;
   float* y;
   int nthreads;
-  bool vbmi = false;  // set by dispatch: AVX-512 path on a CPU with AVX512_VBMI
 };
 
 struct KdArgs {

@@ -14,4 +14,4 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #endif
-#include "kernels.h"
+#include "dispatch.h"  // kernels.h, and has_vbmi() for the AVX-512 unit

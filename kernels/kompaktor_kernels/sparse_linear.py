@@ -163,6 +163,49 @@ def _ptr(t: torch.Tensor | None) -> int:
     return 0 if t is None else int(t.data_ptr())
 
 
+_NativeArgs = tuple[Callable[..., None], tuple[int | bool, ...]]
+
+
+def _native_args(
+    row_ptr: torch.Tensor,
+    col: torch.Tensor,
+    values: torch.Tensor,
+    bias: torch.Tensor | None,
+    scales: torch.Tensor | None,
+    rowsum: torch.Tensor | None,
+    in_features: int,
+    values_dtype: torch.dtype,
+    validate: Callable[..., None] = _check_csr_cached,
+) -> _NativeArgs:
+    """Check the weight tensors; return the native kernel and its weight arguments (those
+    between `batch` and `y`)."""
+    validate(row_ptr, col, values, in_features, values_dtype)
+    out_features = row_ptr.numel() - 1
+    _check_vec("bias", bias, out_features, torch.float32)
+    head = (
+        in_features, out_features, row_ptr.data_ptr(), col.data_ptr(), col.dtype == torch.uint16,
+        values.data_ptr(),
+    )  # fmt: skip
+    if values_dtype != torch.int8:
+        return _native.spmm_f32_ptr, (*head, _ptr(bias))
+    _check_vec("scales", scales, out_features, torch.float32)
+    _check_vec("rowsum", rowsum, out_features, torch.int32)
+    assert scales is not None and rowsum is not None
+    return _native.spmm_i8_ptr, (*head, scales.data_ptr(), rowsum.data_ptr(), _ptr(bias))
+
+
+def _run(
+    x: torch.Tensor, in_features: int, bias: torch.Tensor | None, native: _NativeArgs
+) -> torch.Tensor:
+    fn, args = native
+    out_features = int(args[1])
+    y = torch.empty(_out_shape(x, out_features), dtype=torch.float32)
+    if in_features == 0:
+        return y.fill_(0).add_(bias) if bias is not None else y.fill_(0)
+    fn(x.data_ptr(), x.numel() // in_features, *args, y.data_ptr(), num_threads())
+    return y
+
+
 def _sparse_linear_cpu(
     x: torch.Tensor,
     row_ptr: torch.Tensor,
@@ -172,18 +215,8 @@ def _sparse_linear_cpu(
     in_features: int,
 ) -> torch.Tensor:
     _check_x(x, in_features)
-    _check_csr_cached(row_ptr, col, values, in_features, torch.float32)
-    out_features = row_ptr.numel() - 1
-    _check_vec("bias", bias, out_features, torch.float32)
-    y = torch.empty(_out_shape(x, out_features), dtype=torch.float32)
-    if in_features == 0:
-        return y.fill_(0).add_(bias) if bias is not None else y.fill_(0)
-    batch = x.numel() // in_features
-    _native.spmm_f32_ptr(
-        x.data_ptr(), batch, in_features, out_features, row_ptr.data_ptr(), col.data_ptr(),
-        col.dtype == torch.uint16, values.data_ptr(), _ptr(bias), y.data_ptr(), num_threads(),
-    )  # fmt: skip
-    return y
+    native = _native_args(row_ptr, col, values, bias, None, None, in_features, torch.float32)
+    return _run(x, in_features, bias, native)
 
 
 def _sparse_linear_int8_cpu(
@@ -197,20 +230,8 @@ def _sparse_linear_int8_cpu(
     in_features: int,
 ) -> torch.Tensor:
     _check_x(x, in_features)
-    _check_csr_cached(row_ptr, col, values, in_features, torch.int8)
-    out_features = row_ptr.numel() - 1
-    _check_vec("scales", scales, out_features, torch.float32)
-    _check_vec("rowsum", rowsum, out_features, torch.int32)
-    _check_vec("bias", bias, out_features, torch.float32)
-    y = torch.empty(_out_shape(x, out_features), dtype=torch.float32)
-    if in_features == 0:
-        return y.fill_(0).add_(bias) if bias is not None else y.fill_(0)
-    _native.spmm_i8_ptr(
-        x.data_ptr(), x.numel() // in_features, in_features, out_features, row_ptr.data_ptr(),
-        col.data_ptr(), col.dtype == torch.uint16, values.data_ptr(), scales.data_ptr(),
-        rowsum.data_ptr(), _ptr(bias), y.data_ptr(), num_threads(),
-    )  # fmt: skip
-    return y
+    native = _native_args(row_ptr, col, values, bias, scales, rowsum, in_features, torch.int8)
+    return _run(x, in_features, bias, native)
 
 
 impl_cpu("sparse_linear", _sparse_linear_cpu)
@@ -396,10 +417,6 @@ class SparseLinear(nn.Module):
         state["_plan"] = None
         return state
 
-    def _apply(self, fn: Any, recurse: bool = True) -> SparseLinear:
-        self._plan = None  # .to() / .float() etc. replace the buffers: drop the old references
-        return super()._apply(fn, recurse)  # type: ignore[no-untyped-call,no-any-return]
-
     def _make_plan(self, buffers: tuple[torch.Tensor | None, ...]) -> _Plan | None:
         """Validate the current buffers once and keep their raw pointers (None when that cannot
         be cached: inference tensors have no version counter, or the layer is degenerate)."""
@@ -409,23 +426,11 @@ class SparseLinear(nn.Module):
         assert row_ptr is not None and col is not None and values is not None
         if row_ptr.shape != (self.out_features + 1,):
             raise ValueError(f"row_ptr must have shape ({self.out_features + 1},)")
-        _validate_csr(row_ptr, col, values, self.in_features, values.dtype)
-        _check_vec("bias", bias, self.out_features, torch.float32)
-        head = (
-            self.in_features,
-            self.out_features,
-            row_ptr.data_ptr(),
-            col.data_ptr(),
-            col.dtype == torch.uint16,
-            values.data_ptr(),
+        expected = torch.int8 if values.dtype == torch.int8 else torch.float32
+        native = _native_args(
+            row_ptr, col, values, bias, scales, rowsum, self.in_features, expected, _validate_csr
         )
-        if values.dtype == torch.int8:
-            assert scales is not None and rowsum is not None
-            _check_vec("scales", scales, self.out_features, torch.float32)
-            _check_vec("rowsum", rowsum, self.out_features, torch.int32)
-            args = (*head, scales.data_ptr(), rowsum.data_ptr(), _ptr(bias))
-            return _Plan(buffers, _native.spmm_i8_ptr, args)
-        return _Plan(buffers, _native.spmm_f32_ptr, (*head, _ptr(bias)))
+        return _Plan(buffers, *native)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Plain eager inference skips the dispatcher and all per-call validation of the weights:

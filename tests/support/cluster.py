@@ -132,8 +132,7 @@ class Cluster:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for operator in self.operators:
-            await operator.kill()
+        await self.kill_operator()
         await self._server.__aexit__(None, None, None)
         await self.emulator.__aexit__(None, None, None)
         for name, value in self._saved_env.items():

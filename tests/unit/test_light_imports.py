@@ -1,9 +1,10 @@
 """The control plane loads no ML library: the operator, the plan, job validation, the CLI.
 
-The operator's pods are sized for a process without torch (about 90 MB instead of about
-310 MB, and a start-up seconds shorter), so the operator, the plan, every stage's Params,
-formats and plan-time checks, and `kompaktor --help` must not import torch, ONNX, ONNX Runtime,
-scikit-learn or SciPy. Stage execution (`Stage.run`) imports them where it needs them.
+The operator's pods are sized for a process without torch (idle RSS about 90 MiB, the "idle"
+line of `python bench/controller.py`, instead of about 310 MiB with torch, and a start-up
+seconds shorter), so the operator, the plan, every stage's Params, formats and plan-time
+checks, and `kompaktor --help` must not import torch, ONNX, ONNX Runtime, scikit-learn or
+SciPy. Stage execution (`Stage.run`) imports them where it needs them.
 
 Each check runs in a fresh interpreter (this one has torch loaded already) under
 `-X importtime`, so a failure names the chain of imports that pulled a library in.

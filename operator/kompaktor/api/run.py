@@ -28,6 +28,12 @@ MAX_CURVE = 25
 CURVE_DIGITS = 4
 
 
+def curve_stride(epochs: int) -> int:
+    """Epochs per curve point: one point per epoch, or fewer so `epochs` give at most
+    MAX_CURVE points."""
+    return max(1, -(-epochs // MAX_CURVE))
+
+
 def round_point(value: float, digits: int = CURVE_DIGITS) -> float:
     """A float rounded to `digits` significant digits (NaN and inf pass through)."""
     if value != value or value in (float("inf"), float("-inf")):

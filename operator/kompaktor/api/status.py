@@ -15,6 +15,9 @@ TrialState = Literal["Pending", "Running", "Complete", "Failed", "Pruned"]
 ConditionType = Literal["Ready", "Progressing", "Degraded"]
 EnergyMethod = Literal["nvml", "rapl", "estimate"]
 
+#: Significant digits of a trial's metrics in status.
+METRIC_DIGITS = 5
+
 
 class StatusModel(ApiModel):
     """Status records are rewritten by the plan, so they are plain mutable-free values too."""
@@ -66,7 +69,7 @@ class TrialRecord(StatusModel):
     metrics: dict[str, float] = Field(
         default_factory=dict,
         description="metric, valMetric, their reference figures, latencyMs, sizeBytes and "
-        "parameters only (5 significant digits).",
+        f"parameters only ({METRIC_DIGITS} significant digits).",
     )
     curve: list[float] | None = Field(
         default=None,

@@ -20,7 +20,7 @@ from torch import fx, nn
 from kompaktor.surgery.graph import fetch_tensor
 
 #: Run-time checks export adds (they return nothing): dropped when they check stored tensors.
-_CHECKS = frozenset({torch.ops.aten._assert_tensor_metadata.default})
+EXPORT_CHECKS = frozenset({torch.ops.aten._assert_tensor_metadata.default})
 
 
 def materialize(gm: fx.GraphModule) -> list[str]:
@@ -31,7 +31,7 @@ def materialize(gm: fx.GraphModule) -> list[str]:
     folded: dict[fx.Node, str] = {}
     with torch.no_grad():
         for node in gm.graph.nodes:
-            if node in constant and node.target not in _CHECKS:
+            if node in constant and node.target not in EXPORT_CHECKS:
                 values[node] = _evaluate(gm, node, values)
                 if node.op != "get_attr" and any(u not in constant for u in node.users):
                     folded[node] = _owner_of(node, constant)
@@ -48,7 +48,7 @@ def materialize(gm: fx.GraphModule) -> list[str]:
             stand_ins.append(gm.graph.get_attr(temporary))
         node.replace_all_uses_with(stand_ins[-1])
     for node in list(gm.graph.nodes):  # checks of stored tensors alone check nothing at run time
-        if node.target in _CHECKS and node in constant:
+        if node.target in EXPORT_CHECKS and node in constant:
             gm.graph.erase_node(node)
     gm.graph.eliminate_dead_code()
     _drop_unused(gm, sources)
@@ -81,7 +81,7 @@ def _computes_weights(gm: fx.GraphModule) -> bool:
     constant = _constant_nodes(gm)
     return any(
         node.op != "get_attr"
-        and node.target not in _CHECKS
+        and node.target not in EXPORT_CHECKS
         and any(user not in constant for user in node.users)
         for node in constant
     )

@@ -7,7 +7,6 @@ values, i.e. it can ship as a k-entry codebook plus ⌈log2 k⌉-bit indices.
 from __future__ import annotations
 
 import fnmatch
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,14 +23,6 @@ class Shared:
     layer: str
     codebook: torch.Tensor
     indices: torch.Tensor
-
-    @property
-    def bits_per_weight(self) -> float:
-        """Index bits plus the fp32 codebook spread over the layer's weights."""
-        count = self.indices.numel()
-        return (
-            count * math.ceil(math.log2(max(len(self.codebook), 2))) + 32 * len(self.codebook)
-        ) / count
 
 
 def cluster_1d(

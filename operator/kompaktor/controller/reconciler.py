@@ -9,7 +9,7 @@ run's deterministic name, so a Job that already exists is adopted, never duplica
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -74,8 +74,8 @@ def observe(
     status: OptimizationJobStatus,
     jobs: Sequence[Mapping[str, Any]],
     pods: Sequence[Mapping[str, Any]],
-    now: datetime | None = None,
-    start_timeout: float = float("inf"),
+    now: datetime,
+    start_timeout: float,
 ) -> list[Observation]:
     """Facts about in-flight runs only, so outcomes already recorded are never fed twice.
 
@@ -96,7 +96,7 @@ def observe(
             found.append(start)
         if (result := k8s.outcome(job, mine)) is not None:
             found.append(result)
-        elif now is not None and (failed := k8s.stuck(job, mine, now, start_timeout)):
+        elif failed := k8s.stuck(job, mine, now, start_timeout):
             found.append(failed)
     return found
 
@@ -160,7 +160,11 @@ class Reconciler:
         result = await asyncio.to_thread(reconcile, ctx, status, observations, now)
         await self._write_status(namespace, name, raw_status, result.status)
         done = await self._act(obj, namespace, result, jobs)
-        removed = await self._remove_stuck(namespace, jobs, observations)
+        # Runs reported failed while still active (pods that cannot start): the outcome is in
+        # the status already, so their Jobs go and a retry gets a Job of its own.
+        failed = {o.run_id for o in observations if isinstance(o, RunFailed)}
+        live = [job for job in jobs if not k8s.finished(job)]
+        removed = await self._delete_runs(namespace, live, failed)
         wake = done.wake_after
         if any(pod.get("status", {}).get("phase") == "Pending" for pod in pods):
             wake = min(wake or PENDING_POLL_SECONDS, PENDING_POLL_SECONDS)
@@ -210,18 +214,16 @@ class Reconciler:
         if patch:
             await self.kube.patch_status(cr_path(namespace, name), patch)
 
-    async def _remove_stuck(
-        self, namespace: str, jobs: Sequence[Mapping[str, Any]], observed: Sequence[Observation]
+    async def _delete_runs(
+        self, namespace: str, jobs: Sequence[Mapping[str, Any]], run_ids: Set[str]
     ) -> int:
-        """Delete the Jobs of runs reported failed while still active (pods that cannot
-        start); the outcome is in the status already, so a retry gets a Job of its own."""
-        failed = {o.run_id for o in observed if isinstance(o, RunFailed)}
-        removed = 0
+        """Delete the Jobs among `jobs` that belong to `run_ids`; answers how many."""
+        deleted = 0
         for job in jobs:
-            if k8s.run_id_of(job) in failed and not k8s.finished(job):
+            if k8s.run_id_of(job) in run_ids:
                 await self.kube.delete(jobs_path(namespace, job["metadata"]["name"]))
-                removed += 1
-        return removed
+                deleted += 1
+        return deleted
 
     async def _act(
         self,
@@ -230,7 +232,7 @@ class Reconciler:
         result: StepResult,
         jobs: Sequence[Mapping[str, Any]],
     ) -> Pass:
-        existing = {job["metadata"]["name"]: job for job in jobs}
+        existing = {job["metadata"]["name"] for job in jobs}
         created = deleted = 0
         wake: float | None = None
         for action in result.actions:
@@ -238,16 +240,12 @@ class Reconciler:
                 case EmitEvent():
                     self.emit(obj, action.type, action.reason, action.message)
                 case EnsureRun():
-                    manifest = k8s.job_manifest(
-                        action.request, obj, self.config, namespace=namespace
-                    )
-                    if manifest["metadata"]["name"] not in existing:
+                    request = action.request
+                    if k8s.job_name(request.job, request.run_id) not in existing:
+                        manifest = k8s.job_manifest(request, obj, self.config, namespace=namespace)
                         created += await self.kube.create(jobs_path(namespace), manifest)
                 case CancelRun():
-                    for job_name, job in existing.items():
-                        if k8s.run_id_of(job) == action.run_id:
-                            await self.kube.delete(jobs_path(namespace, job_name))
-                            deleted += 1
+                    deleted += await self._delete_runs(namespace, jobs, {action.run_id})
                 case Requeue():
                     wake = action.after_seconds if wake is None else min(wake, action.after_seconds)
         if result.active:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -22,6 +22,7 @@ from kompaktor.config import OperatorConfig
 from kompaktor.errors import KompaktorError
 from kompaktor.executors.pods import pod_spec
 from kompaktor.plan import Observation, RunFailed, RunRequest, RunStarted, RunSucceeded
+from kompaktor.plan.machine import parse_iso
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_JOB = "kompaktor.io/job"
@@ -193,7 +194,7 @@ def stuck(job: Obj, pods: Sequence[Obj], now: datetime, timeout: float) -> RunFa
     if rid is None or finished(job):
         return None
     for pod in pods:
-        waited = (now - _created(pod)).total_seconds()
+        waited = (now - _created(pod, now)).total_seconds()
         for container in pod.get("status", {}).get("containerStatuses") or []:
             waiting = (container.get("state") or {}).get("waiting") or {}
             reason = str(waiting.get("reason") or "")
@@ -211,12 +212,13 @@ def stuck(job: Obj, pods: Sequence[Obj], now: datetime, timeout: float) -> RunFa
     return None
 
 
-def _created(obj: Obj) -> datetime:
+def _created(obj: Obj, now: datetime) -> datetime:
+    """When `obj` was created; `now` (nothing waited yet) if it does not say."""
     stamp = obj.get("metadata", {}).get("creationTimestamp")
     try:
-        return datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+        return parse_iso(str(stamp)) if stamp else now
     except ValueError:
-        return datetime.now(UTC)
+        return now
 
 
 def _name(obj: Obj) -> str:

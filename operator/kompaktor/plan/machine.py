@@ -202,7 +202,7 @@ class _Step:
         for index, trial in enumerate(self.trials):
             if trial.state == "Pending" and trial.key == obs.key:
                 if obs.record is not None:
-                    self.trials[index] = trial_flow.complete(trial, obs.record, self.spec)
+                    self.trials[index] = trial_flow.complete(trial, obs.record)
                 else:
                     self.trials[index] = trial.model_copy(
                         update={"state": "Running", "attempts": 1}
@@ -223,7 +223,7 @@ class _Step:
         if tindex is not None:
             trial = self.trials[tindex]
             pool = self.pool_for(self.spec.stages[self.spec.stage_index(trial.stage)])
-            done = trial_flow.complete(trial, record, self.spec)
+            done = trial_flow.complete(trial, record)
             cost = round(self.cost(record, pool), 6)  # compact: hundreds of trials in status
             self.trials[tindex] = done.model_copy(update={"cost_usd": cost})
 

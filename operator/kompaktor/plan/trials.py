@@ -12,13 +12,10 @@ from typing import Any
 
 from kompaktor.api.run import MAX_CURVE, RunRecord, round_point
 from kompaktor.api.spec import OptimizationJobSpec, StageSpec
-from kompaktor.api.status import TrialRecord
+from kompaktor.api.status import METRIC_DIGITS, TrialRecord
 from kompaktor.models import format_of
 from kompaktor.plan.keys import run_key
 from kompaktor.stages import hpo
-
-#: Significant digits of a trial's metrics in status.
-METRIC_DIGITS = 5
 
 
 @dataclass(frozen=True)
@@ -29,7 +26,7 @@ class HpoOutcome:
     failure: str | None = None
 
 
-def complete(trial: TrialRecord, record: RunRecord, spec: OptimizationJobSpec) -> TrialRecord:
+def complete(trial: TrialRecord, record: RunRecord) -> TrialRecord:
     """A trial whose run finished (or was found in the cache): Pruned when the pruner stopped
     it, else Complete; its figures rounded and its curve capped, to keep status small."""
     metrics = {k: _round(record.metrics[k]) for k in hpo.TRIAL_METRICS if k in record.metrics}

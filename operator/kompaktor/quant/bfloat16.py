@@ -13,8 +13,7 @@ import copy
 import torch
 from torch import fx
 
-#: Checks export inserts that an input still has its traced (float32) dtype.
-_DTYPE_CHECKS = frozenset({torch.ops.aten._assert_tensor_metadata.default})
+from kompaktor.compression.materialize import EXPORT_CHECKS
 
 
 def native_bf16() -> bool:
@@ -29,7 +28,8 @@ def to_bfloat16(gm: fx.GraphModule) -> fx.GraphModule:
     copied = copy.deepcopy(gm).to(torch.bfloat16)
     graph = copied.graph
     for node in list(graph.nodes):
-        if node.op == "call_function" and node.target in _DTYPE_CHECKS:
+        # export's checks that the inputs keep their traced float32 dtype
+        if node.op == "call_function" and node.target in EXPORT_CHECKS:
             graph.erase_node(node)
     placeholders = [n for n in graph.nodes if n.op == "placeholder" and _is_float(n)]
     for node in placeholders:

@@ -76,13 +76,9 @@ def _final(point: TrialPoint) -> float | None:
 
 
 def _frozen(point: TrialPoint) -> optuna.trial.FrozenTrial:
-    curve = dict(enumerate(point.curve))
-    if point.state == "Complete":
-        return optuna.trial.create_trial(
-            state=TrialState.COMPLETE, value=_final(point), intermediate_values=curve
-        )
+    state = TrialState.COMPLETE if point.state == "Complete" else TrialState.PRUNED
     return optuna.trial.create_trial(
-        state=TrialState.PRUNED, value=_final(point), intermediate_values=curve
+        state=state, value=_final(point), intermediate_values=dict(enumerate(point.curve))
     )
 
 
@@ -103,7 +99,6 @@ class TrialPruner:
     the pruner stops the trial there."""
 
     def __init__(self, context: TrialContext) -> None:
-        self.context = context
         self.study = rebuild_for_pruning(context)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
-from kompaktor.api.run import MAX_CURVE, round_point
+from kompaktor.api.run import MAX_CURVE, curve_stride, round_point
 from kompaktor.data import Dataset
 from kompaktor.models import LoadedModel, ModelFormat
 
@@ -59,7 +59,7 @@ class Curve:
 
     def due(self, epoch: int, epochs: int) -> bool:
         """Whether epoch `epoch` (from 1) of `epochs` gets a curve point."""
-        stride = self.stride or max(1, -(-epochs // MAX_CURVE))
+        stride = self.stride or curve_stride(epochs)
         return epoch % stride == 0 and len(self.points) < MAX_CURVE and not self.pruned
 
     def after_epoch(self, epoch: int, epochs: int, score: Callable[[], float]) -> bool:

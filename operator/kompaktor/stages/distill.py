@@ -15,7 +15,6 @@ pairs were matched, and which left out and why, goes to result.json.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field, ValidationInfo, field_validator
@@ -118,8 +117,9 @@ class DistillStage(Stage[DistillParams]):
         if params.feature_weight > 0:
             teacher = params.teacher.uri
             formats = [("student", plan.input_format)]
-            if teacher is not None and _format(teacher) is not None:
-                formats.append(("teacher", _format(teacher)))  # type: ignore[arg-type]
+            teacher_format = None if teacher is None else _format(teacher)
+            if teacher_format is not None:
+                formats.append(("teacher", teacher_format))
             for role, fmt in formats:
                 if fmt != "pt2":
                     raise ValueError(
@@ -136,6 +136,7 @@ class DistillStage(Stage[DistillParams]):
         import torch
 
         from kompaktor.distillation import WithProjections, feature_loss, soft_target_loss
+        from kompaktor.stages.curves import curve_callback, validation_scorer
         from kompaktor.surgery import stored_elements, width_reduce
         from kompaktor.surgery.batches import sample
         from kompaktor.training import fit
@@ -172,7 +173,7 @@ class DistillStage(Stage[DistillParams]):
             seed=ctx.seed,
             loss_fn=loss_fn,
             log=ctx.log,
-            on_epoch=_student_curve(ctx, student),
+            on_epoch=curve_callback(ctx.curve, validation_scorer(ctx), student, p.epochs),
         )
         metrics = {
             "parametersInput": float(before),
@@ -182,26 +183,6 @@ class DistillStage(Stage[DistillParams]):
         if p.feature_weight > 0:
             metrics["featurePairs"] = float(len(details["featurePairs"]))
         return StageResult(module=student, metrics=metrics, details=details)
-
-
-def _student_curve(
-    ctx: StageContext[DistillParams], student: nn.Module
-) -> Callable[[int, float], bool] | None:
-    """The student's validation curve, so HPO pruners can stop a distillation trial."""
-    if not len(ctx.dataset.targets("val")):
-        return None
-    from kompaktor.evaluate import scorer
-    from kompaktor.models import predictor_for
-    from kompaktor.models.predict import TorchPredictor
-
-    reference = predictor_for(ctx.reference) if ctx.metric == "fidelity" else None
-    score_val = scorer(ctx.metric, ctx.dataset, "val", reference)
-    epochs = ctx.params.epochs
-
-    def on_epoch(epoch: int, _loss: float) -> bool:
-        return ctx.curve.after_epoch(epoch, epochs, lambda: score_val(TorchPredictor(student)))
-
-    return on_epoch
 
 
 def _teacher(ctx: StageContext[DistillParams]) -> nn.Module:

@@ -25,6 +25,7 @@ from optuna.distributions import (
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from kompaktor.api.run import MAX_CURVE, PrunerSpec, TrialContext, TrialPoint
+from kompaktor.api.run import curve_stride as epochs_per_point
 from kompaktor.api.status import TrialRecord
 from kompaktor.errors import StageError
 from kompaktor.evaluate import higher_is_better
@@ -258,10 +259,11 @@ def check(params: HpoParams, plan: PlanContext | None = None) -> None:
                 raise ValueError(f"params.space.{key}: a grid search needs step or choices")
         if grid_size(distributions(params)) > MAX_GRID:
             raise ValueError(f"params.space: the grid has more than {MAX_GRID} points")
-    target_params = _validated(params, target, _first_point(params))
+    first = _first_point(params)
+    target_params = _validated(params, target, first)
     for key, values in _extremes(params).items():
         for value in values:  # every end of a range and every choice must work
-            _validated(params, target, {**_first_point(params), key: value})
+            _validated(params, target, {**first, key: value})
     _check_pruner(params, target)
     if plan is not None:
         if plan.input_format not in target.accepts:
@@ -341,12 +343,13 @@ def max_epochs(params: HpoParams) -> int:
 
 def curve_stride(params: HpoParams) -> int:
     """Epochs per curve point, the same for every trial, so curves compare point by point."""
-    return max(1, -(-max_epochs(params) // MAX_CURVE))
+    return epochs_per_point(max_epochs(params))
 
 
 def curve_points(params: HpoParams) -> int:
     """The most curve points a trial reports (Hyperband's maximum resource)."""
-    return max(1, -(-max_epochs(params) // curve_stride(params)))
+    epochs = max_epochs(params)
+    return max(1, -(-epochs // epochs_per_point(epochs)))
 
 
 def _target_stage(params: HpoParams) -> type[Stage[Any]]:
@@ -582,12 +585,8 @@ def pruner_spec(params: HpoParams) -> PrunerSpec | None:
         return None
     return PrunerSpec(
         name=params.pruner,
-        startup_trials=params.startup_trials,
-        warmup_steps=params.warmup_steps,
-        percentile=params.percentile,
-        min_resource=params.min_resource,
-        reduction_factor=params.reduction_factor,
         max_resource=curve_points(params),
+        **{option: getattr(params, option) for option in PRUNER_OPTIONS},
     )
 
 
@@ -634,7 +633,7 @@ def trial_context(
             number=record.number,
             state=record.state,  # type: ignore[arg-type]
             value=value,
-            curve=list(record.curve or [])[:MAX_CURVE],
+            curve=list(record.curve or []),
         )
         size += len(point.model_dump_json(by_alias=True)) + 1
         if size > MAX_CONTEXT_BYTES:

@@ -15,7 +15,7 @@ from typing import Any
 
 from kompaktor.api.status import TrialRecord
 from kompaktor.errors import JobSpecError, StageError
-from kompaktor.stages.base import Curve, PlanContext, Stage, StageContext, StageResult
+from kompaktor.stages.base import PlanContext, Stage, StageContext, StageResult
 from kompaktor.stages.hpo import (
     TRIAL_METRICS,
     HpoParams,
@@ -111,11 +111,8 @@ def _trial(
     before: list[TrialRecord],
     reference: dict[str, float],
 ) -> tuple[TrialRecord, Path | None]:
-    import torch
-
-    from kompaktor.evaluate import higher_is_better
     from kompaktor.models import load_model
-    from kompaktor.search.pruning import TrialPruner
+    from kompaktor.stages.curves import trial_curve
     from kompaktor.stages.runner import output_metrics, write_model
     from kompaktor.stages.validate import parse_params
     from kompaktor.training import seed_everything
@@ -128,19 +125,12 @@ def _trial(
     record = TrialRecord(stage="hpo", number=number, params=point, state="Running")
     work = ctx.work_dir / f"trial-{number}"
     work.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()  # measuring latency sets one thread; training wants all
     try:
         params = parse_params(
             target.type, trial_params(p, point), where=f"stage (hpo): trial {number}"
         )
         context = trial_context(p, before, number, metric_name=ctx.metric)
-        pruner = TrialPruner(context) if context is not None and target.reports_curve else None
-        curve = Curve(
-            stride=context.stride if context is not None else None,
-            prune=pruner.report if pruner is not None else None,
-            maximize=higher_is_better(ctx.metric),
-            log=log,
-        )
+        curve = trial_curve(context if target.reports_curve else None, ctx.metric, log)
         log(f"{target.type} with {point}")
         seed_everything(ctx.seed)
         result = target().run(
@@ -163,8 +153,6 @@ def _trial(
         log(f"failed: {error}")
         failed = record.model_copy(update={"state": "Failed", "message": str(error)[:500]})
         return failed, None
-    finally:
-        torch.set_num_threads(threads)
     metrics = {**{k: v for k, v in metrics.items() if k in TRIAL_METRICS}, **reference}
     state = "Pruned" if curve.pruned else "Complete"
     values = trial_values(p, metrics, ctx.metric) if state == "Complete" else None

@@ -9,7 +9,7 @@ is what makes it smaller and faster on any runtime.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
@@ -20,6 +20,8 @@ from kompaktor.stages.base import PlanContext, Stage, StageContext, StageParams,
 if TYPE_CHECKING:
     import torch
     from torch import fx, nn
+
+    from kompaktor.stages.curves import Scorer
 
 
 class PruneParams(StageParams):
@@ -119,13 +121,19 @@ class PruneStage(Stage[PruneParams]):
             )
 
     def run(self, ctx: StageContext[PruneParams]) -> StageResult:
+        from kompaktor.stages.curves import validation_scorer
+
         module = ctx.model.require_module("prune")
+        # made once per run; no val split: no curve (train holds rows out)
+        score = validation_scorer(ctx) if ctx.params.fine_tune_epochs else None
         if ctx.params.method == "structured":
-            return _structured(ctx, module)
-        return _unstructured(ctx, module)
+            return _structured(ctx, module, score)
+        return _unstructured(ctx, module, score)
 
 
-def _unstructured(ctx: StageContext[PruneParams], module: nn.Module) -> StageResult:
+def _unstructured(
+    ctx: StageContext[PruneParams], module: nn.Module, score: Scorer | None
+) -> StageResult:
     from kompaktor.surgery import (
         hold_masks,
         masks_for_sparsity,
@@ -146,7 +154,7 @@ def _unstructured(ctx: StageContext[PruneParams], module: nn.Module) -> StageRes
             scores[name] = scores[name].masked_fill(~mask, -1.0)
         masks = masks_for_sparsity(scores, target, p.scope or "global")
         with hold_masks(weights, masks):
-            stop = _fine_tune(ctx, module, step)
+            stop = _fine_tune(ctx, module, step, score)
         ctx.log(f"prune: step {step + 1}/{p.steps}: sparsity {sparsity_of(weights):.4f}")
         ctx.report(step, sparsity_of(weights))
         if stop:
@@ -177,7 +185,9 @@ def _weight_scores(
     return taylor_scores(module, weights, data, task_loss(ctx.dataset))
 
 
-def _structured(ctx: StageContext[PruneParams], module: nn.Module) -> StageResult:
+def _structured(
+    ctx: StageContext[PruneParams], module: nn.Module, score: Scorer | None
+) -> StageResult:
     from kompaktor.surgery import (
         as_graph_module,
         channel_groups,
@@ -204,7 +214,7 @@ def _structured(ctx: StageContext[PruneParams], module: nn.Module) -> StageResul
         scores = _channel_scores(ctx, gm, groups)
         keep = {n: keep_top(scores[n], original[n] - round(target * original[n])) for n in groups}
         removed += remove_channels(gm, groups, keep)
-        stop = _fine_tune(ctx, gm, step)
+        stop = _fine_tune(ctx, gm, step, score)
         ctx.log(f"prune: step {step + 1}/{p.steps}: {removed} channels removed")
         ctx.report(step, float(removed))
         if stop:
@@ -251,32 +261,23 @@ def _channel_scores(
     return channel_taylor_scores(gm, groups, data, task_loss(ctx.dataset))
 
 
-def _fine_tune(ctx: StageContext[PruneParams], module: nn.Module, step: int) -> bool:
+def _fine_tune(
+    ctx: StageContext[PruneParams], module: nn.Module, step: int, score: Scorer | None
+) -> bool:
     """Fine-tune in place (fit may hand back another object: its weights are copied back).
 
-    Each epoch may add a point to the validation curve (epochs counted across all steps);
-    True means an HPO pruner stopped the trial, so no further step should run.
+    Each epoch may add a point to the validation curve (`score`, made once per run; epochs
+    counted across all steps); True means an HPO pruner stopped the trial, so no further step
+    should run.
     """
     p = ctx.params
     if p.fine_tune_epochs == 0:
         return False
-    from kompaktor.evaluate import scorer
-    from kompaktor.models import predictor_for
-    from kompaktor.models.predict import TorchPredictor
+    from kompaktor.stages.curves import curve_callback
     from kompaktor.training import fit
 
-    callback: Callable[[int, float], bool] | None = None
-    if len(ctx.dataset.targets("val")):  # no val split: no curve (train holds rows out)
-        reference = predictor_for(ctx.reference) if ctx.metric == "fidelity" else None
-        score_val = scorer(ctx.metric, ctx.dataset, "val", reference)
-        total = PruneStage().epochs(p)
-
-        def on_epoch(epoch: int, _loss: float) -> bool:
-            return ctx.curve.after_epoch(
-                step * p.fine_tune_epochs + epoch, total, lambda: score_val(TorchPredictor(module))
-            )
-
-        callback = on_epoch
+    total = PruneStage().epochs(p)
+    callback = curve_callback(ctx.curve, score, module, total, step * p.fine_tune_epochs)
     trained = fit(
         module,
         ctx.dataset,

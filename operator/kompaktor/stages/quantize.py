@@ -74,82 +74,86 @@ class QuantizeStage(Stage[QuantizeParams]):
 
     def run(self, ctx: StageContext[QuantizeParams]) -> StageResult:
         p = ctx.params
-        if p.mode == "bf16":
-            return _bf16(ctx)
-        source = _float_onnx(ctx)
-        target = ctx.work_dir / "model.onnx"
-        details: dict[str, Any] = {"mode": p.mode}
-        if p.mode == "fp16":
-            _fp16(source, target)
-        elif p.mode == "dynamic":
-            _dynamic(source, target, p)
-            details |= {"perChannel": p.per_channel, "weightType": p.weight_type}
-        else:
-            _static(ctx, source, target)
-            details |= {
-                "perChannel": p.per_channel,
-                "format": p.format,
-                "calibrationMethod": p.calibration_method,
-                "calibrationSamples": min(p.calibration_samples, len(ctx.dataset.targets("train"))),
-                "activationType": p.activation_type,
-                "weightType": p.weight_type,
-            }
+        source, target, details = _bf16(ctx) if p.mode == "bf16" else _to_onnx(ctx)
         before, after = source.stat().st_size, target.stat().st_size
-        metrics = _size_metrics(before, after)
         ctx.log(f"quantize: {p.mode}: {before} -> {after} bytes")
-        return StageResult(path=target, output_format="onnx", metrics=metrics, details=details)
+        metrics = {
+            "sizeBytesBefore": float(before),
+            "sizeBytesAfter": float(after),
+            "compressionRatio": before / max(after, 1),
+        }
+        return StageResult(
+            path=target,
+            output_format=self.output_format(ctx.model.format, p),
+            metrics=metrics,
+            details=details,
+        )
 
 
-def _size_metrics(before: int, after: int) -> dict[str, float]:
-    return {
-        "sizeBytesBefore": float(before),
-        "sizeBytesAfter": float(after),
-        "compressionRatio": before / max(after, 1),
-    }
+_Written = tuple[Path, Path, dict[str, Any]]  # the fp32 source, the quantized file, details
 
 
-def _bf16(ctx: StageContext[QuantizeParams]) -> StageResult:
+def _to_onnx(ctx: StageContext[QuantizeParams]) -> _Written:
+    p = ctx.params
+    source = _float_onnx(ctx)
+    target = ctx.work_dir / "model.onnx"
+    details: dict[str, Any] = {"mode": p.mode}
+    if p.mode == "fp16":
+        _fp16(source, target)
+    elif p.mode == "dynamic":
+        _dynamic(source, target, p)
+        details |= {"perChannel": p.per_channel, "weightType": p.weight_type}
+    else:
+        _static(ctx, source, target)
+        details |= {
+            "perChannel": p.per_channel,
+            "format": p.format,
+            "calibrationMethod": p.calibration_method,
+            "calibrationSamples": min(p.calibration_samples, len(ctx.dataset.targets("train"))),
+            "activationType": p.activation_type,
+            "weightType": p.weight_type,
+        }
+    return source, target, details
+
+
+def _bf16(ctx: StageContext[QuantizeParams]) -> _Written:
     from torch import fx
 
     from kompaktor.models import save_torch
-    from kompaktor.quant import torch_inputs
     from kompaktor.quant.bfloat16 import native_bf16, to_bfloat16
-    from kompaktor.surgery.batches import sample
 
-    module = _materialized(ctx, ctx.model.require_module("quantize"))
+    module, example = _torch_source(ctx)
     if not isinstance(module, fx.GraphModule):
         raise StageError("quantize: params.mode: bf16 needs a torch.export (pt2) model")
-    _check_shapes(ctx, torch_inputs(module))
-    example = sample(ctx.dataset)
     source = save_torch(module, example, ctx.work_dir / "float.pt2")  # the same graph in fp32
     target = save_torch(to_bfloat16(module), example, ctx.work_dir / "model.pt2")
-    before, after = source.stat().st_size, target.stat().st_size
     native = native_bf16()
     if not native:
         ctx.log("quantize: bf16: this CPU has no native bfloat16 (AVX512_BF16/AMX): slower here")
-    ctx.log(f"quantize: bf16: {before} -> {after} bytes")
-    return StageResult(
-        path=target,
-        output_format="pt2",
-        metrics=_size_metrics(before, after),
-        details={"mode": "bf16", "nativeBf16": native},
-    )
+    return source, target, {"mode": "bf16", "nativeBf16": native}
+
+
+def _torch_source(ctx: StageContext[QuantizeParams]) -> tuple[Any, tuple[Any, ...]]:
+    """The input module with computed weights stored, checked against the dataset, and an
+    example batch to export it with."""
+    from kompaktor.quant import torch_inputs
+    from kompaktor.surgery.batches import sample
+
+    module = _materialized(ctx, ctx.model.require_module("quantize"))
+    _check_shapes(ctx, torch_inputs(module))
+    return module, sample(ctx.dataset)
 
 
 def _float_onnx(ctx: StageContext[QuantizeParams]) -> Path:
     """The fp32 ONNX model to quantize: the input itself, or the torch model exported (after
     fake-quant fine-tuning for qat)."""
     from kompaktor.models import save_onnx
-    from kompaktor.quant import torch_inputs
-    from kompaktor.surgery.batches import sample
 
     if ctx.model.format == "onnx":
         if ctx.params.mode == "qat":
             raise StageError("quantize: params.mode: qat needs a PyTorch model (got onnx)")
         return ctx.model.path
-    module = _materialized(ctx, ctx.model.require_module("quantize"))
-    _check_shapes(ctx, torch_inputs(module))
-    example = sample(ctx.dataset)
+    module, example = _torch_source(ctx)
     if ctx.params.mode == "qat":
         module = _qat(ctx, module, example)
     path = ctx.work_dir / "float.onnx"
@@ -159,7 +163,8 @@ def _float_onnx(ctx: StageContext[QuantizeParams]) -> Path:
 
 def _materialized(ctx: StageContext[QuantizeParams], module: Any) -> Any:
     """A copy whose computed weights (a weight-shared model's codebook gathers) are stored
-    floats again: the int8 quantizers only quantize weights that are constants."""
+    floats again: the int8 quantizers only quantize weights that are constants, and bf16 casts
+    stored weights."""
     from kompaktor.compression.materialize import materialized_copy
 
     copied, folded = materialized_copy(module)

@@ -110,7 +110,7 @@ def main_stage(args: argparse.Namespace) -> int:
     try:
         request = StageRequest(
             type=args.type,
-            params=_parse_params_json(args.type, args.params),
+            params=_parse_json_object(args.type, "--params", args.params),
             input=args.input,
             dataset=args.dataset,
             output=args.output,
@@ -129,10 +129,6 @@ def main_stage(args: argparse.Namespace) -> int:
     write_termination_message(record.summary())
     print(record.model_dump_json(by_alias=True, indent=2))
     return EXIT_OK
-
-
-def _parse_params_json(stage_type: str, text: str) -> dict[str, Any]:
-    return _parse_json_object(stage_type, "--params", text)
 
 
 def _parse_json_object(stage_type: str, option: str, text: str) -> dict[str, Any]:
@@ -252,12 +248,10 @@ def _execute(request: StageRequest, work: Path, out: OutputPrefix, log: RunLog) 
 def _curve(request: StageRequest, reports: bool, log: RunLog) -> Curve:
     """The run's validation curve; in an HPO trial with a pruner, wired to the rebuilt study."""
     from kompaktor.api.run import TrialContext
-    from kompaktor.evaluate import higher_is_better
-    from kompaktor.stages.base import Curve
+    from kompaktor.stages.curves import trial_curve
 
-    maximize = higher_is_better(request.metric)
     if request.trial is None:
-        return Curve(maximize=maximize, log=log)
+        return trial_curve(None, request.metric, log)
     try:
         context = TrialContext.model_validate(request.trial)
     except ValidationError as error:
@@ -267,15 +261,13 @@ def _curve(request: StageRequest, reports: bool, log: RunLog) -> Curve:
         raise JobSpecError("\n".join(lines)) from None
     if not reports:
         log(f"trial {context.number}: {request.type} reports no validation curve; no pruning")
-        return Curve(maximize=maximize, log=log)
-    from kompaktor.search.pruning import TrialPruner
-
-    pruner = TrialPruner(context)
+        return trial_curve(None, request.metric, log)
+    curve = trial_curve(context, request.metric, log)
     log(
         f"trial {context.number}: {context.pruner.name} pruner over "
         f"{len(context.history)} finished trials, a point every {context.stride} epoch(s)"
     )
-    return Curve(stride=context.stride, prune=pruner.report, maximize=maximize, log=log)
+    return curve
 
 
 def _fetch(uri: str, dest: Path) -> Path:
@@ -367,15 +359,20 @@ def output_metrics(
         metrics["valMetric"] = metric(name, predictor, dataset, "val", reference=against)
     if "latencyMs" not in stage_metrics:
         # One thread, as the benchmark stage defaults to: stable on a shared node, and what
-        # an HPO latency objective should compare.
-        torch.set_num_threads(1)
-        latency = measure_latency(
-            predictor_for(output, threads=1),
-            dataset.inputs("test"),
-            1,
-            warmup=LATENCY_WARMUP,
-            iterations=LATENCY_ITERATIONS,
-        )
+        # an HPO latency objective should compare. The caller's thread count comes back after
+        # (an in-process HPO trial goes on training on all of them).
+        threads = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            latency = measure_latency(
+                predictor_for(output, threads=1),
+                dataset.inputs("test"),
+                1,
+                warmup=LATENCY_WARMUP,
+                iterations=LATENCY_ITERATIONS,
+            )
+        finally:
+            torch.set_num_threads(threads)
         metrics["latencyMs"] = latency.p50_ms
     return metrics
 

@@ -44,23 +44,23 @@ class TrainStage(Stage[TrainParams]):
         return params.epochs
 
     def run(self, ctx: StageContext[TrainParams]) -> StageResult:
-        from kompaktor.evaluate import scorer
         from kompaktor.models import predictor_for
         from kompaktor.models.predict import TorchPredictor
+        from kompaktor.stages.curves import curve_callback, validation_scorer
         from kompaktor.training import fit
 
         p = ctx.params
         seed = ctx.seed if p.seed is None else p.seed
         data = ctx.dataset.with_validation(p.validation_fraction, seed)
         held_out = data is not ctx.dataset
-        reference = predictor_for(ctx.reference) if ctx.metric == "fidelity" else None
-        score_val = scorer(ctx.metric, data, "val", reference)
+        score_val = validation_scorer(ctx, data)
         losses: list[float] = []
         module = ctx.model.require_module(self.type)
+        curve_point = curve_callback(ctx.curve, score_val, module, p.epochs)
 
         def on_epoch(epoch: int, loss: float) -> bool:
             losses.append(loss)
-            return ctx.curve.after_epoch(epoch, p.epochs, lambda: score_val(TorchPredictor(module)))
+            return curve_point is not None and curve_point(epoch, loss)
 
         module = fit(
             module,
@@ -79,6 +79,7 @@ class TrainStage(Stage[TrainParams]):
         metrics = {"finalLoss": losses[-1], "epochs": float(len(losses))}
         details: dict[str, Any] = {"losses": losses}
         if held_out:  # the runner measures the dataset's val split; this one is ours
+            assert score_val is not None  # held-out rows are validation rows
             metrics["valMetric"] = score_val(TorchPredictor(module))
             metrics["referenceValMetric"] = score_val(predictor_for(ctx.reference))
             details["validationRows"] = len(data.targets("val"))

@@ -128,10 +128,12 @@ def test_buffer_replacement_and_edits_are_seen() -> None:
     torch.testing.assert_close(sl(x), other(x))
     sl.bias = None  # buffer replaced
     torch.testing.assert_close(sl(x), F.linear(x, other.weight))
-    sl2 = sl.to(torch.device("cpu"))  # _apply
-    torch.testing.assert_close(sl2(x), F.linear(x, other.weight))
-    sl.col = sl.col[:-1].clone()  # replaced by an inconsistent tensor: rejected, not read
+    broken = copy.deepcopy(sl)
+    broken.col = broken.col[:-1].clone()  # replaced by an inconsistent tensor: rejected, not read
     with pytest.raises(ValueError, match="lengths differ"):
+        broken(x)
+    sl.to(torch.float64)  # _apply replaces the float buffers: refused, not read as float32
+    with pytest.raises(TypeError, match="values"):
         sl(x)
 
 

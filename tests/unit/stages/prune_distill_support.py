@@ -108,6 +108,16 @@ def context(
     )
 
 
+def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any training fail loudly: the error under test must come before any work."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("training started")
+
+    monkeypatch.setattr("kompaktor.training.fit", refuse)
+    monkeypatch.setattr("kompaktor.surgery.width_reduce", refuse)
+
+
 def train(module: nn.Module, dataset: Dataset, epochs: int, seed: int = 0) -> nn.Module:
     from kompaktor.training import fit
 

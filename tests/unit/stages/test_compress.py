@@ -20,6 +20,7 @@ from prune_distill_support import (  # noqa: F401  (fixtures)
     digits_cnn,
     digits_cnn_state,
     digits_data,
+    no_training,
 )
 from torch import fx, nn
 
@@ -82,10 +83,7 @@ def test_a_rank_above_a_layers_full_rank_is_named(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("fine-tuning started")
-
-    monkeypatch.setattr("kompaktor.training.fit", refuse)  # the error comes before any training
+    no_training(monkeypatch)  # the error comes before any training
     with pytest.raises(
         StageError, match=r"params\.rank: 12 is larger than layer fc2's full rank 10"
     ):

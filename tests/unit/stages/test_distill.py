@@ -20,6 +20,7 @@ from prune_distill_support import (  # noqa: F401  (fixtures)
     digits_cnn_state,
     digits_data,
     exported,
+    no_training,
 )
 from torch import fx, nn
 
@@ -100,16 +101,6 @@ def test_width_multiplier_derives_a_smaller_student(
     assert result.metrics["parametersStudent"] < 0.15 * before
     assert result.metrics["parametersTeacher"] == before
     assert digits_cnn.conv1.weight.shape[0] == 16  # the teacher (same input) is untouched
-
-
-def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make any training fail loudly: the error under test must come before any work."""
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("training started")
-
-    monkeypatch.setattr("kompaktor.training.fit", refuse)
-    monkeypatch.setattr("kompaktor.surgery.width_reduce", refuse)
 
 
 def test_teacher_and_student_output_shapes_must_match(
@@ -214,9 +205,7 @@ def test_feature_matching_that_matches_nothing_fails_before_training(
     ):
         DistillStage().run(ctx)
     params = {"featureWeight": 1.0, "featureProjection": False, "student": {"widthMultiplier": 0.5}}
-    monkeypatch.undo()
     ctx = context(DistillParams.model_validate(params), digits_cnn, digits_data, tmp_path)
-    no_training(monkeypatch)
     monkeypatch.setattr("kompaktor.surgery.width_reduce", width_reduce)
     with pytest.raises(StageError, match=r"widths 8 and 16 differ and featureProjection is false"):
         DistillStage().run(ctx)
@@ -301,6 +290,9 @@ def test_distillation_reports_the_students_validation_curve_and_stops_when_prune
     DistillStage().run(ctx)
     assert len(ctx.curve.points) == 3 and all(0.0 <= v <= 1.0 for v in ctx.curve.points)
     assert not ctx.curve.pruned
-    stopped = dataclasses.replace(ctx, curve=Curve(prune=lambda value: True))
+    lines: list[str] = []
+    stopped = dataclasses.replace(ctx, curve=Curve(prune=lambda value: True), log=lines.append)
     DistillStage().run(stopped)  # a pruner that says stop at once: one point, then no training
     assert len(stopped.curve.points) == 1 and stopped.curve.pruned
+    trained = [line.split(":")[0] for line in lines if line.startswith("epoch ")]
+    assert trained == ["epoch 1/3"]  # fit logs each epoch it trains: none after the pruned one

@@ -10,13 +10,12 @@ from typing import Any
 import optuna
 import pytest
 from optuna.trial import TrialState
-from tests.unit.plan.test_hpo_flow import hpo_job
+from tests.unit.plan.test_hpo_flow import answer_probes, hpo_job
 from tests.unit.plan.test_machine import T0, kinds
 
 from kompaktor.api.run import MAX_CURVE, PrunerSpec, RunRecord, TrialContext, TrialPoint
 from kompaktor.api.status import OptimizationJobStatus, OutputRef, TrialRecord
 from kompaktor.plan import (
-    CacheProbed,
     EnsureRun,
     InputsProbed,
     JobContext,
@@ -164,9 +163,7 @@ def job(pruner: str, trials: int = 4, parallelism: int = 2) -> JobContext:
 
 def start(ctx: JobContext) -> StepResult:
     result = step(ctx, OptimizationJobStatus(), [InputsProbed("sha256:m", "sha256:d")], T0)
-    while probes := kinds(result, ProbeCache):
-        result = step(ctx, result.status, [CacheProbed(p.key, None) for p in probes], T0)
-    return result
+    return answer_probes(ctx, result)
 
 
 def finish_runs(ctx: JobContext, result: StepResult, outcome: Any) -> StepResult:
@@ -200,10 +197,7 @@ def finish_runs(ctx: JobContext, result: StepResult, outcome: Any) -> StepResult
                 ),
             )
         )
-    result = step(ctx, result.status, observations, T0)
-    while probes := kinds(result, ProbeCache):
-        result = step(ctx, result.status, [CacheProbed(p.key, None) for p in probes], T0)
-    return result
+    return answer_probes(ctx, step(ctx, result.status, observations, T0))
 
 
 def trial_arg(request: Any) -> dict[str, Any] | None:
