@@ -56,7 +56,8 @@ omp=$(gcc -print-file-name=include/omp.h 2>/dev/null || true)
 if [ -n "$omp" ] && [ -f "$omp" ]; then
   echo "== OpenMP path (host omp.h: $omp)"
   mkdir -p "$work/omp" && cp "$omp" "$work/omp/"
-  for f in kernels/csrc/isa_portable.cpp kernels/csrc/dispatch.cpp kernels/csrc/kmeans.cpp; do
+  for f in kernels/csrc/isa_portable.cpp kernels/csrc/dispatch.cpp kernels/csrc/kmeans.cpp \
+    kernels/csrc/sliced.cpp; do
     "$cxx" -std=gnu++17 -O2 -Wall -Wextra -Wno-ignored-attributes -fopenmp -I"$work/omp" \
       -c "$f" -o "$work/$(basename "$f").o"
     echo "compiled: $f"

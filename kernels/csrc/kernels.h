@@ -32,6 +32,11 @@ struct SpmmI8Args {
   const float* bias;
   float* y;
   int nthreads;
+  // Optional sliced layout of the same weights (sliced.h), used at batch 1 on AVX512_VBMI.
+  const uint8_t* sl_counts;
+  const int32_t* sl_block_off;
+  const uint8_t* sl_idx;
+  const int8_t* sl_w;
 };
 
 struct KdArgs {

@@ -9,6 +9,7 @@
 
 #include "dispatch.h"
 #include "kmeans.h"
+#include "sliced.h"
 
 namespace nb = nanobind;
 
@@ -62,6 +63,7 @@ NB_MODULE(_native, m) {
       "spmm_i8_ptr",
       [](uintptr_t x, int64_t B, int64_t in, int64_t out, uintptr_t row_ptr, uintptr_t col,
          bool col16, uintptr_t val, uintptr_t wscale, uintptr_t rowsum, uintptr_t bias,
+         uintptr_t sl_counts, uintptr_t sl_block_off, uintptr_t sl_idx, uintptr_t sl_w,
          uintptr_t y, int nthreads) {
         kk::SpmmI8Args a{reinterpret_cast<const float*>(x),
                          B,
@@ -75,10 +77,32 @@ NB_MODULE(_native, m) {
                          reinterpret_cast<const int32_t*>(rowsum),
                          reinterpret_cast<const float*>(bias),
                          reinterpret_cast<float*>(y),
-                         nthreads};
+                         nthreads,
+                         reinterpret_cast<const uint8_t*>(sl_counts),
+                         reinterpret_cast<const int32_t*>(sl_block_off),
+                         reinterpret_cast<const uint8_t*>(sl_idx),
+                         reinterpret_cast<const int8_t*>(sl_w)};
         nb::gil_scoped_release release;
         kk::spmm_i8(a);
       });
+  // Two passes: without idx/w it sizes the layout (counts, block offsets; returns the number
+  // of slices), with them (zero-filled by the caller) it fills it.
+  m.def("sliced_i8_layout",
+        [](uintptr_t row_ptr, uintptr_t col, bool col16, uintptr_t val, int64_t out, int64_t in,
+           uintptr_t counts, uintptr_t block_off, uintptr_t idx, uintptr_t w) {
+          kk::SlicedLayoutArgs a{reinterpret_cast<const int32_t*>(row_ptr),
+                                 reinterpret_cast<const void*>(col),
+                                 col16,
+                                 reinterpret_cast<const int8_t*>(val),
+                                 out,
+                                 in,
+                                 reinterpret_cast<uint8_t*>(counts),
+                                 reinterpret_cast<int32_t*>(block_off),
+                                 reinterpret_cast<uint8_t*>(idx),
+                                 reinterpret_cast<int8_t*>(w)};
+          nb::gil_scoped_release release;
+          return kk::sliced_i8_layout(a);
+        });
 
   m.def(
       "kd_loss",

@@ -15,3 +15,4 @@
 #include <immintrin.h>
 #endif
 #include "dispatch.h"  // kernels.h, and has_vbmi() for the AVX-512 unit
+#include "sliced.h"    // the sliced int8 layout's block and chunk sizes

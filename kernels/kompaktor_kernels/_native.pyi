@@ -32,9 +32,25 @@ def spmm_i8_ptr(
     scales: int,
     rowsum: int,
     bias: int,
+    sliced_counts: int,
+    sliced_block_off: int,
+    sliced_idx: int,
+    sliced_w: int,
     y: int,
     nthreads: int,
 ) -> None: ...
+def sliced_i8_layout(
+    row_ptr: int,
+    col: int,
+    col16: bool,
+    values: int,
+    out_features: int,
+    in_features: int,
+    counts: int,
+    block_off: int,
+    idx: int,
+    w: int,
+) -> int: ...
 def kd_loss(
     student: Any,
     teacher: Any,

@@ -21,6 +21,7 @@ from kompaktor_kernels import _checks, _native
 from kompaktor_kernels._dispatch import num_threads
 from kompaktor_kernels._library import NAMESPACE, check, define, impl_cpu, register_fake
 from kompaktor_kernels._quant import quantize_weight
+from kompaktor_kernels._sliced import sliced_layout
 
 # int32 accumulation bound: |u8 · s8| ≤ 255·127 per term.
 _MAX_I8_ROW_NNZ = (2**31 - 1) // (255 * 127) // 2
@@ -136,19 +137,21 @@ class _Plan:
     """Native-call arguments for one set of validated buffers, with what proves them current:
     the buffers' identities (held strongly, so an id cannot be recycled) and version counters."""
 
-    __slots__ = ("args", "fn", "ids", "tensors", "versions")
+    __slots__ = ("args", "derived", "fn", "ids", "tensors", "versions")
 
     def __init__(
         self,
         buffers: tuple[torch.Tensor | None, ...],
         fn: Callable[..., None],
         args: tuple[int | bool, ...],
+        derived: tuple[torch.Tensor, ...],
     ) -> None:
         self.ids = tuple(map(id, buffers))
         self.tensors = tuple(t for t in buffers if t is not None)
         self.versions = tuple(map(_version, self.tensors))
         self.fn = fn
         self.args = args
+        self.derived = derived  # e.g. the sliced int8 layout that args point into
 
 
 def _plain(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -163,7 +166,8 @@ def _ptr(t: torch.Tensor | None) -> int:
     return 0 if t is None else int(t.data_ptr())
 
 
-_NativeArgs = tuple[Callable[..., None], tuple[int | bool, ...]]
+# The native function, its weight arguments, and tensors those pointers need kept alive.
+_NativeArgs = tuple[Callable[..., None], tuple[int | bool, ...], tuple[torch.Tensor, ...]]
 
 
 def _native_args(
@@ -177,8 +181,8 @@ def _native_args(
     values_dtype: torch.dtype,
     validate: Callable[..., None] = _check_csr_cached,
 ) -> _NativeArgs:
-    """Check the weight tensors; return the native kernel and its weight arguments (those
-    between `batch` and `y`)."""
+    """Check the weight tensors; return the native kernel, its weight arguments (those
+    between `batch` and `y`) and the derived tensors they point into."""
     validate(row_ptr, col, values, in_features, values_dtype)
     out_features = row_ptr.numel() - 1
     _check_vec("bias", bias, out_features, torch.float32)
@@ -187,17 +191,20 @@ def _native_args(
         values.data_ptr(),
     )  # fmt: skip
     if values_dtype != torch.int8:
-        return _native.spmm_f32_ptr, (*head, _ptr(bias))
+        return _native.spmm_f32_ptr, (*head, _ptr(bias)), ()
     _check_vec("scales", scales, out_features, torch.float32)
     _check_vec("rowsum", rowsum, out_features, torch.int32)
     assert scales is not None and rowsum is not None
-    return _native.spmm_i8_ptr, (*head, scales.data_ptr(), rowsum.data_ptr(), _ptr(bias))
+    layout = sliced_layout(row_ptr, col, values, in_features) or ()
+    sliced = tuple(t.data_ptr() for t in layout) or (0, 0, 0, 0)
+    args = (*head, scales.data_ptr(), rowsum.data_ptr(), _ptr(bias), *sliced)
+    return _native.spmm_i8_ptr, args, layout
 
 
 def _run(
     x: torch.Tensor, in_features: int, bias: torch.Tensor | None, native: _NativeArgs
 ) -> torch.Tensor:
-    fn, args = native
+    fn, args, _ = native
     out_features = int(args[1])
     y = torch.empty(_out_shape(x, out_features), dtype=torch.float32)
     if in_features == 0:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import kompaktor_kernels as kk
+from kompaktor_kernels import _sliced
 from kompaktor_kernels.reference import sparse_linear_reference
 
 
@@ -41,6 +42,16 @@ GRID = [(shape, sp, torch.uint16) for shape in SHAPES for sp in SPARSITIES] + [
 ]
 
 
+def int8_gather_kernels(s8: kk.SparseLinear, x: torch.Tensor) -> torch.Tensor:
+    """The int8 op on inference-tensor copies of the buffers: those get no sliced layout (no
+    version counter to cache it by), so batch 1 runs the CSR gathers the layout replaces."""
+    with torch.inference_mode():
+        bufs = [t.clone() for t in (s8.row_ptr, s8.col, s8.values, s8.scales, s8.rowsum)]
+        bias = None if s8.bias is None else s8.bias.clone()
+        op = torch.ops.kompaktor_kernels.sparse_linear_int8
+        return op(x, *bufs, bias, s8.in_features)  # type: ignore[no-any-return]
+
+
 @pytest.mark.parametrize(("shape", "sparsity", "index_dtype"), GRID)
 def test_fp32_matches_dense(
     isa: str, shape: tuple[int, int], sparsity: float, index_dtype: torch.dtype
@@ -65,8 +76,10 @@ def test_int8_matches_reference(
         x = torch.randn(batch, in_f)
         ref = sparse_linear_reference(x, lin.weight, lin.bias, torch.int8)
         # Exact: integer sums, and the epilogue rounds the product before the bias as the
-        # reference does (an FMA there once differed by an ulp on the batched x86 paths).
+        # reference does (an FMA there once differed by an ulp on the batched x86 paths). On
+        # AVX512_VBMI the module runs the sliced layout; the gather kernels are checked too.
         torch.testing.assert_close(s8(x), ref, rtol=0, atol=0)
+        torch.testing.assert_close(int8_gather_kernels(s8, x), ref, rtol=0, atol=0)
         # and close to the float layer, within quantisation error
         dense = lin(x)
         err = (s8(x) - dense).abs().max()
@@ -156,40 +169,39 @@ def test_pickle_and_deepcopy_after_a_call() -> None:
     torch.testing.assert_close(twin(x), expected, rtol=0, atol=0)
 
 
-# Batch-1 int8 on the avx512 path: rows in blocks of 16 after a gather pass; for in <= 1024 on
-# CPUs with AVX512_VBMI the gather is vpermi2b over activations held in registers (one 128-byte
-# register pair per 128 columns, so the sizes straddle those and the 1024 limit).
+# Batch-1 int8 on the avx512 path. With AVX512_VBMI the module uses the sliced layout
+# (16 rows x 64 inputs per slice, vpermb + vpdpbusd); without a layout (inference tensors, or
+# AVX-512 without VBMI) it gathers: rows in blocks of 16 after a gather pass, and for
+# in <= 1024 with VBMI the gather is vpermi2b over activations held in registers (one 128-byte
+# register pair per 128 columns, so the sizes straddle those, the 64-input chunks, and 1024).
 VBMI_IN = [1, 3, 64, 127, 128, 129, 255, 640, 1000, 1023, 1024, 1025, 1500]
 
 
 @pytest.mark.parametrize("in_f", VBMI_IN)
 @pytest.mark.parametrize("sparsity", [0.0, 0.9, 0.99])
 @pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
-def test_int8_batch1_blocked_paths(in_f: int, sparsity: float, index_dtype: torch.dtype) -> None:
+def test_int8_batch1_every_path(in_f: int, sparsity: float, index_dtype: torch.dtype) -> None:
     out_f = 37  # two 16-row blocks and a partial one; not a multiple of the 4-row reduction
     lin = pruned(out_f, in_f, sparsity)
     with torch.no_grad():
         lin.weight[::5] = 0  # empty rows, the first one included
-        lin.weight[3, -1] = 1.5  # the last column is reachable (highest register pair)
+        lin.weight[3, -1] = 1.5  # the last column is reachable (highest register pair, chunk)
         lin.weight[4, 0] = -0.75
     x = torch.randn(1, in_f)
     ref = sparse_linear_reference(x, lin.weight, lin.bias, torch.int8)
     s8 = kk.SparseLinear.from_dense(lin, torch.int8, index_dtype=index_dtype)
-    outs = {}
     for isa in kk.available_isas():
         with kk.use_isa(isa):
-            outs[isa] = s8(x)
-        torch.testing.assert_close(outs[isa], ref, rtol=1e-5, atol=1e-5)
-        assert torch.all(outs[isa][:, ::5] == lin.bias[::5])
-    # Exact integer accumulation: the same result as the AVX2 per-row kernel, bit for bit.
-    if "avx512" in outs:
-        assert torch.equal(outs["avx512"], outs["avx2"])
+            # Exact integer sums and the reference's rounding: every path, bit for bit.
+            torch.testing.assert_close(s8(x), ref, rtol=0, atol=0)
+            torch.testing.assert_close(int8_gather_kernels(s8, x), ref, rtol=0, atol=0)
+        assert torch.all(s8(x)[:, ::5] == lin.bias[::5])
 
 
 @pytest.mark.parametrize("in_f", [768, 1024, 3072])
 def test_int8_batch1_long_rows_and_threads(in_f: int) -> None:
-    """Dense rows (> 16 KB gathered per 16-row block when in = 3072) and a 2-thread split that
-    starts blocks mid-matrix."""
+    """Dense rows (> 16 KB gathered per 16-row block when in = 3072; 16 slices per chunk in
+    the sliced layout) and a 2-thread split that starts blocks mid-matrix."""
     lin = pruned(53, in_f, 0.0)
     x = torch.randn(1, in_f)
     ref = sparse_linear_reference(x, lin.weight, lin.bias, torch.int8)
@@ -198,9 +210,69 @@ def test_int8_batch1_long_rows_and_threads(in_f: int) -> None:
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            torch.testing.assert_close(s8(x), ref, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(s8(x), ref, rtol=0, atol=0)
+            torch.testing.assert_close(int8_gather_kernels(s8, x), ref, rtol=0, atol=0)
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    ("out_f", "in_f", "sparsity"),
+    [(1, 1, 0.0), (37, 130, 0.0), (37, 130, 0.9), (16, 64, 1.0), (50, 1000, 0.99),
+     (33, 70_000, 0.999)],
+)  # fmt: skip
+def test_sliced_layout_holds_exactly_the_csr_weights(
+    out_f: int, in_f: int, sparsity: float
+) -> None:
+    """The layout builder is portable C++, so this runs on every CPU: decode the slices back
+    into a dense matrix and compare with the CSR's; the slice counts must be the minimum."""
+    lin = pruned(out_f, in_f, sparsity)
+    s8 = kk.SparseLinear.from_dense(lin, torch.int8)
+    counts, block_off, idx, w = _sliced._build(s8.row_ptr, s8.col, s8.values, in_f)
+    rows, cols, depth = _sliced.ROWS, _sliced.COLS, 4
+    blocks, chunks = -(-out_f // rows), -(-in_f // cols)
+    per_block = counts.view(blocks, chunks).sum(1, dtype=torch.int32)
+    assert torch.equal(
+        block_off,
+        torch.cat([torch.zeros(1, dtype=torch.int32), per_block.cumsum(0, dtype=torch.int32)]),
+    )
+    assert idx.numel() == w.numel() == int(block_off[-1]) * cols
+    where = torch.repeat_interleave(torch.arange(blocks * chunks), counts.long())
+    byte = torch.arange(cols)
+    row = ((where // chunks)[:, None] * rows + byte // depth).flatten()
+    col = ((where % chunks)[:, None] * cols + idx.view(-1, cols).long()).flatten()
+    got = torch.zeros(blocks * rows, chunks * cols, dtype=torch.int32)
+    got.index_put_((row, col), w.to(torch.int32), accumulate=True)
+    nnz_rows = torch.repeat_interleave(
+        torch.arange(out_f), (s8.row_ptr[1:] - s8.row_ptr[:-1]).long()
+    )
+    want = torch.zeros_like(got)
+    want[nnz_rows, s8.col.long()] = s8.values.to(torch.int32)
+    assert torch.equal(got, want)
+    # Minimal: each (block, chunk) has as many slices as its fullest row needs, 4 per slice.
+    per_row = torch.zeros(blocks * rows, chunks, dtype=torch.int64)
+    per_row.index_put_(
+        (nnz_rows, s8.col.long() // cols), torch.ones_like(nnz_rows), accumulate=True
+    )
+    need = (
+        (per_row + depth - 1).div(depth, rounding_mode="floor").view(blocks, rows, chunks).amax(1)
+    )
+    assert torch.equal(counts.view(blocks, chunks).long(), need)
+
+
+def test_int8_batch1_sees_in_place_edits() -> None:
+    """The sliced layout is cached per values tensor and version: an in-place edit rebuilds it."""
+    lin = pruned(40, 200, 0.8)
+    s8 = kk.SparseLinear.from_dense(lin, torch.int8)
+    x = torch.randn(1, 200)
+    torch.testing.assert_close(s8(x), sparse_linear_reference(x, lin.weight, lin.bias, torch.int8))
+    if kk._native.has_vbmi():  # the batch-1 call above built and used the layout
+        assert s8._plan is not None and len(s8._plan.derived) == 4
+    with torch.no_grad():
+        s8.values.neg_()  # symmetric quantisation: exactly the layer of -weight
+        s8.rowsum.neg_()
+    expected = sparse_linear_reference(x, -lin.weight, lin.bias, torch.int8)
+    torch.testing.assert_close(s8(x), expected, rtol=0, atol=0)
 
 
 def test_empty_rows_and_no_bias(isa: str) -> None:
