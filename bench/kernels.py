@@ -79,7 +79,11 @@ def bench_sparse(quick: bool, sgemm: float) -> None:
     load from other tenants hits them alike instead of one path's whole measurement."""
     rounds, repeat, min_time = (1, 3, 0.02) if quick else (3, 3, 0.05)
     threads = torch.get_num_threads()
-    print(f"\n## Sparse linear (threads={threads}, isa={kk.active_isa()}), times in µs")
+    sliced = kk.active_isa() == "avx512" and kk._native.has_vbmi()
+    print(
+        f"\n## Sparse linear (threads={threads}, isa={kk.active_isa()}, int8 "
+        f"{'sliced layout (AVX512_VBMI)' if sliced else 'CSR gathers'}), times in µs"
+    )
     print(
         f"fp32 % peak: of the measured dense sgemm ({sgemm:.1f} GFLOP/s); int8 % peak: of "
         f"{PEAK_I8_PER_CORE:.0f} GOP/s per core (nominal VNNI)"

@@ -5,7 +5,10 @@ threaded by row with non-zero balancing), batch-1 becomes a gathered dot product
 > 1 the activations are transposed once so every non-zero is one broadcast-FMA over contiguous
 batch lanes. Blocked formats only pay off when the pruning leaves blocks, and unstructured
 magnitude pruning does not (measurements: kernels/README.md). Column indices are uint16 when
-in_features <= 65536 (a quarter less memory for fp32 weights, 40 % for int8), else int32."""
+in_features <= 65536 (a quarter less memory for fp32 weights, 40 % for int8), else int32.
+
+int8 layers on AVX512_VBMI CPUs also get a derived, unsaved sliced layout (`_sliced`) that
+replaces the batch-1 gather and the batched transposition with byte permutes."""
 
 from __future__ import annotations
 
