@@ -5,6 +5,14 @@
 
 namespace kk {
 
+// Optional sliced layout of the same weights (sliced.h), built by Python; all null when absent.
+struct SlicedView {
+  const uint8_t* counts = nullptr;
+  const int32_t* block_off = nullptr;
+  const uint8_t* idx = nullptr;
+  const void* w = nullptr;  // int8_t or float, as the layer
+};
+
 enum class Isa : int { portable = 0, avx2 = 1, avx512 = 2 };
 
 // Column indices are uint16 when in <= 65536 (col16), else int32 (validated non-negative).
@@ -18,6 +26,7 @@ struct SpmmF32Args {
   const float* bias;       // [out] or nullptr
   float* y;                // [B, out]
   int nthreads;
+  SlicedView sliced;       // used at batch 1 on AVX-512
 };
 
 struct SpmmI8Args {
@@ -32,11 +41,7 @@ struct SpmmI8Args {
   const float* bias;
   float* y;
   int nthreads;
-  // Optional sliced layout of the same weights (sliced.h), used at batch 1 on AVX512_VBMI.
-  const uint8_t* sl_counts;
-  const int32_t* sl_block_off;
-  const uint8_t* sl_idx;
-  const int8_t* sl_w;
+  SlicedView sliced;  // used at every batch on AVX512_VBMI
 };
 
 struct KdArgs {

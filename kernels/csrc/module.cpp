@@ -23,6 +23,11 @@ void require(bool ok, const char* what) {
   if (!ok) throw nb::value_error(what);
 }
 
+kk::SlicedView sliced_view(uintptr_t counts, uintptr_t block_off, uintptr_t idx, uintptr_t w) {
+  return {reinterpret_cast<const uint8_t*>(counts), reinterpret_cast<const int32_t*>(block_off),
+          reinterpret_cast<const uint8_t*>(idx), reinterpret_cast<const void*>(w)};
+}
+
 }  // namespace
 
 NB_MODULE(_native, m) {
@@ -44,7 +49,8 @@ NB_MODULE(_native, m) {
   m.def(
       "spmm_f32_ptr",
       [](uintptr_t x, int64_t B, int64_t in, int64_t out, uintptr_t row_ptr, uintptr_t col,
-         bool col16, uintptr_t val, uintptr_t bias, uintptr_t y, int nthreads) {
+         bool col16, uintptr_t val, uintptr_t bias, uintptr_t sl_counts, uintptr_t sl_block_off,
+         uintptr_t sl_idx, uintptr_t sl_w, uintptr_t y, int nthreads) {
         kk::SpmmF32Args a{reinterpret_cast<const float*>(x),
                           B,
                           in,
@@ -55,7 +61,8 @@ NB_MODULE(_native, m) {
                           reinterpret_cast<const float*>(val),
                           reinterpret_cast<const float*>(bias),
                           reinterpret_cast<float*>(y),
-                          nthreads};
+                          nthreads,
+                          sliced_view(sl_counts, sl_block_off, sl_idx, sl_w)};
         nb::gil_scoped_release release;
         kk::spmm_f32(a);
       });
@@ -78,30 +85,28 @@ NB_MODULE(_native, m) {
                          reinterpret_cast<const float*>(bias),
                          reinterpret_cast<float*>(y),
                          nthreads,
-                         reinterpret_cast<const uint8_t*>(sl_counts),
-                         reinterpret_cast<const int32_t*>(sl_block_off),
-                         reinterpret_cast<const uint8_t*>(sl_idx),
-                         reinterpret_cast<const int8_t*>(sl_w)};
+                         sliced_view(sl_counts, sl_block_off, sl_idx, sl_w)};
         nb::gil_scoped_release release;
         kk::spmm_i8(a);
       });
   // Two passes: without idx/w it sizes the layout (counts, block offsets; returns the number
   // of slices), with them (zero-filled by the caller) it fills it.
-  m.def("sliced_i8_layout",
-        [](uintptr_t row_ptr, uintptr_t col, bool col16, uintptr_t val, int64_t out, int64_t in,
-           uintptr_t counts, uintptr_t block_off, uintptr_t idx, uintptr_t w) {
+  m.def("sliced_layout",
+        [](uintptr_t row_ptr, uintptr_t col, bool col16, uintptr_t val, bool f32, int64_t out,
+           int64_t in, uintptr_t counts, uintptr_t block_off, uintptr_t idx, uintptr_t w) {
           kk::SlicedLayoutArgs a{reinterpret_cast<const int32_t*>(row_ptr),
                                  reinterpret_cast<const void*>(col),
                                  col16,
-                                 reinterpret_cast<const int8_t*>(val),
+                                 reinterpret_cast<const void*>(val),
+                                 f32,
                                  out,
                                  in,
                                  reinterpret_cast<uint8_t*>(counts),
                                  reinterpret_cast<int32_t*>(block_off),
                                  reinterpret_cast<uint8_t*>(idx),
-                                 reinterpret_cast<int8_t*>(w)};
+                                 reinterpret_cast<void*>(w)};
           nb::gil_scoped_release release;
-          return kk::sliced_i8_layout(a);
+          return kk::sliced_layout(a);
         });
 
   m.def(

@@ -17,6 +17,10 @@ def spmm_f32_ptr(
     col16: bool,
     values: int,
     bias: int,
+    sliced_counts: int,
+    sliced_block_off: int,
+    sliced_idx: int,
+    sliced_w: int,
     y: int,
     nthreads: int,
 ) -> None: ...
@@ -39,11 +43,12 @@ def spmm_i8_ptr(
     y: int,
     nthreads: int,
 ) -> None: ...
-def sliced_i8_layout(
+def sliced_layout(
     row_ptr: int,
     col: int,
     col16: bool,
     values: int,
+    f32: bool,
     out_features: int,
     in_features: int,
     counts: int,

@@ -1,8 +1,10 @@
-"""The sliced int8 layout that batch-1 calls use on AVX512_VBMI CPUs (kernels/csrc/sliced.cpp).
+"""Sliced layouts of the CSR weights for the AVX-512 kernels (kernels/csrc/sliced.cpp).
 
-It regroups the CSR weights by 16 output rows × 64 inputs so the kernel needs no gather
-(≈4× faster at 90 % sparsity). It is derived from the stored CSR, never saved, and built once
-per weight set: cached per values tensor and its version counter, like the CSR validation."""
+They regroup the weights by 16 output rows × one chunk of inputs so the kernels need no
+gather: int8 on AVX512_VBMI CPUs at every batch (64-input chunks, ≈3–4× faster), fp32 on
+AVX-512 at batch 1 (32-input chunks, ≈1.8× faster). Derived from the stored CSR, never saved,
+and built once per weight set: cached per values tensor and its version counter, like the CSR
+validation."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ import torch
 
 from kompaktor_kernels import _native
 
-ROWS, COLS = 16, 64  # csrc/sliced.h: kSliceRows, kSliceCols
+ROWS = 16  # csrc/sliced.h: kSliceRows
+# Inputs per chunk and non-zeros per row per slice (kSliceCols*, kSliceDepth*).
+GEOMETRY = {torch.int8: (64, 4), torch.float32: (32, 1)}
 
 Layout = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 _Refs = tuple[weakref.ref[torch.Tensor], ...]
@@ -21,24 +25,38 @@ _cache: dict[int, tuple[_Refs, tuple[object, ...], Layout]] = {}
 
 def _build(row_ptr: torch.Tensor, col: torch.Tensor, values: torch.Tensor, in_f: int) -> Layout:
     out_f = row_ptr.numel() - 1
-    blocks, chunks = -(-out_f // ROWS), -(-in_f // COLS)
+    cols, depth = GEOMETRY[values.dtype]
+    blocks, chunks = -(-out_f // ROWS), -(-in_f // cols)
     counts = torch.empty(blocks * chunks, dtype=torch.uint8)
     block_off = torch.empty(blocks + 1, dtype=torch.int32)
-    head = (row_ptr.data_ptr(), col.data_ptr(), col.dtype == torch.uint16, values.data_ptr())
-    dims = (out_f, in_f, counts.data_ptr(), block_off.data_ptr())
-    slices = _native.sliced_i8_layout(*head, *dims, 0, 0)
-    idx = torch.zeros(slices * COLS, dtype=torch.uint8)
-    w = torch.zeros(slices * COLS, dtype=torch.int8)
-    _native.sliced_i8_layout(*head, *dims, idx.data_ptr(), w.data_ptr())
+
+    def run(idx: int, w: int) -> int:  # sizes the layout with idx = w = 0, else fills it
+        return _native.sliced_layout(
+            row_ptr.data_ptr(), col.data_ptr(), col.dtype == torch.uint16, values.data_ptr(),
+            values.dtype == torch.float32, out_f, in_f, counts.data_ptr(), block_off.data_ptr(),
+            idx, w,
+        )  # fmt: skip
+
+    slots = run(0, 0) * ROWS * depth
+    idx = torch.zeros(slots, dtype=torch.uint8)
+    w = torch.zeros(slots, dtype=values.dtype)
+    run(idx.data_ptr(), w.data_ptr())
     return counts, block_off, idx, w
+
+
+def supported(dtype: torch.dtype) -> bool:
+    """Whether this CPU runs the sliced kernel for layers of `dtype`."""
+    if dtype == torch.int8:
+        return _native.has_vbmi()
+    return _native.best_isa() == 2  # AVX-512F
 
 
 def sliced_layout(
     row_ptr: torch.Tensor, col: torch.Tensor, values: torch.Tensor, in_features: int
 ) -> Layout | None:
-    """The layout of validated int8 CSR weights, or None where it is not used: CPUs without
-    AVX512_VBMI, empty layers, and inference tensors (no version counter to cache by)."""
-    if not _native.has_vbmi() or in_features == 0 or row_ptr.numel() <= 1:
+    """The layout of validated CSR weights, or None where it is not used: CPUs the kernel does
+    not run on, empty layers, and inference tensors (no version counter to cache by)."""
+    if not supported(values.dtype) or in_features == 0 or row_ptr.numel() <= 1:
         return None
     if row_ptr.is_inference() or col.is_inference() or values.is_inference():
         return None
@@ -52,7 +70,7 @@ def sliced_layout(
         if all(r() is t for r, t in zip(refs, tensors, strict=True)):
             return layout
     layout = _build(row_ptr, col, values, in_features)
-    # The entry (the layout is ~1.3x the CSR's memory) goes when the values tensor does.
+    # The entry (1.3x the CSR's memory for int8 at 90 %, 1.7x for fp32) goes with the values.
     slot = id(values)
     evict = weakref.ref(values, lambda _: _cache.pop(slot, None))
     _cache[slot] = ((evict, weakref.ref(col), weakref.ref(row_ptr)), key, layout)

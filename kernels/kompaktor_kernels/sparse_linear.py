@@ -7,8 +7,8 @@ batch lanes. Blocked formats only pay off when the pruning leaves blocks, and un
 magnitude pruning does not (measurements: kernels/README.md). Column indices are uint16 when
 in_features <= 65536 (a quarter less memory for fp32 weights, 40 % for int8), else int32.
 
-int8 layers on AVX512_VBMI CPUs also get a derived, unsaved sliced layout (`_sliced`) that
-replaces the batch-1 gather and the batched transposition with byte permutes."""
+On AVX-512 CPUs layers also get a derived, unsaved sliced layout (`_sliced`) that replaces
+gathers with register permutes: int8 at every batch (AVX512_VBMI), fp32 at batch 1."""
 
 from __future__ import annotations
 
@@ -193,13 +193,13 @@ def _native_args(
         in_features, out_features, row_ptr.data_ptr(), col.data_ptr(), col.dtype == torch.uint16,
         values.data_ptr(),
     )  # fmt: skip
+    layout = sliced_layout(row_ptr, col, values, in_features) or ()
+    sliced = tuple(t.data_ptr() for t in layout) or (0, 0, 0, 0)
     if values_dtype != torch.int8:
-        return _native.spmm_f32_ptr, (*head, _ptr(bias)), ()
+        return _native.spmm_f32_ptr, (*head, _ptr(bias), *sliced), layout
     _check_vec("scales", scales, out_features, torch.float32)
     _check_vec("rowsum", rowsum, out_features, torch.int32)
     assert scales is not None and rowsum is not None
-    layout = sliced_layout(row_ptr, col, values, in_features) or ()
-    sliced = tuple(t.data_ptr() for t in layout) or (0, 0, 0, 0)
     args = (*head, scales.data_ptr(), rowsum.data_ptr(), _ptr(bias), *sliced)
     return _native.spmm_i8_ptr, args, layout
 

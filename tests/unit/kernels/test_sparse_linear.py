@@ -216,48 +216,70 @@ def test_int8_batch1_long_rows_and_threads(in_f: int) -> None:
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("dtype", [torch.int8, torch.float32])
 @pytest.mark.parametrize(
     ("out_f", "in_f", "sparsity"),
     [(1, 1, 0.0), (37, 130, 0.0), (37, 130, 0.9), (16, 64, 1.0), (50, 1000, 0.99),
      (33, 70_000, 0.999)],
 )  # fmt: skip
 def test_sliced_layout_holds_exactly_the_csr_weights(
-    out_f: int, in_f: int, sparsity: float
+    out_f: int, in_f: int, sparsity: float, dtype: torch.dtype
 ) -> None:
     """The layout builder is portable C++, so this runs on every CPU: decode the slices back
     into a dense matrix and compare with the CSR's; the slice counts must be the minimum."""
     lin = pruned(out_f, in_f, sparsity)
-    s8 = kk.SparseLinear.from_dense(lin, torch.int8)
-    counts, block_off, idx, w = _sliced._build(s8.row_ptr, s8.col, s8.values, in_f)
-    rows, cols, depth = _sliced.ROWS, _sliced.COLS, 4
+    sl = kk.SparseLinear.from_dense(lin, dtype)
+    counts, block_off, idx, w = _sliced._build(sl.row_ptr, sl.col, sl.values, in_f)
+    rows, (cols, depth) = _sliced.ROWS, _sliced.GEOMETRY[dtype]
+    width = rows * depth  # slots per slice
     blocks, chunks = -(-out_f // rows), -(-in_f // cols)
     per_block = counts.view(blocks, chunks).sum(1, dtype=torch.int32)
     assert torch.equal(
         block_off,
         torch.cat([torch.zeros(1, dtype=torch.int32), per_block.cumsum(0, dtype=torch.int32)]),
     )
-    assert idx.numel() == w.numel() == int(block_off[-1]) * cols
+    assert idx.numel() == w.numel() == int(block_off[-1]) * width and w.dtype == dtype
     where = torch.repeat_interleave(torch.arange(blocks * chunks), counts.long())
-    byte = torch.arange(cols)
-    row = ((where // chunks)[:, None] * rows + byte // depth).flatten()
-    col = ((where % chunks)[:, None] * cols + idx.view(-1, cols).long()).flatten()
-    got = torch.zeros(blocks * rows, chunks * cols, dtype=torch.int32)
-    got.index_put_((row, col), w.to(torch.int32), accumulate=True)
+    slot = torch.arange(width)
+    row = ((where // chunks)[:, None] * rows + slot // depth).flatten()
+    col = ((where % chunks)[:, None] * cols + idx.view(-1, width).long()).flatten()
+    got = torch.zeros(blocks * rows, chunks * cols, dtype=torch.float64)
+    got.index_put_((row, col), w.to(torch.float64), accumulate=True)
     nnz_rows = torch.repeat_interleave(
-        torch.arange(out_f), (s8.row_ptr[1:] - s8.row_ptr[:-1]).long()
+        torch.arange(out_f), (sl.row_ptr[1:] - sl.row_ptr[:-1]).long()
     )
     want = torch.zeros_like(got)
-    want[nnz_rows, s8.col.long()] = s8.values.to(torch.int32)
+    want[nnz_rows, sl.col.long()] = sl.values.to(torch.float64)
     assert torch.equal(got, want)
-    # Minimal: each (block, chunk) has as many slices as its fullest row needs, 4 per slice.
+    # Minimal: each (block, chunk) has as many slices as its fullest row needs.
     per_row = torch.zeros(blocks * rows, chunks, dtype=torch.int64)
     per_row.index_put_(
-        (nnz_rows, s8.col.long() // cols), torch.ones_like(nnz_rows), accumulate=True
+        (nnz_rows, sl.col.long() // cols), torch.ones_like(nnz_rows), accumulate=True
     )
     need = (
         (per_row + depth - 1).div(depth, rounding_mode="floor").view(blocks, rows, chunks).amax(1)
     )
     assert torch.equal(counts.view(blocks, chunks).long(), need)
+
+
+def test_fp32_batch1_sliced_and_gather_kernels_agree(isa: str) -> None:
+    """fp32 batch 1 runs the sliced layout on AVX-512 and the insert gathers without one
+    (inference-tensor buffers); both match the dense layer, including a partial last block
+    and chunk and empty rows."""
+    lin = pruned(37, 1001, 0.9)
+    with torch.no_grad():
+        lin.weight[::5] = 0
+        lin.weight[3, -1] = 1.5
+    sl = kk.SparseLinear.from_dense(lin)
+    x = torch.randn(1, 1001)
+    torch.testing.assert_close(sl(x), lin(x), rtol=1e-5, atol=1e-5)
+    if isa == "avx512":
+        assert sl._plan is not None and len(sl._plan.derived) == 4
+    with torch.inference_mode():
+        bufs = [t.clone() for t in (sl.row_ptr, sl.col, sl.values, sl.bias)]
+        gathered = torch.ops.kompaktor_kernels.sparse_linear(x, *bufs, 1001)
+    torch.testing.assert_close(gathered, lin(x), rtol=1e-5, atol=1e-5)
+    assert torch.all(sl(x)[:, ::5] == lin.bias[::5])
 
 
 def test_int8_batch1_sees_in_place_edits() -> None:
