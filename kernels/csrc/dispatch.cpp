@@ -17,8 +17,9 @@ Isa detect() {
   return Isa::portable;
 }
 const Isa g_best = detect();
-// AVX512_VBMI (vpermi2b) enables the register-gather batch-1 int8 kernel within the AVX-512
-// path; parts with VNNI but no VBMI (e.g. Cascade Lake) keep the byte-insert gathers.
+// AVX512_VBMI (vpermb, vpermi2b) enables the sliced int8 kernel and the register-gather
+// batch-1 int8 kernel within the AVX-512 path; parts with VNNI but no VBMI (e.g. Cascade Lake)
+// keep the byte-insert gathers.
 bool detect_vbmi() {
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
   return g_best == Isa::avx512 && __builtin_cpu_supports("avx512vbmi");

@@ -5,7 +5,7 @@
 namespace kk {
 Isa best_isa();
 Isa active_isa();
-bool has_vbmi();  // AVX512_VBMI on an AVX-512 CPU: the batch-1 int8 register gather
+bool has_vbmi();  // AVX512_VBMI on an AVX-512 CPU: the sliced int8 kernel (and vpermi2b gather)
 bool set_isa(Isa isa);  // false if the CPU lacks `isa`
 
 void spmm_f32(const SpmmF32Args& a);

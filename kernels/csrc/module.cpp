@@ -37,7 +37,8 @@ NB_MODULE(_native, m) {
         "Best path this CPU supports: 0 portable, 1 avx2, 2 avx512.");
   m.def("active_isa", []() { return static_cast<int>(kk::active_isa()); });
   m.def("has_vbmi", []() { return kk::has_vbmi(); },
-        "Whether the avx512 path uses the AVX512_VBMI batch-1 int8 gather (in_features <= 1024).");
+        "Whether the avx512 path has AVX512_VBMI: the sliced int8 kernel (every batch), and the "
+        "vpermi2b batch-1 gather (in_features <= 1024) where no sliced layout is given.");
   m.def("set_isa", [](int isa) {
     require(isa >= 0 && isa <= 2, "isa must be 0, 1 or 2");
     return kk::set_isa(static_cast<kk::Isa>(isa));

@@ -2,13 +2,10 @@
 
 They regroup the weights by 16 output rows × one chunk of inputs so the kernels need no
 gather: int8 on AVX512_VBMI CPUs at every batch (64-input chunks, ≈3–4× faster), fp32 on
-AVX-512 at batch 1 (32-input chunks, ≈1.8× faster). Derived from the stored CSR, never saved,
-and built once per weight set: cached per values tensor and its version counter, like the CSR
-validation."""
+AVX-512 at batch 1 (32-input chunks, ≈1.8× faster). Derived from the stored CSR and never
+saved; sparse_linear builds one per weight set and caches it with the CSR validation."""
 
 from __future__ import annotations
-
-import weakref
 
 import torch
 
@@ -19,8 +16,6 @@ ROWS = 16  # csrc/sliced.h: kSliceRows
 GEOMETRY = {torch.int8: (64, 4), torch.float32: (32, 1)}
 
 Layout = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
-_Refs = tuple[weakref.ref[torch.Tensor], ...]
-_cache: dict[int, tuple[_Refs, tuple[object, ...], Layout]] = {}
 
 
 def _build(row_ptr: torch.Tensor, col: torch.Tensor, values: torch.Tensor, in_f: int) -> Layout:
@@ -54,24 +49,8 @@ def supported(dtype: torch.dtype) -> bool:
 def sliced_layout(
     row_ptr: torch.Tensor, col: torch.Tensor, values: torch.Tensor, in_features: int
 ) -> Layout | None:
-    """The layout of validated CSR weights, or None where it is not used: CPUs the kernel does
-    not run on, empty layers, and inference tensors (no version counter to cache by)."""
+    """The layout of validated CSR weights, or None where the kernels use none: CPUs they do
+    not run on, and empty layers."""
     if not supported(values.dtype) or in_features == 0 or row_ptr.numel() <= 1:
         return None
-    if row_ptr.is_inference() or col.is_inference() or values.is_inference():
-        return None
-    tensors = (values, col, row_ptr)
-    key = (
-        *(t._version for t in tensors), *(t.data_ptr() for t in tensors), in_features,
-    )  # fmt: skip
-    hit = _cache.get(id(values))
-    if hit is not None and hit[1] == key:
-        refs, _, layout = hit
-        if all(r() is t for r, t in zip(refs, tensors, strict=True)):
-            return layout
-    layout = _build(row_ptr, col, values, in_features)
-    # The entry (1.3x the CSR's memory for int8 at 90 %, 1.7x for fp32) goes with the values.
-    slot = id(values)
-    evict = weakref.ref(values, lambda _: _cache.pop(slot, None))
-    _cache[slot] = ((evict, weakref.ref(col), weakref.ref(row_ptr)), key, layout)
-    return layout
+    return _build(row_ptr, col, values, in_features)

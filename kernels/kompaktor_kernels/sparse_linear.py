@@ -24,7 +24,7 @@ from kompaktor_kernels import _checks, _native
 from kompaktor_kernels._dispatch import num_threads
 from kompaktor_kernels._library import NAMESPACE, check, define, impl_cpu, register_fake
 from kompaktor_kernels._quant import quantize_weight
-from kompaktor_kernels._sliced import sliced_layout
+from kompaktor_kernels._sliced import Layout, sliced_layout
 
 # int32 accumulation bound: |u8 · s8| ≤ 255·127 per term.
 _MAX_I8_ROW_NNZ = (2**31 - 1) // (255 * 127) // 2
@@ -92,33 +92,52 @@ def _validate_csr(
         raise ValueError(f"col indices must lie in [0, {in_features})")
 
 
-# Weight buffers are fixed between calls, so their O(nnz) validation is cached per tensor object
-# and version counter (an in-place edit bumps the version and forces a re-check).
-_validated: dict[int, tuple[weakref.ref[torch.Tensor], tuple[object, ...]]] = {}
+# Weight buffers are fixed between calls, so their O(nnz) validation, and the sliced layout
+# derived from them, are cached per tensor objects and version counters (an in-place edit bumps
+# a version and forces both again). An entry goes when its values tensor does.
+_CacheEntry = tuple[tuple[weakref.ref[torch.Tensor], ...], tuple[object, ...], Layout | None]
+_validated: dict[int, _CacheEntry] = {}
 
 
-def _check_csr_cached(
+def _checked_layout(
     row_ptr: torch.Tensor,
     col: torch.Tensor,
     values: torch.Tensor,
     in_features: int,
     values_dtype: torch.dtype,
-) -> None:
-    if row_ptr.is_inference() or col.is_inference() or values.is_inference():
+) -> Layout | None:
+    """Validate the CSR and return its sliced layout (None where unused), both cached."""
+    tensors = (values, col, row_ptr)
+    if any(t.is_inference() for t in tensors):
         # Inference tensors keep no version counter, so nothing proves them unchanged.
         _validate_csr(row_ptr, col, values, in_features, values_dtype)
-        return
+        return None
     key = (
-        id(row_ptr), row_ptr._version, id(values), values._version, col._version,
-        col.data_ptr(), values.data_ptr(), row_ptr.data_ptr(), in_features, col.dtype,
+        *(t._version for t in tensors), *(t.data_ptr() for t in tensors), in_features,
+        col.dtype, values.dtype, values_dtype,
     )  # fmt: skip
-    hit = _validated.get(id(col))
-    if hit is not None and hit[0]() is col and hit[1] == key and values.dtype == values_dtype:
-        return
+    hit = _validated.get(id(values))
+    if hit is not None and hit[1] == key:
+        refs, _, layout = hit
+        if all(r() is t for r, t in zip(refs, tensors, strict=True)):
+            return layout
+    layout = _validated_layout(row_ptr, col, values, in_features, values_dtype)
+    slot = id(values)
+    evict = weakref.ref(values, lambda _: _validated.pop(slot, None))
+    _validated[slot] = ((evict, weakref.ref(col), weakref.ref(row_ptr)), key, layout)
+    return layout
+
+
+def _validated_layout(
+    row_ptr: torch.Tensor,
+    col: torch.Tensor,
+    values: torch.Tensor,
+    in_features: int,
+    values_dtype: torch.dtype,
+) -> Layout | None:
+    """Validate the CSR (uncached) and build its sliced layout (None where unused)."""
     _validate_csr(row_ptr, col, values, in_features, values_dtype)
-    if len(_validated) > 4096:
-        _validated.clear()
-    _validated[id(col)] = (weakref.ref(col), key)
+    return sliced_layout(row_ptr, col, values, in_features)
 
 
 def _check_vec(name: str, t: torch.Tensor | None, n: int, dtype: torch.dtype) -> None:
@@ -154,7 +173,7 @@ class _Plan:
         self.versions = tuple(map(_version, self.tensors))
         self.fn = fn
         self.args = args
-        self.derived = derived  # e.g. the sliced int8 layout that args point into
+        self.derived = derived  # the sliced layout, if any, that args point into
 
 
 def _plain(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -182,18 +201,17 @@ def _native_args(
     rowsum: torch.Tensor | None,
     in_features: int,
     values_dtype: torch.dtype,
-    validate: Callable[..., None] = _check_csr_cached,
+    check: Callable[..., Layout | None] = _checked_layout,
 ) -> _NativeArgs:
     """Check the weight tensors; return the native kernel, its weight arguments (those
     between `batch` and `y`) and the derived tensors they point into."""
-    validate(row_ptr, col, values, in_features, values_dtype)
+    layout = check(row_ptr, col, values, in_features, values_dtype) or ()
     out_features = row_ptr.numel() - 1
     _check_vec("bias", bias, out_features, torch.float32)
     head = (
         in_features, out_features, row_ptr.data_ptr(), col.data_ptr(), col.dtype == torch.uint16,
         values.data_ptr(),
     )  # fmt: skip
-    layout = sliced_layout(row_ptr, col, values, in_features) or ()
     sliced = tuple(t.data_ptr() for t in layout) or (0, 0, 0, 0)
     if values_dtype != torch.int8:
         return _native.spmm_f32_ptr, (*head, _ptr(bias), *sliced), layout
@@ -438,8 +456,9 @@ class SparseLinear(nn.Module):
             raise ValueError(f"row_ptr must have shape ({self.out_features + 1},)")
         expected = torch.int8 if values.dtype == torch.int8 else torch.float32
         native = _native_args(
-            row_ptr, col, values, bias, scales, rowsum, self.in_features, expected, _validate_csr
-        )
+            row_ptr, col, values, bias, scales, rowsum, self.in_features, expected,
+            _validated_layout,
+        )  # fmt: skip
         return _Plan(buffers, *native)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
