@@ -13,6 +13,15 @@ struct SlicedView {
   const void* w = nullptr;  // int8_t or float, as the layer
 };
 
+// Optional panel layout of fp32 weights (sliced.h), built by Python; all null when absent.
+struct PanelView {
+  const int32_t* group_start = nullptr;
+  const int32_t* step_off = nullptr;
+  const uint8_t* rows = nullptr;
+  const uint16_t* off = nullptr;
+  const float* w = nullptr;
+};
+
 enum class Isa : int { portable = 0, avx2 = 1, avx512 = 2 };
 
 // Column indices are uint16 when in <= 65536 (col16), else int32 (validated non-negative).
@@ -27,6 +36,7 @@ struct SpmmF32Args {
   float* y;                // [B, out]
   int nthreads;
   SlicedView sliced;       // used at batch 1 on AVX-512
+  PanelView panels;        // used at batch > 1 on AVX-512
 };
 
 struct SpmmI8Args {

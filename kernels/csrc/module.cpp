@@ -32,7 +32,7 @@ kk::SlicedView sliced_view(uintptr_t counts, uintptr_t block_off, uintptr_t idx,
 
 NB_MODULE(_native, m) {
   m.doc() = "Kompaktor compiled kernels (CPU, runtime ISA dispatch)";
-  m.def("version", []() { return 3; });
+  m.def("version", []() { return 4; });
   m.def("best_isa", []() { return static_cast<int>(kk::best_isa()); },
         "Best path this CPU supports: 0 portable, 1 avx2, 2 avx512.");
   m.def("active_isa", []() { return static_cast<int>(kk::active_isa()); });
@@ -51,7 +51,8 @@ NB_MODULE(_native, m) {
       "spmm_f32_ptr",
       [](uintptr_t x, int64_t B, int64_t in, int64_t out, uintptr_t row_ptr, uintptr_t col,
          bool col16, uintptr_t val, uintptr_t bias, uintptr_t sl_counts, uintptr_t sl_block_off,
-         uintptr_t sl_idx, uintptr_t sl_w, uintptr_t y, int nthreads) {
+         uintptr_t sl_idx, uintptr_t sl_w, uintptr_t pn_group_start, uintptr_t pn_step_off,
+         uintptr_t pn_rows, uintptr_t pn_off, uintptr_t pn_w, uintptr_t y, int nthreads) {
         kk::SpmmF32Args a{reinterpret_cast<const float*>(x),
                           B,
                           in,
@@ -63,7 +64,12 @@ NB_MODULE(_native, m) {
                           reinterpret_cast<const float*>(bias),
                           reinterpret_cast<float*>(y),
                           nthreads,
-                          sliced_view(sl_counts, sl_block_off, sl_idx, sl_w)};
+                          sliced_view(sl_counts, sl_block_off, sl_idx, sl_w),
+                          {reinterpret_cast<const int32_t*>(pn_group_start),
+                           reinterpret_cast<const int32_t*>(pn_step_off),
+                           reinterpret_cast<const uint8_t*>(pn_rows),
+                           reinterpret_cast<const uint16_t*>(pn_off),
+                           reinterpret_cast<const float*>(pn_w)}};
         nb::gil_scoped_release release;
         kk::spmm_f32(a);
       });
@@ -108,6 +114,26 @@ NB_MODULE(_native, m) {
                                  reinterpret_cast<void*>(w)};
           nb::gil_scoped_release release;
           return kk::sliced_layout(a);
+        });
+  m.def("panel_max_groups", &kk::panel_max_groups);
+  // Two passes, as sliced_layout: without off/w it fills the group tables and returns the
+  // number of steps, with them (zero-filled by the caller) it fills the slots.
+  m.def("panel_layout",
+        [](uintptr_t row_ptr, uintptr_t col, bool col16, uintptr_t val, int64_t out, int64_t in,
+           uintptr_t group_start, uintptr_t step_off, uintptr_t rows, uintptr_t off, uintptr_t w) {
+          kk::PanelLayoutArgs a{reinterpret_cast<const int32_t*>(row_ptr),
+                                reinterpret_cast<const void*>(col),
+                                col16,
+                                reinterpret_cast<const float*>(val),
+                                out,
+                                in,
+                                reinterpret_cast<int32_t*>(group_start),
+                                reinterpret_cast<int32_t*>(step_off),
+                                reinterpret_cast<uint8_t*>(rows),
+                                reinterpret_cast<uint16_t*>(off),
+                                reinterpret_cast<float*>(w)};
+          nb::gil_scoped_release release;
+          return kk::panel_layout(a);
         });
 
   m.def(

@@ -14,9 +14,10 @@
 namespace kk {
 namespace {
 
-inline int64_t column(const SlicedLayoutArgs& a, int64_t k) {
-  return a.col16 ? static_cast<const uint16_t*>(a.col)[k] : static_cast<const int32_t*>(a.col)[k];
+inline int64_t column(const void* col, bool col16, int64_t k) {
+  return col16 ? static_cast<const uint16_t*>(col)[k] : static_cast<const int32_t*>(col)[k];
 }
+inline int64_t column(const SlicedLayoutArgs& a, int64_t k) { return column(a.col, a.col16, k); }
 
 }  // namespace
 
@@ -62,6 +63,70 @@ int64_t sliced_layout(const SlicedLayoutArgs& a) {
     }
   }
   return a.block_off[blocks];
+}
+
+int64_t panel_max_groups(int64_t out, int64_t in) {
+  const int64_t blocks = (out + kPanelRows - 1) / kPanelRows;
+  const int64_t panels = (in + kPanelCols - 1) / kPanelCols;
+  return blocks * panels * (kPanelRows / kPanelGroup);
+}
+
+int64_t panel_layout(const PanelLayoutArgs& a) {
+  const int64_t panels = (a.in + kPanelCols - 1) / kPanelCols;
+  const int64_t blocks = (a.out + kPanelRows - 1) / kPanelRows;
+  const bool fill = a.w != nullptr;
+  // Per block: each row's non-zeros per panel (len), and the block's non-zeros ordered by
+  // (row, panel) (pos, from first), so a row's segment in a panel is one run of pos.
+  std::vector<int32_t> len(kPanelRows * panels), first(kPanelRows * panels), cursor, pos;
+  std::vector<int32_t> order(kPanelRows);
+  int32_t g = 0, steps = 0;
+  a.step_off[0] = 0;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t r0 = b * kPanelRows, nr = std::min<int64_t>(kPanelRows, a.out - r0);
+    std::fill(len.begin(), len.end(), 0);
+    for (int64_t i = 0; i < nr; ++i)
+      for (int64_t k = a.row_ptr[r0 + i]; k < a.row_ptr[r0 + i + 1]; ++k)
+        ++len[i * panels + column(a.col, a.col16, k) / kPanelCols];
+    int32_t n = 0;
+    for (int64_t s = 0; s < nr * panels; ++s) {
+      first[s] = n;
+      n += len[s];
+    }
+    if (fill) {
+      cursor.assign(first.begin(), first.end());
+      pos.resize(n);
+      for (int64_t i = 0; i < nr; ++i)
+        for (int64_t k = a.row_ptr[r0 + i]; k < a.row_ptr[r0 + i + 1]; ++k)
+          pos[cursor[i * panels + column(a.col, a.col16, k) / kPanelCols]++] = (int32_t)k;
+    }
+    for (int64_t p = 0; p < panels; ++p) {
+      a.group_start[b * panels + p] = g;
+      auto seg = [&](int64_t i) { return len[i * panels + p]; };
+      order.resize(nr);
+      for (int64_t i = 0; i < nr; ++i) order[i] = (int32_t)i;
+      std::stable_sort(order.begin(), order.end(), [&](int32_t x, int32_t y) { return seg(x) > seg(y); });
+      for (int64_t g0 = 0; g0 < nr && seg(order[g0]) > 0; g0 += kPanelGroup, ++g) {
+        const int32_t steps_g = seg(order[g0]);  // sorted: the longest comes first
+        for (int64_t c = 0; c < kPanelGroup; ++c) {
+          // Lanes past the block's last row repeat its first row with zero weights.
+          const bool real = g0 + c < nr;
+          const int32_t i = order[real ? g0 + c : g0];
+          a.rows[g * kPanelGroup + c] = (uint8_t)i;
+          if (!fill || !real) continue;
+          for (int32_t t = 0; t < seg(i); ++t) {
+            const int64_t k = pos[first[i * panels + p] + t];
+            const int64_t slot = (int64_t)(steps + t) * kPanelGroup + c;
+            a.off[slot] = (uint16_t)((column(a.col, a.col16, k) - p * kPanelCols) * kPanelLaneBytes);
+            a.w[slot] = a.val[k];
+          }
+        }
+        steps += steps_g;
+        a.step_off[g + 1] = steps;
+      }
+    }
+  }
+  a.group_start[blocks * panels] = g;
+  return steps;
 }
 
 }  // namespace kk

@@ -21,6 +21,11 @@ def spmm_f32_ptr(
     sliced_block_off: int,
     sliced_idx: int,
     sliced_w: int,
+    panel_group_start: int,
+    panel_step_off: int,
+    panel_rows: int,
+    panel_off: int,
+    panel_w: int,
     y: int,
     nthreads: int,
 ) -> None: ...
@@ -54,6 +59,20 @@ def sliced_layout(
     counts: int,
     block_off: int,
     idx: int,
+    w: int,
+) -> int: ...
+def panel_max_groups(out_features: int, in_features: int) -> int: ...
+def panel_layout(
+    row_ptr: int,
+    col: int,
+    col16: bool,
+    values: int,
+    out_features: int,
+    in_features: int,
+    group_start: int,
+    step_off: int,
+    rows: int,
+    off: int,
     w: int,
 ) -> int: ...
 def kd_loss(

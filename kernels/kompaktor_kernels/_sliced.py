@@ -1,9 +1,11 @@
-"""Sliced layouts of the CSR weights for the AVX-512 kernels (kernels/csrc/sliced.cpp).
+"""Derived layouts of the CSR weights for the AVX-512 kernels (kernels/csrc/sliced.cpp).
 
-They regroup the weights by 16 output rows × one chunk of inputs so the kernels need no
-gather: int8 on AVX512_VBMI CPUs at every batch (64-input chunks, ≈3–4× faster), fp32 on
-AVX-512 at batch 1 (32-input chunks, ≈1.8× faster). Derived from the stored CSR and never
-saved; sparse_linear builds one per weight set and caches it with the CSR validation."""
+Sliced layouts regroup the weights by 16 output rows × one chunk of inputs so the kernels
+need no gather: int8 on AVX512_VBMI CPUs at every batch (64-input chunks, ≈3–4× faster), fp32
+on AVX-512 at batch 1 (32-input chunks, ≈1.8× faster). fp32 layers also get a panel layout for
+batches > 1 (256-input panels whose activations stay in L1, rows sorted by length and run 8 in
+lockstep, ≈1.5× faster). Derived from the stored CSR and never saved; sparse_linear builds
+them once per weight set and caches them with the CSR validation."""
 
 from __future__ import annotations
 
@@ -14,8 +16,13 @@ from kompaktor_kernels import _native
 ROWS = 16  # csrc/sliced.h: kSliceRows
 # Inputs per chunk and non-zeros per row per slice (kSliceCols*, kSliceDepth*).
 GEOMETRY = {torch.int8: (64, 4), torch.float32: (32, 1)}
+# Panel layout: output rows per block, inputs per panel, rows per lockstep group (kPanel*).
+PANEL_ROWS, PANEL_COLS, PANEL_GROUP = 128, 256, 8
 
-Layout = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+# The kernels' pointer arguments, in order: the sliced layout's four tensors, then (fp32 only)
+# the panel layout's five; zeros stand for an absent layout.
+Layout = tuple[torch.Tensor, ...]
+ARGS = {torch.int8: 4, torch.float32: 9}
 
 
 def _build(row_ptr: torch.Tensor, col: torch.Tensor, values: torch.Tensor, in_f: int) -> Layout:
@@ -39,6 +46,29 @@ def _build(row_ptr: torch.Tensor, col: torch.Tensor, values: torch.Tensor, in_f:
     return counts, block_off, idx, w
 
 
+def _build_panels(
+    row_ptr: torch.Tensor, col: torch.Tensor, values: torch.Tensor, in_f: int
+) -> Layout:
+    out_f = row_ptr.numel() - 1
+    groups = _native.panel_max_groups(out_f, in_f)
+    blocks, panels = -(-out_f // PANEL_ROWS), -(-in_f // PANEL_COLS)
+    group_start = torch.empty(blocks * panels + 1, dtype=torch.int32)
+    step_off = torch.zeros(groups + 1, dtype=torch.int32)
+    rows = torch.zeros(groups * PANEL_GROUP, dtype=torch.uint8)
+
+    def run(off: int, w: int) -> int:  # sizes the slots with off = w = 0, else fills them
+        return _native.panel_layout(
+            row_ptr.data_ptr(), col.data_ptr(), col.dtype == torch.uint16, values.data_ptr(),
+            out_f, in_f, group_start.data_ptr(), step_off.data_ptr(), rows.data_ptr(), off, w,
+        )  # fmt: skip
+
+    slots = run(0, 0) * PANEL_GROUP
+    off = torch.zeros(slots, dtype=torch.uint16)
+    w = torch.zeros(slots, dtype=torch.float32)
+    run(off.data_ptr(), w.data_ptr())
+    return group_start, step_off, rows, off, w
+
+
 def supported(dtype: torch.dtype) -> bool:
     """Whether this CPU runs the sliced kernel for layers of `dtype`."""
     if dtype == torch.int8:
@@ -53,4 +83,7 @@ def sliced_layout(
     not run on, and empty layers."""
     if not supported(values.dtype) or in_features == 0 or row_ptr.numel() <= 1:
         return None
-    return _build(row_ptr, col, values, in_features)
+    layout = _build(row_ptr, col, values, in_features)
+    if values.dtype == torch.float32:
+        layout += _build_panels(row_ptr, col, values, in_features)
+    return layout

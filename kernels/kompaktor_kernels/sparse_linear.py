@@ -7,8 +7,10 @@ batch lanes. Blocked formats only pay off when the pruning leaves blocks, and un
 magnitude pruning does not (measurements: kernels/README.md). Column indices are uint16 when
 in_features <= 65536 (a quarter less memory for fp32 weights, 40 % for int8), else int32.
 
-On AVX-512 CPUs layers also get a derived, unsaved sliced layout (`_sliced`) that replaces
-gathers with register permutes: int8 at every batch (AVX512_VBMI), fp32 at batch 1."""
+On AVX-512 CPUs layers also get derived, unsaved layouts (`_sliced`): a sliced one that
+replaces gathers with register permutes (int8 at every batch on AVX512_VBMI, fp32 at batch 1),
+and for fp32 a panel layout for batches > 1 (L1-sized input panels, rows sorted by length and
+run 8 in lockstep)."""
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from kompaktor_kernels import _checks, _native
 from kompaktor_kernels._dispatch import num_threads
 from kompaktor_kernels._library import NAMESPACE, check, define, impl_cpu, register_fake
 from kompaktor_kernels._quant import quantize_weight
-from kompaktor_kernels._sliced import Layout, sliced_layout
+from kompaktor_kernels._sliced import ARGS, Layout, sliced_layout
 
 # int32 accumulation bound: |u8 · s8| ≤ 255·127 per term.
 _MAX_I8_ROW_NNZ = (2**31 - 1) // (255 * 127) // 2
@@ -212,13 +214,14 @@ def _native_args(
         in_features, out_features, row_ptr.data_ptr(), col.data_ptr(), col.dtype == torch.uint16,
         values.data_ptr(),
     )  # fmt: skip
-    sliced = tuple(t.data_ptr() for t in layout) or (0, 0, 0, 0)
+    derived = tuple(t.data_ptr() for t in layout)
+    derived += (0,) * (ARGS[values_dtype] - len(derived))
     if values_dtype != torch.int8:
-        return _native.spmm_f32_ptr, (*head, _ptr(bias), *sliced), layout
+        return _native.spmm_f32_ptr, (*head, _ptr(bias), *derived), layout
     _check_vec("scales", scales, out_features, torch.float32)
     _check_vec("rowsum", rowsum, out_features, torch.int32)
     assert scales is not None and rowsum is not None
-    args = (*head, scales.data_ptr(), rowsum.data_ptr(), _ptr(bias), *sliced)
+    args = (*head, scales.data_ptr(), rowsum.data_ptr(), _ptr(bias), *derived)
     return _native.spmm_i8_ptr, args, layout
 
 
