@@ -115,7 +115,6 @@ NB_MODULE(_native, m) {
           nb::gil_scoped_release release;
           return kk::sliced_layout(a);
         });
-  m.def("panel_max_groups", &kk::panel_max_groups);
   // Two passes, as sliced_layout: without off/w it fills the group tables and returns the
   // number of steps, with them (zero-filled by the caller) it fills the slots.
   m.def("panel_layout",

@@ -65,12 +65,6 @@ int64_t sliced_layout(const SlicedLayoutArgs& a) {
   return a.block_off[blocks];
 }
 
-int64_t panel_max_groups(int64_t out, int64_t in) {
-  const int64_t blocks = (out + kPanelRows - 1) / kPanelRows;
-  const int64_t panels = (in + kPanelCols - 1) / kPanelCols;
-  return blocks * panels * (kPanelRows / kPanelGroup);
-}
-
 int64_t panel_layout(const PanelLayoutArgs& a) {
   const int64_t panels = (a.in + kPanelCols - 1) / kPanelCols;
   const int64_t blocks = (a.out + kPanelRows - 1) / kPanelRows;

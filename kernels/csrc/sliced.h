@@ -50,14 +50,13 @@ struct PanelLayoutArgs {
   const float* val;
   int64_t out, in;
   int32_t* group_start;  // [blocks * panels + 1] first group of each (block, panel), block-major
-  int32_t* step_off;     // [max groups + 1] first step of each group
+  int32_t* step_off;     // [max groups + 1] first step of each group; at most
+                         // kPanelRows / kPanelGroup groups per (block, panel)
   uint8_t* rows;         // [max groups * 8] row within the block of each group lane
   uint16_t* off;  // [steps * 8] input within the panel x kPanelLaneBytes per slot, or nullptr
   float* w;       // [steps * 8] weight per slot (0 = padding), or nullptr
 };
 
-// Groups at most: every block and panel split into kPanelRows / kPanelGroup groups.
-int64_t panel_max_groups(int64_t out, int64_t in);
 // Without off/w: fills group_start, step_off and rows and returns the number of steps. With
 // them (zero-filled, sized from that number): fills them too, returns the same number.
 int64_t panel_layout(const PanelLayoutArgs& a);

@@ -61,7 +61,6 @@ def sliced_layout(
     idx: int,
     w: int,
 ) -> int: ...
-def panel_max_groups(out_features: int, in_features: int) -> int: ...
 def panel_layout(
     row_ptr: int,
     col: int,

@@ -50,8 +50,8 @@ def _build_panels(
     row_ptr: torch.Tensor, col: torch.Tensor, values: torch.Tensor, in_f: int
 ) -> Layout:
     out_f = row_ptr.numel() - 1
-    groups = _native.panel_max_groups(out_f, in_f)
     blocks, panels = -(-out_f // PANEL_ROWS), -(-in_f // PANEL_COLS)
+    groups = blocks * panels * (PANEL_ROWS // PANEL_GROUP)  # at most
     group_start = torch.empty(blocks * panels + 1, dtype=torch.int32)
     step_off = torch.zeros(groups + 1, dtype=torch.int32)
     rows = torch.zeros(groups * PANEL_GROUP, dtype=torch.uint8)

@@ -216,6 +216,29 @@ def test_int8_batch1_long_rows_and_threads(in_f: int) -> None:
         torch.set_num_threads(before)
 
 
+def csr_rows(sl: kk.SparseLinear) -> torch.Tensor:
+    """The output row of each stored non-zero."""
+    counts = (sl.row_ptr[1:] - sl.row_ptr[:-1]).long()
+    return torch.repeat_interleave(torch.arange(sl.out_features), counts)
+
+
+def csr_dense_like(sl: kk.SparseLinear, got: torch.Tensor) -> torch.Tensor:
+    """The CSR weights as a float64 matrix shaped like a decoded layout (zero padding)."""
+    want = torch.zeros_like(got)
+    want[csr_rows(sl), sl.col.long()] = sl.values.to(torch.float64)
+    return want
+
+
+def csr_counts(sl: kk.SparseLinear, rows: int, width: int) -> torch.Tensor:
+    """Non-zeros of each row (padded to `rows`) per run of `width` inputs."""
+    nnz_rows = csr_rows(sl)
+    counts = torch.zeros(rows, -(-sl.in_features // width), dtype=torch.int64)
+    counts.index_put_(
+        (nnz_rows, sl.col.long() // width), torch.ones_like(nnz_rows), accumulate=True
+    )
+    return counts
+
+
 @pytest.mark.parametrize("dtype", [torch.int8, torch.float32])
 @pytest.mark.parametrize(
     ("out_f", "in_f", "sparsity"),
@@ -245,17 +268,9 @@ def test_sliced_layout_holds_exactly_the_csr_weights(
     col = ((where % chunks)[:, None] * cols + idx.view(-1, width).long()).flatten()
     got = torch.zeros(blocks * rows, chunks * cols, dtype=torch.float64)
     got.index_put_((row, col), w.to(torch.float64), accumulate=True)
-    nnz_rows = torch.repeat_interleave(
-        torch.arange(out_f), (sl.row_ptr[1:] - sl.row_ptr[:-1]).long()
-    )
-    want = torch.zeros_like(got)
-    want[nnz_rows, sl.col.long()] = sl.values.to(torch.float64)
-    assert torch.equal(got, want)
+    assert torch.equal(got, csr_dense_like(sl, got))
     # Minimal: each (block, chunk) has as many slices as its fullest row needs.
-    per_row = torch.zeros(blocks * rows, chunks, dtype=torch.int64)
-    per_row.index_put_(
-        (nnz_rows, sl.col.long() // cols), torch.ones_like(nnz_rows), accumulate=True
-    )
+    per_row = csr_counts(sl, blocks * rows, cols)
     need = (
         (per_row + depth - 1).div(depth, rounding_mode="floor").view(blocks, rows, chunks).amax(1)
     )
@@ -290,17 +305,9 @@ def test_panel_layout_holds_exactly_the_csr_weights(out_f: int, in_f: int, spars
     col = panel[slot_group] * panel_cols + off // 32
     got = torch.zeros(blocks * block_rows, panels * panel_cols, dtype=torch.float64)
     got.index_put_((row, col), w.to(torch.float64), accumulate=True)
-    nnz_rows = torch.repeat_interleave(
-        torch.arange(out_f), (sl.row_ptr[1:] - sl.row_ptr[:-1]).long()
-    )
-    want = torch.zeros_like(got)
-    want[nnz_rows, sl.col.long()] = sl.values.to(torch.float64)
-    assert torch.equal(got, want)
+    assert torch.equal(got, csr_dense_like(sl, got))
     # Steps: the first (longest) row of each group, and non-increasing within a (block, panel).
-    seg = torch.zeros(blocks * block_rows, panels, dtype=torch.int64)
-    seg.index_put_(
-        (nnz_rows, sl.col.long() // panel_cols), torch.ones_like(nnz_rows), accumulate=True
-    )
+    seg = csr_counts(sl, blocks * block_rows, panel_cols)
     assert torch.equal(steps, seg[block * block_rows + local[:, 0], panel])
     assert torch.equal(seg[block[:, None] * block_rows + local, panel[:, None]].amax(1), steps)
     same = bp[1:] == bp[:-1]
