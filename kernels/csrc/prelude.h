@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 #if defined(_OPENMP)
 #include <omp.h>
@@ -16,3 +17,7 @@
 #endif
 #include "dispatch.h"  // kernels.h, and has_vbmi() for the AVX-512 unit
 #include "sliced.h"    // the sliced int8 layout's block and chunk sizes
+
+// For helpers that take register arrays by reference: out of line, GCC passes them through
+// memory (a store and a reload per vector).
+#define KK_INLINE inline __attribute__((always_inline))

@@ -99,12 +99,15 @@ int64_t panel_layout(const PanelLayoutArgs& a) {
       order.resize(nr);
       for (int64_t i = 0; i < nr; ++i) order[i] = (int32_t)i;
       std::stable_sort(order.begin(), order.end(), [&](int32_t x, int32_t y) { return seg(x) > seg(y); });
-      for (int64_t g0 = 0; g0 < nr && seg(order[g0]) > 0; g0 += kPanelGroup, ++g) {
+      // Panel 0 takes every row, empty ones too, so that the kernel stores its sums (and the
+      // bias) where later panels add theirs; later panels skip rows with no non-zeros there.
+      for (int64_t g0 = 0; g0 < nr && (p == 0 || seg(order[g0]) > 0); g0 += kPanelGroup, ++g) {
         const int32_t steps_g = seg(order[g0]);  // sorted: the longest comes first
         for (int64_t c = 0; c < kPanelGroup; ++c) {
-          // Lanes past the block's last row repeat its first row with zero weights.
+          // Lanes past the block's last row name the spare row nr (< kPanelRows: the kernel's
+          // sum tile has kPanelRows rows per block) and carry zero weights.
           const bool real = g0 + c < nr;
-          const int32_t i = order[real ? g0 + c : g0];
+          const int32_t i = real ? order[g0 + c] : (int32_t)nr;
           a.rows[g * kPanelGroup + c] = (uint8_t)i;
           if (!fill || !real) continue;
           for (int32_t t = 0; t < seg(i); ++t) {

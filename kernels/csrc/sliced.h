@@ -38,6 +38,9 @@ int64_t sliced_layout(const SlicedLayoutArgs& a);
 // their non-zero count in the panel and taken 8 at a time. A group runs its 8 rows in lockstep
 // for as many steps as its longest row has non-zeros, so sorted rows of nearly equal length
 // share one loop: ~3 % padding at 90 % sparsity (27 % unsorted), one loop exit per 8 segments.
+// Panel 0 lists every row of its block once (the kernel stores there and adds later); lanes
+// past a block's last row name row `nr` of that block, which the kernel allocates but never
+// writes out.
 constexpr int kPanelCols = 256;
 constexpr int kPanelRows = 128;
 constexpr int kPanelGroup = 8;

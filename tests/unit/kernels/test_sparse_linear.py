@@ -285,7 +285,10 @@ def test_sliced_layout_holds_exactly_the_csr_weights(
 def test_panel_layout_holds_exactly_the_csr_weights(out_f: int, in_f: int, sparsity: float) -> None:
     """The panel builder is portable C++ too: decode the groups back into a dense matrix and
     compare with the CSR's. Within each (block, panel) the groups must come longest first,
-    and each must run exactly as many steps as its longest row segment (little padding)."""
+    and each must run exactly as many steps as its longest row segment (little padding).
+    Panel 0 must list every row of its block once (the kernel stores its sums there and adds
+    later panels' to them), later panels only rows with non-zeros there, and lanes past a
+    block's last row its spare row (the kernel's sum tile has whole blocks; never written out)."""
     lin = pruned(out_f, in_f, sparsity)
     sl = kk.SparseLinear.from_dense(lin)
     group_start, step_off, rows, off, w = _sliced._build_panels(sl.row_ptr, sl.col, sl.values, in_f)
@@ -295,12 +298,20 @@ def test_panel_layout_holds_exactly_the_csr_weights(out_f: int, in_f: int, spars
     steps = (step_off[1 : groups + 1] - step_off[:groups]).long()
     assert int(step_off[groups]) * lanes == off.numel() == w.numel()
     off = off.to(torch.int64)  # uint16 has no arithmetic kernels
-    assert bool((steps > 0).all()) and bool((off % 32 == 0).all())
+    assert bool((off % 32 == 0).all())
     bp = torch.repeat_interleave(torch.arange(blocks * panels), group_start.diff().long())
     block, panel = bp // panels, bp % panels
+    assert bool((steps[panel > 0] > 0).all())
+    local = rows[: groups * lanes].view(groups, lanes).long()
+    # Lanes past their block's last row name the spare row; panel 0 lists every row once.
+    block_len = (out_f - block * block_rows).clamp(max=block_rows)[:, None].expand_as(local)
+    position = (torch.arange(groups) - group_start[bp])[:, None] * lanes + torch.arange(lanes)
+    padding = position >= block_len
+    assert torch.equal(local[padding], block_len[padding])
+    listed = (block[:, None] * block_rows + local)[(panel == 0)[:, None] & ~padding]
+    assert torch.equal(listed.sort().values, torch.arange(out_f))
     slot_group = torch.repeat_interleave(torch.arange(groups), steps * lanes)
     lane = torch.arange(off.numel()) % lanes
-    local = rows[: groups * lanes].view(groups, lanes).long()
     row = block[slot_group] * block_rows + local[slot_group, lane]
     col = panel[slot_group] * panel_cols + off // 32
     got = torch.zeros(blocks * block_rows, panels * panel_cols, dtype=torch.float64)
