@@ -121,21 +121,29 @@ def test_missing_model_file(demo: Path, tmp_path: Path) -> None:
 
 def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(demo: Path, tmp_path: Path) -> None:
     artifacts = tmp_path / "artifacts"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kompaktor.cli",
-            "run",
-            str(demo),
-            "--json",
-            "--artifacts",
-            str(artifacts),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # A shell starts background jobs with SIGINT ignored, and an ignored signal stays ignored
+    # across exec (Python then raises no KeyboardInterrupt): give the CLI a terminal's Ctrl-C
+    # even when the test suite runs in the background. A handler, unlike SIG_IGN, resets to
+    # the default at exec.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kompaktor.cli",
+                "run",
+                str(demo),
+                "--json",
+                "--artifacts",
+                str(artifacts),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not list(artifacts.glob("runs/*")):
         time.sleep(0.2)
