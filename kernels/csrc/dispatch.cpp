@@ -55,8 +55,8 @@ void spmm_f32(const SpmmF32Args& a) {
 #if defined(__x86_64__) || defined(_M_X64)
   // Batched fp32 is a broadcast-FMA stream; Zen 4 double-pumps 512-bit FMAs, so 8-lane tiles
   // do the same work with less lane padding and measured 1.2-2x faster. Without the panel
-  // layout the AVX2 unit's CSR kernel runs; with it the AVX-512 unit's (8-lane ymm, 32
-  // registers). AVX-512 keeps batch 1, int8 (VNNI) and the KD loss.
+  // layout the AVX2 unit's CSR kernel runs; with it the AVX-512 unit's (32 registers; zmm rows
+  // at 16 and 32 lanes, ymm at 8 and 24). AVX-512 keeps batch 1, int8 (VNNI) and the KD loss.
   if (active_isa() == Isa::avx512 && a.B > 1 && a.panels.w == nullptr) return avx2::spmm_f32(a);
 #endif
   KK_DISPATCH(spmm_f32, a)

@@ -28,6 +28,13 @@ kk::SlicedView sliced_view(uintptr_t counts, uintptr_t block_off, uintptr_t idx,
           reinterpret_cast<const uint8_t*>(idx), reinterpret_cast<const void*>(w)};
 }
 
+kk::PanelView panel_view(uintptr_t group_start, uintptr_t step_off, uintptr_t rows,
+                         uintptr_t off, uintptr_t w) {
+  return {reinterpret_cast<const int32_t*>(group_start), reinterpret_cast<const int32_t*>(step_off),
+          reinterpret_cast<const uint8_t*>(rows), reinterpret_cast<const uint16_t*>(off),
+          reinterpret_cast<const float*>(w)};
+}
+
 }  // namespace
 
 NB_MODULE(_native, m) {
@@ -65,11 +72,7 @@ NB_MODULE(_native, m) {
                           reinterpret_cast<float*>(y),
                           nthreads,
                           sliced_view(sl_counts, sl_block_off, sl_idx, sl_w),
-                          {reinterpret_cast<const int32_t*>(pn_group_start),
-                           reinterpret_cast<const int32_t*>(pn_step_off),
-                           reinterpret_cast<const uint8_t*>(pn_rows),
-                           reinterpret_cast<const uint16_t*>(pn_off),
-                           reinterpret_cast<const float*>(pn_w)}};
+                          panel_view(pn_group_start, pn_step_off, pn_rows, pn_off, pn_w)};
         nb::gil_scoped_release release;
         kk::spmm_f32(a);
       });

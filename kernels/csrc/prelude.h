@@ -16,7 +16,7 @@
 #include <immintrin.h>
 #endif
 #include "dispatch.h"  // kernels.h, and has_vbmi() for the AVX-512 unit
-#include "sliced.h"    // the sliced int8 layout's block and chunk sizes
+#include "sliced.h"    // the derived layouts' block, chunk and panel sizes
 
 // For helpers that take register arrays by reference: out of line, GCC passes them through
 // memory (a store and a reload per vector).
