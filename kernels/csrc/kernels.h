@@ -20,6 +20,7 @@ struct PanelView {
   const uint8_t* rows = nullptr;
   const uint16_t* off = nullptr;
   const float* w = nullptr;
+  int64_t cols = 0;  // inputs per panel
 };
 
 enum class Isa : int { portable = 0, avx2 = 1, avx512 = 2 };
@@ -36,7 +37,8 @@ struct SpmmF32Args {
   float* y;                // [B, out]
   int nthreads;
   SlicedView sliced;       // used at batch 1 on AVX-512
-  PanelView panels;        // used at batch > 1 on AVX-512
+  PanelView panels;        // used at batch > 1 on AVX-512: tiles of more than 16 lanes
+  PanelView wide_panels;   // and tiles of up to 16 (wider panels; sliced.h)
 };
 
 struct SpmmI8Args {

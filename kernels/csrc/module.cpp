@@ -29,10 +29,10 @@ kk::SlicedView sliced_view(uintptr_t counts, uintptr_t block_off, uintptr_t idx,
 }
 
 kk::PanelView panel_view(uintptr_t group_start, uintptr_t step_off, uintptr_t rows,
-                         uintptr_t off, uintptr_t w) {
+                         uintptr_t off, uintptr_t w, int64_t cols) {
   return {reinterpret_cast<const int32_t*>(group_start), reinterpret_cast<const int32_t*>(step_off),
           reinterpret_cast<const uint8_t*>(rows), reinterpret_cast<const uint16_t*>(off),
-          reinterpret_cast<const float*>(w)};
+          reinterpret_cast<const float*>(w), cols};
 }
 
 }  // namespace
@@ -59,7 +59,9 @@ NB_MODULE(_native, m) {
       [](uintptr_t x, int64_t B, int64_t in, int64_t out, uintptr_t row_ptr, uintptr_t col,
          bool col16, uintptr_t val, uintptr_t bias, uintptr_t sl_counts, uintptr_t sl_block_off,
          uintptr_t sl_idx, uintptr_t sl_w, uintptr_t pn_group_start, uintptr_t pn_step_off,
-         uintptr_t pn_rows, uintptr_t pn_off, uintptr_t pn_w, uintptr_t y, int nthreads) {
+         uintptr_t pn_rows, uintptr_t pn_off, uintptr_t pn_w, uintptr_t pw_group_start,
+         uintptr_t pw_step_off, uintptr_t pw_rows, uintptr_t pw_off, uintptr_t pw_w, uintptr_t y,
+         int nthreads) {
         kk::SpmmF32Args a{reinterpret_cast<const float*>(x),
                           B,
                           in,
@@ -72,7 +74,10 @@ NB_MODULE(_native, m) {
                           reinterpret_cast<float*>(y),
                           nthreads,
                           sliced_view(sl_counts, sl_block_off, sl_idx, sl_w),
-                          panel_view(pn_group_start, pn_step_off, pn_rows, pn_off, pn_w)};
+                          panel_view(pn_group_start, pn_step_off, pn_rows, pn_off, pn_w,
+                                     kk::kPanelColsNarrow),
+                          panel_view(pw_group_start, pw_step_off, pw_rows, pw_off, pw_w,
+                                     kk::kPanelColsWide)};
         nb::gil_scoped_release release;
         kk::spmm_f32(a);
       });
@@ -122,13 +127,17 @@ NB_MODULE(_native, m) {
   // number of steps, with them (zero-filled by the caller) it fills the slots.
   m.def("panel_layout",
         [](uintptr_t row_ptr, uintptr_t col, bool col16, uintptr_t val, int64_t out, int64_t in,
-           uintptr_t group_start, uintptr_t step_off, uintptr_t rows, uintptr_t off, uintptr_t w) {
+           int64_t cols, uintptr_t group_start, uintptr_t step_off, uintptr_t rows, uintptr_t off,
+           uintptr_t w) {
+          require(cols == kk::kPanelColsWide || cols == kk::kPanelColsNarrow,
+                  "cols must be one of the kernels' panel widths");
           kk::PanelLayoutArgs a{reinterpret_cast<const int32_t*>(row_ptr),
                                 reinterpret_cast<const void*>(col),
                                 col16,
                                 reinterpret_cast<const float*>(val),
                                 out,
                                 in,
+                                cols,
                                 reinterpret_cast<int32_t*>(group_start),
                                 reinterpret_cast<int32_t*>(step_off),
                                 reinterpret_cast<uint8_t*>(rows),

@@ -66,7 +66,7 @@ int64_t sliced_layout(const SlicedLayoutArgs& a) {
 }
 
 int64_t panel_layout(const PanelLayoutArgs& a) {
-  const int64_t panels = (a.in + kPanelCols - 1) / kPanelCols;
+  const int64_t panels = (a.in + a.cols - 1) / a.cols;
   const int64_t blocks = (a.out + kPanelRows - 1) / kPanelRows;
   const bool fill = a.w != nullptr;
   // Per block: each row's non-zeros per panel (len), and the block's non-zeros ordered by
@@ -80,7 +80,7 @@ int64_t panel_layout(const PanelLayoutArgs& a) {
     std::fill(len.begin(), len.end(), 0);
     for (int64_t i = 0; i < nr; ++i)
       for (int64_t k = a.row_ptr[r0 + i]; k < a.row_ptr[r0 + i + 1]; ++k)
-        ++len[i * panels + column(a.col, a.col16, k) / kPanelCols];
+        ++len[i * panels + column(a.col, a.col16, k) / a.cols];
     int32_t n = 0;
     for (int64_t s = 0; s < nr * panels; ++s) {
       first[s] = n;
@@ -91,7 +91,7 @@ int64_t panel_layout(const PanelLayoutArgs& a) {
       pos.resize(n);
       for (int64_t i = 0; i < nr; ++i)
         for (int64_t k = a.row_ptr[r0 + i]; k < a.row_ptr[r0 + i + 1]; ++k)
-          pos[cursor[i * panels + column(a.col, a.col16, k) / kPanelCols]++] = (int32_t)k;
+          pos[cursor[i * panels + column(a.col, a.col16, k) / a.cols]++] = (int32_t)k;
     }
     for (int64_t p = 0; p < panels; ++p) {
       a.group_start[b * panels + p] = g;
@@ -113,7 +113,7 @@ int64_t panel_layout(const PanelLayoutArgs& a) {
           for (int32_t t = 0; t < seg(i); ++t) {
             const int64_t k = pos[first[i * panels + p] + t];
             const int64_t slot = (int64_t)(steps + t) * kPanelGroup + c;
-            a.off[slot] = (uint16_t)((column(a.col, a.col16, k) - p * kPanelCols) * kPanelLaneBytes);
+            a.off[slot] = (uint16_t)((column(a.col, a.col16, k) - p * a.cols) * kPanelLaneBytes);
             a.w[slot] = a.val[k];
           }
         }

@@ -32,8 +32,8 @@ struct SlicedLayoutArgs {
 // (zero-filled, sized from that number): fills idx and w, returns the same number.
 int64_t sliced_layout(const SlicedLayoutArgs& a);
 
-// Panel layout for batched fp32 (AVX-512 CPUs): inputs in panels of 256, whose transposed
-// activations (8 KB per 8 batch lanes) stay in L1 while the panel's weights stream past; output
+// Panel layout for batched fp32 (AVX-512 CPUs): inputs in panels whose transposed activations
+// (32 bytes per input per 8 batch lanes) stay in L1 while the panel's weights stream past; output
 // rows in blocks of 128 (the unit threads split); within each (block, panel) the rows sorted by
 // their non-zero count in the panel and taken 8 at a time. A group runs its 8 rows in lockstep
 // for as many steps as its longest row has non-zeros, so sorted rows of nearly equal length
@@ -41,7 +41,14 @@ int64_t sliced_layout(const SlicedLayoutArgs& a);
 // Panel 0 lists every row of its block once (the kernel stores there and adds later); lanes
 // past a block's last row name row `nr` of that block, which the kernel allocates but never
 // writes out.
-constexpr int kPanelCols = 256;
+//
+// Each layer gets two panel layouts: fewer, wider panels mean fewer groups (each stores its sums
+// once per panel), so a panel should be as wide as L1 allows. Tiles of up to 16 lanes use
+// 512-input panels (32 KB at 16 lanes; 4-5 % faster there than 256), wider tiles 256 (32 KB at
+// 32 lanes, where 512 is 10 % slower). kernels/README.md, "Panel layout".
+constexpr int kPanelColsWide = 512;
+constexpr int kPanelColsNarrow = 256;
+constexpr int kPanelWideMaxLanes = 16;
 constexpr int kPanelRows = 128;
 constexpr int kPanelGroup = 8;
 constexpr int kPanelLaneBytes = 32;  // one input's 8 batch lanes of fp32 activations
@@ -52,6 +59,7 @@ struct PanelLayoutArgs {
   bool col16;
   const float* val;
   int64_t out, in;
+  int64_t cols;          // inputs per panel (kPanelColsWide or kPanelColsNarrow)
   int32_t* group_start;  // [blocks * panels + 1] first group of each (block, panel), block-major
   int32_t* step_off;     // [max groups + 1] first step of each group; at most
                          // kPanelRows / kPanelGroup groups per (block, panel)

@@ -2,10 +2,11 @@
 
 Sliced layouts regroup the weights by 16 output rows × one chunk of inputs so the kernels
 need no gather: int8 on AVX512_VBMI CPUs at every batch (64-input chunks, ≈3–4× faster), fp32
-on AVX-512 at batch 1 (32-input chunks, ≈1.8× faster). fp32 layers also get a panel layout for
-batches > 1 (256-input panels whose activations stay in L1, rows sorted by length and run 8 in
-lockstep, ≈1.5× faster). Derived from the stored CSR and never saved; sparse_linear builds
-them once per weight set and caches them with the CSR validation."""
+on AVX-512 at batch 1 (32-input chunks, ≈1.8× faster). fp32 layers also get two panel layouts
+for batches > 1 (input panels whose activations stay in L1, rows sorted by length and run 8 in
+lockstep, ≈1.5× faster): 512-input panels for tiles of up to 16 batch rows, 256 for wider ones.
+Derived from the stored CSR and never saved; sparse_linear builds them once per weight set and
+caches them with the CSR validation."""
 
 from __future__ import annotations
 
@@ -16,13 +17,15 @@ from kompaktor_kernels import _native
 ROWS = 16  # csrc/sliced.h: kSliceRows
 # Inputs per chunk and non-zeros per row per slice (kSliceCols*, kSliceDepth*).
 GEOMETRY = {torch.int8: (64, 4), torch.float32: (32, 1)}
-# Panel layout: output rows per block, inputs per panel, rows per lockstep group (kPanel*).
-PANEL_ROWS, PANEL_COLS, PANEL_GROUP = 128, 256, 8
+# Panel layouts: output rows per block, rows per lockstep group, and the two panel widths in
+# inputs, in the order the kernel takes them (kPanelRows, kPanelGroup, kPanelCols*).
+PANEL_ROWS, PANEL_GROUP = 128, 8
+PANEL_COLS = (256, 512)
 
 # The kernels' pointer arguments, in order: the sliced layout's four tensors, then (fp32 only)
-# the panel layout's five; zeros stand for an absent layout.
+# each panel layout's five; zeros stand for an absent layout.
 Layout = tuple[torch.Tensor, ...]
-ARGS = {torch.int8: 4, torch.float32: 9}
+ARGS = {torch.int8: 4, torch.float32: 4 + 5 * len(PANEL_COLS)}
 
 
 def _build(row_ptr: torch.Tensor, col: torch.Tensor, values: torch.Tensor, in_f: int) -> Layout:
@@ -47,10 +50,10 @@ def _build(row_ptr: torch.Tensor, col: torch.Tensor, values: torch.Tensor, in_f:
 
 
 def _build_panels(
-    row_ptr: torch.Tensor, col: torch.Tensor, values: torch.Tensor, in_f: int
+    row_ptr: torch.Tensor, col: torch.Tensor, values: torch.Tensor, in_f: int, cols: int
 ) -> Layout:
     out_f = row_ptr.numel() - 1
-    blocks, panels = -(-out_f // PANEL_ROWS), -(-in_f // PANEL_COLS)
+    blocks, panels = -(-out_f // PANEL_ROWS), -(-in_f // cols)
     groups = blocks * panels * (PANEL_ROWS // PANEL_GROUP)  # at most
     group_start = torch.empty(blocks * panels + 1, dtype=torch.int32)
     step_off = torch.zeros(groups + 1, dtype=torch.int32)
@@ -59,7 +62,8 @@ def _build_panels(
     def run(off: int, w: int) -> int:  # sizes the slots with off = w = 0, else fills them
         return _native.panel_layout(
             row_ptr.data_ptr(), col.data_ptr(), col.dtype == torch.uint16, values.data_ptr(),
-            out_f, in_f, group_start.data_ptr(), step_off.data_ptr(), rows.data_ptr(), off, w,
+            out_f, in_f, cols, group_start.data_ptr(), step_off.data_ptr(), rows.data_ptr(), off,
+            w,
         )  # fmt: skip
 
     slots = run(0, 0) * PANEL_GROUP
@@ -85,5 +89,6 @@ def sliced_layout(
         return None
     layout = _build(row_ptr, col, values, in_features)
     if values.dtype == torch.float32:
-        layout += _build_panels(row_ptr, col, values, in_features)
+        for cols in PANEL_COLS:
+            layout += _build_panels(row_ptr, col, values, in_features, cols)
     return layout

@@ -9,8 +9,8 @@ in_features <= 65536 (a quarter less memory for fp32 weights, 40 % for int8), el
 
 On AVX-512 CPUs layers also get derived, unsaved layouts (`_sliced`): a sliced one that
 replaces gathers with register permutes (int8 at every batch on AVX512_VBMI, fp32 at batch 1),
-and for fp32 a panel layout for batches > 1 (L1-sized input panels, rows sorted by length and
-run 8 in lockstep)."""
+and for fp32 two panel layouts for batches > 1 (L1-sized input panels, one width for tiles of
+up to 16 batch rows and one for wider tiles; rows sorted by length and run 8 in lockstep)."""
 
 from __future__ import annotations
 

@@ -277,12 +277,15 @@ def test_sliced_layout_holds_exactly_the_csr_weights(
     assert torch.equal(counts.view(blocks, chunks).long(), need)
 
 
+@pytest.mark.parametrize("panel_cols", _sliced.PANEL_COLS)
 @pytest.mark.parametrize(
     ("out_f", "in_f", "sparsity"),
     [(1, 1, 0.0), (37, 130, 0.0), (129, 600, 0.9), (64, 256, 1.0), (70, 1000, 0.99),
      (33, 70_000, 0.999)],
 )  # fmt: skip
-def test_panel_layout_holds_exactly_the_csr_weights(out_f: int, in_f: int, sparsity: float) -> None:
+def test_panel_layout_holds_exactly_the_csr_weights(
+    out_f: int, in_f: int, sparsity: float, panel_cols: int
+) -> None:
     """The panel builder is portable C++ too: decode the groups back into a dense matrix and
     compare with the CSR's. Within each (block, panel) the groups must come longest first,
     and each must run exactly as many steps as its longest row segment (little padding).
@@ -291,8 +294,9 @@ def test_panel_layout_holds_exactly_the_csr_weights(out_f: int, in_f: int, spars
     block's last row its spare row (the kernel's sum tile has whole blocks; never written out)."""
     lin = pruned(out_f, in_f, sparsity)
     sl = kk.SparseLinear.from_dense(lin)
-    group_start, step_off, rows, off, w = _sliced._build_panels(sl.row_ptr, sl.col, sl.values, in_f)
-    block_rows, panel_cols, lanes = _sliced.PANEL_ROWS, _sliced.PANEL_COLS, _sliced.PANEL_GROUP
+    layout = _sliced._build_panels(sl.row_ptr, sl.col, sl.values, in_f, panel_cols)
+    group_start, step_off, rows, off, w = layout
+    block_rows, lanes = _sliced.PANEL_ROWS, _sliced.PANEL_GROUP
     blocks, panels = -(-out_f // block_rows), -(-in_f // panel_cols)
     groups = int(group_start[-1])
     steps = (step_off[1 : groups + 1] - step_off[:groups]).long()
@@ -325,27 +329,29 @@ def test_panel_layout_holds_exactly_the_csr_weights(out_f: int, in_f: int, spars
     assert bool((steps[1:][same] <= steps[:-1][same]).all())
 
 
-def test_panel_layout_padding_is_small() -> None:
+@pytest.mark.parametrize(("panel_cols", "bound"), [(256, 1.04), (512, 1.03)])
+def test_panel_layout_padding_is_small(panel_cols: int, bound: float) -> None:
     """Sorting rows by segment length is what keeps the lockstep groups full: at 90 %
     sparsity (~25 non-zeros per 256-input segment) the slots exceed the non-zeros by < 4 %
-    (2.8 % here), where unsorted groups of 8 would pad by 27 %."""
+    (2.8 % here; 2.0 % on 512 inputs), where unsorted groups of 8 would pad by 27 %."""
     sl = kk.SparseLinear.from_dense(pruned(768, 3072, 0.9))
-    *_, w = _sliced._build_panels(sl.row_ptr, sl.col, sl.values, 3072)
-    assert sl.nnz <= w.numel() < 1.04 * sl.nnz
+    *_, w = _sliced._build_panels(sl.row_ptr, sl.col, sl.values, 3072, panel_cols)
+    assert sl.nnz <= w.numel() < bound * sl.nnz
 
 
 def test_fp32_batched_panel_and_csr_kernels_agree(isa: str) -> None:
-    """Batched fp32 runs the panel layout on AVX-512 and the CSR kernel without it
-    (inference-tensor buffers): both match the dense layer on every tile width (8-32 lanes
-    and a second tile), a partial last block, group and panel, empty rows and 2 threads."""
+    """Batched fp32 runs the panel layouts on AVX-512 (the wide one for tiles of up to 16
+    lanes, the narrow one above) and the CSR kernel without them (inference-tensor buffers):
+    both match the dense layer on every tile width (8-32 lanes, and 41 = a narrow tile and a
+    wide one), a partial last block, group and panel, empty rows and 2 threads."""
     lin = pruned(133, 777, 0.9)
     with torch.no_grad():
         lin.weight[::7] = 0
         lin.weight[5, 256:512] = 0.25  # a dense segment: one long group
     sl = kk.SparseLinear.from_dense(lin)
     sl(torch.randn(2, 777))
-    if isa == "avx512":
-        assert sl._plan is not None and len(sl._plan.derived) == 9
+    if isa == "avx512":  # the sliced layout (4 tensors) and two panel layouts (5 each)
+        assert sl._plan is not None and len(sl._plan.derived) == 14
     with torch.inference_mode():
         bufs = [t.clone() for t in (sl.row_ptr, sl.col, sl.values)]
         bias = None if sl.bias is None else sl.bias.clone()
@@ -375,8 +381,8 @@ def test_fp32_batch1_sliced_and_gather_kernels_agree(isa: str) -> None:
     sl = kk.SparseLinear.from_dense(lin)
     x = torch.randn(1, 1001)
     torch.testing.assert_close(sl(x), lin(x), rtol=1e-5, atol=1e-5)
-    if isa == "avx512":  # the sliced layout (4 tensors) and the panel layout (5)
-        assert sl._plan is not None and len(sl._plan.derived) == 9
+    if isa == "avx512":  # the sliced layout (4 tensors) and two panel layouts (5 each)
+        assert sl._plan is not None and len(sl._plan.derived) == 14
     with torch.inference_mode():
         bufs = [t.clone() for t in (sl.row_ptr, sl.col, sl.values, sl.bias)]
         gathered = torch.ops.kompaktor_kernels.sparse_linear(x, *bufs, 1001)
