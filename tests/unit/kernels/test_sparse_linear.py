@@ -431,8 +431,11 @@ def test_noncontiguous_input_accepted_by_module() -> None:
     torch.testing.assert_close(kk.SparseLinear.from_dense(lin)(x), lin(x))
 
 
-def test_thread_count_does_not_change_result() -> None:
-    lin = pruned(257, 300, 0.9)
+@pytest.mark.parametrize("out_f", [57, 257])
+def test_thread_count_does_not_change_result(out_f: int) -> None:
+    """Bit for bit: 57 rows are one panel block (the second thread gets none), 257 are three
+    (split by work); 300 inputs end in a partial panel."""
+    lin = pruned(out_f, 300, 0.9)
     sl = kk.SparseLinear.from_dense(lin)
     x = torch.randn(33, 300)
     before = torch.get_num_threads()
