@@ -346,7 +346,11 @@ async def test_two_replicas_only_the_leader_acts_and_a_standby_takes_over(
         acting = ("/jobs", "/optimizationjobs/")
         return {token for token, _, path in writes if any(p in path for p in acting)}
 
-    assert actors(cluster.emulator.writes[:handover]) == {leader.token}
+    # kopf takes a peer for dead once its record is older than the lifetime (6 s, renewed every
+    # second), so this holds unless a replica or the API stalls for ~5 s; if it ever fails, the
+    # message says which writes and whether the standby logged a resume.
+    early = [w for w in cluster.emulator.writes[:handover] if w[0] != leader.token]
+    assert actors(cluster.emulator.writes[:handover]) == {leader.token}, (early, standby.log_tail())
     assert actors(cluster.emulator.writes[handover:]) == {standby.token}
 
 
