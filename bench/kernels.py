@@ -79,7 +79,7 @@ def bench_sparse(quick: bool, sgemm: float) -> None:
     from other tenants hits them alike instead of one path's whole measurement.
 
     torch CSR starts from the same x as the other paths, as a drop-in for nn.Linear must:
-    `addmm(b, W_csr, x.t())`, its fastest form (F.linear with a CSR weight is ~6x slower); its
+    `addmm(b, W_csr, x.t())`, its fastest form (F.linear with a CSR weight is 6-7x slower); its
     result is y transposed, a non-contiguous [B, out] view that is left as it is, where the
     kernels return contiguous y. "xᵀ given" hands CSR a contiguous x.t() made outside the timing
     (the table's baseline until the ninth session): it skips work the other paths do, so the
