@@ -27,22 +27,23 @@ enum class Isa : int { portable = 0, avx2 = 1, avx512 = 2 };
 
 // Column indices are uint16 when in <= 65536 (col16), else int32 (validated non-negative).
 struct SpmmF32Args {
-  const float* x;  // [B, in] row-major
+  const float* x;  // [B, in] row-major, or [in, B] if feature_major
   int64_t B, in, out;
   const int32_t* row_ptr;  // [out + 1]
   const void* col;         // [nnz] uint16_t if col16 else int32_t
   bool col16;
   const float* val;        // [nnz]
   const float* bias;       // [out] or nullptr
-  float* y;                // [B, out]
+  float* y;                // [B, out], or [out, B] if feature_major
   int nthreads;
   SlicedView sliced;       // used at batch 1 on AVX-512
   PanelView panels;        // used at batch > 1 on AVX-512: tiles of more than 16 lanes
   PanelView wide_panels;   // and tiles of up to 16 (wider panels; sliced.h)
+  bool feature_major = false;  // x and y hold each feature's batch lanes contiguously
 };
 
 struct SpmmI8Args {
-  const float* x;  // [B, in]
+  const float* x;  // [B, in], or [in, B] if feature_major
   int64_t B, in, out;
   const int32_t* row_ptr;
   const void* col;
@@ -54,6 +55,7 @@ struct SpmmI8Args {
   float* y;
   int nthreads;
   SlicedView sliced;  // used at every batch on AVX512_VBMI
+  bool feature_major = false;  // x is [in, B] and y [out, B]
 };
 
 struct KdArgs {

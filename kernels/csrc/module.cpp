@@ -39,7 +39,7 @@ kk::PanelView panel_view(uintptr_t group_start, uintptr_t step_off, uintptr_t ro
 
 NB_MODULE(_native, m) {
   m.doc() = "Kompaktor compiled kernels (CPU, runtime ISA dispatch)";
-  m.def("version", []() { return 4; });
+  m.def("version", []() { return 5; });
   m.def("best_isa", []() { return static_cast<int>(kk::best_isa()); },
         "Best path this CPU supports: 0 portable, 1 avx2, 2 avx512.");
   m.def("active_isa", []() { return static_cast<int>(kk::active_isa()); });
@@ -61,7 +61,7 @@ NB_MODULE(_native, m) {
          uintptr_t sl_idx, uintptr_t sl_w, uintptr_t pn_group_start, uintptr_t pn_step_off,
          uintptr_t pn_rows, uintptr_t pn_off, uintptr_t pn_w, uintptr_t pw_group_start,
          uintptr_t pw_step_off, uintptr_t pw_rows, uintptr_t pw_off, uintptr_t pw_w, uintptr_t y,
-         int nthreads) {
+         int nthreads, bool feature_major) {
         kk::SpmmF32Args a{reinterpret_cast<const float*>(x),
                           B,
                           in,
@@ -77,7 +77,8 @@ NB_MODULE(_native, m) {
                           panel_view(pn_group_start, pn_step_off, pn_rows, pn_off, pn_w,
                                      kk::kPanelColsNarrow),
                           panel_view(pw_group_start, pw_step_off, pw_rows, pw_off, pw_w,
-                                     kk::kPanelColsWide)};
+                                     kk::kPanelColsWide),
+                          feature_major};
         nb::gil_scoped_release release;
         kk::spmm_f32(a);
       });
@@ -86,7 +87,7 @@ NB_MODULE(_native, m) {
       [](uintptr_t x, int64_t B, int64_t in, int64_t out, uintptr_t row_ptr, uintptr_t col,
          bool col16, uintptr_t val, uintptr_t wscale, uintptr_t rowsum, uintptr_t bias,
          uintptr_t sl_counts, uintptr_t sl_block_off, uintptr_t sl_idx, uintptr_t sl_w,
-         uintptr_t y, int nthreads) {
+         uintptr_t y, int nthreads, bool feature_major) {
         kk::SpmmI8Args a{reinterpret_cast<const float*>(x),
                          B,
                          in,
@@ -100,7 +101,8 @@ NB_MODULE(_native, m) {
                          reinterpret_cast<const float*>(bias),
                          reinterpret_cast<float*>(y),
                          nthreads,
-                         sliced_view(sl_counts, sl_block_off, sl_idx, sl_w)};
+                         sliced_view(sl_counts, sl_block_off, sl_idx, sl_w),
+                         feature_major};
         nb::gil_scoped_release release;
         kk::spmm_i8(a);
       });

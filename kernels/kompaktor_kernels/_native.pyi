@@ -33,6 +33,7 @@ def spmm_f32_ptr(
     wide_panel_w: int,
     y: int,
     nthreads: int,
+    feature_major: bool,
 ) -> None: ...
 def spmm_i8_ptr(
     x: int,
@@ -52,6 +53,7 @@ def spmm_i8_ptr(
     sliced_w: int,
     y: int,
     nthreads: int,
+    feature_major: bool,
 ) -> None: ...
 def sliced_layout(
     row_ptr: int,

@@ -427,8 +427,69 @@ def test_leading_dims_and_empty_batch(isa: str) -> None:
 
 def test_noncontiguous_input_accepted_by_module() -> None:
     lin = pruned(8, 16, 0.5)
-    x = torch.randn(16, 4).t()
-    torch.testing.assert_close(kk.SparseLinear.from_dense(lin)(x), lin(x))
+    x = torch.randn(4, 32)[:, ::2]  # strided: copied to a contiguous x, giving contiguous y
+    y = kk.SparseLinear.from_dense(lin)(x)
+    torch.testing.assert_close(y, lin(x))
+    assert y.is_contiguous()
+
+
+def feature_major(x: torch.Tensor) -> torch.Tensor:
+    """The same values with each feature's batch lanes contiguous (x.t() contiguous)."""
+    return x.t().contiguous().t()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int8])
+def test_feature_major_input_gives_feature_major_output(isa: str, dtype: torch.dtype) -> None:
+    """x with x.t() contiguous (as torch's CSR matmul returns y) gives y in that layout, with
+    exactly the values of a row-major call: 128 rows let the panel kernel sum into y itself
+    (batches 8-32), 133 need a spare row; 41 and 70 lanes span several tiles, 2 and 3 are
+    narrower than one; the buffers' inference-tensor copies run the CSR kernels."""
+    before = torch.get_num_threads()
+    try:
+        for out_f, threads in ((128, 1), (133, 2)):
+            torch.set_num_threads(threads)
+            lin = pruned(out_f, 777, 0.9)
+            sl = kk.SparseLinear.from_dense(lin, dtype)
+            with torch.inference_mode():
+                bufs = [t.clone() for t in (sl.row_ptr, sl.col, sl.values)]
+                if dtype == torch.int8:
+                    bufs += [sl.scales.clone(), sl.rowsum.clone()]
+                bias = None if sl.bias is None else sl.bias.clone()
+            name = "sparse_linear_int8" if dtype == torch.int8 else "sparse_linear"
+            op = getattr(torch.ops.kompaktor_kernels, name)
+            for batch in (2, 3, 8, 16, 24, 32, 41, 70):
+                x = torch.randn(batch, 777)
+                xf = feature_major(x)
+                y = sl(xf)
+                assert y.stride() == (1, batch)
+                torch.testing.assert_close(y, sl(x), rtol=0, atol=0)
+                with torch.inference_mode():
+                    y_csr = op(xf, *bufs, bias, 777)
+                    assert y_csr.stride() == (1, batch)
+                    torch.testing.assert_close(y_csr, op(x, *bufs, bias, 777), rtol=0, atol=0)
+                if dtype == torch.float32:
+                    torch.testing.assert_close(y, lin(x), rtol=1e-5, atol=1e-5)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int8])
+def test_ops_fake_layout_and_autograd_match_eager(dtype: torch.dtype) -> None:
+    """torch.library.opcheck: the fake implementations give traced graphs (export, compile) the
+    layout and shape eager calls return, for row-major and feature-major x, and the autograd
+    registration holds."""
+    lin = pruned(24, 40, 0.7)
+    sl = kk.SparseLinear.from_dense(lin, dtype)
+    if dtype == torch.int8:
+        op = torch.ops.kompaktor_kernels.sparse_linear_int8.default
+        weights: tuple[torch.Tensor | None, ...] = (
+            sl.row_ptr, sl.col, sl.values, sl.scales, sl.rowsum, sl.bias,
+        )  # fmt: skip
+    else:
+        op = torch.ops.kompaktor_kernels.sparse_linear.default
+        weights = (sl.row_ptr, sl.col, sl.values, sl.bias)
+    for x in (torch.randn(8, 40), feature_major(torch.randn(8, 40))):
+        torch.library.opcheck(op, (x, *weights, 40))
 
 
 @pytest.mark.parametrize("out_f", [57, 257])
@@ -449,10 +510,12 @@ def test_thread_count_does_not_change_result(out_f: int) -> None:
     torch.testing.assert_close(one, many, rtol=0, atol=0)
 
 
-def test_gradient_wrt_input(isa: str) -> None:
+@pytest.mark.parametrize("lanes_inner", [False, True], ids=["row_major", "feature_major"])
+def test_gradient_wrt_input(isa: str, lanes_inner: bool) -> None:
     lin = pruned(11, 13, 0.6)
     sl = kk.SparseLinear.from_dense(lin)
-    x = torch.randn(4, 13, requires_grad=True)
+    x = torch.randn(4, 13)
+    x = (feature_major(x) if lanes_inner else x).requires_grad_(True)
     (sl(x) ** 2).sum().backward()
     assert x.grad is not None
     got = x.grad.clone()
@@ -533,8 +596,8 @@ def test_wrong_feature_count() -> None:
 def test_op_rejects_noncontiguous_and_bad_csr() -> None:
     row_ptr, col, values = _op_args(pruned(4, 6, 0.5))
     op = torch.ops.kompaktor_kernels.sparse_linear
-    with pytest.raises(ValueError, match="contiguous"):
-        op(torch.randn(6, 2).t(), row_ptr, col, values, None, 6)
+    with pytest.raises(ValueError, match="contiguous or feature-major"):
+        op(torch.randn(2, 12)[:, ::2], row_ptr, col, values, None, 6)
     with pytest.raises(TypeError, match=r"col must have dtype torch\.int32 or torch\.uint16"):
         op(torch.randn(2, 6), row_ptr, col.long(), values, None, 6)
     bad = col.clone()
