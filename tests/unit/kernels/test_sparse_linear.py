@@ -441,12 +441,13 @@ def feature_major(x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.int8])
 def test_feature_major_input_gives_feature_major_output(isa: str, dtype: torch.dtype) -> None:
     """x with x.t() contiguous (as torch's CSR matmul returns y) gives y in that layout, with
-    exactly the values of a row-major call: 128 rows let the panel kernel sum into y itself
-    (batches 8-32), 133 need a spare row; 41 and 70 lanes span several tiles, 2 and 3 are
-    narrower than one; the buffers' inference-tensor copies run the CSR kernels."""
+    exactly the values of a row-major call: 128 and 256 rows let the panel kernel sum into y
+    itself (batches 8-32; 256 rows are two blocks, one per thread), 133 need a spare row; 41
+    and 70 lanes span several tiles, 2 and 3 are narrower than one; the buffers'
+    inference-tensor copies run the CSR kernels."""
     before = torch.get_num_threads()
     try:
-        for out_f, threads in ((128, 1), (133, 2)):
+        for out_f, threads in ((128, 1), (256, 2), (133, 2)):
             torch.set_num_threads(threads)
             lin = pruned(out_f, 777, 0.9)
             sl = kk.SparseLinear.from_dense(lin, dtype)
