@@ -71,7 +71,13 @@ def pruned_linear(out_f: int, in_f: int, sparsity: float) -> torch.nn.Linear:
     return lin
 
 
-def bench_sparse(quick: bool, sgemm: float) -> None:
+def bench_sparse(
+    quick: bool,
+    sgemm: float,
+    shape: tuple[int, int] | None = None,
+    sparsity: float | None = None,
+    batch: int | None = None,
+) -> None:
     """Effective GFLOP/s count 2 flops per stored non-zero and batch row; % peak is against the
     measured dense sgemm on the same threads (fp32) and the nominal VNNI peak (int8).
 
@@ -86,7 +92,10 @@ def bench_sparse(quick: bool, sgemm: float) -> None:
     others do inside theirs: the activations arrive feature-major, as the previous CSR layer of
     a chain leaves them. The kernel's "xᵀ given" column takes the same bytes (x.t() of that
     contiguous x.t(): a feature-major x) and returns the layout CSR returns (y.t() contiguous),
-    so "fp32 vs CSR, xᵀ given" compares both paths on the same memory in and out."""
+    so "fp32 vs CSR, xᵀ given" compares both paths on the same memory in and out.
+
+    shape, sparsity and batch, where given, narrow the grid to them (e.g. one cell, re-run to
+    see how much it moves between processes)."""
     rounds, repeat, min_time = (1, 3, 0.02) if quick else (3, 3, 0.05)
     threads = torch.get_num_threads()
     sliced = kk.active_isa() == "avx512" and kk._native.has_vbmi()
@@ -104,10 +113,11 @@ def bench_sparse(quick: bool, sgemm: float) -> None:
         "| fp32 vs CSR, xᵀ given | int8 vs dense | fp32 GFLOP/s (% peak) | int8 GOP/s (% peak) |"
     )
     print("|---" * 15 + "|")
-    sparsities = (0.9,) if quick else (0.5, 0.8, 0.9, 0.95)
-    batches = (1, 8, 32) if quick else (1, 8, 16, 32)
+    shapes = (shape,) if shape else ((768, 3072), (3072, 768))
+    sparsities = (sparsity,) if sparsity else (0.9,) if quick else (0.5, 0.8, 0.9, 0.95)
+    batches = (batch,) if batch else (1, 8, 32) if quick else (1, 8, 16, 32)
     with torch.inference_mode():
-        for out_f, in_f in ((768, 3072), (3072, 768)):
+        for out_f, in_f in shapes:
             for sp in sparsities:
                 lin = pruned_linear(out_f, in_f, sp)
                 w, b = lin.weight.detach().contiguous(), lin.bias.detach()
@@ -232,6 +242,11 @@ def bench_kmeans(quick: bool) -> None:
         )
 
 
+def _shape(text: str) -> tuple[int, int]:
+    out_f, _, in_f = text.lower().partition("x")
+    return int(out_f), int(in_f)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repeats")
@@ -245,6 +260,11 @@ def main() -> None:
         help="time sparse and k-means kernels by thread CPU time (robust on a busy VM; "
         "implies --threads 1)",
     )
+    parser.add_argument(
+        "--shape", type=_shape, help="sparse linear: only this weight shape, OUTxIN (e.g. 3072x768)"
+    )
+    parser.add_argument("--sparsity", type=float, help="sparse linear: only this sparsity")
+    parser.add_argument("--batch", type=int, help="sparse linear: only this batch size")
     args = parser.parse_args()
     if args.cpu_time:
         global CLOCK
@@ -263,7 +283,7 @@ def main() -> None:
     sgemm = measured_dense_peak(args.quick)
     print(f"measured dense sgemm: {sgemm:.1f} GFLOP/s")
     if args.only in (None, "sparse"):
-        bench_sparse(args.quick, sgemm)
+        bench_sparse(args.quick, sgemm, args.shape, args.sparsity, args.batch)
     if args.only in (None, "kmeans"):
         bench_kmeans(args.quick)
     if args.only in (None, "kd"):
