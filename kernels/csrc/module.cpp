@@ -1,5 +1,5 @@
 // nanobind bindings. The KD loss takes DLPack-backed ndarrays (re-checked here); the sparse-linear
-// hot path takes raw pointers of tensors the Python op has fully validated (see below).
+// hot path takes raw pointers of tensors the Python side has fully validated (see below).
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
@@ -35,11 +35,29 @@ kk::PanelView panel_view(uintptr_t group_start, uintptr_t step_off, uintptr_t ro
           reinterpret_cast<const float*>(w), cols};
 }
 
+// One layer's kernel arguments, all but the activations: called per batch with x and y.
+template <class Args, void (*Run)(const Args&)>
+struct Plan {
+  Args a;
+  void operator()(uintptr_t x, int64_t batch, uintptr_t y, int nthreads, bool feature_major) const {
+    Args r = a;
+    r.x = reinterpret_cast<const float*>(x);
+    r.B = batch;
+    r.y = reinterpret_cast<float*>(y);
+    r.nthreads = nthreads;
+    r.feature_major = feature_major;
+    nb::gil_scoped_release release;
+    Run(r);
+  }
+};
+using F32Plan = Plan<kk::SpmmF32Args, kk::spmm_f32>;
+using I8Plan = Plan<kk::SpmmI8Args, kk::spmm_i8>;
+
 }  // namespace
 
 NB_MODULE(_native, m) {
   m.doc() = "Kompaktor compiled kernels (CPU, runtime ISA dispatch)";
-  m.def("version", []() { return 5; });
+  m.def("version", []() { return 6; });
   m.def("best_isa", []() { return static_cast<int>(kk::best_isa()); },
         "Best path this CPU supports: 0 portable, 1 avx2, 2 avx512.");
   m.def("active_isa", []() { return static_cast<int>(kk::active_isa()); });
@@ -51,19 +69,25 @@ NB_MODULE(_native, m) {
     return kk::set_isa(static_cast<kk::Isa>(isa));
   });
 
-  // Pointer entry points for the sparse-linear hot path: importing a torch tensor through DLPack
-  // costs ~3 us each here, which is a third of a batch-1 layer. The Python op validated every
-  // tensor (dtype, device, contiguity, shapes, CSR invariants) and keeps them alive for the call.
-  m.def(
-      "spmm_f32_ptr",
-      [](uintptr_t x, int64_t B, int64_t in, int64_t out, uintptr_t row_ptr, uintptr_t col,
-         bool col16, uintptr_t val, uintptr_t bias, uintptr_t sl_counts, uintptr_t sl_block_off,
-         uintptr_t sl_idx, uintptr_t sl_w, uintptr_t pn_group_start, uintptr_t pn_step_off,
-         uintptr_t pn_rows, uintptr_t pn_off, uintptr_t pn_w, uintptr_t pw_group_start,
-         uintptr_t pw_step_off, uintptr_t pw_rows, uintptr_t pw_off, uintptr_t pw_w, uintptr_t y,
-         int nthreads, bool feature_major) {
-        kk::SpmmF32Args a{reinterpret_cast<const float*>(x),
-                          B,
+  // Sparse-linear plans: a layer's weight pointers, bound once, then called with x and y.
+  // Importing a torch tensor through DLPack costs ~3 us each here, a third of a batch-1 layer,
+  // and passing the 20-odd weight pointers on every call ~0.5 us more. The Python side
+  // validated every tensor (dtype, device, contiguity, shapes, CSR invariants) and keeps them
+  // alive, with the derived layouts, as long as the plan.
+  nb::class_<F32Plan>(m, "F32Plan")
+      .def("__call__", &F32Plan::operator(), nb::arg("x"), nb::arg("batch"), nb::arg("y"),
+           nb::arg("nthreads"), nb::arg("feature_major"));
+  nb::class_<I8Plan>(m, "I8Plan")
+      .def("__call__", &I8Plan::operator(), nb::arg("x"), nb::arg("batch"), nb::arg("y"),
+           nb::arg("nthreads"), nb::arg("feature_major"));
+  m.def("spmm_f32_plan",
+        [](int64_t in, int64_t out, uintptr_t row_ptr, uintptr_t col, bool col16, uintptr_t val,
+           uintptr_t bias, uintptr_t sl_counts, uintptr_t sl_block_off, uintptr_t sl_idx,
+           uintptr_t sl_w, uintptr_t pn_group_start, uintptr_t pn_step_off, uintptr_t pn_rows,
+           uintptr_t pn_off, uintptr_t pn_w, uintptr_t pw_group_start, uintptr_t pw_step_off,
+           uintptr_t pw_rows, uintptr_t pw_off, uintptr_t pw_w) {
+          return F32Plan{{nullptr,
+                          0,
                           in,
                           out,
                           reinterpret_cast<const int32_t*>(row_ptr),
@@ -71,25 +95,20 @@ NB_MODULE(_native, m) {
                           col16,
                           reinterpret_cast<const float*>(val),
                           reinterpret_cast<const float*>(bias),
-                          reinterpret_cast<float*>(y),
-                          nthreads,
+                          nullptr,
+                          1,
                           sliced_view(sl_counts, sl_block_off, sl_idx, sl_w),
                           panel_view(pn_group_start, pn_step_off, pn_rows, pn_off, pn_w,
                                      kk::kPanelColsNarrow),
                           panel_view(pw_group_start, pw_step_off, pw_rows, pw_off, pw_w,
-                                     kk::kPanelColsWide),
-                          feature_major};
-        nb::gil_scoped_release release;
-        kk::spmm_f32(a);
-      });
-  m.def(
-      "spmm_i8_ptr",
-      [](uintptr_t x, int64_t B, int64_t in, int64_t out, uintptr_t row_ptr, uintptr_t col,
-         bool col16, uintptr_t val, uintptr_t wscale, uintptr_t rowsum, uintptr_t bias,
-         uintptr_t sl_counts, uintptr_t sl_block_off, uintptr_t sl_idx, uintptr_t sl_w,
-         uintptr_t y, int nthreads, bool feature_major) {
-        kk::SpmmI8Args a{reinterpret_cast<const float*>(x),
-                         B,
+                                     kk::kPanelColsWide)}};
+        });
+  m.def("spmm_i8_plan",
+        [](int64_t in, int64_t out, uintptr_t row_ptr, uintptr_t col, bool col16, uintptr_t val,
+           uintptr_t wscale, uintptr_t rowsum, uintptr_t bias, uintptr_t sl_counts,
+           uintptr_t sl_block_off, uintptr_t sl_idx, uintptr_t sl_w) {
+          return I8Plan{{nullptr,
+                         0,
                          in,
                          out,
                          reinterpret_cast<const int32_t*>(row_ptr),
@@ -99,13 +118,10 @@ NB_MODULE(_native, m) {
                          reinterpret_cast<const float*>(wscale),
                          reinterpret_cast<const int32_t*>(rowsum),
                          reinterpret_cast<const float*>(bias),
-                         reinterpret_cast<float*>(y),
-                         nthreads,
-                         sliced_view(sl_counts, sl_block_off, sl_idx, sl_w),
-                         feature_major};
-        nb::gil_scoped_release release;
-        kk::spmm_i8(a);
-      });
+                         nullptr,
+                         1,
+                         sliced_view(sl_counts, sl_block_off, sl_idx, sl_w)}};
+        });
   // Two passes: without idx/w it sizes the layout (counts, block offsets; returns the number
   // of slices), with them (zero-filled by the caller) it fills it.
   m.def("sliced_layout",

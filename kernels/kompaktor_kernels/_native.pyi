@@ -7,9 +7,18 @@ def best_isa() -> int: ...
 def active_isa() -> int: ...
 def has_vbmi() -> bool: ...
 def set_isa(isa: int) -> bool: ...
-def spmm_f32_ptr(
-    x: int,
-    batch: int,
+
+class F32Plan:
+    """One fp32 layer's weight pointers (spmm_f32_plan), called per batch."""
+
+    def __call__(self, x: int, batch: int, y: int, nthreads: int, feature_major: bool) -> None: ...
+
+class I8Plan:
+    """One int8 layer's weight pointers (spmm_i8_plan), called per batch."""
+
+    def __call__(self, x: int, batch: int, y: int, nthreads: int, feature_major: bool) -> None: ...
+
+def spmm_f32_plan(
     in_features: int,
     out_features: int,
     row_ptr: int,
@@ -31,13 +40,8 @@ def spmm_f32_ptr(
     wide_panel_rows: int,
     wide_panel_off: int,
     wide_panel_w: int,
-    y: int,
-    nthreads: int,
-    feature_major: bool,
-) -> None: ...
-def spmm_i8_ptr(
-    x: int,
-    batch: int,
+) -> F32Plan: ...
+def spmm_i8_plan(
     in_features: int,
     out_features: int,
     row_ptr: int,
@@ -51,10 +55,7 @@ def spmm_i8_ptr(
     sliced_block_off: int,
     sliced_idx: int,
     sliced_w: int,
-    y: int,
-    nthreads: int,
-    feature_major: bool,
-) -> None: ...
+) -> I8Plan: ...
 def sliced_layout(
     row_ptr: int,
     col: int,

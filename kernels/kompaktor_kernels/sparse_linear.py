@@ -171,24 +171,19 @@ _version = operator.attrgetter("_version")
 
 
 class _Plan:
-    """Native-call arguments for one set of validated buffers, with what proves them current:
-    the buffers' identities (held strongly, so an id cannot be recycled) and version counters."""
+    """A layer's native plan for one set of validated buffers, with what proves it current: the
+    identities of the module's buffers (the named ones held strongly, so an id cannot be
+    recycled) and the named ones' version counters."""
 
-    __slots__ = ("args", "derived", "fn", "ids", "tensors", "versions")
+    __slots__ = ("derived", "ids", "run", "tensors", "versions")
 
     def __init__(
-        self,
-        buffers: tuple[torch.Tensor | None, ...],
-        fn: Callable[..., None],
-        args: tuple[int | bool, ...],
-        derived: tuple[torch.Tensor, ...],
+        self, ids: tuple[int, ...], buffers: tuple[torch.Tensor | None, ...], native: _Native
     ) -> None:
-        self.ids = tuple(map(id, buffers))
+        self.ids = ids
         self.tensors = tuple(t for t in buffers if t is not None)
         self.versions = tuple(map(_version, self.tensors))
-        self.fn = fn
-        self.args = args
-        self.derived = derived  # the sliced layout, if any, that args point into
+        self.run, self.derived = native  # derived: the layout, if any, the plan points into
 
 
 def _plain(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -207,11 +202,12 @@ def _ptr(t: torch.Tensor | None) -> int:
     return 0 if t is None else int(t.data_ptr())
 
 
-# The native function, its weight arguments, and tensors those pointers need kept alive.
-_NativeArgs = tuple[Callable[..., None], tuple[int | bool, ...], tuple[torch.Tensor, ...]]
+# A layer's native plan (its weight pointers, bound once) and the derived tensors it points
+# into, which must live as long as it.
+_Native = tuple[_native.F32Plan | _native.I8Plan, Layout]
 
 
-def _native_args(
+def _native_plan(
     row_ptr: torch.Tensor,
     col: torch.Tensor,
     values: torch.Tensor,
@@ -221,9 +217,8 @@ def _native_args(
     in_features: int,
     values_dtype: torch.dtype,
     check: Callable[..., Layout | None] = _checked_layout,
-) -> _NativeArgs:
-    """Check the weight tensors; return the native kernel, its weight arguments (those
-    between `batch` and `y`) and the derived tensors they point into."""
+) -> _Native:
+    """Check the weight tensors; return the native plan over them and its derived tensors."""
     layout = check(row_ptr, col, values, in_features, values_dtype) or ()
     out_features = row_ptr.numel() - 1
     _check_vec("bias", bias, out_features, torch.float32)
@@ -234,23 +229,22 @@ def _native_args(
     derived = tuple(t.data_ptr() for t in layout)
     derived += (0,) * (ARGS[values_dtype] - len(derived))
     if values_dtype != torch.int8:
-        return _native.spmm_f32_ptr, (*head, _ptr(bias), *derived), layout
+        return _native.spmm_f32_plan(*head, _ptr(bias), *derived), layout
     _check_vec("scales", scales, out_features, torch.float32)
     _check_vec("rowsum", rowsum, out_features, torch.int32)
     assert scales is not None and rowsum is not None
-    args = (*head, scales.data_ptr(), rowsum.data_ptr(), _ptr(bias), *derived)
-    return _native.spmm_i8_ptr, args, layout
+    plan = _native.spmm_i8_plan(*head, scales.data_ptr(), rowsum.data_ptr(), _ptr(bias), *derived)
+    return plan, layout
 
 
 def _run(
-    x: torch.Tensor, in_features: int, bias: torch.Tensor | None, native: _NativeArgs
+    x: torch.Tensor, out_features: int, bias: torch.Tensor | None, native: _Native
 ) -> torch.Tensor:
-    fn, args, _ = native
     lanes_inner = feature_major(x)
-    y = _empty_out(x, int(args[1]), lanes_inner)
-    if in_features == 0:
+    y = _empty_out(x, out_features, lanes_inner)
+    if x.shape[-1] == 0:
         return y.fill_(0).add_(bias) if bias is not None else y.fill_(0)
-    fn(x.data_ptr(), x.numel() // in_features, *args, y.data_ptr(), num_threads(), lanes_inner)
+    native[0](x.data_ptr(), x.numel() // x.shape[-1], y.data_ptr(), num_threads(), lanes_inner)
     return y
 
 
@@ -263,8 +257,8 @@ def _sparse_linear_cpu(
     in_features: int,
 ) -> torch.Tensor:
     _check_x(x, in_features)
-    native = _native_args(row_ptr, col, values, bias, None, None, in_features, torch.float32)
-    return _run(x, in_features, bias, native)
+    native = _native_plan(row_ptr, col, values, bias, None, None, in_features, torch.float32)
+    return _run(x, row_ptr.numel() - 1, bias, native)
 
 
 def _sparse_linear_int8_cpu(
@@ -278,8 +272,8 @@ def _sparse_linear_int8_cpu(
     in_features: int,
 ) -> torch.Tensor:
     _check_x(x, in_features)
-    native = _native_args(row_ptr, col, values, bias, scales, rowsum, in_features, torch.int8)
-    return _run(x, in_features, bias, native)
+    native = _native_plan(row_ptr, col, values, bias, scales, rowsum, in_features, torch.int8)
+    return _run(x, row_ptr.numel() - 1, bias, native)
 
 
 impl_cpu("sparse_linear", _sparse_linear_cpu)
@@ -469,9 +463,10 @@ class SparseLinear(nn.Module):
         state["_plan"] = None
         return state
 
-    def _make_plan(self, buffers: tuple[torch.Tensor | None, ...]) -> _Plan | None:
-        """Validate the current buffers once and keep their raw pointers (None when that cannot
+    def _make_plan(self, ids: tuple[int, ...]) -> _Plan | None:
+        """Validate the current buffers once and bind their raw pointers (None when that cannot
         be cached: inference tensors have no version counter, or the layer is degenerate)."""
+        buffers = tuple(map(self._buffers.get, _BUFFERS))
         row_ptr, col, values, bias, scales, rowsum = buffers
         if self.in_features == 0 or any(t is not None and t.is_inference() for t in buffers):
             return None
@@ -479,17 +474,17 @@ class SparseLinear(nn.Module):
         if row_ptr.shape != (self.out_features + 1,):
             raise ValueError(f"row_ptr must have shape ({self.out_features + 1},)")
         expected = torch.int8 if values.dtype == torch.int8 else torch.float32
-        native = _native_args(
+        native = _native_plan(
             row_ptr, col, values, bias, scales, rowsum, self.in_features, expected,
             _validated_layout,
         )  # fmt: skip
-        return _Plan(buffers, *native)
+        return _Plan(ids, buffers, native)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Plain eager inference skips the dispatcher and all per-call validation of the weights:
         # a cached plan holds the native arguments while the buffers are the same objects at the
         # same versions (in-place edits and replacement both force a re-validation). That halves
-        # the Python cost of a call (~6 us, about nn.Linear's). Anything traced (compile/export
+        # the Python cost of a call (~5.5 us, about nn.Linear's). Anything traced (compile/export
         # sees FakeTensors or runs under dynamo) or needing autograd goes through the custom op.
         if (
             type(x) is torch.Tensor
@@ -499,14 +494,14 @@ class SparseLinear(nn.Module):
             and not (x.requires_grad and torch.is_grad_enabled())
             and not torch.compiler.is_compiling()
         ):
-            buffers = tuple(map(self._buffers.get, _BUFFERS))
+            ids = tuple(map(id, self._buffers.values()))
             plan = self._plan
             if (
                 plan is None
-                or plan.ids != tuple(map(id, buffers))
+                or plan.ids != ids
                 or plan.versions != tuple(map(_version, plan.tensors))
             ):
-                plan = self._plan = self._make_plan(buffers)
+                plan = self._plan = self._make_plan(ids)
             shape = x.shape
             if plan is not None and shape and shape[-1] == self.in_features:
                 lanes_inner = False
@@ -516,7 +511,7 @@ class SparseLinear(nn.Module):
                         x = x.contiguous()
                 y = _empty_out(x, self.out_features, lanes_inner)  # x: float32 on the CPU
                 batch = x.numel() // self.in_features
-                plan.fn(x.data_ptr(), batch, *plan.args, y.data_ptr(), num_threads(), lanes_inner)
+                plan.run(x.data_ptr(), batch, y.data_ptr(), num_threads(), lanes_inner)
                 return y
         return self._forward_checked(x)
 
