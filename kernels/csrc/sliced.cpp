@@ -1,8 +1,9 @@
 // Sliced layouts: the CSR weights of 16 output rows x one chunk of inputs regrouped so that a
 // slice holds up to `depth` non-zeros of each of the 16 rows, row j in slots j*depth.., with
 // the position of each non-zero's input within the chunk in a parallel index slice. The kernels
-// (body.inc) then need no gather: a permute picks a slice's activations from registers holding
-// the chunk, and each row's products land in that row's own lane. Padding slots carry weight 0.
+// (spmm_f32.inc, spmm_i8.inc) then need no gather: a permute picks a slice's activations from
+// registers holding the chunk, and each row's products land in that row's own lane. Padding
+// slots carry weight 0.
 // int8: 64-input chunks, depth 4 (vpermb + vpdpbusd); fp32: 32-input chunks, depth 1
 // (vpermi2ps + FMA). Built once per weight set (Python caches it), never saved.
 #include "sliced.h"

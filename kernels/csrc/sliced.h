@@ -1,4 +1,4 @@
-// Sliced layouts of CSR weights for the AVX-512 kernels (see sliced.cpp and body.inc).
+// Sliced layouts of CSR weights for the AVX-512 kernels (sliced.cpp; spmm_f32.inc, spmm_i8.inc).
 #pragma once
 #include <cstdint>
 
