@@ -240,11 +240,13 @@ def _native_plan(
 def _run(
     x: torch.Tensor, out_features: int, bias: torch.Tensor | None, native: _Native
 ) -> torch.Tensor:
+    run, _ = native
     lanes_inner = feature_major(x)
     y = _empty_out(x, out_features, lanes_inner)
-    if x.shape[-1] == 0:
+    in_features = x.shape[-1]
+    if in_features == 0:
         return y.fill_(0).add_(bias) if bias is not None else y.fill_(0)
-    native[0](x.data_ptr(), x.numel() // x.shape[-1], y.data_ptr(), num_threads(), lanes_inner)
+    run(x.data_ptr(), x.numel() // in_features, y.data_ptr(), num_threads(), lanes_inner)
     return y
 
 
