@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import copy
 import io
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -436,6 +438,42 @@ def test_noncontiguous_input_accepted_by_module() -> None:
 def feature_major(x: torch.Tensor) -> torch.Tensor:
     """The same values with each feature's batch lanes contiguous (x.t() contiguous)."""
     return x.t().contiguous().t()
+
+
+def test_concurrent_calls_from_python_threads_match_serial_ones() -> None:
+    """The kernels release the GIL, so a threaded server may call one layer from several Python
+    threads at once, each starting its own parallel region: every call must give exactly the
+    serial result (scratch buffers are per thread; the plan cache is rebuilt racily from
+    scratch here, as on a first call)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        lin = pruned(256, 777, 0.9)
+        layers = [kk.SparseLinear.from_dense(lin, dtype) for dtype in (torch.float32, torch.int8)]
+        xs = [torch.randn(b, 777) for b in (1, 8, 32)]
+        xs += [feature_major(torch.randn(b, 777)) for b in (8, 32)]
+        cases = [(layer, x) for layer in layers for x in xs]
+        with torch.no_grad():
+            expected = [layer(x) for layer, x in cases]
+        for layer in layers:
+            layer._plan = None
+        start = threading.Barrier(4)
+
+        def worker(seed: int) -> int:
+            order = torch.randperm(len(cases), generator=torch.Generator().manual_seed(seed))
+            start.wait()
+            wrong = 0
+            with torch.no_grad():
+                for _ in range(10):
+                    for i in order.tolist():
+                        layer, x = cases[i]
+                        wrong += not torch.equal(layer(x), expected[i])
+            return wrong
+
+        with ThreadPoolExecutor(4) as pool:
+            assert list(pool.map(worker, range(4))) == [0, 0, 0, 0]
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.int8])
