@@ -7,10 +7,11 @@ batch lanes. Blocked formats only pay off when the pruning leaves blocks, and un
 magnitude pruning does not (measurements: kernels/README.md). Column indices are uint16 when
 in_features <= 65536 (a quarter less memory for fp32 weights, 40 % for int8), else int32.
 
-On AVX-512 CPUs layers also get derived, unsaved layouts (`_sliced`): a sliced one that
-replaces gathers with register permutes (int8 at every batch on AVX512_VBMI, fp32 at batch 1),
-and for fp32 two panel layouts for batches > 1 (L1-sized input panels, one width for tiles of
-up to 16 batch rows and one for wider tiles; rows sorted by length and run 8 in lockstep)."""
+On x86 CPUs layers also get derived, unsaved layouts (`_sliced`): a sliced one that replaces
+gathers with register permutes (int8 at every batch on AVX512_VBMI, fp32 at batch 1 on
+AVX-512), and for fp32 on AVX2 and AVX-512 two panel layouts for batches > 1 (L1-sized input
+panels, one width for tiles of up to 16 batch rows and one for wider tiles; rows sorted by
+length and run 8 in lockstep)."""
 
 from __future__ import annotations
 
@@ -226,7 +227,7 @@ def _native_plan(
         in_features, out_features, row_ptr.data_ptr(), col.data_ptr(), col.dtype == torch.uint16,
         values.data_ptr(),
     )  # fmt: skip
-    derived = tuple(t.data_ptr() for t in layout)
+    derived = tuple(map(_ptr, layout))
     derived += (0,) * (ARGS[values_dtype] - len(derived))
     if values_dtype != torch.int8:
         return _native.spmm_f32_plan(*head, _ptr(bias), *derived), layout

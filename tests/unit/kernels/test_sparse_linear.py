@@ -372,6 +372,28 @@ def test_fp32_batched_panel_and_csr_kernels_agree(isa: str) -> None:
         torch.set_num_threads(before)
 
 
+def test_avx2_cpus_get_the_panel_layouts_without_the_sliced_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a CPU whose best path is AVX2 fp32 layers get the two panel layouts but not the
+    AVX-512 sliced one (None in its place): the AVX2 unit runs batches on the panels (tiles of
+    up to 16 lanes; 41 is three) and batch 1 on the gathers, all matching the dense layer."""
+    if "avx2" not in kk.available_isas():
+        pytest.skip("needs an AVX2 CPU")
+    monkeypatch.setattr(kk._native, "best_isa", lambda: 1)
+    lin = pruned(133, 777, 0.9)
+    sl = kk.SparseLinear.from_dense(lin)
+    with kk.use_isa("avx2"):
+        for batch in (1, 2, 8, 16, 24, 32, 41):
+            x = torch.randn(batch, 777)
+            torch.testing.assert_close(sl(x), lin(x), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(sl(feature_major(x)), lin(x), rtol=1e-5, atol=1e-5)
+    assert sl._plan is not None
+    derived = sl._plan.derived
+    assert derived[:4] == (None,) * 4 and len(derived) == 14
+    assert all(isinstance(t, torch.Tensor) for t in derived[4:])
+
+
 def test_fp32_batch1_sliced_and_gather_kernels_agree(isa: str) -> None:
     """fp32 batch 1 runs the sliced layout on AVX-512 and the insert gathers without one
     (inference-tensor buffers); both match the dense layer, including a partial last block
