@@ -1,12 +1,12 @@
-"""Derived layouts of the CSR weights for the x86 kernels (kernels/csrc/sliced.cpp).
+"""Derived layouts of the CSR weights for the batched and AVX-512 kernels (csrc/sliced.cpp).
 
 Sliced layouts regroup the weights by 16 output rows × one chunk of inputs so the kernels
 need no gather: int8 on AVX512_VBMI CPUs at every batch (64-input chunks, ≈3–4× faster), fp32
-on AVX-512 at batch 1 (32-input chunks, ≈1.8× faster). fp32 layers on AVX2 and AVX-512 CPUs
-also get two panel layouts for batches > 1 (input panels whose activations stay in L1, rows
-sorted by length and run 8 in lockstep, ≈1.5× faster): 512-input panels for tiles of up to 16
-batch rows, 256 for wider ones. Derived from the stored CSR and never saved; sparse_linear
-builds them once per weight set and caches them with the CSR validation."""
+on AVX-512 at batch 1 (32-input chunks, ≈1.8× faster). fp32 layers on every CPU also get two
+panel layouts for batches > 1 (input panels whose activations stay in L1, rows sorted by length
+and run 8 in lockstep, ≈1.5× faster): 512-input panels for tiles of up to 16 batch rows, 256
+for wider ones. Derived from the stored CSR and never saved; sparse_linear builds them once per
+weight set and caches them with the CSR validation."""
 
 from __future__ import annotations
 
@@ -77,17 +77,15 @@ def sliced_layout(
     row_ptr: torch.Tensor, col: torch.Tensor, values: torch.Tensor, in_features: int
 ) -> Layout | None:
     """The derived layouts of validated CSR weights that this CPU's kernels use, or None where
-    they use none (empty layers, CPUs without the ISA): int8 the sliced layout on AVX512_VBMI;
-    fp32 the sliced one (batch 1) on AVX-512 and the panel layouts (batches) from AVX2 up,
-    with None standing for a part the CPU does not run."""
+    they use none (empty layers, int8 without AVX512_VBMI): int8 the sliced layout; fp32 the
+    panel layouts (batches) everywhere and the sliced one (batch 1) on AVX-512, None standing
+    for it elsewhere."""
     if in_features == 0 or row_ptr.numel() <= 1:
         return None
     if values.dtype == torch.int8:
         return _build(row_ptr, col, values, in_features) if _native.has_vbmi() else None
-    isa = _native.best_isa()
-    if isa < 1:  # portable: the CSR kernel only
-        return None
-    layout: Layout = _build(row_ptr, col, values, in_features) if isa == 2 else (None,) * 4
+    avx512 = _native.best_isa() == 2
+    layout: Layout = _build(row_ptr, col, values, in_features) if avx512 else (None,) * 4
     for cols in PANEL_COLS:
         layout += _build_panels(row_ptr, col, values, in_features, cols)
     return layout

@@ -7,11 +7,10 @@ batch lanes. Blocked formats only pay off when the pruning leaves blocks, and un
 magnitude pruning does not (measurements: kernels/README.md). Column indices are uint16 when
 in_features <= 65536 (a quarter less memory for fp32 weights, 40 % for int8), else int32.
 
-On x86 CPUs layers also get derived, unsaved layouts (`_sliced`): a sliced one that replaces
-gathers with register permutes (int8 at every batch on AVX512_VBMI, fp32 at batch 1 on
-AVX-512), and for fp32 on AVX2 and AVX-512 two panel layouts for batches > 1 (L1-sized input
-panels, one width for tiles of up to 16 batch rows and one for wider tiles; rows sorted by
-length and run 8 in lockstep)."""
+Layers also get derived, unsaved layouts (`_sliced`): a sliced one that replaces gathers with
+register permutes (int8 at every batch on AVX512_VBMI, fp32 at batch 1 on AVX-512), and for
+fp32 on every CPU two panel layouts for batches > 1 (L1-sized input panels, one width for tiles
+of up to 16 batch rows and one for wider tiles; rows sorted by length and run 8 in lockstep)."""
 
 from __future__ import annotations
 

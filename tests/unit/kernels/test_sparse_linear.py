@@ -372,18 +372,20 @@ def test_fp32_batched_panel_and_csr_kernels_agree(isa: str) -> None:
         torch.set_num_threads(before)
 
 
-def test_avx2_cpus_get_the_panel_layouts_without_the_sliced_one(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(("best", "path"), [(1, "avx2"), (0, "portable")])
+def test_cpus_without_avx512_get_the_panel_layouts_without_the_sliced_one(
+    monkeypatch: pytest.MonkeyPatch, best: int, path: str
 ) -> None:
-    """On a CPU whose best path is AVX2 fp32 layers get the two panel layouts but not the
-    AVX-512 sliced one (None in its place): the AVX2 unit runs batches on the panels (tiles of
-    up to 16 lanes; 41 is three) and batch 1 on the gathers, all matching the dense layer."""
-    if "avx2" not in kk.available_isas():
-        pytest.skip("needs an AVX2 CPU")
-    monkeypatch.setattr(kk._native, "best_isa", lambda: 1)
+    """On a CPU whose best path is AVX2, or only the portable one (arm64), fp32 layers get the
+    two panel layouts but not the AVX-512 sliced one (None in its place): that unit runs
+    batches on the panels (tiles of up to 16 lanes; 41 is three) and batch 1 on the gathers,
+    all matching the dense layer."""
+    if path not in kk.available_isas():
+        pytest.skip(f"needs a CPU with the {path} path")
+    monkeypatch.setattr(kk._native, "best_isa", lambda: best)
     lin = pruned(133, 777, 0.9)
     sl = kk.SparseLinear.from_dense(lin)
-    with kk.use_isa("avx2"):
+    with kk.use_isa(path):
         for batch in (1, 2, 8, 16, 24, 32, 41):
             x = torch.randn(batch, 777)
             torch.testing.assert_close(sl(x), lin(x), rtol=1e-5, atol=1e-5)
