@@ -113,9 +113,10 @@ def bench_sparse(
         "| fp32 vs CSR, xᵀ given | int8 vs dense | fp32 GFLOP/s (% peak) | int8 GOP/s (% peak) |"
     )
     print("|---" * 15 + "|")
-    shapes = (shape,) if shape else ((768, 3072), (3072, 768))
-    sparsities = (sparsity,) if sparsity else (0.9,) if quick else (0.5, 0.8, 0.9, 0.95)
-    batches = (batch,) if batch else (1, 8, 32) if quick else (1, 8, 16, 32)
+    shapes = (shape,) if shape is not None else ((768, 3072), (3072, 768))
+    default_sparsities = (0.9,) if quick else (0.5, 0.8, 0.9, 0.95)
+    sparsities = (sparsity,) if sparsity is not None else default_sparsities
+    batches = (batch,) if batch is not None else (1, 8, 32) if quick else (1, 8, 16, 32)
     with torch.inference_mode():
         for out_f, in_f in shapes:
             for sp in sparsities:

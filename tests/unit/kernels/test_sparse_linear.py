@@ -342,10 +342,10 @@ def test_panel_layout_padding_is_small(panel_cols: int, bound: float) -> None:
 
 
 def test_fp32_batched_panel_and_csr_kernels_agree(isa: str) -> None:
-    """Batched fp32 runs the panel layouts on AVX-512 (the wide one for tiles of up to 16
+    """Batched fp32 runs the panel layouts on every path (the wide one for tiles of up to 16
     lanes, the narrow one above) and the CSR kernel without them (inference-tensor buffers):
-    both match the dense layer on every tile width (8-32 lanes, and 41 = a narrow tile and a
-    wide one), a partial last block, group and panel, empty rows and 2 threads."""
+    both match the dense layer on every tile width (8-32 lanes, and 41, which spans two or
+    three tiles), a partial last block, group and panel, empty rows and 2 threads."""
     lin = pruned(133, 777, 0.9)
     with torch.no_grad():
         lin.weight[::7] = 0
@@ -378,8 +378,8 @@ def test_cpus_without_avx512_get_the_panel_layouts_without_the_sliced_one(
 ) -> None:
     """On a CPU whose best path is AVX2, or only the portable one (arm64), fp32 layers get the
     two panel layouts but not the AVX-512 sliced one (None in its place): that unit runs
-    batches on the panels (tiles of up to 16 lanes; 41 is three) and batch 1 on the gathers,
-    all matching the dense layer."""
+    batches on the panels (tiles of up to 24 lanes on AVX2, 16 portable: 41 is 24 + 17 or
+    16 + 16 + 9) and batch 1 on the gathers, all matching the dense layer."""
     if path not in kk.available_isas():
         pytest.skip(f"needs a CPU with the {path} path")
     monkeypatch.setattr(kk._native, "best_isa", lambda: best)
