@@ -57,7 +57,9 @@ void spmm_f32(const SpmmF32Args& a) {
   // do the same work with less lane padding and measured 1.2-2x faster. Without the panel
   // layout the AVX2 unit's CSR kernel runs; with it the AVX-512 unit's (32 registers; zmm rows
   // at 16 and 32 lanes, ymm at 8 and 24). AVX-512 keeps batch 1, int8 (VNNI) and the KD loss.
-  if (active_isa() == Isa::avx512 && a.B > 1 && a.panels.w == nullptr) return avx2::spmm_f32(a);
+  if (active_isa() == Isa::avx512 && a.B > 1 && a.panels.w == nullptr &&
+      a.wide_panels.w == nullptr)
+    return avx2::spmm_f32(a);
 #endif
   KK_DISPATCH(spmm_f32, a)
 }
@@ -73,5 +75,7 @@ void spmm_i8(const SpmmI8Args& a) {
   KK_DISPATCH(spmm_i8, a)
 }
 double kd_loss(const KdArgs& a) { KK_DISPATCH(kd_loss, a) }
+unsigned spmm_f32_layouts(int64_t B) { KK_DISPATCH(spmm_f32_layouts, B) }
+unsigned spmm_i8_layouts(int64_t B) { KK_DISPATCH(spmm_i8_layouts, B) }
 
 }  // namespace kk

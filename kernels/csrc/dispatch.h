@@ -11,4 +11,7 @@ bool set_isa(Isa isa);  // false if the CPU lacks `isa`
 void spmm_f32(const SpmmF32Args& a);
 void spmm_i8(const SpmmI8Args& a);
 double kd_loss(const KdArgs& a);
+// Which derived layouts (kLayout* bits) the active unit runs a batch of B on, where given.
+unsigned spmm_f32_layouts(int64_t B);
+unsigned spmm_i8_layouts(int64_t B);
 }  // namespace kk

@@ -25,6 +25,10 @@ struct PanelView {
 
 enum class Isa : int { portable = 0, avx2 = 1, avx512 = 2 };
 
+// The derived layouts (sliced.h), as bits: which ones a call at batch B runs on (spmm_*_layouts),
+// so a layer builds them on first need rather than all up front (_sliced.py mirrors these).
+enum : unsigned { kLayoutSliced = 1, kLayoutPanels = 2, kLayoutWidePanels = 4 };
+
 // Column indices are uint16 when in <= 65536 (col16), else int32 (validated non-negative).
 struct SpmmF32Args {
   const float* x;  // [B, in] row-major, or [in, B] if feature_major
@@ -37,7 +41,7 @@ struct SpmmF32Args {
   float* y;                // [B, out], or [out, B] if feature_major
   int nthreads;
   SlicedView sliced;       // used at batch 1 on AVX-512
-  PanelView panels;        // used at batch > 1 on AVX-512: tiles of more than 16 lanes
+  PanelView panels;        // used at batch > 1: tiles of more than 16 lanes
   PanelView wide_panels;   // and tiles of up to 16 (wider panels; sliced.h)
   bool feature_major = false;  // x and y hold each feature's batch lanes contiguously
 };
@@ -73,6 +77,8 @@ struct KdArgs {
   void spmm_f32(const SpmmF32Args& a);         \
   void spmm_i8(const SpmmI8Args& a);           \
   double kd_loss(const KdArgs& a); /* sum */   \
+  unsigned spmm_f32_layouts(int64_t B);        \
+  unsigned spmm_i8_layouts(int64_t B);         \
   }
 
 KK_DECLARE_ISA(portable)

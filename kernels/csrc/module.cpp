@@ -36,10 +36,15 @@ kk::PanelView panel_view(uintptr_t group_start, uintptr_t step_off, uintptr_t ro
 }
 
 // One layer's kernel arguments, all but the activations: called per batch with x and y.
-template <class Args, void (*Run)(const Args&)>
+// Derived layouts are built on first need: a call whose batch runs on one the plan lacks
+// computes nothing and returns the missing ones (kLayout* bits) for Python to build and bind.
+template <class Args, void (*Run)(const Args&), unsigned (*Uses)(int64_t)>
 struct Plan {
   Args a;
-  void operator()(uintptr_t x, int64_t batch, uintptr_t y, int nthreads, bool feature_major) const {
+  unsigned built;  // layouts bound, with every bit set where the layer never gets one
+  unsigned operator()(uintptr_t x, int64_t batch, uintptr_t y, int nthreads,
+                      bool feature_major) const {
+    if (const unsigned missing = Uses(batch) & ~built) return missing;
     Args r = a;
     r.x = reinterpret_cast<const float*>(x);
     r.B = batch;
@@ -48,16 +53,17 @@ struct Plan {
     r.feature_major = feature_major;
     nb::gil_scoped_release release;
     Run(r);
+    return 0;
   }
 };
-using F32Plan = Plan<kk::SpmmF32Args, kk::spmm_f32>;
-using I8Plan = Plan<kk::SpmmI8Args, kk::spmm_i8>;
+using F32Plan = Plan<kk::SpmmF32Args, kk::spmm_f32, kk::spmm_f32_layouts>;
+using I8Plan = Plan<kk::SpmmI8Args, kk::spmm_i8, kk::spmm_i8_layouts>;
 
 }  // namespace
 
 NB_MODULE(_native, m) {
   m.doc() = "Kompaktor compiled kernels (CPU, runtime ISA dispatch)";
-  m.def("version", []() { return 6; });
+  m.def("version", []() { return 7; });
   m.def("best_isa", []() { return static_cast<int>(kk::best_isa()); },
         "Best path this CPU supports: 0 portable, 1 avx2, 2 avx512.");
   m.def("active_isa", []() { return static_cast<int>(kk::active_isa()); });
@@ -82,7 +88,8 @@ NB_MODULE(_native, m) {
            nb::arg("nthreads"), nb::arg("feature_major"));
   m.def("spmm_f32_plan",
         [](int64_t in, int64_t out, uintptr_t row_ptr, uintptr_t col, bool col16, uintptr_t val,
-           uintptr_t bias, uintptr_t sl_counts, uintptr_t sl_block_off, uintptr_t sl_idx,
+           uintptr_t bias, unsigned built, uintptr_t sl_counts, uintptr_t sl_block_off,
+           uintptr_t sl_idx,
            uintptr_t sl_w, uintptr_t pn_group_start, uintptr_t pn_step_off, uintptr_t pn_rows,
            uintptr_t pn_off, uintptr_t pn_w, uintptr_t pw_group_start, uintptr_t pw_step_off,
            uintptr_t pw_rows, uintptr_t pw_off, uintptr_t pw_w) {
@@ -101,12 +108,13 @@ NB_MODULE(_native, m) {
                           panel_view(pn_group_start, pn_step_off, pn_rows, pn_off, pn_w,
                                      kk::kPanelColsNarrow),
                           panel_view(pw_group_start, pw_step_off, pw_rows, pw_off, pw_w,
-                                     kk::kPanelColsWide)}};
+                                     kk::kPanelColsWide)},
+                         built};
         });
   m.def("spmm_i8_plan",
         [](int64_t in, int64_t out, uintptr_t row_ptr, uintptr_t col, bool col16, uintptr_t val,
-           uintptr_t wscale, uintptr_t rowsum, uintptr_t bias, uintptr_t sl_counts,
-           uintptr_t sl_block_off, uintptr_t sl_idx, uintptr_t sl_w) {
+           uintptr_t wscale, uintptr_t rowsum, uintptr_t bias, unsigned built,
+           uintptr_t sl_counts, uintptr_t sl_block_off, uintptr_t sl_idx, uintptr_t sl_w) {
           return I8Plan{{nullptr,
                          0,
                          in,
@@ -120,7 +128,8 @@ NB_MODULE(_native, m) {
                          reinterpret_cast<const float*>(bias),
                          nullptr,
                          1,
-                         sliced_view(sl_counts, sl_block_off, sl_idx, sl_w)}};
+                         sliced_view(sl_counts, sl_block_off, sl_idx, sl_w)},
+                        built};
         });
   // Two passes: without idx/w it sizes the layout (counts, block offsets; returns the number
   // of slices), with them (zero-filled by the caller) it fills it.

@@ -8,15 +8,22 @@ def active_isa() -> int: ...
 def has_vbmi() -> bool: ...
 def set_isa(isa: int) -> bool: ...
 
+# Plans take `built`: the derived layouts whose pointers follow (kLayout* bits, _sliced.SLICED
+# etc.), every bit set where the layer never gets more (the plan then never asks for any).
+
 class F32Plan:
     """One fp32 layer's weight pointers (spmm_f32_plan), called per batch."""
 
-    def __call__(self, x: int, batch: int, y: int, nthreads: int, feature_major: bool) -> None: ...
+    def __call__(self, x: int, batch: int, y: int, nthreads: int, feature_major: bool) -> int:
+        """0 once computed; else the derived layouts (kLayout* bits) the batch needs and the
+        plan lacks, with nothing computed."""
 
 class I8Plan:
     """One int8 layer's weight pointers (spmm_i8_plan), called per batch."""
 
-    def __call__(self, x: int, batch: int, y: int, nthreads: int, feature_major: bool) -> None: ...
+    def __call__(self, x: int, batch: int, y: int, nthreads: int, feature_major: bool) -> int:
+        """0 once computed; else the derived layouts (kLayout* bits) the batch needs and the
+        plan lacks, with nothing computed."""
 
 def spmm_f32_plan(
     in_features: int,
@@ -26,6 +33,7 @@ def spmm_f32_plan(
     col16: bool,
     values: int,
     bias: int,
+    built: int,
     sliced_counts: int,
     sliced_block_off: int,
     sliced_idx: int,
@@ -51,6 +59,7 @@ def spmm_i8_plan(
     scales: int,
     rowsum: int,
     bias: int,
+    built: int,
     sliced_counts: int,
     sliced_block_off: int,
     sliced_idx: int,

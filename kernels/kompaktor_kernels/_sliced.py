@@ -5,10 +5,13 @@ need no gather: int8 on AVX512_VBMI CPUs at every batch (64-input chunks, ≈3�
 on AVX-512 at batch 1 (32-input chunks, ≈1.8× faster). fp32 layers on every CPU also get two
 panel layouts for batches > 1 (input panels whose activations stay in L1, rows sorted by length
 and run 8 in lockstep, ≈1.5× faster): 512-input panels for tiles of up to 16 batch rows, 256
-for wider ones. Derived from the stored CSR and never saved; sparse_linear builds them once per
-weight set and caches them with the CSR validation."""
+for wider ones. Derived from the stored CSR and never saved. A layer builds each kind the first
+time a batch runs on it (the native plan names the ones it lacks), so it holds only what its
+batch sizes use: a layer served at one batch size keeps one layout beside the CSR, not three."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -23,9 +26,13 @@ PANEL_ROWS, PANEL_GROUP = 128, 8
 PANEL_COLS = (256, 512)
 
 # The kernels' pointer arguments, in order: the sliced layout's four tensors, then (fp32 only)
-# each panel layout's five; None in a layout and zeros past its end stand for absent parts.
+# each panel layout's five, in PANEL_COLS order; None stands for parts not built.
 Layout = tuple[torch.Tensor | None, ...]
 ARGS = {torch.int8: 4, torch.float32: 4 + 5 * len(PANEL_COLS)}
+# Layout kinds as bits (csrc/kernels.h kLayout*): the sliced layout, then the panel layouts in
+# PANEL_COLS order.
+SLICED, PANELS, WIDE_PANELS = 1, 2, 4
+EVERY = SLICED | PANELS | WIDE_PANELS
 
 
 def _build(row_ptr: torch.Tensor, col: torch.Tensor, values: torch.Tensor, in_f: int) -> Layout:
@@ -73,19 +80,31 @@ def _build_panels(
     return group_start, step_off, rows, off, w
 
 
-def sliced_layout(
-    row_ptr: torch.Tensor, col: torch.Tensor, values: torch.Tensor, in_features: int
-) -> Layout | None:
-    """The derived layouts of validated CSR weights that this CPU's kernels use, or None where
-    they use none (empty layers, int8 without AVX512_VBMI): int8 the sliced layout; fp32 the
-    panel layouts (batches) everywhere and the sliced one (batch 1) on AVX-512, None standing
-    for it elsewhere."""
-    if in_features == 0 or row_ptr.numel() <= 1:
-        return None
-    if values.dtype == torch.int8:
-        return _build(row_ptr, col, values, in_features) if _native.has_vbmi() else None
-    avx512 = _native.best_isa() == 2
-    layout: Layout = _build(row_ptr, col, values, in_features) if avx512 else (None,) * 4
-    for cols in PANEL_COLS:
-        layout += _build_panels(row_ptr, col, values, in_features, cols)
-    return layout
+@dataclass(frozen=True)
+class Derived:
+    """A layer's derived layouts built so far: the kernels' pointer arguments (`parts`) and the
+    kinds built, every bit set where the layer never gets any (degenerate shapes, or buffers
+    without version counters, whose layouts could not be kept current)."""
+
+    parts: Layout
+    built: int
+
+    @classmethod
+    def empty(cls, dtype: torch.dtype, final: bool) -> Derived:
+        """Nothing built; `final` where nothing ever will be."""
+        return cls((None,) * ARGS[dtype], EVERY if final else 0)
+
+    def with_kinds(
+        self, kinds: int, row_ptr: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
+        in_features: int,
+    ) -> Derived:  # fmt: skip
+        """These layouts plus `kinds` (bits) built from validated CSR weights."""
+        parts = list(self.parts)
+        if kinds & SLICED:
+            parts[:4] = _build(row_ptr, col, values, in_features)
+        for i, cols in enumerate(PANEL_COLS):
+            if kinds & (PANELS << i):
+                parts[4 + 5 * i : 9 + 5 * i] = _build_panels(
+                    row_ptr, col, values, in_features, cols
+                )
+        return Derived(tuple(parts), self.built | kinds)

@@ -7,16 +7,16 @@ batch lanes. Blocked formats only pay off when the pruning leaves blocks, and un
 magnitude pruning does not (measurements: kernels/README.md). Column indices are uint16 when
 in_features <= 65536 (a quarter less memory for fp32 weights, 40 % for int8), else int32.
 
-Layers also get derived, unsaved layouts (`_sliced`): a sliced one that replaces gathers with
-register permutes (int8 at every batch on AVX512_VBMI, fp32 at batch 1 on AVX-512), and for
-fp32 on every CPU two panel layouts for batches > 1 (L1-sized input panels, one width for tiles
-of up to 16 batch rows and one for wider tiles; rows sorted by length and run 8 in lockstep)."""
+Layers also get derived, unsaved layouts (`_sliced`), each built the first time a batch runs
+on it: a sliced one that replaces gathers with register permutes (int8 at every batch on
+AVX512_VBMI, fp32 at batch 1 on AVX-512), and for fp32 on every CPU two panel layouts for
+batches > 1 (L1-sized input panels, one width for tiles of up to 16 batch rows and one for wider
+tiles; rows sorted by length and run 8 in lockstep)."""
 
 from __future__ import annotations
 
 import operator
 import weakref
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -26,7 +26,7 @@ from kompaktor_kernels import _checks, _native
 from kompaktor_kernels._dispatch import num_threads
 from kompaktor_kernels._library import NAMESPACE, check, define, impl_cpu, register_fake
 from kompaktor_kernels._quant import quantize_weight
-from kompaktor_kernels._sliced import ARGS, Layout, sliced_layout
+from kompaktor_kernels._sliced import Derived
 
 # int32 accumulation bound: |u8 · s8| ≤ 255·127 per term.
 _MAX_I8_ROW_NNZ = (2**31 - 1) // (255 * 127) // 2
@@ -107,52 +107,59 @@ def _validate_csr(
         raise ValueError(f"col indices must lie in [0, {in_features})")
 
 
-# Weight buffers are fixed between calls, so their O(nnz) validation, and the sliced layout
-# derived from them, are cached per tensor objects and version counters (an in-place edit bumps
+# Weight buffers are fixed between calls, so their O(nnz) validation, and the derived layouts
+# built from them, are cached per tensor objects and version counters (an in-place edit bumps
 # a version and forces both again). An entry goes when its values tensor does.
-_CacheEntry = tuple[tuple[weakref.ref[torch.Tensor], ...], tuple[object, ...], Layout | None]
+_CacheEntry = tuple[tuple[weakref.ref[torch.Tensor], ...], tuple[object, ...], Derived]
 _validated: dict[int, _CacheEntry] = {}
 
 
-def _checked_layout(
+def _checked_derived(
     row_ptr: torch.Tensor,
     col: torch.Tensor,
     values: torch.Tensor,
     in_features: int,
     values_dtype: torch.dtype,
-) -> Layout | None:
-    """Validate the CSR and return its sliced layout (None where unused), both cached."""
+) -> Derived:
+    """Validate the CSR and return the derived layouts built for it so far, both cached."""
     tensors = (values, col, row_ptr)
     if any(t.is_inference() for t in tensors):
         # Inference tensors keep no version counter, so nothing proves them unchanged.
         _validate_csr(row_ptr, col, values, in_features, values_dtype)
-        return None
+        return Derived.empty(values_dtype, final=True)
     key = (
         *(t._version for t in tensors), *(t.data_ptr() for t in tensors), in_features,
         col.dtype, values.dtype, values_dtype,
     )  # fmt: skip
     hit = _validated.get(id(values))
     if hit is not None and hit[1] == key:
-        refs, _, layout = hit
+        refs, _, derived = hit
         if all(r() is t for r, t in zip(refs, tensors, strict=True)):
-            return layout
-    layout = _validated_layout(row_ptr, col, values, in_features, values_dtype)
+            return derived
+    derived = _validated_start(row_ptr, col, values, in_features, values_dtype)
     slot = id(values)
     evict = weakref.ref(values, lambda _: _validated.pop(slot, None))
-    _validated[slot] = ((evict, weakref.ref(col), weakref.ref(row_ptr)), key, layout)
-    return layout
+    _validated[slot] = ((evict, weakref.ref(col), weakref.ref(row_ptr)), key, derived)
+    return derived
 
 
-def _validated_layout(
+def _remember(values: torch.Tensor, derived: Derived) -> None:
+    """Keep layouts built since `_checked_derived` in the cache entry of their weights."""
+    hit = _validated.get(id(values))
+    if hit is not None and hit[0][0]() is values:
+        _validated[id(values)] = (hit[0], hit[1], derived)
+
+
+def _validated_start(
     row_ptr: torch.Tensor,
     col: torch.Tensor,
     values: torch.Tensor,
     in_features: int,
     values_dtype: torch.dtype,
-) -> Layout | None:
-    """Validate the CSR (uncached) and build its sliced layout (None where unused)."""
+) -> Derived:
+    """Validate the CSR (uncached); nothing derived from it is built yet."""
     _validate_csr(row_ptr, col, values, in_features, values_dtype)
-    return sliced_layout(row_ptr, col, values, in_features)
+    return Derived.empty(values_dtype, final=in_features == 0 or row_ptr.numel() <= 1)
 
 
 def _check_vec(name: str, t: torch.Tensor | None, n: int, dtype: torch.dtype) -> None:
@@ -175,15 +182,24 @@ class _Plan:
     identities of the module's buffers (the named ones held strongly, so an id cannot be
     recycled) and the named ones' version counters."""
 
-    __slots__ = ("derived", "ids", "run", "tensors", "versions")
+    __slots__ = ("buffers", "derived", "ids", "run", "tensors", "versions")
 
     def __init__(
-        self, ids: tuple[int, ...], buffers: tuple[torch.Tensor | None, ...], native: _Native
+        self, ids: tuple[int, ...], buffers: _Buffers, in_features: int, derived: Derived
     ) -> None:
         self.ids = ids
+        self.buffers = buffers
         self.tensors = tuple(t for t in buffers if t is not None)
         self.versions = tuple(map(_version, self.tensors))
-        self.run, self.derived = native  # derived: the layout, if any, the plan points into
+        self.derived = derived  # the layouts the native plan points into
+        self.run = _native_plan(buffers, in_features, derived)
+
+    def extended(self, kinds: int, in_features: int) -> _Plan:
+        """This plan with the derived layouts `kinds` built too."""
+        row_ptr, col, values, *_ = self.buffers
+        assert row_ptr is not None and col is not None and values is not None
+        derived = self.derived.with_kinds(kinds, row_ptr, col, values, in_features)
+        return _Plan(self.ids, self.buffers, in_features, derived)
 
 
 def _plain(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -202,51 +218,51 @@ def _ptr(t: torch.Tensor | None) -> int:
     return 0 if t is None else int(t.data_ptr())
 
 
-# A layer's native plan (its weight pointers, bound once) and the derived tensors it points
-# into, which must live as long as it.
-_Native = tuple[_native.F32Plan | _native.I8Plan, Layout]
+# A layer's buffers in _BUFFERS order (None where absent).
+_Buffers = tuple[torch.Tensor | None, ...]
+_NativePlan = _native.F32Plan | _native.I8Plan
 
 
-def _native_plan(
-    row_ptr: torch.Tensor,
-    col: torch.Tensor,
-    values: torch.Tensor,
-    bias: torch.Tensor | None,
-    scales: torch.Tensor | None,
-    rowsum: torch.Tensor | None,
-    in_features: int,
-    values_dtype: torch.dtype,
-    check: Callable[..., Layout | None] = _checked_layout,
-) -> _Native:
-    """Check the weight tensors; return the native plan over them and its derived tensors."""
-    layout = check(row_ptr, col, values, in_features, values_dtype) or ()
+def _native_plan(buffers: _Buffers, in_features: int, derived: Derived) -> _NativePlan:
+    """The native plan over validated CSR weights and the derived layouts built for them (it
+    must not outlive any of these tensors)."""
+    row_ptr, col, values, bias, scales, rowsum = buffers
+    assert row_ptr is not None and col is not None and values is not None
     out_features = row_ptr.numel() - 1
     _check_vec("bias", bias, out_features, torch.float32)
     head = (
         in_features, out_features, row_ptr.data_ptr(), col.data_ptr(), col.dtype == torch.uint16,
         values.data_ptr(),
     )  # fmt: skip
-    derived = tuple(map(_ptr, layout))
-    derived += (0,) * (ARGS[values_dtype] - len(derived))
-    if values_dtype != torch.int8:
-        return _native.spmm_f32_plan(*head, _ptr(bias), *derived), layout
+    parts = tuple(map(_ptr, derived.parts))
+    if values.dtype != torch.int8:
+        return _native.spmm_f32_plan(*head, _ptr(bias), derived.built, *parts)
     _check_vec("scales", scales, out_features, torch.float32)
     _check_vec("rowsum", rowsum, out_features, torch.int32)
     assert scales is not None and rowsum is not None
-    plan = _native.spmm_i8_plan(*head, scales.data_ptr(), rowsum.data_ptr(), _ptr(bias), *derived)
-    return plan, layout
+    return _native.spmm_i8_plan(
+        *head, scales.data_ptr(), rowsum.data_ptr(), _ptr(bias), derived.built, *parts
+    )
 
 
 def _run(
-    x: torch.Tensor, out_features: int, bias: torch.Tensor | None, native: _Native
+    x: torch.Tensor, buffers: _Buffers, in_features: int, values_dtype: torch.dtype
 ) -> torch.Tensor:
-    run, _ = native
+    """The op's kernel call: the weights validated (cached), layouts built on first need."""
+    row_ptr, col, values, bias, *_ = buffers
+    assert row_ptr is not None and col is not None and values is not None
+    derived = _checked_derived(row_ptr, col, values, in_features, values_dtype)
+    plan = _native_plan(buffers, in_features, derived)  # checks bias, scales and rowsum too
     lanes_inner = feature_major(x)
-    y = _empty_out(x, out_features, lanes_inner)
-    in_features = x.shape[-1]
+    y = _empty_out(x, row_ptr.numel() - 1, lanes_inner)
     if in_features == 0:
         return y.fill_(0).add_(bias) if bias is not None else y.fill_(0)
-    run(x.data_ptr(), x.numel() // in_features, y.data_ptr(), num_threads(), lanes_inner)
+    args = (x.data_ptr(), x.numel() // in_features, y.data_ptr(), num_threads(), lanes_inner)
+    missing = plan(*args)
+    if missing:
+        derived = derived.with_kinds(missing, row_ptr, col, values, in_features)
+        _remember(values, derived)
+        _native_plan(buffers, in_features, derived)(*args)
     return y
 
 
@@ -259,8 +275,7 @@ def _sparse_linear_cpu(
     in_features: int,
 ) -> torch.Tensor:
     _check_x(x, in_features)
-    native = _native_plan(row_ptr, col, values, bias, None, None, in_features, torch.float32)
-    return _run(x, row_ptr.numel() - 1, bias, native)
+    return _run(x, (row_ptr, col, values, bias, None, None), in_features, torch.float32)
 
 
 def _sparse_linear_int8_cpu(
@@ -274,8 +289,7 @@ def _sparse_linear_int8_cpu(
     in_features: int,
 ) -> torch.Tensor:
     _check_x(x, in_features)
-    native = _native_plan(row_ptr, col, values, bias, scales, rowsum, in_features, torch.int8)
-    return _run(x, row_ptr.numel() - 1, bias, native)
+    return _run(x, (row_ptr, col, values, bias, scales, rowsum), in_features, torch.int8)
 
 
 impl_cpu("sparse_linear", _sparse_linear_cpu)
@@ -469,18 +483,15 @@ class SparseLinear(nn.Module):
         """Validate the current buffers once and bind their raw pointers (None when that cannot
         be cached: inference tensors have no version counter, or the layer is degenerate)."""
         buffers = tuple(map(self._buffers.get, _BUFFERS))
-        row_ptr, col, values, bias, scales, rowsum = buffers
+        row_ptr, col, values, *_ = buffers
         if self.in_features == 0 or any(t is not None and t.is_inference() for t in buffers):
             return None
         assert row_ptr is not None and col is not None and values is not None
         if row_ptr.shape != (self.out_features + 1,):
             raise ValueError(f"row_ptr must have shape ({self.out_features + 1},)")
         expected = torch.int8 if values.dtype == torch.int8 else torch.float32
-        native = _native_plan(
-            row_ptr, col, values, bias, scales, rowsum, self.in_features, expected,
-            _validated_layout,
-        )  # fmt: skip
-        return _Plan(ids, buffers, native)
+        derived = _validated_start(row_ptr, col, values, self.in_features, expected)
+        return _Plan(ids, buffers, self.in_features, derived)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Plain eager inference skips the dispatcher and all per-call validation of the weights:
@@ -512,8 +523,14 @@ class SparseLinear(nn.Module):
                     if not lanes_inner:
                         x = x.contiguous()
                 y = _empty_out(x, self.out_features, lanes_inner)  # x: float32 on the CPU
-                batch = x.numel() // self.in_features
-                plan.run(x.data_ptr(), batch, y.data_ptr(), num_threads(), lanes_inner)
+                args = (
+                    x.data_ptr(), x.numel() // self.in_features, y.data_ptr(), num_threads(),
+                    lanes_inner,
+                )  # fmt: skip
+                missing = plan.run(*args)
+                if missing:  # this batch runs on a derived layout not built yet
+                    plan = self._plan = plan.extended(missing, self.in_features)
+                    plan.run(*args)
                 return y
         return self._forward_checked(x)
 

@@ -13,6 +13,7 @@ from torch import nn
 
 import kompaktor_kernels as kk
 from kompaktor_kernels import _sliced
+from kompaktor_kernels import sparse_linear as sparse_linear_module
 from kompaktor_kernels.reference import sparse_linear_reference
 
 
@@ -341,6 +342,15 @@ def test_panel_layout_padding_is_small(panel_cols: int, bound: float) -> None:
     assert sl.nnz <= w.numel() < bound * sl.nnz
 
 
+# The panel layouts batches 2-41 run on: tiles of up to 16 lanes use the wide one, wider tiles
+# (up to 32 lanes on AVX-512, 24 on AVX2) the narrow one; the portable unit's are all <= 16.
+PANELS_USED = {
+    "avx512": _sliced.PANELS | _sliced.WIDE_PANELS,
+    "avx2": _sliced.PANELS | _sliced.WIDE_PANELS,
+    "portable": _sliced.WIDE_PANELS,
+}
+
+
 def test_fp32_batched_panel_and_csr_kernels_agree(isa: str) -> None:
     """Batched fp32 runs the panel layouts on every path (the wide one for tiles of up to 16
     lanes, the narrow one above) and the CSR kernel without them (inference-tensor buffers):
@@ -351,9 +361,6 @@ def test_fp32_batched_panel_and_csr_kernels_agree(isa: str) -> None:
         lin.weight[::7] = 0
         lin.weight[5, 256:512] = 0.25  # a dense segment: one long group
     sl = kk.SparseLinear.from_dense(lin)
-    sl(torch.randn(2, 777))
-    if isa == "avx512":  # the sliced layout (4 tensors) and two panel layouts (5 each)
-        assert sl._plan is not None and len(sl._plan.derived) == 14
     with torch.inference_mode():
         bufs = [t.clone() for t in (sl.row_ptr, sl.col, sl.values)]
         bias = None if sl.bias is None else sl.bias.clone()
@@ -370,30 +377,75 @@ def test_fp32_batched_panel_and_csr_kernels_agree(isa: str) -> None:
                 torch.testing.assert_close(csr, want, rtol=1e-5, atol=1e-5)
     finally:
         torch.set_num_threads(before)
+    assert sl._plan is not None and sl._plan.derived.built == PANELS_USED[isa]
 
 
-@pytest.mark.parametrize(("best", "path"), [(1, "avx2"), (0, "portable")])
-def test_cpus_without_avx512_get_the_panel_layouts_without_the_sliced_one(
-    monkeypatch: pytest.MonkeyPatch, best: int, path: str
-) -> None:
-    """On a CPU whose best path is AVX2, or only the portable one (arm64), fp32 layers get the
-    two panel layouts but not the AVX-512 sliced one (None in its place): that unit runs
-    batches on the panels (tiles of up to 24 lanes on AVX2, 16 portable: 41 is 24 + 17 or
-    16 + 16 + 9) and batch 1 on the gathers, all matching the dense layer."""
-    if path not in kk.available_isas():
-        pytest.skip(f"needs a CPU with the {path} path")
-    monkeypatch.setattr(kk._native, "best_isa", lambda: best)
+def test_derived_layouts_are_built_when_a_batch_first_needs_them(isa: str) -> None:
+    """A layer builds no derived layout up front, and each one the first time a batch runs on
+    it: the sliced layout at batch 1 (AVX-512 only; the other paths gather), the wide panels at
+    batch 8, the narrow ones at batch 24 (not on the portable unit, whose tiles stay <= 16
+    lanes). A layer served at batch 24 alone holds one panel layout, ~1.05x the CSR's bytes,
+    not all three (~3.7x). Results match the dense layer at every step."""
+    lin = pruned(256, 768, 0.9)
+    sl = kk.SparseLinear.from_dense(lin)
+    csr_bytes = sum(t.nbytes for t in (sl.row_ptr, sl.col, sl.values))
+
+    def built_after(batch: int) -> int:
+        x = torch.randn(batch, 768)
+        torch.testing.assert_close(sl(x), lin(x), rtol=1e-5, atol=1e-5)
+        assert sl._plan is not None
+        return sl._plan.derived.built
+
+    sliced = _sliced.SLICED if isa == "avx512" else 0
+    assert built_after(1) == sliced
+    assert built_after(8) == sliced | _sliced.WIDE_PANELS
+    assert built_after(24) == sliced | PANELS_USED[isa]
+    assert built_after(1) == sliced | PANELS_USED[isa]  # kept, not rebuilt or dropped
+
+    served = kk.SparseLinear.from_dense(lin)
+    x = torch.randn(24, 768)
+    torch.testing.assert_close(served(x), lin(x), rtol=1e-5, atol=1e-5)
+    assert served._plan is not None
+    parts = served._plan.derived.parts
+    assert parts[:4] == (None,) * 4
+    derived_bytes = sum(t.nbytes for t in parts if t is not None)
+    assert 0.9 * csr_bytes < derived_bytes < 1.2 * csr_bytes
+
+
+def test_either_panel_layout_serves_every_tile_width(isa: str) -> None:
+    """The panel kernel takes whichever panel layout a plan has when the one that fits L1 is
+    missing (a plan always has the one it needs, but the kernel must not depend on that)."""
     lin = pruned(133, 777, 0.9)
     sl = kk.SparseLinear.from_dense(lin)
-    with kk.use_isa(path):
-        for batch in (1, 2, 8, 16, 24, 32, 41):
-            x = torch.randn(batch, 777)
-            torch.testing.assert_close(sl(x), lin(x), rtol=1e-5, atol=1e-5)
-            torch.testing.assert_close(sl(feature_major(x)), lin(x), rtol=1e-5, atol=1e-5)
-    assert sl._plan is not None
-    derived = sl._plan.derived
-    assert derived[:4] == (None,) * 4 and len(derived) == 14
-    assert all(isinstance(t, torch.Tensor) for t in derived[4:])
+    for kinds in (_sliced.PANELS, _sliced.WIDE_PANELS):
+        some = _sliced.Derived.empty(torch.float32, final=False)
+        some = some.with_kinds(kinds, sl.row_ptr, sl.col, sl.values, 777)
+        final = _sliced.Derived(some.parts, _sliced.EVERY)  # asks for nothing more
+        buffers = (sl.row_ptr, sl.col, sl.values, sl.bias, None, None)
+        plan = sparse_linear_module._native_plan(buffers, 777, final)
+        for batch in (2, 16, 24, 32, 41):
+            x, y = torch.randn(batch, 777), torch.empty(batch, 133)
+            assert plan(x.data_ptr(), batch, y.data_ptr(), 1, False) == 0
+            torch.testing.assert_close(y, lin(x), rtol=1e-5, atol=1e-5)
+
+
+def test_the_op_caches_the_layouts_it_builds(isa: str) -> None:
+    """The custom op (the path compile/export and autograd take) builds a batch's layouts once
+    per weight tensors and version, like the module's plan, and rebuilds after an edit."""
+    lin = pruned(64, 300, 0.9)
+    sl = kk.SparseLinear.from_dense(lin)
+    x = torch.randn(8, 300)
+    args = (sl.row_ptr, sl.col, sl.values, sl.bias, 300)
+    torch.testing.assert_close(torch.ops.kompaktor_kernels.sparse_linear(x, *args), lin(x))
+    derived = sparse_linear_module._validated[id(sl.values)][2]
+    assert derived.built == _sliced.WIDE_PANELS
+    torch.ops.kompaktor_kernels.sparse_linear(x, *args)
+    assert sparse_linear_module._validated[id(sl.values)][2] is derived  # not rebuilt
+    with torch.no_grad():
+        sl.values.neg_()
+    want = F.linear(x, -lin.weight, lin.bias)
+    torch.testing.assert_close(torch.ops.kompaktor_kernels.sparse_linear(x, *args), want)
+    assert sparse_linear_module._validated[id(sl.values)][2] is not derived
 
 
 def test_fp32_batch1_sliced_and_gather_kernels_agree(isa: str) -> None:
@@ -407,8 +459,8 @@ def test_fp32_batch1_sliced_and_gather_kernels_agree(isa: str) -> None:
     sl = kk.SparseLinear.from_dense(lin)
     x = torch.randn(1, 1001)
     torch.testing.assert_close(sl(x), lin(x), rtol=1e-5, atol=1e-5)
-    if isa == "avx512":  # the sliced layout (4 tensors) and two panel layouts (5 each)
-        assert sl._plan is not None and len(sl._plan.derived) == 14
+    assert sl._plan is not None
+    assert sl._plan.derived.built == (_sliced.SLICED if isa == "avx512" else 0)
     with torch.inference_mode():
         bufs = [t.clone() for t in (sl.row_ptr, sl.col, sl.values, sl.bias)]
         gathered = torch.ops.kompaktor_kernels.sparse_linear(x, *bufs, 1001)
@@ -422,8 +474,8 @@ def test_int8_batch1_sees_in_place_edits() -> None:
     s8 = kk.SparseLinear.from_dense(lin, torch.int8)
     x = torch.randn(1, 200)
     torch.testing.assert_close(s8(x), sparse_linear_reference(x, lin.weight, lin.bias, torch.int8))
-    if kk._native.has_vbmi():  # the batch-1 call above built and used the layout
-        assert s8._plan is not None and len(s8._plan.derived) == 4
+    assert s8._plan is not None  # the batch-1 call above built and used the layout
+    assert s8._plan.derived.built == (_sliced.SLICED if kk._native.has_vbmi() else 0)
     with torch.no_grad():
         s8.values.neg_()  # symmetric quantisation: exactly the layer of -weight
         s8.rowsum.neg_()
