@@ -10,9 +10,9 @@
 #      ZIG_PYTHON=/tmp/zigvenv/bin/python scripts/check_arm64_build.sh   # or zig on PATH
 # 2. GCC's aarch64 cross compiler and qemu-user (Debian: g++-aarch64-linux-gnu qemu-user):
 #    kernels/selftest (the kernels against scalar references: fp32 on every layout, int8 bit
-#    for bit, the KD loss and its gradient; OpenMP on 1 and 2 threads) is built with GCC and
-#    run, emulated, and the panel kernels' weight shuffles must have become by-element fmla
-#    (as clang makes them). Emulation checks results, not speed.
+#    for bit, the KD loss and its gradient, k-means; OpenMP on 1 and 2 threads) is built with
+#    GCC and run, emulated, and the panel kernels' weight shuffles must have become by-element
+#    fmla (as clang makes them). Emulation checks results, not speed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=.venv/bin/python
@@ -102,6 +102,14 @@ print(f"panel kernels: {len(lanes)} by-element fmla over lanes 0-3, no lane copi
 PY
 }
 
-if [ ${#zig[@]} -gt 0 ]; then zig_cross_build; else echo "== zig not found: CMake cross build skipped"; fi
-if [ $gcc_qemu -eq 1 ]; then gcc_emulated_run; else echo "== $gxx or qemu-aarch64 not found: emulated run skipped"; fi
+if [ ${#zig[@]} -gt 0 ]; then
+  zig_cross_build
+else
+  echo "== zig not found: CMake cross build skipped"
+fi
+if [ $gcc_qemu -eq 1 ]; then
+  gcc_emulated_run
+else
+  echo "== $gxx or qemu-aarch64 not found: emulated run skipped"
+fi
 echo "arm64 checks OK"

@@ -7,7 +7,7 @@
 // uses one), int8 bit for bit against the quantisation it specifies (and, where the unit has one,
 // on the sliced layout), both index widths, row-major and feature-major x, 1 and 2 threads,
 // shapes with partial blocks, panels and empty rows; and the fused distillation loss and its
-// gradient. Build this file with -ffp-contract=off: the references must round as written.
+// gradient; the 1-D k-means step (ISA-independent). Build this file with -ffp-contract=off: the references must round as written.
 // Prints one line per failure (at most 20) and a summary; exits 1 on any failure.
 #include <cmath>
 #include <cstdint>
@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "../csrc/dispatch.h"
+#include "../csrc/kmeans.h"
 #include "../csrc/sliced.h"
 
 namespace {
@@ -337,6 +338,50 @@ void check_kd(Rng& rng) {
   }
 }
 
+// Nearest sorted centroid per value (ties, values exactly between two, to the lower one), and
+// the per-cluster sums and counts of one Lloyd step; floats and doubles, 1 and 2 threads.
+void check_kmeans(Rng& rng) {
+  const int64_t n = 100003;
+  for (const int64_t k : {1, 5, 256}) {
+    std::vector<double> c(k);
+    for (int64_t j = 0; j < k; ++j) c[j] = (double)j - 0.5 * (double)k + 0.25 * rng.uniform();
+    std::vector<double> xd(n);
+    for (int64_t i = 0; i < n; ++i)
+      xd[i] = i % 97 == 0 && k > 1 ? (c[i % (k - 1)] + c[i % (k - 1) + 1]) / 2  // a tie
+                                   : (double)k * (rng.uniform() - 0.5) * 1.2;
+    for (const bool x64 : {false, true}) {
+      std::vector<float> xf(xd.begin(), xd.end());
+      std::vector<int64_t> want_idx(n), want_counts(k, 0);
+      std::vector<double> want_sums(k, 0.0);
+      for (int64_t i = 0; i < n; ++i) {
+        const double v = x64 ? xd[i] : (double)xf[i];
+        int64_t j = 0;  // midpoints strictly below v
+        while (j + 1 < k && (c[j] + c[j + 1]) / 2 < v) ++j;
+        want_idx[i] = j;
+        want_sums[j] += v;
+        ++want_counts[j];
+      }
+      for (const int threads : {1, 2}) {
+        std::vector<int64_t> idx(n, -1), counts(k, -1);
+        std::vector<double> sums(k, NAN);
+        kk::kmeans1d_step({x64 ? static_cast<const void*>(xd.data()) : xf.data(), x64, n,
+                           c.data(), k, idx.data(), sums.data(), counts.data(), threads});
+        ++g_checks;
+        bool ok = idx == want_idx && counts == want_counts;
+        for (int64_t j = 0; j < k; ++j)
+          ok = ok && std::fabs(sums[j] - want_sums[j]) <= 1e-9 * (1.0 + std::fabs(want_sums[j]) +
+                                                                  (double)want_counts[j] * k);
+        if (!ok) {
+          char buf[96];
+          std::snprintf(buf, sizeof buf, "kmeans1d_step k=%lld x64=%d threads=%d", (long long)k,
+                        x64, threads);
+          fail(buf);
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -359,6 +404,8 @@ int main() {
       }
     check_kd(rng);
   }
+  Rng rng;
+  check_kmeans(rng);
   std::printf("%d checks on ISA units 0..%d, %d failed\n", g_checks, (int)kk::best_isa(),
               g_failures);
   return g_failures == 0 ? 0 : 1;
