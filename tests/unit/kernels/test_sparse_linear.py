@@ -12,8 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import kompaktor_kernels as kk
-from kompaktor_kernels import _sliced
-from kompaktor_kernels import sparse_linear as sparse_linear_module
+from kompaktor_kernels import _plan, _sliced
 from kompaktor_kernels.reference import sparse_linear_reference
 
 
@@ -422,7 +421,7 @@ def test_either_panel_layout_serves_every_tile_width(isa: str) -> None:
         some = some.with_kinds(kinds, sl.row_ptr, sl.col, sl.values, 777)
         final = _sliced.Derived(some.parts, _sliced.EVERY)  # asks for nothing more
         buffers = (sl.row_ptr, sl.col, sl.values, sl.bias, None, None)
-        plan = sparse_linear_module._native_plan(buffers, 777, final)
+        plan = _plan.native_plan(buffers, 777, final)
         for batch in (2, 16, 24, 32, 41):
             x, y = torch.randn(batch, 777), torch.empty(batch, 133)
             assert plan(x.data_ptr(), batch, y.data_ptr(), 1, False) == 0
@@ -437,15 +436,15 @@ def test_the_op_caches_the_layouts_it_builds(isa: str) -> None:
     x = torch.randn(8, 300)
     args = (sl.row_ptr, sl.col, sl.values, sl.bias, 300)
     torch.testing.assert_close(torch.ops.kompaktor_kernels.sparse_linear(x, *args), lin(x))
-    derived = sparse_linear_module._validated[id(sl.values)][2]
+    derived = _plan._validated[id(sl.values)][2]
     assert derived.built == _sliced.WIDE_PANELS
     torch.ops.kompaktor_kernels.sparse_linear(x, *args)
-    assert sparse_linear_module._validated[id(sl.values)][2] is derived  # not rebuilt
+    assert _plan._validated[id(sl.values)][2] is derived  # not rebuilt
     with torch.no_grad():
         sl.values.neg_()
     want = F.linear(x, -lin.weight, lin.bias)
     torch.testing.assert_close(torch.ops.kompaktor_kernels.sparse_linear(x, *args), want)
-    assert sparse_linear_module._validated[id(sl.values)][2] is not derived
+    assert _plan._validated[id(sl.values)][2] is not derived
 
 
 def test_fp32_batch1_sliced_and_gather_kernels_agree(isa: str) -> None:
