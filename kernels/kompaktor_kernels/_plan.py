@@ -18,6 +18,10 @@ from kompaktor_kernels._csr import check_vec, validate_csr
 from kompaktor_kernels._dispatch import num_threads
 from kompaktor_kernels._sliced import Derived
 
+# A module's buffer names, and its buffers in that order (None where absent).
+BUFFERS = ("row_ptr", "col", "values", "bias", "scales", "rowsum")
+Buffers = tuple[torch.Tensor | None, ...]
+
 
 def feature_major(x: torch.Tensor) -> bool:
     """Whether a 2-D x holds each feature's batch lanes contiguously (x.t() is contiguous, the
@@ -35,14 +39,10 @@ _CacheEntry = tuple[tuple[weakref.ref[torch.Tensor], ...], tuple[object, ...], D
 _validated: dict[int, _CacheEntry] = {}
 
 
-def _checked_derived(
-    row_ptr: torch.Tensor,
-    col: torch.Tensor,
-    values: torch.Tensor,
-    in_features: int,
-    values_dtype: torch.dtype,
-) -> Derived:
+def _checked_derived(buffers: Buffers, in_features: int, values_dtype: torch.dtype) -> Derived:
     """Validate the CSR and return the derived layouts built for it so far, both cached."""
+    row_ptr, col, values, *_ = buffers
+    assert row_ptr is not None and col is not None and values is not None
     tensors = (values, col, row_ptr)
     if any(t.is_inference() for t in tensors):
         # Inference tensors keep no version counter, so nothing proves them unchanged.
@@ -57,7 +57,7 @@ def _checked_derived(
         refs, _, derived = hit
         if all(r() is t for r, t in zip(refs, tensors, strict=True)):
             return derived
-    derived = validated_start(row_ptr, col, values, in_features, values_dtype)
+    derived = validated_start(buffers, in_features, values_dtype)
     slot = id(values)
     evict = weakref.ref(values, lambda _: _validated.pop(slot, None))
     _validated[slot] = ((evict, weakref.ref(col), weakref.ref(row_ptr)), key, derived)
@@ -71,19 +71,14 @@ def _remember(values: torch.Tensor, derived: Derived) -> None:
         _validated[id(values)] = (hit[0], hit[1], derived)
 
 
-def validated_start(
-    row_ptr: torch.Tensor,
-    col: torch.Tensor,
-    values: torch.Tensor,
-    in_features: int,
-    values_dtype: torch.dtype,
-) -> Derived:
+def validated_start(buffers: Buffers, in_features: int, values_dtype: torch.dtype) -> Derived:
     """Validate the CSR (uncached); nothing derived from it is built yet."""
+    row_ptr, col, values, *_ = buffers
+    assert row_ptr is not None and col is not None and values is not None
     validate_csr(row_ptr, col, values, in_features, values_dtype)
     return Derived.empty(values_dtype, final=in_features == 0 or row_ptr.numel() <= 1)
 
 
-BUFFERS = ("row_ptr", "col", "values", "bias", "scales", "rowsum")
 _version = operator.attrgetter("_version")
 
 
@@ -128,8 +123,6 @@ def _ptr(t: torch.Tensor | None) -> int:
     return 0 if t is None else int(t.data_ptr())
 
 
-# A layer's buffers in BUFFERS order (None where absent).
-Buffers = tuple[torch.Tensor | None, ...]
 _NativePlan = _native.F32Plan | _native.I8Plan
 
 
@@ -161,7 +154,7 @@ def run(
     """The op's kernel call: the weights validated (cached), layouts built on first need."""
     row_ptr, col, values, bias, *_ = buffers
     assert row_ptr is not None and col is not None and values is not None
-    derived = _checked_derived(row_ptr, col, values, in_features, values_dtype)
+    derived = _checked_derived(buffers, in_features, values_dtype)
     plan = native_plan(buffers, in_features, derived)  # checks bias, scales and rowsum too
     lanes_inner = feature_major(x)
     y = empty_out(x, row_ptr.numel() - 1, lanes_inner)

@@ -284,7 +284,7 @@ class SparseLinear(nn.Module):
         if row_ptr.shape != (self.out_features + 1,):
             raise ValueError(f"row_ptr must have shape ({self.out_features + 1},)")
         expected = torch.int8 if values.dtype == torch.int8 else torch.float32
-        derived = validated_start(row_ptr, col, values, self.in_features, expected)
+        derived = validated_start(buffers, self.in_features, expected)
         return Plan(ids, buffers, self.in_features, derived)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
