@@ -89,10 +89,9 @@ NB_MODULE(_native, m) {
   m.def("spmm_f32_plan",
         [](int64_t in, int64_t out, uintptr_t row_ptr, uintptr_t col, bool col16, uintptr_t val,
            uintptr_t bias, unsigned built, uintptr_t sl_counts, uintptr_t sl_block_off,
-           uintptr_t sl_idx,
-           uintptr_t sl_w, uintptr_t pn_group_start, uintptr_t pn_step_off, uintptr_t pn_rows,
-           uintptr_t pn_off, uintptr_t pn_w, uintptr_t pw_group_start, uintptr_t pw_step_off,
-           uintptr_t pw_rows, uintptr_t pw_off, uintptr_t pw_w) {
+           uintptr_t sl_idx, uintptr_t sl_w, uintptr_t pn_group_start, uintptr_t pn_step_off,
+           uintptr_t pn_rows, uintptr_t pn_off, uintptr_t pn_w, uintptr_t pw_group_start,
+           uintptr_t pw_step_off, uintptr_t pw_rows, uintptr_t pw_off, uintptr_t pw_w) {
           return F32Plan{{nullptr,
                           0,
                           in,
