@@ -243,6 +243,46 @@ def bench_kmeans(quick: bool) -> None:
         )
 
 
+def layer_bytes(layer: kk.SparseLinear) -> int:
+    """The layer's buffers (CSR, bias, int8 scales) and the derived layouts its plan has built."""
+    derived = layer._plan.derived.parts if layer._plan is not None else ()
+    return sum(t.nbytes for t in (*layer.buffers(), *derived) if t is not None)
+
+
+def bench_memory(
+    quick: bool, shape: tuple[int, int] | None = None, sparsity: float | None = None
+) -> None:
+    """Bytes per weight of a sparse layer after serving some batch sizes: the derived layouts
+    are built the first time a batch needs each, so a layer holds what its batches used."""
+    served = ((1,), (8,), (32,), (1, 8, 32))
+    print("\n## Sparse linear memory, bytes per weight (buffers + derived layouts built)")
+    print(
+        "| weight (out×in) | sparsity | dtype | dense fp32 | stored | served at batch 1 | 8 | 32 "
+        "| 1, 8 and 32 |"
+    )
+    print("|---" * 9 + "|")
+    shapes = (shape,) if shape is not None else ((768, 3072), (3072, 768))
+    sparsities = (sparsity,) if sparsity is not None else (0.9,) if quick else (0.5, 0.8, 0.9, 0.99)
+    with torch.no_grad():
+        for out_f, in_f in shapes:
+            for sp in sparsities:
+                lin = pruned_linear(out_f, in_f, sp)
+                n = out_f * in_f
+                dense = sum(t.nbytes for t in lin.parameters()) / n
+                for dtype in (torch.float32, torch.int8):
+                    cells = []
+                    for batches in served:
+                        layer = kk.SparseLinear.from_dense(lin, dtype)
+                        for b in batches:
+                            layer(torch.randn(b, in_f))
+                        cells.append(f"{layer_bytes(layer) / n:.2f}")
+                    stored = layer_bytes(kk.SparseLinear.from_dense(lin, dtype)) / n
+                    print(
+                        f"| {out_f}×{in_f} | {sp:.0%} | {str(dtype).removeprefix('torch.')} "
+                        f"| {dense:.2f} | {stored:.2f} | {' | '.join(cells)} |"
+                    )
+
+
 def _shape(text: str) -> tuple[int, int]:
     out_f, _, in_f = text.lower().partition("x")
     return int(out_f), int(in_f)
@@ -251,7 +291,9 @@ def _shape(text: str) -> tuple[int, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repeats")
-    parser.add_argument("--only", choices=("sparse", "kd", "kmeans"), help="run one benchmark")
+    parser.add_argument(
+        "--only", choices=("sparse", "memory", "kd", "kmeans"), help="run one benchmark"
+    )
     parser.add_argument(
         "--threads", type=int, help="torch.set_num_threads (kernels follow it); default: torch's"
     )
@@ -262,9 +304,13 @@ def main() -> None:
         "implies --threads 1)",
     )
     parser.add_argument(
-        "--shape", type=_shape, help="sparse linear: only this weight shape, OUTxIN (e.g. 3072x768)"
+        "--shape",
+        type=_shape,
+        help="sparse linear and memory: only this weight shape, OUTxIN (e.g. 3072x768)",
     )
-    parser.add_argument("--sparsity", type=float, help="sparse linear: only this sparsity")
+    parser.add_argument(
+        "--sparsity", type=float, help="sparse linear and memory: only this sparsity"
+    )
     parser.add_argument("--batch", type=int, help="sparse linear: only this batch size")
     args = parser.parse_args()
     if args.cpu_time:
@@ -285,6 +331,8 @@ def main() -> None:
     print(f"measured dense sgemm: {sgemm:.1f} GFLOP/s")
     if args.only in (None, "sparse"):
         bench_sparse(args.quick, sgemm, args.shape, args.sparsity, args.batch)
+    if args.only in (None, "memory"):
+        bench_memory(args.quick, args.shape, args.sparsity)
     if args.only in (None, "kmeans"):
         bench_kmeans(args.quick)
     if args.only in (None, "kd"):
