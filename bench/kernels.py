@@ -273,10 +273,10 @@ def bench_memory(
                     cells = []
                     for batches in served:
                         layer = kk.SparseLinear.from_dense(lin, dtype)
+                        stored = layer_bytes(layer) / n  # the buffers alone, as saved
                         for b in batches:
                             layer(torch.randn(b, in_f))
                         cells.append(f"{layer_bytes(layer) / n:.2f}")
-                    stored = layer_bytes(kk.SparseLinear.from_dense(lin, dtype)) / n
                     print(
                         f"| {out_f}×{in_f} | {sp:.0%} | {str(dtype).removeprefix('torch.')} "
                         f"| {dense:.2f} | {stored:.2f} | {' | '.join(cells)} |"

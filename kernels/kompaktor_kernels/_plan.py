@@ -23,6 +23,13 @@ BUFFERS = ("row_ptr", "col", "values", "bias", "scales", "rowsum")
 Buffers = tuple[torch.Tensor | None, ...]
 
 
+def _csr(buffers: Buffers) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """row_ptr, col and values, which every layer has."""
+    row_ptr, col, values, *_ = buffers
+    assert row_ptr is not None and col is not None and values is not None
+    return row_ptr, col, values
+
+
 def feature_major(x: torch.Tensor) -> bool:
     """Whether a 2-D x holds each feature's batch lanes contiguously (x.t() is contiguous, the
     layout torch's CSR matmul returns). Sparse linear keeps that layout: such an x gives such a
@@ -41,8 +48,7 @@ _validated: dict[int, _CacheEntry] = {}
 
 def _checked_derived(buffers: Buffers, in_features: int, values_dtype: torch.dtype) -> Derived:
     """Validate the CSR and return the derived layouts built for it so far, both cached."""
-    row_ptr, col, values, *_ = buffers
-    assert row_ptr is not None and col is not None and values is not None
+    row_ptr, col, values = _csr(buffers)
     tensors = (values, col, row_ptr)
     if any(t.is_inference() for t in tensors):
         # Inference tensors keep no version counter, so nothing proves them unchanged.
@@ -73,8 +79,7 @@ def _remember(values: torch.Tensor, derived: Derived) -> None:
 
 def validated_start(buffers: Buffers, in_features: int, values_dtype: torch.dtype) -> Derived:
     """Validate the CSR (uncached); nothing derived from it is built yet."""
-    row_ptr, col, values, *_ = buffers
-    assert row_ptr is not None and col is not None and values is not None
+    row_ptr, col, values = _csr(buffers)
     validate_csr(row_ptr, col, values, in_features, values_dtype)
     return Derived.empty(values_dtype, final=in_features == 0 or row_ptr.numel() <= 1)
 
@@ -105,9 +110,7 @@ class Plan:
 
     def extended(self, kinds: int, in_features: int) -> Plan:
         """This plan with the derived layouts `kinds` built too."""
-        row_ptr, col, values, *_ = self.buffers
-        assert row_ptr is not None and col is not None and values is not None
-        derived = self.derived.with_kinds(kinds, row_ptr, col, values, in_features)
+        derived = self.derived.with_kinds(kinds, *_csr(self.buffers), in_features)
         return Plan(self.ids, self.buffers, in_features, derived)
 
 
@@ -129,8 +132,8 @@ _NativePlan = _native.F32Plan | _native.I8Plan
 def native_plan(buffers: Buffers, in_features: int, derived: Derived) -> _NativePlan:
     """The native plan over validated CSR weights and the derived layouts built for them (it
     must not outlive any of these tensors)."""
-    row_ptr, col, values, bias, scales, rowsum = buffers
-    assert row_ptr is not None and col is not None and values is not None
+    row_ptr, col, values = _csr(buffers)
+    bias, scales, rowsum = buffers[3:]
     out_features = row_ptr.numel() - 1
     check_vec("bias", bias, out_features, torch.float32)
     head = (
@@ -152,8 +155,8 @@ def run(
     x: torch.Tensor, buffers: Buffers, in_features: int, values_dtype: torch.dtype
 ) -> torch.Tensor:
     """The op's kernel call: the weights validated (cached), layouts built on first need."""
-    row_ptr, col, values, bias, *_ = buffers
-    assert row_ptr is not None and col is not None and values is not None
+    row_ptr, col, values = _csr(buffers)
+    bias = buffers[3]
     derived = _checked_derived(buffers, in_features, values_dtype)
     plan = native_plan(buffers, in_features, derived)  # checks bias, scales and rowsum too
     lanes_inner = feature_major(x)

@@ -277,13 +277,11 @@ class SparseLinear(nn.Module):
         """Validate the current buffers once and bind their raw pointers (None when that cannot
         be cached: inference tensors have no version counter, or the layer is degenerate)."""
         buffers = tuple(map(self._buffers.get, BUFFERS))
-        row_ptr, col, values, *_ = buffers
         if self.in_features == 0 or any(t is not None and t.is_inference() for t in buffers):
             return None
-        assert row_ptr is not None and col is not None and values is not None
-        if row_ptr.shape != (self.out_features + 1,):
+        if self.row_ptr.shape != (self.out_features + 1,):
             raise ValueError(f"row_ptr must have shape ({self.out_features + 1},)")
-        expected = torch.int8 if values.dtype == torch.int8 else torch.float32
+        expected = torch.int8 if self.values.dtype == torch.int8 else torch.float32
         derived = validated_start(buffers, self.in_features, expected)
         return Plan(ids, buffers, self.in_features, derived)
 
