@@ -17,7 +17,12 @@ from kompaktor_kernels._dispatch import (
 )
 from kompaktor_kernels.kd_loss import kd_loss
 from kompaktor_kernels.kmeans import kmeans1d_assign, kmeans1d_step
-from kompaktor_kernels.sparse_linear import SparseLinear, sparsify, weight_sparsity
+from kompaktor_kernels.sparse_linear import (
+    SparseLinear,
+    load_sparse_state_dict,
+    sparsify,
+    weight_sparsity,
+)
 
 __all__ = [
     "ENV_VAR",
@@ -29,6 +34,7 @@ __all__ = [
     "kd_loss",
     "kmeans1d_assign",
     "kmeans1d_step",
+    "load_sparse_state_dict",
     "reference",
     "set_isa",
     "sparsify",

@@ -66,6 +66,51 @@ def check_vec(name: str, t: torch.Tensor | None, n: int, dtype: torch.dtype) -> 
     _checks.contiguous(name, t)
 
 
+def validate_layer(
+    in_features: int,
+    out_features: int,
+    row_ptr: torch.Tensor,
+    col: torch.Tensor,
+    values: torch.Tensor,
+    bias: torch.Tensor | None,
+    scales: torch.Tensor | None,
+    rowsum: torch.Tensor | None,
+) -> None:
+    """Everything a layer's tensors must satisfy (O(nnz)), int8's scales and row sums included:
+    a checkpoint or a caller can hand in any of them, and a wrong one gives wrong outputs, not
+    an error, once it reaches the kernels."""
+    _checks.tensor("values", values)
+    if values.dtype not in (torch.float32, torch.int8):
+        raise TypeError(f"values must be float32 or int8, got {values.dtype}")
+    _checks.tensor("row_ptr", row_ptr)
+    if row_ptr.shape != (out_features + 1,):
+        raise ValueError(
+            f"row_ptr must have shape ({out_features + 1},), got {tuple(row_ptr.shape)}"
+        )
+    validate_csr(row_ptr, col, values, in_features, values.dtype)
+    check_vec("bias", bias, out_features, torch.float32)
+    if values.dtype != torch.int8:
+        return
+    if scales is None or rowsum is None:
+        raise ValueError("int8 values need per-channel scales and rowsum")
+    check_vec("scales", scales, out_features, torch.float32)
+    check_vec("rowsum", rowsum, out_features, torch.int32)
+    if out_features and int((row_ptr[1:] - row_ptr[:-1]).max()) > MAX_I8_ROW_NNZ:
+        raise ValueError(f"int8 rows may hold at most {MAX_I8_ROW_NNZ} non-zeros")
+    if not bool((torch.isfinite(scales) & (scales > 0)).all()):
+        raise ValueError("scales must be finite and positive")
+    sums = torch.zeros(out_features, dtype=torch.int64)
+    sums.index_add_(0, row_ids(row_ptr, values.numel()), values.to(torch.int64))
+    if not torch.equal(sums, rowsum.to(torch.int64)):
+        raise ValueError("rowsum must hold each row's sum of values (the zero-point correction)")
+
+
+def row_ids(row_ptr: torch.Tensor, nnz: int) -> torch.Tensor:
+    """The output row of each non-zero, in storage order."""
+    lengths = (row_ptr[1:] - row_ptr[:-1]).long()
+    return torch.repeat_interleave(torch.arange(row_ptr.numel() - 1), lengths, output_size=nnz)
+
+
 def to_csr(
     weight: torch.Tensor, index_dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -15,6 +15,8 @@ tiles; rows sorted by length and run 8 in lockstep)."""
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -23,11 +25,10 @@ from torch import nn
 from kompaktor_kernels import _checks
 from kompaktor_kernels._csr import (
     INDEX_DTYPES,
-    MAX_I8_ROW_NNZ,
-    check_vec,
     default_index_dtype,
+    row_ids,
     to_csr,
-    validate_csr,
+    validate_layer,
 )
 from kompaktor_kernels._dispatch import num_threads
 from kompaktor_kernels._library import NAMESPACE, check, define, impl_cpu, register_fake
@@ -141,11 +142,8 @@ def _backward_fp32(
     row_ptr, col, values = ctx.saved_tensors  # type: ignore[attr-defined]
     in_features: int = ctx.in_features  # type: ignore[attr-defined]
     out_features = row_ptr.numel() - 1
-    rows = torch.repeat_interleave(
-        torch.arange(out_features), (row_ptr[1:] - row_ptr[:-1]).long(), output_size=col.numel()
-    )
     w = values.new_zeros((out_features, in_features))
-    w[rows, col.long()] = values
+    w[row_ids(row_ptr, col.numel()), col.long()] = values
     return grad @ w, None, None, None, None, None
 
 
@@ -167,7 +165,8 @@ class SparseLinear(nn.Module):
 
     The compressed weights are registered buffers, so state_dict, `torch.export` and `.pt2`
     round trips carry them; loading such a program needs `import kompaktor_kernels` first so the
-    custom ops exist."""
+    custom ops exist. `load_state_dict` takes any non-zero count and index width, and
+    `load_sparse_state_dict` loads a sparsified model's checkpoint into its dense architecture."""
 
     row_ptr: torch.Tensor
     col: torch.Tensor
@@ -189,14 +188,7 @@ class SparseLinear(nn.Module):
         rowsum: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
-        if values.dtype not in (torch.float32, torch.int8):
-            raise TypeError(f"values must be float32 or int8, got {values.dtype}")
-        if row_ptr.shape != (out_features + 1,):
-            raise ValueError(
-                f"row_ptr must have shape ({out_features + 1},), got {tuple(row_ptr.shape)}"
-            )
-        validate_csr(row_ptr, col, values, in_features, values.dtype)
-        check_vec("bias", bias, out_features, torch.float32)
+        validate_layer(in_features, out_features, row_ptr, col, values, bias, scales, rowsum)
         self.in_features = in_features
         self.out_features = out_features
         self._plan: Plan | None = None
@@ -212,10 +204,6 @@ class SparseLinear(nn.Module):
         self.register_buffer("values", values)
         self.register_buffer("bias", bias)
         if values.dtype == torch.int8:
-            if scales is None or rowsum is None:
-                raise ValueError("int8 values need per-channel scales and rowsum")
-            if out_features and int((row_ptr[1:] - row_ptr[:-1]).max()) > MAX_I8_ROW_NNZ:
-                raise ValueError(f"int8 rows may hold at most {MAX_I8_ROW_NNZ} non-zeros")
             self.register_buffer("scales", scales)
             self.register_buffer("rowsum", rowsum)
 
@@ -265,6 +253,75 @@ class SparseLinear(nn.Module):
             bias,
             scales=scales.contiguous(),
             rowsum=rowsum.contiguous(),
+        )
+
+    @classmethod
+    def empty(
+        cls,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        dtype: torch.dtype = torch.float32,
+        index_dtype: torch.dtype | None = None,
+    ) -> SparseLinear:
+        """A layer with no non-zeros (and a zero bias): a slot to load a checkpoint into."""
+        if dtype not in (torch.float32, torch.int8):
+            raise TypeError(f"dtype must be torch.float32 or torch.int8, got {dtype}")
+        int8 = dtype == torch.int8
+        return cls(
+            in_features,
+            out_features,
+            row_ptr=torch.zeros(out_features + 1, dtype=torch.int32),
+            col=torch.empty(0, dtype=index_dtype or default_index_dtype(in_features)),
+            values=torch.empty(0, dtype=dtype),
+            bias=torch.zeros(out_features) if bias else None,
+            scales=torch.ones(out_features) if int8 else None,
+            rowsum=torch.zeros(out_features, dtype=torch.int32) if int8 else None,
+        )
+
+    def _load_from_state_dict(
+        self,
+        state_dict: Mapping[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """Take a checkpoint's weights whatever their number of non-zeros and index dtype.
+
+        The default copies into the current buffers, so it needs the same non-zero count, which
+        a checkpoint pruned apart from this layer rarely has. The checkpoint's tensors are
+        validated as a whole first (a bad or partial set is reported and nothing changes);
+        then the buffers take their shapes and dtypes, and the default copy (or assign) runs."""
+        names = [n for n in BUFFERS if self._buffers.get(n) is not None]
+        present = [n for n in names if prefix + n in state_dict]
+        if 0 < len(present) < len(names):  # part of a layer: take none of it
+            missing_keys.extend(prefix + n for n in names if n not in present)
+            return
+        if present:
+            tensors = {n: state_dict[prefix + n] for n in names}
+            try:
+                values = _checks.tensor("values", tensors["values"])
+                if values.dtype != self.values.dtype:
+                    raise TypeError(
+                        f"values are {values.dtype} in the checkpoint and {self.values.dtype} in "
+                        "the layer (load_sparse_state_dict builds layers of the checkpoint's dtype)"
+                    )
+                validate_layer(
+                    self.in_features, self.out_features, tensors["row_ptr"], tensors["col"],
+                    values, tensors.get("bias"), tensors.get("scales"), tensors.get("rowsum"),
+                )  # fmt: skip
+            except (TypeError, ValueError) as e:
+                error_msgs.append(f"invalid sparse weights for {prefix or 'the layer'}: {e}")
+                return
+            for name, t in tensors.items():
+                held = self._buffers[name]
+                if held is not None and (held.shape != t.shape or held.dtype != t.dtype):
+                    self._buffers[name] = torch.empty(t.shape, dtype=t.dtype)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -364,11 +421,53 @@ def weight_sparsity(linear: nn.Linear) -> float:
     return 1.0 - int(torch.count_nonzero(linear.weight.detach())) / n if n else 0.0
 
 
+# Modules that read their nn.Linear children's weights instead of calling them: a
+# SparseLinear there has no `weight`. MultiheadAttention hands out_proj's to its functional
+# form; TransformerEncoderLayer's fused inference path (and TransformerEncoder's check of it)
+# reads linear1's and linear2's.
+_READS_CHILD_WEIGHTS = (nn.MultiheadAttention, nn.TransformerEncoderLayer)
+
+
+def _why_dense(owner: nn.Module | None, layer: nn.Linear) -> str | None:
+    """Why a SparseLinear cannot stand in for this layer, or None when it can."""
+    if isinstance(owner, _READS_CHILD_WEIGHTS):
+        return f"its owner, a {type(owner).__name__}, reads its weight instead of calling it"
+    if type(layer) is not nn.Linear:
+        return f"it is a {type(layer).__name__}, whose forward may differ from nn.Linear's"
+    return None
+
+
+_Replacement = Callable[[str, nn.Module | None, nn.Linear], nn.Module | None]
+
+
+def _swap_linears(model: nn.Module, replace: _Replacement) -> nn.Module:
+    """Put `replace(path, owner, layer)`, where it is not None, in place of each nn.Linear (a
+    bare nn.Linear model is returned replaced). A layer registered at several paths is offered
+    once, at its first, and its replacement stays shared."""
+    if isinstance(model, nn.Linear):
+        return replace("", None, model) or model
+    done: dict[int, nn.Module | None] = {}
+    for owner_path, owner in list(model.named_modules()):
+        for name, child in list(owner._modules.items()):  # named_children() skips repeats
+            if not isinstance(child, nn.Linear):
+                continue
+            if id(child) not in done:
+                done[id(child)] = replace(f"{owner_path}.{name}".lstrip("."), owner, child)
+            new = done[id(child)]
+            if new is not None:
+                setattr(owner, name, new)
+    return model
+
+
 def sparsify(
     model: nn.Module, dtype: torch.dtype = torch.float32, min_sparsity: float = 0.5
 ) -> nn.Module:
     """Swap, in place, every nn.Linear whose weight sparsity is >= min_sparsity for a
     SparseLinear, and return the model (a bare nn.Linear is returned replaced).
+
+    Layers whose owner reads their weight rather than calling them (nn.MultiheadAttention,
+    nn.TransformerEncoderLayer) and subclasses of nn.Linear stay dense, with a warning naming
+    them: swapping those would break the model or change what it computes.
 
     The default favours speed: at 50 % a fp32 SparseLinear already runs faster than the dense
     layer but, with the layouts its batches build, holds more bytes than it (kernels/README.md,
@@ -377,15 +476,50 @@ def sparsify(
         raise TypeError(f"dtype must be torch.float32 or torch.int8, got {dtype}")
     if not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity must lie in [0, 1], got {min_sparsity}")
-    if isinstance(model, nn.Linear):
-        if weight_sparsity(model) >= min_sparsity:
-            return SparseLinear.from_dense(model, dtype)
-        return model
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear) and weight_sparsity(child) >= min_sparsity:
-                setattr(parent, name, SparseLinear.from_dense(child, dtype))
+    kept: list[str] = []
+
+    def replace(path: str, owner: nn.Module | None, layer: nn.Linear) -> nn.Module | None:
+        if weight_sparsity(layer) < min_sparsity:
+            return None
+        why = _why_dense(owner, layer)
+        if why is not None:
+            kept.append(f"{path or 'the model'}: {why}")
+            return None
+        return SparseLinear.from_dense(layer, dtype)
+
+    model = _swap_linears(model, replace)
+    if kept:
+        warnings.warn(
+            f"sparsify kept {len(kept)} sparse layer(s) dense: {'; '.join(kept)}", stacklevel=2
+        )
     return model
 
 
-__all__ = ["SparseLinear", "sparsify", "weight_sparsity"]
+def load_sparse_state_dict(
+    model: nn.Module, state_dict: Mapping[str, Any], strict: bool = True
+) -> nn.Module:
+    """Load a sparsified model's checkpoint into the dense architecture it came from: each
+    nn.Linear the checkpoint holds in CSR becomes a SparseLinear of the checkpoint's dtype,
+    then `load_state_dict` runs. Returns the model (a bare nn.Linear is returned replaced)."""
+
+    def replace(path: str, owner: nn.Module | None, layer: nn.Linear) -> nn.Module | None:
+        prefix = f"{path}." if path else ""
+        values = state_dict.get(prefix + "values")
+        if not isinstance(values, torch.Tensor) or prefix + "row_ptr" not in state_dict:
+            return None
+        why = _why_dense(owner, layer)
+        if why is not None:
+            raise ValueError(f"{path or 'the model'}: the checkpoint holds it sparse, but {why}")
+        if values.dtype not in (torch.float32, torch.int8):
+            raise TypeError(f"{prefix}values must be float32 or int8, got {values.dtype}")
+        # The load gives the buffers the checkpoint's shapes and index dtype.
+        return SparseLinear.empty(
+            layer.in_features, layer.out_features, layer.bias is not None, values.dtype
+        )
+
+    model = _swap_linears(model, replace)
+    model.load_state_dict(state_dict, strict=strict)
+    return model
+
+
+__all__ = ["SparseLinear", "load_sparse_state_dict", "sparsify", "weight_sparsity"]

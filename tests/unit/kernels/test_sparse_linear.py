@@ -658,12 +658,158 @@ def test_sparsify_int8() -> None:
     assert (out(x) - expected).abs().max() < 0.05 * expected.abs().max() + 1e-3
 
 
-def test_state_dict_round_trip() -> None:
+def test_sparsify_keeps_layers_their_owner_reads_dense() -> None:
+    """nn.MultiheadAttention and nn.TransformerEncoderLayer's fused inference path read their
+    linear children's weights; swapping those broke the model (no `weight`). Subclasses may have
+    their own forward. All of them stay dense, named in a warning; the rest is swapped."""
+
+    class Scaled(nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * super().forward(x)
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True)
+            self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+            self.ff = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 32))
+            self.scaled = Scaled(32, 32)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.encoder(x)
+            return self.scaled(self.ff(self.attn(x, x, x)[0]))
+
+    block = Block().eval()
+    with torch.no_grad():
+        for param in block.parameters():
+            param.mul_(torch.rand_like(param) >= 0.9)
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        expected = block(x)  # eval, batch_first, no grad: the encoder's fused path
+    with pytest.warns(UserWarning, match="kept 5 sparse layer") as caught:
+        kk.sparsify(block)
+    message = str(caught[0].message)
+    for path in ("encoder.linear1", "encoder.linear2", "encoder.self_attn.out_proj"):
+        assert path in message
+    assert "attn.out_proj: its owner, a MultiheadAttention" in message
+    assert "scaled: it is a Scaled" in message
+    assert isinstance(block.ff[0], kk.SparseLinear) and isinstance(block.ff[2], kk.SparseLinear)
+    assert type(block.scaled) is Scaled and type(block.encoder.linear1) is nn.Linear
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_sparsify_keeps_a_shared_layer_shared() -> None:
+    shared = pruned(8, 8, 0.9)
+    model = nn.Sequential(shared, nn.ReLU(), shared)
+    kk.sparsify(model)
+    assert isinstance(model[0], kk.SparseLinear) and model[0] is model[2]
+
+
+def _retrained(lin: nn.Linear) -> nn.Linear:
+    """The same layer pruned again: other positions, another non-zero count."""
+    other = pruned(lin.out_features, lin.in_features, 0.6)
+    assert int(torch.count_nonzero(other.weight)) != int(torch.count_nonzero(lin.weight))
+    return other
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int8])
+@pytest.mark.parametrize("assign", [False, True])
+def test_state_dict_loads_any_nonzero_count_and_index_dtype(
+    dtype: torch.dtype, assign: bool
+) -> None:
+    """A checkpoint of the layer pruned apart from it has another nnz, so the default copy into
+    the buffers (which needs equal shapes) refused it; now the buffers take its shapes."""
+    lin = pruned(9, 10, 0.9)
+    layer = kk.SparseLinear.from_dense(lin, dtype)
+    x = torch.randn(3, 10)
+    layer(x)  # a cached plan over the old buffers must not survive the load
+    other = _retrained(lin)
+    saved = kk.SparseLinear.from_dense(other, dtype, index_dtype=torch.int32).state_dict()
+    layer.load_state_dict(saved, assign=assign)
+    assert layer.col.dtype == torch.int32 and layer.nnz == saved["values"].numel()
+    twin = kk.SparseLinear.from_dense(other, dtype)
+    torch.testing.assert_close(layer(x), twin(x), rtol=0, atol=0)
+    assert set(layer.state_dict()) == set(saved)
+
+
+def test_bad_checkpoints_are_refused_and_change_nothing() -> None:
     lin = pruned(9, 10, 0.7)
-    a = kk.SparseLinear.from_dense(lin, torch.int8)
-    b = kk.SparseLinear.from_dense(lin, torch.int8)
-    b.load_state_dict(a.state_dict())
-    assert set(a.state_dict()) == {"row_ptr", "col", "values", "bias", "scales", "rowsum"}
+    layer = kk.SparseLinear.from_dense(lin)
+    x = torch.randn(3, 10)
+    expected = layer(x)
+    int8 = kk.SparseLinear.from_dense(lin, torch.int8).state_dict()
+    with pytest.raises(RuntimeError, match=r"values are torch\.int8 in the checkpoint"):
+        layer.load_state_dict(
+            {k: v for k, v in int8.items() if k in ("row_ptr", "col", "values", "bias")}
+        )
+    bad = kk.SparseLinear.from_dense(_retrained(lin)).state_dict()
+    bad["col"][0] = 10
+    with pytest.raises(RuntimeError, match=r"invalid sparse weights for the layer: col indices"):
+        layer.load_state_dict(bad)
+    bad = kk.SparseLinear.from_dense(_retrained(lin)).state_dict()
+    del bad["col"]
+    with pytest.raises(RuntimeError, match=r'Missing key.*"col"'):
+        layer.load_state_dict(bad)
+    torch.testing.assert_close(layer(x), expected, rtol=0, atol=0)
+    layer8 = kk.SparseLinear.from_dense(lin, torch.int8)
+    int8["rowsum"][0] += 1
+    with pytest.raises(RuntimeError, match="rowsum must hold each row's sum"):
+        layer8.load_state_dict(int8)
+
+
+def test_load_sparse_state_dict_rebuilds_a_sparsified_model() -> None:
+    """The checkpoint of a sparsified model loads into its dense architecture, through
+    torch.load(weights_only=True), with each layer's dtype and index width."""
+
+    def architecture() -> nn.Sequential:
+        return nn.Sequential(
+            nn.Linear(24, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)
+        )
+
+    model = architecture()
+    with torch.no_grad():
+        for i in (0, 2):
+            model[i].weight.mul_(torch.rand_like(model[i].weight) >= 0.9)
+    model[0] = kk.SparseLinear.from_dense(model[0], index_dtype=torch.int32)
+    model[2] = kk.SparseLinear.from_dense(model[2], torch.int8)  # model[4] stays dense
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    fresh = kk.load_sparse_state_dict(architecture(), state)
+    assert isinstance(fresh[0], kk.SparseLinear) and fresh[0].col.dtype == torch.int32
+    assert isinstance(fresh[2], kk.SparseLinear) and fresh[2].dtype == torch.int8
+    assert type(fresh[4]) is nn.Linear
+    x = torch.randn(5, 24)
+    torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
+    bare = kk.load_sparse_state_dict(
+        nn.Linear(24, 16), {k[2:]: v for k, v in state.items() if k.startswith("0.")}
+    )
+    torch.testing.assert_close(bare(x), model[0](x), rtol=0, atol=0)
+    attention = nn.MultiheadAttention(16, 2)
+    sparse = kk.SparseLinear.from_dense(pruned(16, 16, 0.9)).state_dict()
+    state = {**attention.state_dict(), **{f"out_proj.{k}": v for k, v in sparse.items()}}
+    del state["out_proj.weight"]
+    with pytest.raises(ValueError, match="out_proj: the checkpoint holds it sparse, but its owner"):
+        kk.load_sparse_state_dict(attention, state)
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda t: t["rowsum"].add_(1), "rowsum must hold"),
+        (lambda t: t["scales"].zero_(), "scales must be finite and positive"),
+        (lambda t: t["scales"].fill_(float("nan")), "scales must be finite and positive"),
+        (lambda t: t.update(scales=t["scales"].double()), "scales must have dtype"),
+    ],
+)
+def test_int8_layer_rejects_inconsistent_quantisation(edit: object, match: str) -> None:
+    tensors = dict(kk.SparseLinear.from_dense(pruned(6, 10, 0.5), torch.int8).state_dict())
+    assert callable(edit)
+    edit(tensors)
+    with pytest.raises((TypeError, ValueError), match=match):
+        kk.SparseLinear(10, 6, **tensors)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.int8])

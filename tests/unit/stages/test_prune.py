@@ -182,3 +182,24 @@ def test_sparse_runtime_keeps_the_pruned_function(
     assert result.details["runtime"] in {"sparse", "dense (kompaktor_kernels not importable)"}
     if result.details["runtime"] == "sparse":
         assert result.metrics["sparseLayers"] >= 1
+
+
+def test_sparse_runtime_logs_the_layers_it_keeps_dense() -> None:
+    """An attention block's out_proj is read by its owner, so sparsify keeps it dense and
+    warns; the stage's log, not stderr, is where a user looks for that."""
+    from types import SimpleNamespace
+
+    from kompaktor.stages.prune import _sparse_runtime
+
+    model = torch.nn.ModuleDict(
+        {"attn": torch.nn.MultiheadAttention(16, 2), "head": torch.nn.Linear(16, 4)}
+    )
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(torch.rand_like(param) >= 0.9)
+    lines: list[str] = []
+    ctx = SimpleNamespace(log=lines.append)
+    metrics: dict[str, float] = {}
+    _sparse_runtime(ctx, model, metrics, {})  # type: ignore[arg-type]
+    assert metrics["sparseLayers"] == 1.0
+    assert any("attn.out_proj: its owner, a MultiheadAttention" in line for line in lines)
