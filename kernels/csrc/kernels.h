@@ -65,10 +65,11 @@ struct SpmmI8Args {
 struct KdArgs {
   const float* s;  // [N, V] student logits
   const float* t;  // [N, V] teacher logits
-  const int64_t* labels;
+  const int64_t* labels;  // [N], in [0, V) or ignore_index
   int64_t N, V;
   float T, alpha;
-  float* grad;  // [N, V] d(mean loss)/ds, or nullptr
+  int64_t ignore_index;  // rows with this label count for nothing, in the loss or the mean
+  float* grad;           // [N, V] d(mean loss)/ds (0 in ignored rows), or nullptr
   int nthreads;
 };
 
@@ -76,7 +77,7 @@ struct KdArgs {
   namespace ns {                               \
   void spmm_f32(const SpmmF32Args& a);         \
   void spmm_i8(const SpmmI8Args& a);           \
-  double kd_loss(const KdArgs& a); /* sum */   \
+  double kd_loss(const KdArgs& a); /* mean */  \
   unsigned spmm_f32_layouts(int64_t B);        \
   unsigned spmm_i8_layouts(int64_t B);         \
   }

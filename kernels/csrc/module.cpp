@@ -63,7 +63,7 @@ using I8Plan = Plan<kk::SpmmI8Args, kk::spmm_i8, kk::spmm_i8_layouts>;
 
 NB_MODULE(_native, m) {
   m.doc() = "Kompaktor compiled kernels (CPU, runtime ISA dispatch)";
-  m.def("version", []() { return 7; });
+  m.def("version", []() { return 8; });
   m.def("best_isa", []() { return static_cast<int>(kk::best_isa()); },
         "Best path this CPU supports: 0 portable, 1 avx2, 2 avx512.");
   m.def("active_isa", []() { return static_cast<int>(kk::active_isa()); });
@@ -176,7 +176,7 @@ NB_MODULE(_native, m) {
   m.def(
       "kd_loss",
       [](In<float> s, In<float> t, In<int64_t> labels, float T, float alpha,
-         std::optional<Out<float>> grad, int nthreads) {
+         int64_t ignore_index, std::optional<Out<float>> grad, int nthreads) {
         require(s.ndim() == 2 && t.ndim() == 2 && s.shape(0) == t.shape(0) &&
                     s.shape(1) == t.shape(1),
                 "student and teacher logits must be 2-D with equal shapes");
@@ -184,14 +184,16 @@ NB_MODULE(_native, m) {
         require(!grad || (grad->ndim() == 2 && grad->shape(0) == s.shape(0) &&
                           grad->shape(1) == s.shape(1)),
                 "grad must match the logits");
-        kk::KdArgs a{s.data(), t.data(), labels.data(), (int64_t)s.shape(0), (int64_t)s.shape(1),
-                     T,        alpha,    grad ? grad->data() : nullptr,      nthreads};
+        kk::KdArgs a{s.data(),     t.data(), labels.data(), (int64_t)s.shape(0),
+                     (int64_t)s.shape(1), T,  alpha,         ignore_index,
+                     grad ? grad->data() : nullptr, nthreads};
         nb::gil_scoped_release release;
         return kk::kd_loss(a);
       },
       nb::arg("student"), nb::arg("teacher"), nb::arg("labels"), nb::arg("temperature"),
-      nb::arg("alpha"), nb::arg("grad").none(), nb::arg("nthreads"),
-      "Sum over rows of the per-row distillation loss; fills grad (of the mean) if given.");
+      nb::arg("alpha"), nb::arg("ignore_index"), nb::arg("grad").none(), nb::arg("nthreads"),
+      "Mean over the rows not labelled ignore_index (NaN if none) of the distillation loss; "
+      "fills grad (of that mean) if given.");
 
   m.def(
       "kmeans1d_step",

@@ -98,6 +98,7 @@ def kd_loss(
     labels: Any,
     temperature: float,
     alpha: float,
+    ignore_index: int,
     grad: Any | None,
     nthreads: int,
 ) -> float: ...

@@ -18,7 +18,7 @@ from kompaktor_kernels._library import NAMESPACE, check, define, impl_cpu, regis
 
 define(
     "kd_loss(Tensor student, Tensor teacher, Tensor labels, float temperature, float alpha, "
-    "bool compute_grad) -> (Tensor, Tensor)"
+    "int ignore_index, bool compute_grad) -> (Tensor, Tensor)"
 )
 
 
@@ -28,27 +28,32 @@ def _validate(
     labels: torch.Tensor,
     temperature: float,
     alpha: float,
+    ignore_index: int,
     check_labels: bool = True,
 ) -> None:
-    """Structure, dtypes and scalars; label range too unless tracing (it is data-dependent)."""
+    """Structure, dtypes and scalars of [..., vocab] logits and [...] labels; label values too
+    unless tracing (they are data)."""
     for name, t in (("student_logits", student), ("teacher_logits", teacher), ("labels", labels)):
         _checks.tensor(name, t)
         _checks.cpu_dense(name, t)
     _checks.dtype("student_logits", student, torch.float32)
     _checks.dtype("teacher_logits", teacher, torch.float32)
     _checks.dtype("labels", labels, torch.int64)
-    if student.dim() != 2:
-        raise ValueError(f"student_logits must be 2-D [rows, vocab], got {tuple(student.shape)}")
+    if student.dim() < 2:
+        raise ValueError(
+            f"student_logits must be [rows, vocab] or [..., vocab], got {tuple(student.shape)}"
+        )
     if teacher.shape != student.shape:
         raise ValueError(
             f"teacher_logits shape {tuple(teacher.shape)} differs from student_logits "
             f"shape {tuple(student.shape)}"
         )
-    rows, vocab = student.shape
-    if rows == 0 or vocab == 0:
+    if student.numel() == 0:
         raise ValueError(f"logits must be non-empty, got shape {tuple(student.shape)}")
-    if labels.shape != (rows,):
-        raise ValueError(f"labels must have shape ({rows},), got {tuple(labels.shape)}")
+    if labels.shape != student.shape[:-1]:
+        raise ValueError(
+            f"labels must have shape {tuple(student.shape[:-1])}, got {tuple(labels.shape)}"
+        )
     for name, t in (("student_logits", student), ("teacher_logits", teacher), ("labels", labels)):
         _checks.contiguous(name, t)
     if not (math.isfinite(temperature) and temperature > 0):
@@ -57,9 +62,14 @@ def _validate(
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
     if not check_labels:
         return
-    lo, hi = int(labels.min()), int(labels.max())
-    if lo < 0 or hi >= vocab:
-        raise ValueError(f"labels must lie in [0, {vocab}), got values in [{lo}, {hi}]")
+    vocab = student.shape[-1]
+    counted = labels[labels != ignore_index]
+    if counted.numel() and (int(counted.min()) < 0 or int(counted.max()) >= vocab):
+        lo, hi = int(counted.min()), int(counted.max())
+        raise ValueError(
+            f"labels must lie in [0, {vocab}) or equal ignore_index ({ignore_index}), "
+            f"got values in [{lo}, {hi}]"
+        )
 
 
 def _kd_loss_cpu(
@@ -68,23 +78,25 @@ def _kd_loss_cpu(
     labels: torch.Tensor,
     temperature: float,
     alpha: float,
+    ignore_index: int,
     compute_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    _validate(student, teacher, labels, temperature, alpha)
+    _validate(student, teacher, labels, temperature, alpha, ignore_index)
+    check(student.dim() == 2, "the kd_loss op takes 2-D logits (kd_loss flattens the rest)")
     grad = torch.empty_like(student) if compute_grad else student.new_empty((0,))
     # detach(): DLPack refuses tensors that require grad, and nanobind would then fall back to a
     # converting copy of the whole logits tensor.
-    total = _native.kd_loss(
+    mean = _native.kd_loss(
         student.detach(),
         teacher.detach(),
         labels,
         float(temperature),
         float(alpha),
+        int(ignore_index),
         grad if compute_grad else None,
         num_threads(),
     )
-    loss = torch.tensor(total / student.shape[0], dtype=torch.float32)
-    return loss, grad
+    return torch.tensor(mean, dtype=torch.float32), grad
 
 
 impl_cpu("kd_loss", _kd_loss_cpu)
@@ -97,9 +109,10 @@ def _kd_loss_fake(
     labels: torch.Tensor,
     temperature: float,
     alpha: float,
+    ignore_index: int,
     compute_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    check(student.dim() == 2, "student_logits must be 2-D")
+    check(student.dim() == 2, "the kd_loss op takes 2-D logits (kd_loss flattens the rest)")
     grad = student.new_empty(student.shape) if compute_grad else student.new_empty((0,))
     return student.new_empty(()), grad
 
@@ -124,7 +137,7 @@ def _setup(
 def _backward(
     ctx: torch.autograd.function.FunctionCtx, grad_loss: torch.Tensor | None, _grad_grad: object
 ) -> tuple[torch.Tensor | None, ...]:
-    nones: tuple[None, ...] = (None,) * 5
+    nones: tuple[None, ...] = (None,) * 6
     if grad_loss is None:  # grads are not materialised: nothing flowed into the loss
         return (None, *nones)
     holder: list[torch.Tensor] | None = ctx.holder  # type: ignore[attr-defined]
@@ -150,15 +163,26 @@ def kd_loss(
     labels: torch.Tensor,
     temperature: float = 1.0,
     alpha: float = 0.5,
+    ignore_index: int = -100,
 ) -> torch.Tensor:
     """alpha·T²·KL(teacher ‖ student, both at temperature T) + (1-alpha)·CE(student, labels),
     averaged over rows; differentiable w.r.t. the student logits (the teacher is a constant).
 
-    Same value as `reference.kd_loss_reference` within float rounding."""
+    Logits are [rows, vocab] or [..., vocab] (e.g. [batch, sequence, vocab]) with labels of
+    the leading shape. Rows labelled ignore_index (padding, as in F.cross_entropy) count in
+    neither term nor the mean, and get a zero gradient; if every row is, the loss is NaN, as
+    F.cross_entropy's. Same value as `reference.kd_loss_reference` within float rounding."""
     # Label values are checked inside the op (at run time), so tracing never reads data here.
-    _validate(student_logits, teacher_logits, labels, temperature, alpha, check_labels=False)
+    _validate(student_logits, teacher_logits, labels, temperature, alpha, ignore_index, False)
+    if student_logits.dim() > 2:  # views: _validate checked they are contiguous
+        student_logits, teacher_logits = (
+            student_logits.flatten(0, -2),
+            teacher_logits.flatten(0, -2),
+        )
+        labels = labels.flatten()
     compute_grad = torch.is_grad_enabled() and student_logits.requires_grad
     loss, _ = torch.ops.kompaktor_kernels.kd_loss(
-        student_logits, teacher_logits, labels, float(temperature), float(alpha), compute_grad
-    )
+        student_logits, teacher_logits, labels, float(temperature), float(alpha),
+        int(ignore_index), compute_grad,
+    )  # fmt: skip
     return loss  # type: ignore[no-any-return]

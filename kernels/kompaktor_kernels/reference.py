@@ -14,17 +14,24 @@ def kd_loss_reference(
     labels: torch.Tensor,
     temperature: float,
     alpha: float,
+    ignore_index: int = -100,
 ) -> torch.Tensor:
     """alpha·T²·KL(teacher ‖ student at temperature T) + (1-alpha)·CE(student, labels), mean
-    over rows; the eager composition the fused kernel replaces."""
+    over the rows not labelled ignore_index; the eager composition the fused kernel replaces.
+    Logits [..., vocab], labels [...]."""
     T = temperature
-    kl = F.kl_div(
-        F.log_softmax(student_logits / T, dim=-1),
-        F.log_softmax(teacher_logits.detach() / T, dim=-1),
+    vocab = student_logits.shape[-1]
+    student, labels = student_logits.reshape(-1, vocab), labels.reshape(-1)
+    kl_rows = F.kl_div(
+        F.log_softmax(student / T, dim=-1),
+        F.log_softmax(teacher_logits.detach().reshape(-1, vocab) / T, dim=-1),
         log_target=True,
-        reduction="batchmean",
-    )
-    return kl * T * T * alpha + (1 - alpha) * F.cross_entropy(student_logits, labels)
+        reduction="none",
+    ).sum(dim=-1)
+    kept = labels != ignore_index
+    kl = torch.where(kept, kl_rows, 0.0).sum() / kept.sum()
+    ce = F.cross_entropy(student, labels, ignore_index=ignore_index)
+    return kl * T * T * alpha + (1 - alpha) * ce
 
 
 def sparse_linear_reference(

@@ -283,58 +283,69 @@ void check_i8(const Csr& w, double density, const std::vector<float>& bias, Rng&
 }
 
 // alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, label) per row, and the
-// gradient of the mean over rows, in double.
+// gradient of the mean over the rows not labelled ignore_index (zero in those), in double;
+// with no row ignored, with one, and with all (NaN loss, zero gradient).
 void check_kd(Rng& rng) {
-  const int64_t N = 5, V = 1001;
+  const int64_t N = 5, V = 1001, ignore = -100;
   const float T = 2.f, alpha = 0.3f;
   std::vector<float> s(N * V), t(N * V);
   for (float& v : s) v = 3.f * rng.normal();
   for (float& v : t) v = 3.f * rng.normal();
-  std::vector<int64_t> labels{0, 7, 1000, 500, 3};
-  double want = 0.0;
-  std::vector<double> grad(N * V);
-  for (int64_t n = 0; n < N; ++n) {
-    const float* sr = s.data() + n * V;
-    const float* tr = t.data() + n * V;
-    double ms = -INFINITY, mt = -INFINITY;
-    for (int64_t j = 0; j < V; ++j) {
-      ms = std::max(ms, (double)sr[j]);
-      mt = std::max(mt, (double)tr[j]);
-    }
-    double zs = 0, zt = 0, z = 0;
-    for (int64_t j = 0; j < V; ++j) {
-      zs += std::exp((sr[j] - ms) / T);
-      zt += std::exp((tr[j] - mt) / T);
-      z += std::exp(sr[j] - ms);
-    }
-    double kl = 0;
-    for (int64_t j = 0; j < V; ++j) {
-      const double ls = (sr[j] - ms) / T - std::log(zs), lt = (tr[j] - mt) / T - std::log(zt);
-      kl += std::exp(lt) * (lt - ls);
-      const double g = alpha * T * (std::exp(ls) - std::exp(lt)) +
-                       (1 - alpha) * (std::exp(sr[j] - ms) / z - (j == labels[n] ? 1.0 : 0.0));
-      grad[n * V + j] = g / N;
-    }
-    want += alpha * T * T * kl + (1 - alpha) * (std::log(z) + ms - sr[labels[n]]);
-  }
-  for (const int threads : {1, 2}) {
-    std::vector<float> g(N * V, NAN);
-    const double got = kk::kd_loss({s.data(), t.data(), labels.data(), N, V, T, alpha, g.data(),
-                                    threads});
-    ++g_checks;
-    char buf[160];
-    if (!(std::fabs(got - want) <= 1e-5 * std::fabs(want))) {
-      std::snprintf(buf, sizeof buf, "kd_loss isa=%d threads=%d: loss %.8g, want %.8g",
-                    (int)kk::active_isa(), threads, got, want);
-      fail(buf);
-    }
-    for (int64_t k = 0; k < N * V; ++k)
-      if (!(std::fabs(g[k] - grad[k]) <= 1e-7 + 1e-4 * std::fabs(grad[k]))) {
-        std::snprintf(buf, sizeof buf, "kd_loss isa=%d threads=%d: grad[%lld] %.8g, want %.8g",
-                      (int)kk::active_isa(), threads, (long long)k, g[k], grad[k]);
-        fail(buf);
-        break;
+  const std::vector<std::vector<int64_t>> label_sets{
+      {0, 7, 1000, 500, 3}, {0, ignore, 1000, 500, 3}, {ignore, ignore, ignore, ignore, ignore}};
+  for (const std::vector<int64_t>& labels : label_sets) {
+    int64_t kept = 0;
+    for (const int64_t l : labels) kept += l != ignore;
+    double want = 0.0;
+    std::vector<double> grad(N * V, 0.0);
+    for (int64_t n = 0; n < N; ++n) {
+      if (labels[n] == ignore) continue;
+      const float* sr = s.data() + n * V;
+      const float* tr = t.data() + n * V;
+      double ms = -INFINITY, mt = -INFINITY;
+      for (int64_t j = 0; j < V; ++j) {
+        ms = std::max(ms, (double)sr[j]);
+        mt = std::max(mt, (double)tr[j]);
       }
+      double zs = 0, zt = 0, z = 0;
+      for (int64_t j = 0; j < V; ++j) {
+        zs += std::exp((sr[j] - ms) / T);
+        zt += std::exp((tr[j] - mt) / T);
+        z += std::exp(sr[j] - ms);
+      }
+      double kl = 0;
+      for (int64_t j = 0; j < V; ++j) {
+        const double ls = (sr[j] - ms) / T - std::log(zs), lt = (tr[j] - mt) / T - std::log(zt);
+        kl += std::exp(lt) * (lt - ls);
+        const double g = alpha * T * (std::exp(ls) - std::exp(lt)) +
+                         (1 - alpha) * (std::exp(sr[j] - ms) / z - (j == labels[n] ? 1.0 : 0.0));
+        grad[n * V + j] = g / kept;
+      }
+      want += alpha * T * T * kl + (1 - alpha) * (std::log(z) + ms - sr[labels[n]]);
+    }
+    want = kept ? want / kept : NAN;
+    for (const int threads : {1, 2}) {
+      std::vector<float> g(N * V, NAN);
+      const double got = kk::kd_loss(
+          {s.data(), t.data(), labels.data(), N, V, T, alpha, ignore, g.data(), threads});
+      ++g_checks;
+      char buf[160];
+      const bool ok = kept ? std::fabs(got - want) <= 1e-5 * std::fabs(want) : std::isnan(got);
+      if (!ok) {
+        std::snprintf(buf, sizeof buf, "kd_loss isa=%d threads=%d kept=%lld: loss %.8g, want %.8g",
+                      (int)kk::active_isa(), threads, (long long)kept, got, want);
+        fail(buf);
+      }
+      for (int64_t k = 0; k < N * V; ++k)
+        if (!(std::fabs(g[k] - grad[k]) <= 1e-7 + 1e-4 * std::fabs(grad[k]))) {
+          std::snprintf(buf, sizeof buf,
+                        "kd_loss isa=%d threads=%d kept=%lld: grad[%lld] %.8g, want %.8g",
+                        (int)kk::active_isa(), threads, (long long)kept, (long long)k, g[k],
+                        grad[k]);
+          fail(buf);
+          break;
+        }
+    }
   }
 }
 

@@ -105,7 +105,9 @@ def test_traceable_by_compile_and_export() -> None:
         ({"labels": torch.tensor([0])}, ValueError, r"labels must have shape \(2,\)"),
         ({"temperature": 0.0}, ValueError, "temperature"),
         ({"alpha": 1.5}, ValueError, "alpha"),
-        ({"s": torch.randn(2, 3, 1)}, ValueError, "2-D"),
+        ({"s": torch.randn(3), "t": torch.randn(3)}, ValueError, r"\[rows, vocab\]"),
+        ({"s": torch.randn(2, 1, 3), "t": torch.randn(2, 1, 3)}, ValueError, r"\(2, 1\)"),
+        ({"labels": torch.tensor([-1, 2])}, ValueError, r"or equal ignore_index \(-100\)"),
         (
             {"s": torch.empty(0, 3), "t": torch.empty(0, 3), "labels": torch.empty(0).long()},
             ValueError,
@@ -124,6 +126,48 @@ def test_bad_input(kwargs: dict[str, object], exc: type[Exception], match: str) 
     args.update(kwargs)
     with pytest.raises(exc, match=match):
         kk.kd_loss(args["s"], args["t"], args["labels"], args["temperature"], args["alpha"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("rows", "vocab"), [(1, 7), (33, 1001), (64, 4099)])
+@pytest.mark.parametrize("ignore_index", [-100, 0])
+def test_ignored_rows_count_for_nothing(isa: str, rows: int, vocab: int, ignore_index: int) -> None:
+    """Padding rows (label ignore_index, as in F.cross_entropy) leave both terms and the mean;
+    a valid class id may serve as ignore_index too."""
+    s, t, labels = _inputs(rows, vocab)
+    labels[::3] = ignore_index
+    s1 = s.clone().requires_grad_()
+    s2 = s.clone().requires_grad_()
+    got = kk.kd_loss(s1, t, labels, 2.0, 0.4, ignore_index=ignore_index)
+    ref = kd_loss_reference(s2, t, labels, 2.0, 0.4, ignore_index=ignore_index)
+    kept = labels != ignore_index
+    if kept.any():
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+        unpadded = kk.kd_loss(s[kept], t[kept], labels[kept], 2.0, 0.4)
+        torch.testing.assert_close(got, unpadded, rtol=1e-6, atol=1e-6)
+    else:  # rows == 1: its one row is ignored
+        assert got.isnan() and ref.isnan()
+    got.backward()
+    ref.backward()
+    assert s1.grad is not None and s2.grad is not None
+    assert not s1.grad[~kept].any()
+    torch.testing.assert_close(s1.grad, s2.grad.nan_to_num(0.0), rtol=1e-4, atol=1e-7)
+
+
+def test_sequence_logits_with_padding(isa: str) -> None:
+    """[batch, sequence, vocab] logits with [batch, sequence] labels, padded with -100."""
+    s, t, labels = _inputs(4 * 9, 257)
+    s, t, labels = s.view(4, 9, 257), t.view(4, 9, 257), labels.view(4, 9)
+    labels[:, 6:] = -100
+    s1 = s.clone().requires_grad_()
+    s2 = s.clone().requires_grad_()
+    got = kk.kd_loss(s1, t, labels, 2.0, 0.5)
+    ref = kd_loss_reference(s2, t, labels, 2.0, 0.5)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    got.backward()
+    ref.backward()
+    assert s1.grad is not None and s2.grad is not None and s1.grad.shape == s.shape
+    torch.testing.assert_close(s1.grad, s2.grad, rtol=1e-4, atol=1e-7)
+    assert not s1.grad[:, 6:].any()
 
 
 def test_second_backward_is_a_clear_error() -> None:
