@@ -22,6 +22,8 @@ def _check(values: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor,
     if centroids.dim() != 1 or centroids.numel() == 0:
         raise ValueError(f"centroids must be a non-empty 1-D tensor, got {tuple(centroids.shape)}")
     c = centroids.detach().to(torch.float64).contiguous()
+    if not bool(torch.isfinite(c).all()):  # NaN compares false and would pass as sorted
+        raise ValueError("centroids must be finite")
     if c.numel() > 1 and bool((c[1:] < c[:-1]).any()):
         raise ValueError("centroids must be sorted ascending")
     return values.detach().reshape(-1).contiguous(), c

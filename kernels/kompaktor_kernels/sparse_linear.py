@@ -125,31 +125,49 @@ def _sparse_linear_int8_fake(
     return empty_out(x, row_ptr.shape[0] - 1, feature_major(x))
 
 
-def _setup_fp32(
+def _dense_weight(
+    row_ptr: torch.Tensor,
+    col: torch.Tensor,
+    values: torch.Tensor,
+    scales: torch.Tensor | None,
+    in_features: int,
+) -> torch.Tensor:
+    """The [out, in] fp32 weight the CSR holds; int8 values times their per-row scales."""
+    rows = row_ids(row_ptr, col.numel())
+    w = torch.zeros((row_ptr.numel() - 1, in_features), dtype=torch.float32)
+    w[rows, col.long()] = values if scales is None else values.float() * scales[rows]
+    return w
+
+
+def _setup(
     ctx: torch.autograd.function.FunctionCtx, inputs: tuple[object, ...], output: torch.Tensor
 ) -> None:
-    _, row_ptr, col, values, _, in_features = inputs
+    """Both ops: (x, row_ptr, col, values, [scales, rowsum,] bias, in_features)."""
+    row_ptr, col, values = inputs[1:4]
+    scales = inputs[4] if len(inputs) == 8 else None
+    in_features = inputs[-1]
     assert isinstance(row_ptr, torch.Tensor) and isinstance(col, torch.Tensor)
     assert isinstance(values, torch.Tensor) and isinstance(in_features, int)
-    ctx.save_for_backward(row_ptr, col, values)
+    saved = (row_ptr, col, values) if scales is None else (row_ptr, col, values, scales)
+    ctx.save_for_backward(*saved)
     ctx.in_features = in_features  # type: ignore[attr-defined]
+    ctx.n_inputs = len(inputs)  # type: ignore[attr-defined]
 
 
-def _backward_fp32(
+def _backward(
     ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
 ) -> tuple[torch.Tensor | None, ...]:
-    """dL/dx = dL/dy · W (weights are frozen buffers: no weight gradient)."""
-    row_ptr, col, values = ctx.saved_tensors  # type: ignore[attr-defined]
+    """dL/dx = dL/dy · W (weights are frozen buffers: no weight gradient). int8 layers give the
+    straight-through gradient QAT uses: W is the dequantised weight, and the activations'
+    rounding counts as the identity (their dynamic range always covers x)."""
+    row_ptr, col, values, *scales = ctx.saved_tensors  # type: ignore[attr-defined]
     in_features: int = ctx.in_features  # type: ignore[attr-defined]
-    out_features = row_ptr.numel() - 1
-    w = values.new_zeros((out_features, in_features))
-    w[row_ids(row_ptr, col.numel()), col.long()] = values
-    return grad @ w, None, None, None, None, None
+    w = _dense_weight(row_ptr, col, values, scales[0] if scales else None, in_features)
+    return (grad @ w, *(None,) * (ctx.n_inputs - 1))  # type: ignore[attr-defined]
 
 
-torch.library.register_autograd(
-    f"{NAMESPACE}::sparse_linear", _backward_fp32, setup_context=_setup_fp32
-)
+for _op in ("sparse_linear", "sparse_linear_int8"):
+    torch.library.register_autograd(f"{NAMESPACE}::{_op}", _backward, setup_context=_setup)
 
 
 def _plain(t: torch.Tensor | None) -> torch.Tensor | None:

@@ -62,6 +62,8 @@ def test_empty_values() -> None:
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="sorted"):
         kk.kmeans1d_step(torch.randn(4), torch.tensor([1.0, 0.0]))
+    with pytest.raises(ValueError, match="finite"):  # NaN is unordered: it passed as sorted
+        kk.kmeans1d_step(torch.randn(4), torch.tensor([0.0, float("nan")]))
     with pytest.raises(ValueError, match="non-empty"):
         kk.kmeans1d_assign(torch.randn(4), torch.empty(0))
     with pytest.raises(TypeError, match="float32 or float64"):

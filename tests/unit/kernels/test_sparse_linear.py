@@ -13,6 +13,7 @@ from torch import nn
 
 import kompaktor_kernels as kk
 from kompaktor_kernels import _plan, _sliced
+from kompaktor_kernels._quant import quantize_weight
 from kompaktor_kernels.reference import sparse_linear_reference
 
 
@@ -624,17 +625,25 @@ def test_thread_count_does_not_change_result(out_f: int) -> None:
     torch.testing.assert_close(one, many, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int8])
 @pytest.mark.parametrize("lanes_inner", [False, True], ids=["row_major", "feature_major"])
-def test_gradient_wrt_input(isa: str, lanes_inner: bool) -> None:
+def test_gradient_wrt_input(isa: str, lanes_inner: bool, dtype: torch.dtype) -> None:
+    """fp32: the exact gradient. int8 (which had none: autograd warned and x.grad stayed None,
+    so layers before it silently stopped training): the straight-through one, through the
+    dequantised weights, as QAT takes it."""
     lin = pruned(11, 13, 0.6)
-    sl = kk.SparseLinear.from_dense(lin)
+    sl = kk.SparseLinear.from_dense(lin, dtype)
+    if dtype == torch.int8:
+        q, scales = quantize_weight(lin.weight)
+        with torch.no_grad():
+            lin.weight.copy_(q.float() * scales[:, None])
     x = torch.randn(4, 13)
     x = (feature_major(x) if lanes_inner else x).requires_grad_(True)
-    (sl(x) ** 2).sum().backward()
+    (sl(x) * torch.arange(11.0)).sum().backward()
     assert x.grad is not None
     got = x.grad.clone()
     x.grad = None
-    (lin(x) ** 2).sum().backward()
+    (lin(x) * torch.arange(11.0)).sum().backward()
     torch.testing.assert_close(got, x.grad, rtol=1e-5, atol=1e-5)
 
 
