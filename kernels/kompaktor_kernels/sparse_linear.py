@@ -460,17 +460,27 @@ _Replacement = Callable[[str, nn.Module | None, nn.Linear], nn.Module | None]
 
 def _swap_linears(model: nn.Module, replace: _Replacement) -> nn.Module:
     """Put `replace(path, owner, layer)`, where it is not None, in place of each nn.Linear (a
-    bare nn.Linear model is returned replaced). A layer registered at several paths is offered
-    once, at its first, and its replacement stays shared."""
+    bare nn.Linear model is returned replaced), with the layer's hooks and training mode (as
+    torch.ao's module swaps keep them). A layer registered at several paths is offered once, at
+    its first, and its replacement stays shared."""
+
+    def swapped(path: str, owner: nn.Module | None, layer: nn.Linear) -> nn.Module | None:
+        new = replace(path, owner, layer)
+        if new is not None:
+            new.train(layer.training)
+            for hooks in ("_forward_pre_hooks", "_forward_hooks"):
+                getattr(new, hooks).update(getattr(layer, hooks))
+        return new
+
     if isinstance(model, nn.Linear):
-        return replace("", None, model) or model
+        return swapped("", None, model) or model
     done: dict[int, nn.Module | None] = {}
     for owner_path, owner in list(model.named_modules()):
         for name, child in list(owner._modules.items()):  # named_children() skips repeats
             if not isinstance(child, nn.Linear):
                 continue
             if id(child) not in done:
-                done[id(child)] = replace(f"{owner_path}.{name}".lstrip("."), owner, child)
+                done[id(child)] = swapped(f"{owner_path}.{name}".lstrip("."), owner, child)
             new = done[id(child)]
             if new is not None:
                 setattr(owner, name, new)

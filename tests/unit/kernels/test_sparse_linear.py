@@ -708,11 +708,16 @@ def test_sparsify_keeps_layers_their_owner_reads_dense() -> None:
         torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_sparsify_keeps_a_shared_layer_shared() -> None:
+def test_sparsify_keeps_a_shared_layer_shared_with_its_hooks_and_mode() -> None:
     shared = pruned(8, 8, 0.9)
-    model = nn.Sequential(shared, nn.ReLU(), shared)
+    model = nn.Sequential(shared, nn.ReLU(), shared).eval()
+    seen: list[tuple[int, ...]] = []
+    shared.register_forward_hook(lambda _m, _i, out: seen.append(tuple(out.shape)))
     kk.sparsify(model)
     assert isinstance(model[0], kk.SparseLinear) and model[0] is model[2]
+    assert not model[0].training
+    model(torch.randn(3, 8))
+    assert seen == [(3, 8), (3, 8)]
 
 
 def _retrained(lin: nn.Linear) -> nn.Linear:
