@@ -847,6 +847,24 @@ def test_torch_compile_traces_op() -> None:
     torch.testing.assert_close(compiled(x), lin(x), rtol=1e-5, atol=1e-5)
 
 
+def test_inductor_compiles_a_sparse_model_with_gradients() -> None:
+    """The default backend (inductor, which generates and builds C++ around the custom ops),
+    fp32 and int8 layers, forward and the input gradient."""
+    dense = nn.Sequential(pruned(16, 12, 0.8), nn.ReLU(), pruned(4, 16, 0.8))
+    model = kk.sparsify(copy.deepcopy(dense), min_sparsity=0.5)
+    model[2] = kk.SparseLinear.from_dense(dense[2], torch.int8)
+    compiled = torch.compile(model, fullgraph=True)
+    x = torch.randn(5, 12, requires_grad=True)
+    compiled(x).sum().backward()
+    assert x.grad is not None
+    got = x.grad.clone()
+    x.grad = None
+    model(x).sum().backward()
+    torch.testing.assert_close(got, x.grad, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
 # --- bad input -------------------------------------------------------------------------------
 
 
