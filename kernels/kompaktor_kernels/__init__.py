@@ -15,14 +15,10 @@ from kompaktor_kernels._dispatch import (
     set_isa,
     use_isa,
 )
+from kompaktor_kernels._swap import load_sparse_state_dict, sparsify, weight_sparsity
 from kompaktor_kernels.kd_loss import kd_loss
 from kompaktor_kernels.kmeans import kmeans1d_assign, kmeans1d_step
-from kompaktor_kernels.sparse_linear import (
-    SparseLinear,
-    load_sparse_state_dict,
-    sparsify,
-    weight_sparsity,
-)
+from kompaktor_kernels.sparse_linear import SparseLinear
 
 __all__ = [
     "ENV_VAR",

@@ -5,7 +5,8 @@ threaded by row with non-zero balancing), batch-1 becomes a gathered dot product
 > 1 the activations are transposed once so every non-zero is one broadcast-FMA over contiguous
 batch lanes. Blocked formats only pay off when the pruning leaves blocks, and unstructured
 magnitude pruning does not (measurements: kernels/README.md). The format and its validation:
-`_csr`; the cached native plans that run it: `_plan`.
+`_csr`; the cached native plans that run it: `_plan`; the custom ops: `_ops`; swapping
+layers of whole models: `_swap`.
 
 Layers also get derived, unsaved layouts (`_sliced`), each built the first time a batch runs
 on it: a sliced one that replaces gathers with register permutes (int8 at every batch on
@@ -15,159 +16,18 @@ tiles; rows sorted by length and run 8 in lockstep)."""
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from kompaktor_kernels import _checks
-from kompaktor_kernels._csr import (
-    INDEX_DTYPES,
-    default_index_dtype,
-    row_ids,
-    to_csr,
-    validate_layer,
-)
+from kompaktor_kernels._csr import INDEX_DTYPES, default_index_dtype, to_csr, validate_layer
 from kompaktor_kernels._dispatch import num_threads
-from kompaktor_kernels._library import NAMESPACE, check, define, impl_cpu, register_fake
-from kompaktor_kernels._plan import (
-    BUFFERS,
-    Plan,
-    empty_out,
-    feature_major,
-    run,
-    validated_start,
-)
+from kompaktor_kernels._ops import sparse_linear_cpu, sparse_linear_int8_cpu
+from kompaktor_kernels._plan import BUFFERS, Plan, empty_out, feature_major, validated_start
 from kompaktor_kernels._quant import quantize_weight
-
-define(
-    "sparse_linear(Tensor x, Tensor row_ptr, Tensor col, Tensor values, Tensor? bias, "
-    "int in_features) -> Tensor"
-)
-define(
-    "sparse_linear_int8(Tensor x, Tensor row_ptr, Tensor col, Tensor values, Tensor scales, "
-    "Tensor rowsum, Tensor? bias, int in_features) -> Tensor"
-)
-
-
-def _check_x(x: torch.Tensor, in_features: int) -> None:
-    _checks.tensor("x", x)
-    _checks.cpu_dense("x", x)
-    _checks.dtype("x", x, torch.float32)
-    if x.dim() < 1 or x.shape[-1] != in_features:
-        raise ValueError(
-            f"x must have shape [..., {in_features}] (in_features), got {tuple(x.shape)}"
-        )
-    if not x.is_contiguous() and not feature_major(x):
-        raise ValueError(
-            f"x must be contiguous or feature-major (x.t() contiguous), got shape "
-            f"{tuple(x.shape)} with strides {x.stride()}; call .contiguous() first"
-        )
-
-
-def _sparse_linear_cpu(
-    x: torch.Tensor,
-    row_ptr: torch.Tensor,
-    col: torch.Tensor,
-    values: torch.Tensor,
-    bias: torch.Tensor | None,
-    in_features: int,
-) -> torch.Tensor:
-    _check_x(x, in_features)
-    return run(x, (row_ptr, col, values, bias, None, None), in_features, torch.float32)
-
-
-def _sparse_linear_int8_cpu(
-    x: torch.Tensor,
-    row_ptr: torch.Tensor,
-    col: torch.Tensor,
-    values: torch.Tensor,
-    scales: torch.Tensor,
-    rowsum: torch.Tensor,
-    bias: torch.Tensor | None,
-    in_features: int,
-) -> torch.Tensor:
-    _check_x(x, in_features)
-    return run(x, (row_ptr, col, values, bias, scales, rowsum), in_features, torch.int8)
-
-
-impl_cpu("sparse_linear", _sparse_linear_cpu)
-impl_cpu("sparse_linear_int8", _sparse_linear_int8_cpu)
-
-
-@register_fake("sparse_linear")
-def _sparse_linear_fake(
-    x: torch.Tensor,
-    row_ptr: torch.Tensor,
-    col: torch.Tensor,
-    values: torch.Tensor,
-    bias: torch.Tensor | None,
-    in_features: int,
-) -> torch.Tensor:
-    check(x.shape[-1] == in_features, f"x must have shape [..., {in_features}]")
-    return empty_out(x, row_ptr.shape[0] - 1, feature_major(x))
-
-
-@register_fake("sparse_linear_int8")
-def _sparse_linear_int8_fake(
-    x: torch.Tensor,
-    row_ptr: torch.Tensor,
-    col: torch.Tensor,
-    values: torch.Tensor,
-    scales: torch.Tensor,
-    rowsum: torch.Tensor,
-    bias: torch.Tensor | None,
-    in_features: int,
-) -> torch.Tensor:
-    check(x.shape[-1] == in_features, f"x must have shape [..., {in_features}]")
-    return empty_out(x, row_ptr.shape[0] - 1, feature_major(x))
-
-
-def _dense_weight(
-    row_ptr: torch.Tensor,
-    col: torch.Tensor,
-    values: torch.Tensor,
-    scales: torch.Tensor | None,
-    in_features: int,
-) -> torch.Tensor:
-    """The [out, in] fp32 weight the CSR holds; int8 values times their per-row scales."""
-    rows = row_ids(row_ptr, col.numel())
-    w = torch.zeros((row_ptr.numel() - 1, in_features), dtype=torch.float32)
-    w[rows, col.long()] = values if scales is None else values.float() * scales[rows]
-    return w
-
-
-def _setup(
-    ctx: torch.autograd.function.FunctionCtx, inputs: tuple[object, ...], output: torch.Tensor
-) -> None:
-    """Both ops: (x, row_ptr, col, values, [scales, rowsum,] bias, in_features)."""
-    row_ptr, col, values = inputs[1:4]
-    scales = inputs[4] if len(inputs) == 8 else None
-    in_features = inputs[-1]
-    assert isinstance(row_ptr, torch.Tensor) and isinstance(col, torch.Tensor)
-    assert isinstance(values, torch.Tensor) and isinstance(in_features, int)
-    saved = (row_ptr, col, values) if scales is None else (row_ptr, col, values, scales)
-    ctx.save_for_backward(*saved)
-    ctx.in_features = in_features  # type: ignore[attr-defined]
-    ctx.n_inputs = len(inputs)  # type: ignore[attr-defined]
-
-
-def _backward(
-    ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
-) -> tuple[torch.Tensor | None, ...]:
-    """dL/dx = dL/dy · W (weights are frozen buffers: no weight gradient). int8 layers give the
-    straight-through gradient QAT uses: W is the dequantised weight, and the activations'
-    rounding counts as the identity (their dynamic range always covers x)."""
-    row_ptr, col, values, *scales = ctx.saved_tensors  # type: ignore[attr-defined]
-    in_features: int = ctx.in_features  # type: ignore[attr-defined]
-    w = _dense_weight(row_ptr, col, values, scales[0] if scales else None, in_features)
-    return (grad @ w, *(None,) * (ctx.n_inputs - 1))  # type: ignore[attr-defined]
-
-
-for _op in ("sparse_linear", "sparse_linear_int8"):
-    torch.library.register_autograd(f"{NAMESPACE}::{_op}", _backward, setup_context=_setup)
 
 
 def _plain(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -412,12 +272,12 @@ class SparseLinear(nn.Module):
         if self.values.dtype == torch.int8:
             args = (x, self.row_ptr, self.col, self.values, self.scales, self.rowsum, self.bias)
             if direct:
-                return _sparse_linear_int8_cpu(*args, self.in_features)
+                return sparse_linear_int8_cpu(*args, self.in_features)
             return torch.ops.kompaktor_kernels.sparse_linear_int8(  # type: ignore[no-any-return]
                 *args, self.in_features
             )
         if direct:
-            return _sparse_linear_cpu(
+            return sparse_linear_cpu(
                 x, self.row_ptr, self.col, self.values, self.bias, self.in_features
             )
         return torch.ops.kompaktor_kernels.sparse_linear(  # type: ignore[no-any-return]
@@ -433,121 +293,4 @@ class SparseLinear(nn.Module):
         )
 
 
-def weight_sparsity(linear: nn.Linear) -> float:
-    """Fraction of exactly-zero weights."""
-    n = linear.weight.numel()
-    return 1.0 - int(torch.count_nonzero(linear.weight.detach())) / n if n else 0.0
-
-
-# Modules that read their nn.Linear children's weights instead of calling them: a
-# SparseLinear there has no `weight`. MultiheadAttention hands out_proj's to its functional
-# form; TransformerEncoderLayer's fused inference path (and TransformerEncoder's check of it)
-# reads linear1's and linear2's.
-_READS_CHILD_WEIGHTS = (nn.MultiheadAttention, nn.TransformerEncoderLayer)
-
-
-def _why_dense(owner: nn.Module | None, layer: nn.Linear) -> str | None:
-    """Why a SparseLinear cannot stand in for this layer, or None when it can."""
-    if isinstance(owner, _READS_CHILD_WEIGHTS):
-        return f"its owner, a {type(owner).__name__}, reads its weight instead of calling it"
-    if type(layer) is not nn.Linear:
-        return f"it is a {type(layer).__name__}, whose forward may differ from nn.Linear's"
-    return None
-
-
-_Replacement = Callable[[str, nn.Module | None, nn.Linear], nn.Module | None]
-
-
-def _swap_linears(model: nn.Module, replace: _Replacement) -> nn.Module:
-    """Put `replace(path, owner, layer)`, where it is not None, in place of each nn.Linear (a
-    bare nn.Linear model is returned replaced), with the layer's hooks and training mode (as
-    torch.ao's module swaps keep them). A layer registered at several paths is offered once, at
-    its first, and its replacement stays shared."""
-
-    def swapped(path: str, owner: nn.Module | None, layer: nn.Linear) -> nn.Module | None:
-        new = replace(path, owner, layer)
-        if new is not None:
-            new.train(layer.training)
-            for hooks in ("_forward_pre_hooks", "_forward_hooks"):
-                getattr(new, hooks).update(getattr(layer, hooks))
-        return new
-
-    if isinstance(model, nn.Linear):
-        return swapped("", None, model) or model
-    done: dict[int, nn.Module | None] = {}
-    for owner_path, owner in list(model.named_modules()):
-        for name, child in list(owner._modules.items()):  # named_children() skips repeats
-            if not isinstance(child, nn.Linear):
-                continue
-            if id(child) not in done:
-                done[id(child)] = swapped(f"{owner_path}.{name}".lstrip("."), owner, child)
-            new = done[id(child)]
-            if new is not None:
-                setattr(owner, name, new)
-    return model
-
-
-def sparsify(
-    model: nn.Module, dtype: torch.dtype = torch.float32, min_sparsity: float = 0.5
-) -> nn.Module:
-    """Swap, in place, every nn.Linear whose weight sparsity is >= min_sparsity for a
-    SparseLinear, and return the model (a bare nn.Linear is returned replaced).
-
-    Layers whose owner reads their weight rather than calling them (nn.MultiheadAttention,
-    nn.TransformerEncoderLayer) and subclasses of nn.Linear stay dense, with a warning naming
-    them: swapping those would break the model or change what it computes.
-
-    The default favours speed: at 50 % a fp32 SparseLinear already runs faster than the dense
-    layer but, with the layouts its batches build, holds more bytes than it (kernels/README.md,
-    "Built on first need"); pass 0.8 or more, or int8, where memory matters too."""
-    if dtype not in (torch.float32, torch.int8):
-        raise TypeError(f"dtype must be torch.float32 or torch.int8, got {dtype}")
-    if not 0.0 <= min_sparsity <= 1.0:
-        raise ValueError(f"min_sparsity must lie in [0, 1], got {min_sparsity}")
-    kept: list[str] = []
-
-    def replace(path: str, owner: nn.Module | None, layer: nn.Linear) -> nn.Module | None:
-        if weight_sparsity(layer) < min_sparsity:
-            return None
-        why = _why_dense(owner, layer)
-        if why is not None:
-            kept.append(f"{path or 'the model'}: {why}")
-            return None
-        return SparseLinear.from_dense(layer, dtype)
-
-    model = _swap_linears(model, replace)
-    if kept:
-        warnings.warn(
-            f"sparsify kept {len(kept)} sparse layer(s) dense: {'; '.join(kept)}", stacklevel=2
-        )
-    return model
-
-
-def load_sparse_state_dict(
-    model: nn.Module, state_dict: Mapping[str, Any], strict: bool = True
-) -> nn.Module:
-    """Load a sparsified model's checkpoint into the dense architecture it came from: each
-    nn.Linear the checkpoint holds in CSR becomes a SparseLinear of the checkpoint's dtype,
-    then `load_state_dict` runs. Returns the model (a bare nn.Linear is returned replaced)."""
-
-    def replace(path: str, owner: nn.Module | None, layer: nn.Linear) -> nn.Module | None:
-        prefix = f"{path}." if path else ""
-        values = state_dict.get(prefix + "values")
-        if not isinstance(values, torch.Tensor) or prefix + "row_ptr" not in state_dict:
-            return None
-        why = _why_dense(owner, layer)
-        if why is not None:
-            raise ValueError(f"{path or 'the model'}: the checkpoint holds it sparse, but {why}")
-        if values.dtype not in (torch.float32, torch.int8):
-            raise TypeError(f"{prefix}values must be float32 or int8, got {values.dtype}")
-        # The load gives the buffers the checkpoint's shapes and index dtype.
-        return SparseLinear.empty(
-            layer.in_features, layer.out_features, layer.bias is not None, values.dtype
-        )
-
-    model = _swap_linears(model, replace)
-    model.load_state_dict(state_dict, strict=strict)
-    return model
-
-
-__all__ = ["SparseLinear", "load_sparse_state_dict", "sparsify", "weight_sparsity"]
+__all__ = ["SparseLinear"]
