@@ -17,7 +17,9 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def quantize_activation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-row asymmetric uint8 with the range widened to include 0 (so zeros stay exact).
 
-    Mirrors the C++ kernel bit for bit: returns (codes as float, scale, zero point)."""
+    Mirrors the C++ kernel bit for bit: returns (codes as float, scale, zero point). A row
+    holding a NaN or an infinity gets NaN codes, so all its outputs are NaN (amin/amax
+    propagate NaN, and x / inf is NaN for an infinite x); the kernel sets a NaN scale."""
     mn = x.amin(dim=1).clamp(max=0.0)
     mx = x.amax(dim=1).clamp(min=0.0)
     scale = (mx - mn) / 255.0

@@ -225,10 +225,12 @@ void check_f32(const Csr& w, double density, const std::vector<float>& bias, Rng
 }
 
 // The int8 arithmetic the kernels specify, written out: per-row asymmetric u8 activations,
-// exact integer sums, then (acc - zp * rowsum) * (sx * ws), rounded, plus the bias.
+// exact integer sums, then (acc - zp * rowsum) * (sx * ws), rounded, plus the bias. A row of x
+// holding a NaN or an infinity gives NaN.
 float i8_reference(const Csr& w, const float* x, int64_t r, float bias) {
   float mn = 0.f, mx = 0.f;
   for (int64_t i = 0; i < w.in; ++i) {
+    if (!std::isfinite(x[i])) return NAN;
     mn = std::min(mn, x[i]);
     mx = std::max(mx, x[i]);
   }
@@ -253,6 +255,10 @@ void check_i8(const Csr& w, double density, const std::vector<float>& bias, Rng&
       for (const int64_t B : {1, 2, 3, 12, 17, 45, 70}) {
         std::vector<float> x(B * w.in);
         for (float& v : x) v = rng.normal();
+        if (B >= 3) {  // a NaN in the first row, an infinity in the last
+          x[(int64_t)(rng.uniform() * w.in)] = NAN;
+          x[(B - 1) * w.in + (int64_t)(rng.uniform() * w.in)] = -INFINITY;
+        }
         const std::vector<float> xt = lanes_inner(x, B, w.in);
         for (const bool fm : {false, true})
           for (const int threads : {1, 2}) {
@@ -267,7 +273,7 @@ void check_i8(const Csr& w, double density, const std::vector<float>& bias, Rng&
               for (int64_t r = 0; r < w.out; ++r) {
                 const float got = y_at(y, fm, B, w.out, b, r);
                 const float want = i8_reference(w, x.data() + b * w.in, r, bias[r]);
-                if (std::memcmp(&got, &want, sizeof got) != 0) {
+                if (std::isnan(want) ? !std::isnan(got) : std::memcmp(&got, &want, sizeof got) != 0) {
                   fail(where("spmm_i8", w, density, col16, B, fm, threads,
                              use_sliced ? "sliced" : "csr") +
                        " row " + std::to_string(r) + " lane " + std::to_string(b) + ": got " +

@@ -89,6 +89,26 @@ def test_int8_matches_reference(
         assert err <= 0.02 * dense.abs().max() + 1e-3
 
 
+def test_int8_rows_with_nan_or_inf_come_out_nan(isa: str) -> None:
+    """A NaN in x reached no output: min/max skip it, so its row was quantised as if it were
+    not there, and came out finite (on some paths and not others). A row holding a NaN or an
+    infinity now comes out all NaN on every path, as in the reference; other rows are exact."""
+    lin = pruned(40, 100, 0.7)
+    s8 = kk.SparseLinear.from_dense(lin, torch.int8)
+    for batch in (1, 3, 12, 17, 45):
+        x = torch.randn(batch, 100)
+        x[0, 7] = float("nan")
+        x[batch // 2, 99] = float("inf")  # row 0 again at batch 1
+        x[-1, 50] = -float("inf")
+        bad = torch.zeros(batch, dtype=torch.bool)
+        bad[[0, batch // 2, batch - 1]] = True
+        ref = sparse_linear_reference(x, lin.weight, lin.bias, torch.int8)
+        assert ref[bad].isnan().all() and not ref[~bad].isnan().any()
+        for got in (s8(x), s8(feature_major(x)), int8_gather_kernels(s8, x)):
+            assert got[bad].isnan().all(), batch
+            torch.testing.assert_close(got[~bad], ref[~bad], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
 def test_every_row_length(isa: str, index_dtype: torch.dtype) -> None:
     """Row r holds r non-zeros, so each unrolled loop and remainder of the batch-1 dot products
