@@ -10,6 +10,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize, prune
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 
 from kompaktor_kernels.sparse_linear import SparseLinear
 
@@ -31,9 +34,18 @@ def _why_dense(owner: nn.Module | None, layer: nn.Linear) -> str | None:
     """Why a SparseLinear cannot stand in for this layer, or None when it can."""
     if isinstance(owner, _READS_CHILD_WEIGHTS):
         return f"its owner, a {type(owner).__name__}, reads its weight instead of calling it"
-    if type(layer) is not nn.Linear:
+    cls = type(layer)
+    if parametrize.is_parametrized(layer):  # a generated subclass; `weight` is the computed one
+        cls = cls.__bases__[0]
+    if cls is not nn.Linear:
         return f"it is a {type(layer).__name__}, whose forward may differ from nn.Linear's"
     return None
+
+
+# Forward pre-hooks that compute the layer's weight from other parameters (torch.nn.utils'
+# pruning masks, old-style weight and spectral norms): the CSR holds the weight they computed,
+# and on a SparseLinear they would look for parameters it does not have.
+_WEIGHT_HOOKS = (prune.BasePruningMethod, WeightNorm, SpectralNorm)
 
 
 _Replacement = Callable[[str, nn.Module | None, nn.Linear], nn.Module | None]
@@ -41,16 +53,20 @@ _Replacement = Callable[[str, nn.Module | None, nn.Linear], nn.Module | None]
 
 def _swap_linears(model: nn.Module, replace: _Replacement) -> nn.Module:
     """Put `replace(path, owner, layer)`, where it is not None, in place of each nn.Linear (a
-    bare nn.Linear model is returned replaced), with the layer's hooks and training mode (as
-    torch.ao's module swaps keep them). A layer registered at several paths is offered once, at
-    its first, and its replacement stays shared."""
+    bare nn.Linear model is returned replaced), with the layer's hooks (bar those computing its
+    weight) and training mode, as torch.ao's module swaps keep them. A layer registered at
+    several paths is offered once, at its first, and its replacement stays shared."""
 
     def swapped(path: str, owner: nn.Module | None, layer: nn.Linear) -> nn.Module | None:
         new = replace(path, owner, layer)
         if new is not None:
             new.train(layer.training)
-            for hooks in ("_forward_pre_hooks", "_forward_hooks"):
-                getattr(new, hooks).update(getattr(layer, hooks))
+            new._forward_hooks.update(layer._forward_hooks)
+            new._forward_pre_hooks.update(
+                (k, hook)
+                for k, hook in layer._forward_pre_hooks.items()
+                if not isinstance(hook, _WEIGHT_HOOKS)
+            )
         return new
 
     if isinstance(model, nn.Linear):

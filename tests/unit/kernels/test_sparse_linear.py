@@ -740,6 +740,31 @@ def test_sparsify_keeps_a_shared_layer_shared_with_its_hooks_and_mode() -> None:
     assert seen == [(3, 8), (3, 8)]
 
 
+def test_sparsify_takes_layers_pruned_by_torch_utilities() -> None:
+    """torch.nn.utils.prune (a forward pre-hook computing weight from weight_orig and a mask)
+    and parametrizations (torch.ao.pruning's masks; a generated nn.Linear subclass): the CSR
+    holds the computed weight. The pruning hook, copied over, looked for weight_mask on the
+    SparseLinear; the parametrized class was taken for a subclass with its own forward."""
+
+    class Mask(nn.Module):
+        def __init__(self, weight: torch.Tensor) -> None:
+            super().__init__()
+            self.register_buffer("mask", (torch.rand_like(weight) >= 0.9).float())
+
+        def forward(self, weight: torch.Tensor) -> torch.Tensor:
+            return weight * self.mask
+
+    model = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 4))
+    torch.nn.utils.prune.l1_unstructured(model[0], "weight", amount=0.9)
+    torch.nn.utils.parametrize.register_parametrization(model[2], "weight", Mask(model[2].weight))
+    x = torch.randn(3, 32)
+    expected = model(x)
+    kk.sparsify(model)
+    assert isinstance(model[0], kk.SparseLinear) and isinstance(model[2], kk.SparseLinear)
+    assert model[0].nnz == 16 * 32 - round(0.9 * 16 * 32)
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+
+
 def _retrained(lin: nn.Linear) -> nn.Linear:
     """The same layer pruned again: other positions, another non-zero count."""
     other = pruned(lin.out_features, lin.in_features, 0.6)
