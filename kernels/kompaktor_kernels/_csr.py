@@ -14,6 +14,13 @@ MAX_I8_ROW_NNZ = (2**31 - 1) // (255 * 127) // 2
 # Widest layer whose column indices fit uint16.
 MAX_UINT16_IN_FEATURES = 2**16
 INDEX_DTYPES = (torch.uint16, torch.int32)
+WEIGHT_DTYPES = (torch.float32, torch.int8)
+
+
+def check_weight_dtype(name: str, dtype: torch.dtype) -> None:
+    """A layer's weight dtype (requested or stored) is one the kernels run: fp32 or int8."""
+    if dtype not in WEIGHT_DTYPES:
+        raise TypeError(f"{name} must be torch.float32 or torch.int8, got {dtype}")
 
 
 def default_index_dtype(in_features: int) -> torch.dtype:
@@ -79,9 +86,7 @@ def validate_layer(
     """Everything a layer's tensors must satisfy (O(nnz)), int8's scales and row sums included:
     a checkpoint or a caller can hand in any of them, and a wrong one gives wrong outputs, not
     an error, once it reaches the kernels."""
-    _checks.tensor("values", values)
-    if values.dtype not in (torch.float32, torch.int8):
-        raise TypeError(f"values must be float32 or int8, got {values.dtype}")
+    check_weight_dtype("values", _checks.tensor("values", values).dtype)
     _checks.tensor("row_ptr", row_ptr)
     if row_ptr.shape != (out_features + 1,):
         raise ValueError(

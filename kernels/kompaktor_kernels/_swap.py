@@ -14,6 +14,7 @@ from torch.nn.utils import parametrize, prune
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
+from kompaktor_kernels._csr import check_weight_dtype
 from kompaktor_kernels.sparse_linear import SparseLinear
 
 
@@ -97,8 +98,7 @@ def sparsify(
     The default favours speed: at 50 % a fp32 SparseLinear already runs faster than the dense
     layer but, with the layouts its batches build, holds more bytes than it (kernels/README.md,
     "Built on first need"); pass 0.8 or more, or int8, where memory matters too."""
-    if dtype not in (torch.float32, torch.int8):
-        raise TypeError(f"dtype must be torch.float32 or torch.int8, got {dtype}")
+    check_weight_dtype("dtype", dtype)
     if not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity must lie in [0, 1], got {min_sparsity}")
     kept: list[str] = []
@@ -135,8 +135,7 @@ def load_sparse_state_dict(
         why = _why_dense(owner, layer)
         if why is not None:
             raise ValueError(f"{path or 'the model'}: the checkpoint holds it sparse, but {why}")
-        if values.dtype not in (torch.float32, torch.int8):
-            raise TypeError(f"{prefix}values must be float32 or int8, got {values.dtype}")
+        check_weight_dtype(f"{prefix}values", values.dtype)
         # The load gives the buffers the checkpoint's shapes and index dtype.
         return SparseLinear.empty(
             layer.in_features, layer.out_features, layer.bias is not None, values.dtype

@@ -64,8 +64,10 @@ def _validate(
         return
     vocab = student.shape[-1]
     counted = labels[labels != ignore_index]
-    if counted.numel() and (int(counted.min()) < 0 or int(counted.max()) >= vocab):
-        lo, hi = int(counted.min()), int(counted.max())
+    if counted.numel() == 0:
+        return
+    lo, hi = int(counted.min()), int(counted.max())
+    if lo < 0 or hi >= vocab:
         raise ValueError(
             f"labels must lie in [0, {vocab}) or equal ignore_index ({ignore_index}), "
             f"got values in [{lo}, {hi}]"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kompaktor_kernels._csr import check_weight_dtype
 from kompaktor_kernels._quant import quantize_activation, quantize_weight
 
 
@@ -45,10 +46,9 @@ def sparse_linear_reference(
     fp32 is plain F.linear. int8 reproduces the kernel's arithmetic exactly (per-channel s8
     weights, per-row dynamic u8 activations, integer accumulation in float64, which is exact
     here), so tests can hold the kernel to float rounding rather than quantisation error."""
+    check_weight_dtype("dtype", dtype)
     if dtype == torch.float32:
         return F.linear(x, weight.to(torch.float32), bias)
-    if dtype != torch.int8:
-        raise TypeError(f"dtype must be torch.float32 or torch.int8, got {dtype}")
     x2 = x.reshape(-1, x.shape[-1]).to(torch.float32)
     wq, wscale = quantize_weight(weight)
     xq, xscale, zp = quantize_activation(x2)

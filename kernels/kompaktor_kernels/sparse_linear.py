@@ -23,7 +23,13 @@ import torch
 from torch import nn
 
 from kompaktor_kernels import _checks
-from kompaktor_kernels._csr import INDEX_DTYPES, default_index_dtype, to_csr, validate_layer
+from kompaktor_kernels._csr import (
+    INDEX_DTYPES,
+    check_weight_dtype,
+    default_index_dtype,
+    to_csr,
+    validate_layer,
+)
 from kompaktor_kernels._dispatch import num_threads
 from kompaktor_kernels._ops import sparse_linear_cpu, sparse_linear_int8_cpu
 from kompaktor_kernels._plan import BUFFERS, Plan, empty_out, feature_major, validated_start
@@ -106,8 +112,7 @@ class SparseLinear(nn.Module):
         in_features <= 65536."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"expected nn.Linear, got {type(linear).__name__}")
-        if dtype not in (torch.float32, torch.int8):
-            raise TypeError(f"dtype must be torch.float32 or torch.int8, got {dtype}")
+        check_weight_dtype("dtype", dtype)
         if index_dtype is None:
             index_dtype = default_index_dtype(linear.in_features)
         if index_dtype not in INDEX_DTYPES:
@@ -143,8 +148,7 @@ class SparseLinear(nn.Module):
         index_dtype: torch.dtype | None = None,
     ) -> SparseLinear:
         """A layer with no non-zeros (and a zero bias): a slot to load a checkpoint into."""
-        if dtype not in (torch.float32, torch.int8):
-            raise TypeError(f"dtype must be torch.float32 or torch.int8, got {dtype}")
+        check_weight_dtype("dtype", dtype)
         int8 = dtype == torch.int8
         return cls(
             in_features,
