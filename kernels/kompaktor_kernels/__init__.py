@@ -15,7 +15,7 @@ from kompaktor_kernels._dispatch import (
     set_isa,
     use_isa,
 )
-from kompaktor_kernels._swap import load_sparse_state_dict, sparsify, weight_sparsity
+from kompaktor_kernels._swap import densify, load_sparse_state_dict, sparsify, weight_sparsity
 from kompaktor_kernels.kd_loss import kd_loss
 from kompaktor_kernels.kmeans import kmeans1d_assign, kmeans1d_step
 from kompaktor_kernels.sparse_linear import SparseLinear
@@ -27,6 +27,7 @@ __all__ = [
     "_native",
     "active_isa",
     "available_isas",
+    "densify",
     "kd_loss",
     "kmeans1d_assign",
     "kmeans1d_step",

@@ -116,6 +116,20 @@ def row_ids(row_ptr: torch.Tensor, nnz: int) -> torch.Tensor:
     return torch.repeat_interleave(torch.arange(row_ptr.numel() - 1), lengths, output_size=nnz)
 
 
+def dense_weight(
+    row_ptr: torch.Tensor,
+    col: torch.Tensor,
+    values: torch.Tensor,
+    scales: torch.Tensor | None,
+    in_features: int,
+) -> torch.Tensor:
+    """The [out, in] fp32 weight the CSR holds; int8 values times their per-row scales."""
+    rows = row_ids(row_ptr, col.numel())
+    w = torch.zeros((row_ptr.numel() - 1, in_features), dtype=torch.float32)
+    w[rows, col.long()] = values if scales is None else values.float() * scales[rows]
+    return w
+
+
 def to_csr(
     weight: torch.Tensor, index_dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from kompaktor_kernels import _checks
-from kompaktor_kernels._csr import row_ids
+from kompaktor_kernels._csr import dense_weight
 from kompaktor_kernels._library import NAMESPACE, check, define, impl_cpu, register_fake
 from kompaktor_kernels._plan import empty_out, feature_major, run
 
@@ -78,20 +78,6 @@ for _op in ("sparse_linear", "sparse_linear_int8"):
     register_fake(_op)(_fake)
 
 
-def _dense_weight(
-    row_ptr: torch.Tensor,
-    col: torch.Tensor,
-    values: torch.Tensor,
-    scales: torch.Tensor | None,
-    in_features: int,
-) -> torch.Tensor:
-    """The [out, in] fp32 weight the CSR holds; int8 values times their per-row scales."""
-    rows = row_ids(row_ptr, col.numel())
-    w = torch.zeros((row_ptr.numel() - 1, in_features), dtype=torch.float32)
-    w[rows, col.long()] = values if scales is None else values.float() * scales[rows]
-    return w
-
-
 def _setup(
     ctx: torch.autograd.function.FunctionCtx, inputs: tuple[object, ...], output: torch.Tensor
 ) -> None:
@@ -115,7 +101,7 @@ def _backward(
     rounding counts as the identity (their dynamic range always covers x)."""
     row_ptr, col, values, *scales = ctx.saved_tensors  # type: ignore[attr-defined]
     in_features: int = ctx.in_features  # type: ignore[attr-defined]
-    w = _dense_weight(row_ptr, col, values, scales[0] if scales else None, in_features)
+    w = dense_weight(row_ptr, col, values, scales[0] if scales else None, in_features)
     return (grad @ w, *(None,) * (ctx.n_inputs - 1))  # type: ignore[attr-defined]
 
 

@@ -1,12 +1,12 @@
-"""Model-level swaps of nn.Linear for SparseLinear: `sparsify` (pruned layers, in place) and
-`load_sparse_state_dict` (a sparsified model's checkpoint into its dense architecture). Both
-keep dense the layers a SparseLinear cannot stand in for."""
+"""Model-level swaps between nn.Linear and SparseLinear: `sparsify` (pruned layers, in place),
+`load_sparse_state_dict` (a sparsified model's checkpoint into its dense architecture), both
+keeping dense the layers a SparseLinear cannot stand in for, and `densify`, the way back."""
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -49,16 +49,17 @@ def _why_dense(owner: nn.Module | None, layer: nn.Linear) -> str | None:
 _WEIGHT_HOOKS = (prune.BasePruningMethod, WeightNorm, SpectralNorm)
 
 
-_Replacement = Callable[[str, nn.Module | None, nn.Linear], nn.Module | None]
+_Layer = TypeVar("_Layer", nn.Linear, SparseLinear)
+_Replacement = Callable[[str, nn.Module | None, _Layer], nn.Module | None]
 
 
-def _swap_linears(model: nn.Module, replace: _Replacement) -> nn.Module:
-    """Put `replace(path, owner, layer)`, where it is not None, in place of each nn.Linear (a
-    bare nn.Linear model is returned replaced), with the layer's hooks (bar those computing its
+def _swap_layers(model: nn.Module, kind: type[_Layer], replace: _Replacement[_Layer]) -> nn.Module:
+    """Put `replace(path, owner, layer)`, where it is not None, in place of each layer of this
+    kind (a bare one is returned replaced), with the layer's hooks (bar those computing its
     weight) and training mode, as torch.ao's module swaps keep them. A layer registered at
     several paths is offered once, at its first, and its replacement stays shared."""
 
-    def swapped(path: str, owner: nn.Module | None, layer: nn.Linear) -> nn.Module | None:
+    def swapped(path: str, owner: nn.Module | None, layer: _Layer) -> nn.Module | None:
         new = replace(path, owner, layer)
         if new is not None:
             new.train(layer.training)
@@ -70,12 +71,12 @@ def _swap_linears(model: nn.Module, replace: _Replacement) -> nn.Module:
             )
         return new
 
-    if isinstance(model, nn.Linear):
+    if isinstance(model, kind):
         return swapped("", None, model) or model
     done: dict[int, nn.Module | None] = {}
     for owner_path, owner in list(model.named_modules()):
         for name, child in list(owner._modules.items()):  # named_children() skips repeats
-            if not isinstance(child, nn.Linear):
+            if not isinstance(child, kind):
                 continue
             if id(child) not in done:
                 done[id(child)] = swapped(f"{owner_path}.{name}".lstrip("."), owner, child)
@@ -112,7 +113,7 @@ def sparsify(
             return None
         return SparseLinear.from_dense(layer, dtype)
 
-    model = _swap_linears(model, replace)
+    model = _swap_layers(model, nn.Linear, replace)
     if kept:
         warnings.warn(
             f"sparsify kept {len(kept)} sparse layer(s) dense: {'; '.join(kept)}", stacklevel=2
@@ -141,9 +142,16 @@ def load_sparse_state_dict(
             layer.in_features, layer.out_features, layer.bias is not None, values.dtype
         )
 
-    model = _swap_linears(model, replace)
+    model = _swap_layers(model, nn.Linear, replace)
     model.load_state_dict(state_dict, strict=strict)
     return model
 
 
-__all__ = ["load_sparse_state_dict", "sparsify", "weight_sparsity"]
+def densify(model: nn.Module) -> nn.Module:
+    """Swap, in place, every SparseLinear for the nn.Linear it computes (int8: its dequantised
+    weights) and return the model (a bare SparseLinear is returned replaced): the inverse of
+    `sparsify`, for what needs dense weights, such as training or an ONNX export."""
+    return _swap_layers(model, SparseLinear, lambda path, owner, layer: layer.to_linear())
+
+
+__all__ = ["densify", "load_sparse_state_dict", "sparsify", "weight_sparsity"]

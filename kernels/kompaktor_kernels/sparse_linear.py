@@ -27,6 +27,7 @@ from kompaktor_kernels._csr import (
     INDEX_DTYPES,
     check_weight_dtype,
     default_index_dtype,
+    dense_weight,
     to_csr,
     validate_layer,
 )
@@ -206,11 +207,32 @@ class SparseLinear(nn.Module):
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
 
+    def to_linear(self) -> nn.Linear:
+        """The dense nn.Linear this layer computes (int8: its dequantised weights), for what
+        needs dense weights: training them, or an ONNX export (ONNX has no form for these ops)."""
+        weight = dense_weight(
+            self.row_ptr, self.col, self.values, self._buffers.get("scales"), self.in_features
+        )
+        linear = nn.Linear(self.in_features, self.out_features, self.bias is not None, "meta")
+        linear.weight = nn.Parameter(weight)
+        if self.bias is not None:
+            linear.bias = nn.Parameter(self.bias.detach().clone())
+        return linear
+
     def __getstate__(self) -> dict[str, Any]:
         # The plan holds raw pointers and a native function: never pickle or deep-copy it.
+        # torch cannot pickle uint16 tensors (torch.save can), so the indices travel as int32.
         state = self.__dict__.copy()
         state["_plan"] = None
+        if self.col.dtype == torch.uint16:
+            state["_buffers"] = {**self._buffers, "col": self.col.to(torch.int32)}
+            state["_col_uint16"] = True
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if state.pop("_col_uint16", False):
+            state["_buffers"]["col"] = state["_buffers"]["col"].to(torch.uint16)
+        super().__setstate__(state)  # type: ignore[no-untyped-call]
 
     def _make_plan(self, ids: tuple[int, ...]) -> Plan | None:
         """Validate the current buffers once and bind their raw pointers (None when that cannot
@@ -229,7 +251,9 @@ class SparseLinear(nn.Module):
         # a cached plan holds the native arguments while the buffers are the same objects at the
         # same versions (in-place edits and replacement both force a re-validation). That halves
         # the Python cost of a call (~5.5 us, about nn.Linear's). Anything traced (compile/export
-        # sees FakeTensors or runs under dynamo) or needing autograd goes through the custom op.
+        # sees FakeTensors or runs under dynamo; torch.jit.trace records only torch ops, so a
+        # native call would leave its graph returning the empty output) or needing autograd goes
+        # through the custom op.
         if (
             type(x) is torch.Tensor
             and x.dtype is torch.float32
@@ -237,6 +261,7 @@ class SparseLinear(nn.Module):
             and x.layout is torch.strided
             and not (x.requires_grad and torch.is_grad_enabled())
             and not torch.compiler.is_compiling()
+            and not torch._C._is_tracing()
         ):
             ids = tuple(map(id, self._buffers.values()))
             plan = self._plan
@@ -272,6 +297,7 @@ class SparseLinear(nn.Module):
             type(x) is torch.Tensor
             and not (x.requires_grad and torch.is_grad_enabled())
             and not torch.compiler.is_compiling()
+            and not torch._C._is_tracing()
         )
         if self.values.dtype == torch.int8:
             args = (x, self.row_ptr, self.col, self.values, self.scales, self.rowsum, self.bias)

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
@@ -31,6 +31,7 @@ class StageParams(BaseModel):
 
 
 P = TypeVar("P", bound=StageParams)
+SparseLayers = Literal["run", "fine-tune", "densify"]
 
 
 class Curve:
@@ -136,6 +137,11 @@ class Stage(ABC, Generic[P]):
     #: The stage trains in epochs and reports a validation curve (`StageContext.curve`), so an
     #: HPO pruner can stop its trials early.
     reports_curve: ClassVar[bool] = False
+    #: What the stage does with layers its input runs on kompaktor_kernels' sparse kernels
+    #: (prune's `runtime: sparse`), whose weights are CSR buffers: "run" them as they are,
+    #: "fine-tune" them (dense while the stage runs, zero weights held at zero, sparse again in
+    #: its output), or "densify" them for good (`kompaktor.stages.sparse_layers`).
+    sparse_layers: ClassVar[SparseLayers] = "densify"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

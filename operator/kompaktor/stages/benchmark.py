@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -19,7 +19,7 @@ from pydantic import Field, field_validator
 from kompaktor.evaluate import metric, model_size_bytes
 from kompaktor.metrics import EnergyMeter
 from kompaktor.models import Predictor
-from kompaktor.stages.base import Stage, StageContext, StageParams, StageResult
+from kompaktor.stages.base import SparseLayers, Stage, StageContext, StageParams, StageResult
 
 MODELS = ("input", "reference")
 
@@ -110,6 +110,7 @@ def time_side_by_side(
 class BenchmarkStage(Stage[BenchmarkParams]):
     type = "benchmark"
     Params = BenchmarkParams
+    sparse_layers: ClassVar[SparseLayers] = "run"  # it measures them
     accepts = frozenset({"pt2", "torchscript", "onnx"})
     produces = None
     multi_pool = True

@@ -33,7 +33,14 @@ from kompaktor.models import ModelFormat
 from kompaktor.search import Observed, ask, cma, grid_points, pareto_front, rebuild, sampler_for
 from kompaktor.search.grid import MAX_GRID, grid_size
 from kompaktor.search.study import canonical
-from kompaktor.stages.base import PlanContext, Stage, StageContext, StageParams, StageResult
+from kompaktor.stages.base import (
+    PlanContext,
+    SparseLayers,
+    Stage,
+    StageContext,
+    StageParams,
+    StageResult,
+)
 
 Objective = Literal["metric", "latency", "size"]
 #: Where each objective's figure is in a run's metrics (result.json / TrialRecord.metrics).
@@ -660,6 +667,7 @@ class HpoStage(Stage[HpoParams]):
     type: ClassVar[str] = "hpo"
     accepts: ClassVar[frozenset[ModelFormat]] = frozenset({"pt2", "torchscript", "onnx"})
     produces: ClassVar[ModelFormat | None] = None
+    sparse_layers: ClassVar[SparseLayers] = "run"  # its trials see them (train fine-tunes them)
 
     def output_format(self, input_format: ModelFormat, params: HpoParams) -> ModelFormat:
         target = _target_stage(params)

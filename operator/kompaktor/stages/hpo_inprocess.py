@@ -114,6 +114,7 @@ def _trial(
     from kompaktor.models import load_model
     from kompaktor.stages.curves import trial_curve
     from kompaktor.stages.runner import output_metrics, write_model
+    from kompaktor.stages.sparse_layers import run_with_sparse_layers
     from kompaktor.stages.validate import parse_params
     from kompaktor.training import seed_everything
 
@@ -133,7 +134,8 @@ def _trial(
         curve = trial_curve(context if target.reports_curve else None, ctx.metric, log)
         log(f"{target.type} with {point}")
         seed_everything(ctx.seed)
-        result = target().run(
+        result = run_with_sparse_layers(
+            target(),
             StageContext(
                 params=params,
                 model=load_model(ctx.model.path),
@@ -145,7 +147,7 @@ def _trial(
                 resolve=ctx.resolve,
                 log=log,
                 curve=curve,
-            )
+            ),
         )
         path, _ = write_model(result, ctx.dataset, work, target.type)
         metrics = output_metrics(ctx.metric, path, ctx.reference, ctx.dataset, result.metrics)

@@ -61,7 +61,8 @@ class PruneParams(StageParams):
     runtime: Literal["dense", "sparse"] = Field(
         "dense",
         description="sparse: run pruned linear layers with kompaktor_kernels' sparse kernel "
-        "(magnitude/taylor only).",
+        "(magnitude/taylor only). Later train stages keep them sparse (zeros held); other "
+        "stages but benchmark and hpo make them dense again.",
     )
     skip: tuple[str, ...] = Field(
         (), description="Layer names (glob patterns, e.g. 'features.0', 'head.*') to leave whole."

@@ -179,6 +179,7 @@ def run_stage(request: StageRequest) -> RunRecord:
 def _execute(request: StageRequest, work: Path, out: OutputPrefix, log: RunLog) -> RunRecord:
     from kompaktor.metrics import EnergyMeter
     from kompaktor.stages.base import StageContext, registry
+    from kompaktor.stages.sparse_layers import run_with_sparse_layers
     from kompaktor.stages.validate import parse_params
     from kompaktor.training import seed_everything
 
@@ -217,7 +218,7 @@ def _execute(request: StageRequest, work: Path, out: OutputPrefix, log: RunLog) 
             max_drop=request.max_drop,
         )
         log(f"running stage {request.type} with {json.dumps(request.params, sort_keys=True)}")
-        result = stage.run(ctx)
+        result = run_with_sparse_layers(stage, ctx)
         path, model_format = write_model(result, dataset, work, request.type)
         metrics = output_metrics(request.metric, path, reference, dataset, result.metrics)
         metrics.update(before)

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from kompaktor.stages.base import Stage, StageContext, StageParams, StageResult
+from kompaktor.stages.base import SparseLayers, Stage, StageContext, StageParams, StageResult
 
 
 class TrainParams(StageParams):
@@ -38,6 +38,7 @@ class TrainParams(StageParams):
 class TrainStage(Stage[TrainParams]):
     type = "train"
     Params = TrainParams
+    sparse_layers: ClassVar[SparseLayers] = "fine-tune"
     reports_curve: ClassVar[bool] = True
 
     def epochs(self, params: TrainParams) -> int:

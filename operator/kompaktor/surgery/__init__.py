@@ -2,7 +2,9 @@
 
 `graph` finds the channels of an exported (torch.fx) model that can be removed for real,
 `channels` removes them, `saliency` scores weights and channels, `masks` holds unstructured
-sparsity through fine-tuning. Nothing here knows about stages, jobs or artifacts.
+sparsity through fine-tuning, `modules` rewrites an exported graph's linear layers between
+their forms (functional, nn.Linear, the sparse kernels'). Nothing here knows about stages,
+jobs or artifacts.
 """
 
 from kompaktor.surgery.channels import (
@@ -26,7 +28,7 @@ from kompaktor.surgery.masks import (
     prunable_weights,
     sparsity_of,
 )
-from kompaktor.surgery.modules import linear_modules
+from kompaktor.surgery.modules import dense_sparse_linears, linear_modules
 from kompaktor.surgery.saliency import (
     Batch,
     channel_l1_scores,
@@ -45,6 +47,7 @@ __all__ = [
     "channel_groups",
     "channel_l1_scores",
     "channel_taylor_scores",
+    "dense_sparse_linears",
     "hold_masks",
     "keep_top",
     "linear_modules",

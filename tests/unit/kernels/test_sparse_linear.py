@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import copy
 import io
+import pickle
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -190,6 +191,58 @@ def test_pickle_and_deepcopy_after_a_call() -> None:
     with torch.no_grad():
         sl.values.zero_()  # the copy must not share the original's buffers or pointers
     torch.testing.assert_close(twin(x), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int8])
+def test_plain_pickle_keeps_uint16_indices(dtype: torch.dtype) -> None:
+    """torch cannot pickle uint16 tensors (torch.save can); a model holding SparseLinear
+    layers still pickles (multiprocessing, Ray, joblib), and comes back as it was."""
+    torch.manual_seed(0)
+    model = kk.sparsify(nn.Sequential(pruned(9, 20, 0.8), nn.ReLU(), pruned(3, 9, 0.8)), dtype)
+    x = torch.randn(4, 20)
+    expected = model(x)
+    twin = pickle.loads(pickle.dumps(model))
+    assert twin[0].col.dtype == torch.uint16 and model[0].col.dtype == torch.uint16
+    torch.testing.assert_close(twin(x), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int8])
+def test_jit_trace_records_the_op(dtype: torch.dtype) -> None:
+    """torch.jit.trace records torch ops only: the native fast path would leave the traced graph
+    returning its empty output buffer (garbage, silently). The layer goes through the op."""
+    torch.manual_seed(0)
+    model = kk.sparsify(nn.Sequential(pruned(9, 20, 0.8), nn.ReLU(), pruned(3, 9, 0.8)), dtype)
+    traced = torch.jit.trace(model, torch.randn(4, 20), check_trace=False)
+    assert "kompaktor_kernels::sparse_linear" in str(traced.inlined_graph)
+    for batch in (4, 7):
+        x = torch.randn(batch, 20)
+        torch.testing.assert_close(traced(x), model(x), rtol=0, atol=0)
+
+
+def test_to_linear_and_densify_give_the_dense_layers_back() -> None:
+    torch.manual_seed(0)
+    first, second = pruned(9, 20, 0.8), pruned(3, 9, 0.8, bias=False)
+    fp32 = kk.SparseLinear.from_dense(first)
+    int8 = kk.SparseLinear.from_dense(second, torch.int8)
+    hook_calls: list[int] = []
+    int8.register_forward_hook(lambda *_: hook_calls.append(1))
+    model = nn.Sequential(fp32, nn.ReLU(), int8).eval()
+    x = torch.randn(5, 20)
+    expected = model(x)
+    dense = kk.densify(model)
+    assert dense is model and [type(m) for m in model] == [nn.Linear, nn.ReLU, nn.Linear]
+    assert not model[0].training and model[2].bias is None
+    torch.testing.assert_close(model[0].weight, first.weight, rtol=0, atol=0)
+    torch.testing.assert_close(model[0].bias, first.bias, rtol=0, atol=0)
+    scales = int8.scales[:, None]
+    torch.testing.assert_close(model[2].weight, torch.round(second.weight / scales) * scales)
+    assert model[2].weight.requires_grad  # trainable parameters, not the CSR's buffers
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-2)
+    assert len(hook_calls) == 2  # the hook came along
+    assert isinstance(kk.densify(kk.SparseLinear.from_dense(first)), nn.Linear)
+    with torch.no_grad():
+        fp32.values.zero_()  # the dense copy shares nothing with the CSR
+    torch.testing.assert_close(model[0].weight, first.weight, rtol=0, atol=0)
 
 
 # Batch-1 int8 on the avx512 path. With AVX512_VBMI the module uses the sliced layout

@@ -1,0 +1,78 @@
+"""Stages and the layers prune's `runtime: sparse` puts on kompaktor_kernels' sparse kernels.
+
+In a loaded .pt2 those are calls of the kernels' ops on a holder's CSR buffers, which no stage
+can train, prune, factor, cluster or export to ONNX, and which a stage looking for linear
+layers would silently pass over. So each stage declares what it does with them
+(`Stage.sparse_layers`):
+
+- "run": leave them as they are (benchmark measures them; hpo hands its input to trials that
+  are runs of their own);
+- "fine-tune" (train): dense layers while the stage runs, their zero weights held at zero, and
+  sparse again, of the same dtype, in its output;
+- "densify" (the rest): dense layers from then on, zeros kept in the weights, so a later prune
+  with `runtime: sparse` can swap them back.
+
+Dense here is the form the export of a dense model has (`aten.linear` on weight and bias
+parameters), so every stage sees the graph it already knows.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from kompaktor.stages.base import Stage, StageContext, StageResult
+
+if TYPE_CHECKING:
+    from torch import fx
+
+
+def run_with_sparse_layers(stage: Stage[Any], ctx: StageContext[Any]) -> StageResult:
+    """`stage.run(ctx)`, its input's sparse layers handled as the stage declares."""
+    from torch import fx
+
+    from kompaktor.surgery import dense_sparse_linears, hold_masks
+
+    module = ctx.model.module
+    if stage.sparse_layers == "run" or not isinstance(module, fx.GraphModule):
+        return stage.run(ctx)
+    dtypes = dense_sparse_linears(module)
+    if not dtypes:
+        return stage.run(ctx)
+    names = f"{len(dtypes)} sparse layer(s) ({', '.join(dtypes)})"
+    if stage.sparse_layers == "densify":
+        ctx.log(
+            f"{stage.type}: {names} made dense, zeros kept: this stage changes or exports "
+            "their weights, which the sparse kernels hold as CSR buffers; a later prune with "
+            "runtime: sparse makes them sparse again"
+        )
+        result = stage.run(ctx)
+        result.details["sparseLayers"] = {"densified": list(dtypes)}
+        return result
+    ctx.log(f"{stage.type}: {names} trained dense with their zero weights held at zero")
+    weights = {path: module.get_parameter(f"{path}.weight") for path in dtypes}
+    with hold_masks(weights, {path: w != 0 for path, w in weights.items()}) as hold:
+        result = stage.run(ctx)
+        hold.apply()
+    assert isinstance(result.module, fx.GraphModule), "a stage that fine-tunes returns its graph"
+    _sparsify(result.module, dtypes)
+    ctx.log(f"{stage.type}: {names} sparse again")
+    result.details["sparseLayers"] = {"fineTuned": list(dtypes)}
+    return result
+
+
+def _sparsify(gm: fx.GraphModule, dtypes: dict[str, Any]) -> None:
+    """Put SparseLinear layers of the given dtypes back at these paths."""
+    from torch import nn
+
+    from kompaktor.surgery import linear_modules
+    from kompaktor_kernels import SparseLinear
+
+    linear_modules(gm)
+    for path, dtype in dtypes.items():
+        owner_path, _, leaf = path.rpartition(".")
+        owner = gm.get_submodule(owner_path) if owner_path else gm
+        dense = getattr(owner, leaf)
+        assert isinstance(dense, nn.Linear), f"{path} is a {type(dense).__name__}"
+        sparse = SparseLinear.from_dense(dense, dtype)
+        sparse.train(dense.training)
+        setattr(owner, leaf, sparse)
