@@ -149,7 +149,10 @@ class Stage(ABC, Generic[P]):
             _REGISTRY[cls.type] = cls
 
     def output_format(self, input_format: ModelFormat, params: P) -> ModelFormat:
-        """The format this stage writes for a given input (quantize writes ONNX, …)."""
+        """The format this stage writes for a given input (quantize writes ONNX, …). A module
+        it changes stays TorchScript when it came so: torch.export cannot take a ScriptModule."""
+        if self.produces == "pt2" and input_format == "torchscript":
+            return "torchscript"
         return self.produces or input_format
 
     def check(self, params: P, plan: PlanContext) -> None:

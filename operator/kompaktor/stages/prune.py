@@ -121,6 +121,12 @@ class PruneStage(Stage[PruneParams]):
                 "it rewrites the torch.export graph to drop channels, and a TorchScript or ONNX "
                 "graph cannot be rewritten and re-exported that way"
             )
+        if params.runtime == "sparse" and plan.input_format != "pt2":
+            raise ValueError(
+                f"params.runtime: sparse needs a pt2 model (got {plan.input_format}): it swaps "
+                "the pruned layers of the torch.export graph for the sparse kernels' layers, "
+                "which a TorchScript or ONNX graph cannot take"
+            )
 
     def run(self, ctx: StageContext[PruneParams]) -> StageResult:
         from kompaktor.stages.curves import validation_scorer

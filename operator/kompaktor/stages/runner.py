@@ -381,13 +381,18 @@ def output_metrics(
 def write_model(
     result: StageResult, dataset: Dataset, work: Path, stage_type: str
 ) -> tuple[Path, ModelFormat]:
-    """The stage's output as a file: a module is exported to .pt2, a path is taken as it is."""
+    """The stage's output as a file: a module is exported to .pt2 (a ScriptModule, which
+    torch.export cannot take, saved as TorchScript), a path is taken as it is."""
+    import torch
+
     from kompaktor.models import format_of, save_torch
     from kompaktor.training import set_training
 
     if result.module is not None:
         set_training(result.module, False)
-        return save_torch(result.module, example_inputs(dataset), work / "model.pt2"), "pt2"
+        scripted = isinstance(result.module, torch.jit.ScriptModule)
+        path = work / ("model.pt" if scripted else "model.pt2")
+        return save_torch(result.module, example_inputs(dataset), path), format_of(path)
     if result.path is not None:
         return result.path, result.output_format or format_of(result.path)
     raise StageError(f"stage ({stage_type}) returned no model")

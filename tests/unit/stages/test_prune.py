@@ -164,6 +164,15 @@ def test_structured_needs_a_pt2_model(fmt: str) -> None:
     PruneStage().check(params, PlanContext("prune", "pt2", (), "classification"))
 
 
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_sparse_runtime_needs_a_pt2_model(fmt: str) -> None:
+    params = PruneParams.model_validate({"sparsity": 0.9, "runtime": "sparse"})
+    plan = PlanContext("prune", fmt, (), "classification")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=rf"params\.runtime: sparse needs a pt2 model \(got {fmt}"):
+        PruneStage().check(params, plan)
+    PruneStage().check(params, PlanContext("prune", "pt2", (), "classification"))
+
+
 def test_sparse_runtime_keeps_the_pruned_function(
     digits_cnn: fx.GraphModule, digits_data: Dataset, tmp_path: Path
 ) -> None:

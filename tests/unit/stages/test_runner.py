@@ -159,6 +159,34 @@ def test_onnx_input_to_a_torch_stage_is_invalid(
     assert "cannot take a onnx model" in caught.value.failure.message
 
 
+@pytest.mark.parametrize(
+    ("stage", "params"), [("train", TRAIN), ("prune", {"sparsity": 0.5, "fineTuneEpochs": 1})]
+)
+def test_a_torchscript_input_gives_a_torchscript_output(
+    cancer_mlp_pt2: Path, tmp_path: Path, stage: str, params: dict[str, object]
+) -> None:
+    """torch.export cannot take a ScriptModule: these stages crashed writing their output."""
+    import torch
+
+    from kompaktor.models import save_torch
+    from kompaktor.stages.base import registry
+
+    module = load_model(cancer_mlp_pt2).module
+    assert module is not None
+    scripted = save_torch(module, (torch.randn(4, 30),), tmp_path / "m.pt")
+    request = StageRequest(type=stage, input=str(scripted), dataset="sklearn:breast_cancer",
+                           output=str(tmp_path / "o"), params=params)  # fmt: skip
+    record = run_stage(request)
+    assert record.format == "torchscript" and record.output.uri.endswith("model.pt")
+    assert record.metrics["metric"] > 0.85
+    loaded = load_model(tmp_path / "o" / "model.pt")
+    assert loaded.format == "torchscript" and loaded.module is not None
+    before = dict(load_model(scripted).module.named_parameters())  # type: ignore[union-attr]
+    changed = [n for n, p in loaded.module.named_parameters() if not torch.equal(p, before[n])]
+    assert changed  # trained or pruned, not passed through
+    assert registry()[stage]().output_format("torchscript", None) == "torchscript"  # the plan
+
+
 def test_benchmark_run_keeps_the_input_and_compares_to_reference(
     digits_cnn_small_pt2: Path, digits_cnn_pt2: Path, tmp_path: Path
 ) -> None:
