@@ -81,7 +81,8 @@ def dense_sparse_linears(gm: fx.GraphModule) -> dict[str, torch.dtype]:
         dense = layer.to_linear()
         holder._buffers.clear()
         holder.weight = dense.weight
-        holder.bias = dense.bias
+        if dense.bias is not None:
+            holder.bias = dense.bias
         tensors = [a for a in node.args[1:] if isinstance(a, fx.Node)]
         with gm.graph.inserting_before(node):
             params = [gm.graph.get_attr(f"{path}.{leaf}") for leaf in ("weight", "bias")]

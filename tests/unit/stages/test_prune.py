@@ -203,9 +203,9 @@ def test_sparse_runtime_logs_the_layers_it_keeps_dense() -> None:
     model = torch.nn.ModuleDict(
         {"attn": torch.nn.MultiheadAttention(16, 2), "head": torch.nn.Linear(16, 4)}
     )
-    with torch.no_grad():
+    with torch.no_grad():  # 90 % zeros in every tensor, whatever the random state
         for param in model.parameters():
-            param.mul_(torch.rand_like(param) >= 0.9)
+            param.mul_((torch.arange(param.numel()) % 10 == 0).view_as(param))
     lines: list[str] = []
     ctx = SimpleNamespace(log=lines.append)
     metrics: dict[str, float] = {}
