@@ -39,42 +39,70 @@ def feature_major(x: torch.Tensor) -> bool:
     return x.dim() == 2 and not x.is_contiguous() and x.stride() == (1, x.shape[0])
 
 
-# Weight buffers are fixed between calls, so their O(nnz) validation, and the derived layouts
-# built from them, are cached per tensor objects and version counters (an in-place edit bumps
-# a version and forces both again). An entry goes when its values tensor does.
-_CacheEntry = tuple[tuple[weakref.ref[torch.Tensor], ...], tuple[object, ...], Derived]
+_version = operator.attrgetter("_version")
+
+
+# Weight buffers are fixed between calls, so their O(nnz) validation, the derived layouts built
+# from them and the native plan over both are cached per tensor objects and version counters
+# (an in-place edit bumps a version and forces all three again; so does another bias, scales
+# or rowsum, whose pointers the plan holds). An entry goes when its values tensor does; it holds
+# the other tensors, so their ids cannot be recycled while it lives.
+class _CacheEntry:
+    __slots__ = ("derived", "held", "ids", "plan", "static", "values", "versions")
+
+    def __init__(
+        self, buffers: Buffers, static: tuple[object, ...], derived: Derived, plan: _NativePlan
+    ) -> None:
+        row_ptr, col, values = _csr(buffers)
+        slot = id(values)
+        self.values = weakref.ref(values, lambda _: _validated.pop(slot, None))
+        self.held = (row_ptr, col, *(t for t in buffers[3:] if t is not None))
+        self.ids = tuple(map(id, buffers))
+        self.versions = _versions(values, self.held)
+        self.static, self.derived, self.plan = static, derived, plan
+
+    def current(self, buffers: Buffers, static: tuple[object, ...]) -> bool:
+        values = buffers[2]
+        return (
+            self.ids == tuple(map(id, buffers))
+            and self.values() is values
+            and self.static == static
+            and self.versions == _versions(values, self.held)  # type: ignore[arg-type]
+        )
+
+
+def _versions(values: torch.Tensor, held: tuple[torch.Tensor, ...]) -> tuple[object, ...]:
+    return (values._version, values.data_ptr(), *map(_version, held))
+
+
 _validated: dict[int, _CacheEntry] = {}
 
 
-def _checked_derived(buffers: Buffers, in_features: int, values_dtype: torch.dtype) -> Derived:
-    """Validate the CSR and return the derived layouts built for it so far, both cached."""
+def _cached_plan(
+    buffers: Buffers, in_features: int, values_dtype: torch.dtype
+) -> tuple[_NativePlan, Derived]:
+    """The native plan over validated buffers and the layouts built for them so far, cached."""
+    static = (in_features, values_dtype)
+    hit = _validated.get(id(buffers[2]))
+    if hit is not None and hit.current(buffers, static):
+        return hit.plan, hit.derived
     row_ptr, col, values = _csr(buffers)
-    tensors = (values, col, row_ptr)
-    if any(t.is_inference() for t in tensors):
+    if any(t is not None and t.is_inference() for t in buffers):
         # Inference tensors keep no version counter, so nothing proves them unchanged.
         validate_csr(row_ptr, col, values, in_features, values_dtype)
-        return Derived.empty(values_dtype, final=True)
-    key = (
-        *(t._version for t in tensors), *(t.data_ptr() for t in tensors), in_features,
-        col.dtype, values.dtype, values_dtype,
-    )  # fmt: skip
-    hit = _validated.get(id(values))
-    if hit is not None and hit[1] == key:
-        refs, _, derived = hit
-        if all(r() is t for r, t in zip(refs, tensors, strict=True)):
-            return derived
+        derived = Derived.empty(values_dtype, final=True)
+        return native_plan(buffers, in_features, derived), derived
     derived = validated_start(buffers, in_features, values_dtype)
-    slot = id(values)
-    evict = weakref.ref(values, lambda _: _validated.pop(slot, None))
-    _validated[slot] = ((evict, weakref.ref(col), weakref.ref(row_ptr)), key, derived)
-    return derived
+    plan = native_plan(buffers, in_features, derived)  # checks bias, scales and rowsum too
+    _validated[id(values)] = _CacheEntry(buffers, static, derived, plan)
+    return plan, derived
 
 
-def _remember(values: torch.Tensor, derived: Derived) -> None:
-    """Keep layouts built since `_checked_derived` in the cache entry of their weights."""
+def _remember(values: torch.Tensor, derived: Derived, plan: _NativePlan) -> None:
+    """Keep layouts built since `_cached_plan`, and their plan, in their weights' entry."""
     hit = _validated.get(id(values))
-    if hit is not None and hit[0][0]() is values:
-        _validated[id(values)] = (hit[0], hit[1], derived)
+    if hit is not None and hit.values() is values:
+        hit.derived, hit.plan = derived, plan
 
 
 def validated_start(buffers: Buffers, in_features: int, values_dtype: torch.dtype) -> Derived:
@@ -82,9 +110,6 @@ def validated_start(buffers: Buffers, in_features: int, values_dtype: torch.dtyp
     row_ptr, col, values = _csr(buffers)
     validate_csr(row_ptr, col, values, in_features, values_dtype)
     return Derived.empty(values_dtype, final=in_features == 0 or row_ptr.numel() <= 1)
-
-
-_version = operator.attrgetter("_version")
 
 
 class Plan:
@@ -154,11 +179,11 @@ def native_plan(buffers: Buffers, in_features: int, derived: Derived) -> _Native
 def run(
     x: torch.Tensor, buffers: Buffers, in_features: int, values_dtype: torch.dtype
 ) -> torch.Tensor:
-    """The op's kernel call: the weights validated (cached), layouts built on first need."""
+    """The op's kernel call: the weights validated and the plan bound (cached), layouts built
+    on first need."""
     row_ptr, col, values = _csr(buffers)
     bias = buffers[3]
-    derived = _checked_derived(buffers, in_features, values_dtype)
-    plan = native_plan(buffers, in_features, derived)  # checks bias, scales and rowsum too
+    plan, derived = _cached_plan(buffers, in_features, values_dtype)
     lanes_inner = feature_major(x)
     y = empty_out(x, row_ptr.numel() - 1, lanes_inner)
     if in_features == 0:
@@ -167,6 +192,7 @@ def run(
     missing = plan(*args)
     if missing:
         derived = derived.with_kinds(missing, row_ptr, col, values, in_features)
-        _remember(values, derived)
-        native_plan(buffers, in_features, derived)(*args)
+        plan = native_plan(buffers, in_features, derived)
+        _remember(values, derived, plan)
+        plan(*args)
     return y

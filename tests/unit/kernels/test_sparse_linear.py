@@ -510,15 +510,26 @@ def test_the_op_caches_the_layouts_it_builds(isa: str) -> None:
     x = torch.randn(8, 300)
     args = (sl.row_ptr, sl.col, sl.values, sl.bias, 300)
     torch.testing.assert_close(torch.ops.kompaktor_kernels.sparse_linear(x, *args), lin(x))
-    derived = _plan._validated[id(sl.values)][2]
+    derived = _plan._validated[id(sl.values)].derived
     assert derived.built == _sliced.WIDE_PANELS
     torch.ops.kompaktor_kernels.sparse_linear(x, *args)
-    assert _plan._validated[id(sl.values)][2] is derived  # not rebuilt
+    assert _plan._validated[id(sl.values)].derived is derived  # not rebuilt
     with torch.no_grad():
         sl.values.neg_()
     want = F.linear(x, -lin.weight, lin.bias)
     torch.testing.assert_close(torch.ops.kompaktor_kernels.sparse_linear(x, *args), want)
-    assert _plan._validated[id(sl.values)][2] is not derived
+    assert _plan._validated[id(sl.values)].derived is not derived
+    # The cached plan holds the bias's pointer too: an edit, or another tensor, is seen.
+    op = torch.ops.kompaktor_kernels.sparse_linear
+    with torch.no_grad():
+        sl.bias.add_(1.0)
+    torch.testing.assert_close(op(x, *args), want + 1.0)
+    for _ in range(3):  # fresh tensors, which may reuse a freed one's id
+        bias = torch.randn(64)
+        torch.testing.assert_close(
+            op(x, sl.row_ptr, sl.col, sl.values, bias, 300), want - lin.bias + bias
+        )
+    torch.testing.assert_close(op(x, sl.row_ptr, sl.col, sl.values, None, 300), want - lin.bias)
 
 
 def test_fp32_batch1_sliced_and_gather_kernels_agree(isa: str) -> None:

@@ -193,6 +193,26 @@ def test_sparse_runtime_keeps_the_pruned_function(
         assert result.metrics["sparseLayers"] >= 1
 
 
+def test_sparse_int8_runtime_keeps_the_accuracy(
+    digits_cnn: fx.GraphModule, digits_data: Dataset, tmp_path: Path
+) -> None:
+    """int8 layers from 50 %: the CNN's 60 %-sparse hidden linear layer runs on the int8
+    kernels (fp32 keeps it dense, under its 80 %; the output layer is not pruned), within a
+    point of the fp32 result."""
+    params = {"sparsity": 0.6, "scope": "layer", "fineTuneEpochs": 0, "runtime": "sparse"}
+    fp32 = run(params, copy.deepcopy(digits_cnn), digits_data, tmp_path)
+    int8 = run({**params, "sparseDtype": "int8"}, digits_cnn, digits_data, tmp_path)
+    assert fp32.metrics["sparseLayers"] == 0.0
+    assert int8.metrics["sparseLayers"] == 1.0 and int8.details["sparseDtype"] == "int8"
+    layers = [m for m in int8.module.modules() if type(m).__name__ == "SparseLinear"]
+    assert [m.dtype for m in layers] == [torch.int8]
+    assert abs(accuracy(int8.module, digits_data) - accuracy(fp32.module, digits_data)) <= 0.01
+    with pytest.raises(
+        JobSpecError, match=r"params\.sparseDtype: .*only applies to runtime sparse"
+    ):
+        parse_params("prune", {"sparsity": 0.5, "sparseDtype": "int8"}, "stages[0] (prune)")
+
+
 def test_sparse_runtime_logs_the_layers_it_keeps_dense() -> None:
     """An attention block's out_proj is read by its owner, so sparsify keeps it dense and
     warns; the stage's log, not stderr, is where a user looks for that."""
@@ -207,7 +227,8 @@ def test_sparse_runtime_logs_the_layers_it_keeps_dense() -> None:
         for param in model.parameters():
             param.mul_((torch.arange(param.numel()) % 10 == 0).view_as(param))
     lines: list[str] = []
-    ctx = SimpleNamespace(log=lines.append)
+    params = PruneParams.model_validate({"sparsity": 0.9, "runtime": "sparse"})
+    ctx = SimpleNamespace(log=lines.append, params=params)
     metrics: dict[str, float] = {}
     _sparse_runtime(ctx, model, metrics, {})  # type: ignore[arg-type]
     assert metrics["sparseLayers"] == 1.0
