@@ -36,6 +36,17 @@ TECHNIQUES: list[tuple[str, str, dict[str, Any]]] = [
         {"method": "magnitude", "sparsity": 0.9, "fineTuneEpochs": 1, "runtime": "sparse"},
     ),
     (
+        "prune magnitude 90% sparse int8 runtime",
+        "prune",
+        {
+            "method": "magnitude",
+            "sparsity": 0.9,
+            "fineTuneEpochs": 1,
+            "runtime": "sparse",
+            "sparseDtype": "int8",
+        },
+    ),
+    (
         "prune structured 50%",
         "prune",
         {"method": "structured", "sparsity": 0.5, "fineTuneEpochs": 2},
