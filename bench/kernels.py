@@ -98,10 +98,14 @@ def bench_sparse(
     see how much it moves between processes)."""
     rounds, repeat, min_time = (1, 3, 0.02) if quick else (3, 3, 0.05)
     threads = torch.get_num_threads()
-    sliced = kk.active_isa() == "avx512" and kk._native.has_vbmi()
+    if kk.active_isa() != "avx512":
+        int8 = "CSR kernels"
+    elif kk._native.has_vbmi():
+        int8 = "sliced layout, vpermb (AVX512_VBMI)"
+    else:
+        int8 = "sliced layout, AVX512BW shuffles, to batch 8; CSR kernels beyond"
     print(
-        f"\n## Sparse linear (threads={threads}, isa={kk.active_isa()}, int8 "
-        f"{'sliced layout (AVX512_VBMI)' if sliced else 'CSR gathers'}), times in µs"
+        f"\n## Sparse linear (threads={threads}, isa={kk.active_isa()}, int8 {int8}), times in µs"
     )
     print(
         f"fp32 % peak: of the measured dense sgemm ({sgemm:.1f} GFLOP/s); int8 % peak: of "
@@ -312,7 +316,14 @@ def main() -> None:
         "--sparsity", type=float, help="sparse linear and memory: only this sparsity"
     )
     parser.add_argument("--batch", type=int, help="sparse linear: only this batch size")
+    parser.add_argument(
+        "--no-vbmi",
+        action="store_true",
+        help="run the avx512 path without AVX512_VBMI, as on CPUs that lack it (Cascade Lake)",
+    )
     args = parser.parse_args()
+    if args.no_vbmi:
+        kk._native.set_vbmi(False)
     if args.cpu_time:
         global CLOCK
         CLOCK = time.thread_time
@@ -323,7 +334,8 @@ def main() -> None:
     load = os.getloadavg()[0]
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-        f"paths {kk.available_isas()}, active {kk.active_isa()}, load average {load:.2f}"
+        f"paths {kk.available_isas()}, active {kk.active_isa()}, VBMI {kk._native.has_vbmi()}, "
+        f"load average {load:.2f}"
     )
     if load > 0.5:
         print("warning: the machine is busy; fork-join timings on 2 cores will be noisy")

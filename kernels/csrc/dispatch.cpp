@@ -17,9 +17,10 @@ Isa detect() {
   return Isa::portable;
 }
 const Isa g_best = detect();
-// AVX512_VBMI (vpermb, vpermi2b) enables the sliced int8 kernel and the register-gather
-// batch-1 int8 kernel within the AVX-512 path; parts with VNNI but no VBMI (e.g. Cascade Lake)
-// keep the byte-insert gathers.
+// AVX512_VBMI (vpermb, vpermi2b) gives the sliced int8 kernel its one-instruction byte
+// permute and enables the register-gather batch-1 int8 kernel within the AVX-512 path; parts
+// with VNNI but no VBMI (e.g. Cascade Lake) run the sliced kernel with the permute built from
+// AVX512BW byte shuffles.
 bool detect_vbmi() {
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
   return g_best == Isa::avx512 && __builtin_cpu_supports("avx512vbmi");
@@ -28,11 +29,17 @@ bool detect_vbmi() {
 #endif
 }
 const bool g_vbmi = detect_vbmi();
+std::atomic<bool> g_use_vbmi{g_vbmi};
 std::atomic<int> g_active{static_cast<int>(g_best)};
 }  // namespace
 
 Isa best_isa() { return g_best; }
-bool has_vbmi() { return g_vbmi; }
+bool has_vbmi() { return g_use_vbmi.load(std::memory_order_relaxed); }
+bool set_vbmi(bool on) {
+  if (on && !g_vbmi) return false;
+  g_use_vbmi.store(on, std::memory_order_relaxed);
+  return true;
+}
 Isa active_isa() { return static_cast<Isa>(g_active.load(std::memory_order_relaxed)); }
 bool set_isa(Isa isa) {
   if (static_cast<int>(isa) > static_cast<int>(g_best)) return false;
@@ -67,8 +74,8 @@ void spmm_i8(const SpmmI8Args& a) {
 #if defined(__x86_64__) || defined(_M_X64)
   // When the batch fills at most half of the last 16-lane vector (e.g. batch 8), 8-lane AVX2
   // tiles waste nothing and measured ~1.4x faster than half-empty AVX-512 ones (Zen 4 splits
-  // 512-bit ops anyway). The sliced layout (AVX512_VBMI) has no lane padding and beats both.
-  const bool sliced = a.sliced.idx != nullptr && has_vbmi();
+  // 512-bit ops anyway). The sliced layout has no lane padding and beats both.
+  const bool sliced = a.sliced.idx != nullptr && i8_runs_sliced(a.B, has_vbmi());
   if (active_isa() == Isa::avx512 && a.B > 1 && (a.B % 16) >= 1 && (a.B % 16) <= 8 && !sliced)
     return avx2::spmm_i8(a);
 #endif

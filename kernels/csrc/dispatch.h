@@ -5,7 +5,8 @@
 namespace kk {
 Isa best_isa();
 Isa active_isa();
-bool has_vbmi();  // AVX512_VBMI on an AVX-512 CPU: the sliced int8 kernel (and vpermi2b gather)
+bool has_vbmi();  // AVX512_VBMI on an AVX-512 CPU, in use: vpermb in the sliced int8 kernel
+bool set_vbmi(bool on);  // tests run the AVX512BW permute on VBMI parts too; false: no VBMI
 bool set_isa(Isa isa);  // false if the CPU lacks `isa`
 
 void spmm_f32(const SpmmF32Args& a);

@@ -29,6 +29,13 @@ enum class Isa : int { portable = 0, avx2 = 1, avx512 = 2 };
 // so a layer builds them on first need rather than all up front (_sliced.py mirrors these).
 enum : unsigned { kLayoutSliced = 1, kLayoutPanels = 2, kLayoutWidePanels = 4 };
 
+// Whether an int8 batch of B runs on the sliced layout (AVX-512). With VBMI every batch does;
+// with AVX512BW's four-shuffle permute its cost grows with the batch, and from batch 16 the
+// CSR kernels' shared activation loads win (Zen 4 with VBMI disabled, kernel only: 768x3072 at
+// 90 % took 13 / 47 / 94 / 188 us at batch 1 / 4 / 8 / 16 against the CSR kernels' 46 / 130 /
+// 123 / 166).
+inline bool i8_runs_sliced(int64_t B, bool vbmi) { return vbmi || B <= 8; }
+
 // Column indices are uint16 when in <= 65536 (col16), else int32 (validated non-negative).
 struct SpmmF32Args {
   const float* x;  // [B, in] row-major, or [in, B] if feature_major

@@ -63,13 +63,17 @@ using I8Plan = Plan<kk::SpmmI8Args, kk::spmm_i8, kk::spmm_i8_layouts>;
 
 NB_MODULE(_native, m) {
   m.doc() = "Kompaktor compiled kernels (CPU, runtime ISA dispatch)";
-  m.def("version", []() { return 8; });
+  m.def("version", []() { return 9; });
   m.def("best_isa", []() { return static_cast<int>(kk::best_isa()); },
         "Best path this CPU supports: 0 portable, 1 avx2, 2 avx512.");
   m.def("active_isa", []() { return static_cast<int>(kk::active_isa()); });
   m.def("has_vbmi", []() { return kk::has_vbmi(); },
-        "Whether the avx512 path has AVX512_VBMI: the sliced int8 kernel (every batch), and the "
-        "vpermi2b batch-1 gather (in_features <= 1024) where no sliced layout is given.");
+        "Whether the avx512 path uses AVX512_VBMI: vpermb in the sliced int8 kernel (else "
+        "AVX512BW byte shuffles), and the vpermi2b batch-1 gather (in_features <= 1024) where "
+        "no sliced layout is given.");
+  m.def("set_vbmi", [](bool on) { return kk::set_vbmi(on); },
+        "Stop (or resume) using AVX512_VBMI, to run the AVX512BW paths on a VBMI CPU; returns "
+        "False if asked to use it on a CPU without it.");
   m.def("set_isa", [](int isa) {
     require(isa >= 0 && isa <= 2, "isa must be 0, 1 or 2");
     return kk::set_isa(static_cast<kk::Isa>(isa));

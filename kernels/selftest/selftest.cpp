@@ -247,12 +247,18 @@ float i8_reference(const Csr& w, const float* x, int64_t r, float bias) {
 }
 
 void check_i8(const Csr& w, double density, const std::vector<float>& bias, Rng& rng) {
-  const bool vbmi = kk::active_isa() == kk::Isa::avx512 && kk::has_vbmi();
+  // The sliced layout runs on AVX-512: with vpermb where the CPU has VBMI, and (VBMI turned off,
+  // as on parts without it) with AVX512BW shuffles, up to batch 8.
+  const bool avx512 = kk::active_isa() == kk::Isa::avx512;
+  const bool vbmi = kk::has_vbmi();
   for (const bool col16 : {true, false}) {
-    const Sliced sliced = vbmi ? build_sliced(w, col16, false) : Sliced{};
-    for (const bool use_sliced : {false, true}) {
-      if (use_sliced && !vbmi) continue;
-      for (const int64_t B : {1, 2, 3, 12, 17, 45, 70}) {
+    const Sliced sliced = avx512 ? build_sliced(w, col16, false) : Sliced{};
+    for (const int layout : {0, 1, 2}) {  // CSR, sliced, sliced without VBMI
+      if (layout > 0 && !avx512) continue;
+      if (layout == 2 && !vbmi) continue;
+      const bool use_sliced = layout > 0;
+      kk::set_vbmi(layout != 2 && vbmi);
+      for (const int64_t B : {1, 2, 3, 5, 8, 12, 17, 45, 70}) {
         std::vector<float> x(B * w.in);
         for (float& v : x) v = rng.normal();
         if (B >= 3) {  // a NaN in the first row, an infinity in the last
@@ -275,7 +281,7 @@ void check_i8(const Csr& w, double density, const std::vector<float>& bias, Rng&
                 const float want = i8_reference(w, x.data() + b * w.in, r, bias[r]);
                 if (std::isnan(want) ? !std::isnan(got) : std::memcmp(&got, &want, sizeof got) != 0) {
                   fail(where("spmm_i8", w, density, col16, B, fm, threads,
-                             use_sliced ? "sliced" : "csr") +
+                             layout == 2 ? "sliced without vbmi" : use_sliced ? "sliced" : "csr") +
                        " row " + std::to_string(r) + " lane " + std::to_string(b) + ": got " +
                        std::to_string(got) + ", want " + std::to_string(want));
                   b = B;
@@ -286,6 +292,7 @@ void check_i8(const Csr& w, double density, const std::vector<float>& bias, Rng&
       }
     }
   }
+  kk::set_vbmi(vbmi);
 }
 
 // alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, label) per row, and the
