@@ -98,8 +98,10 @@ def bench_sparse(
     see how much it moves between processes)."""
     rounds, repeat, min_time = (1, 3, 0.02) if quick else (3, 3, 0.05)
     threads = torch.get_num_threads()
-    if kk.active_isa() != "avx512":
+    if kk.active_isa() == "portable":
         int8 = "CSR kernels"
+    elif kk.active_isa() == "avx2":
+        int8 = "sliced layout, AVX2 shuffles, to batch 4; CSR kernels beyond"
     elif kk._native.has_vbmi():
         int8 = "sliced layout, vpermb (AVX512_VBMI)"
     else:

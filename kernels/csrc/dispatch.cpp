@@ -75,7 +75,7 @@ void spmm_i8(const SpmmI8Args& a) {
   // When the batch fills at most half of the last 16-lane vector (e.g. batch 8), 8-lane AVX2
   // tiles waste nothing and measured ~1.4x faster than half-empty AVX-512 ones (Zen 4 splits
   // 512-bit ops anyway). The sliced layout has no lane padding and beats both.
-  const bool sliced = a.sliced.idx != nullptr && i8_runs_sliced(a.B, has_vbmi());
+  const bool sliced = a.sliced.idx != nullptr && a.B <= i8_sliced_max_batch(Isa::avx512, has_vbmi());
   if (active_isa() == Isa::avx512 && a.B > 1 && (a.B % 16) >= 1 && (a.B % 16) <= 8 && !sliced)
     return avx2::spmm_i8(a);
 #endif

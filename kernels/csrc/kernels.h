@@ -29,12 +29,16 @@ enum class Isa : int { portable = 0, avx2 = 1, avx512 = 2 };
 // so a layer builds them on first need rather than all up front (_sliced.py mirrors these).
 enum : unsigned { kLayoutSliced = 1, kLayoutPanels = 2, kLayoutWidePanels = 4 };
 
-// Whether an int8 batch of B runs on the sliced layout (AVX-512). With VBMI every batch does;
-// with AVX512BW's four-shuffle permute its cost grows with the batch, and from batch 16 the
-// CSR kernels' shared activation loads win (Zen 4 with VBMI disabled, kernel only: 768x3072 at
-// 90 % took 13 / 47 / 94 / 188 us at batch 1 / 4 / 8 / 16 against the CSR kernels' 46 / 130 /
-// 123 / 166).
-inline bool i8_runs_sliced(int64_t B, bool vbmi) { return vbmi || B <= 8; }
+// The largest int8 batch that runs on the sliced layout. With VBMI every batch does; with
+// AVX512BW's five-shuffle permute the cost grows with the batch, and from batch 16 the CSR
+// kernels' shared activation loads win (Zen 4 with VBMI disabled, kernel only: 768x3072 at 90 %
+// took 13 / 47 / 94 / 188 us at batch 1 / 4 / 8 / 16 against the CSR kernels' 46 / 130 / 123 /
+// 166). The AVX2 unit runs it a batch row at a time (26 / 53 / 105 / 130 / 208 us at batch 1 /
+// 2 / 4 / 5 / 8 against 47 / 122 / 126 / 129 / 123), so up to batch 4.
+inline int64_t i8_sliced_max_batch(Isa isa, bool vbmi) {
+  if (isa == Isa::avx512) return vbmi ? INT64_MAX : 8;
+  return isa == Isa::avx2 ? 4 : 0;
+}
 
 // Column indices are uint16 when in <= 65536 (col16), else int32 (validated non-negative).
 struct SpmmF32Args {

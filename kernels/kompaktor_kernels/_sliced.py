@@ -1,14 +1,14 @@
 """Derived layouts of the CSR weights for the batched and AVX-512 kernels (csrc/sliced.cpp).
 
 Sliced layouts regroup the weights by 16 output rows × one chunk of inputs so the kernels need
-no gather: int8 on AVX-512 CPUs (64-input chunks, ≈3–4× faster; every batch with AVX512_VBMI, up
-to batch 8 without), fp32 on AVX-512 at batch 1 (32-input chunks, ≈1.8× faster). fp32 layers on
-every CPU also get two panel layouts for batches > 1 (input panels whose activations stay in L1,
-rows sorted by length and run 8 in lockstep, ≈1.5× faster): 512-input panels for tiles of up to
-16 batch rows, 256 for wider ones. Derived from the stored CSR and never saved. A layer builds
-each kind the first time a batch runs on it (the native plan names the ones it lacks), so it
-holds only what its batch sizes use: a layer served at one batch size keeps one layout beside
-the CSR, not three."""
+no gather: int8 on x86 (64-input chunks, ≈2–4× faster; every batch with AVX512_VBMI, up to batch
+8 on other AVX-512 CPUs, up to 4 on AVX2), fp32 on AVX-512 at batch 1 (32-input chunks, ≈1.8×
+faster). fp32 layers on every CPU also get two panel layouts for batches > 1 (input panels whose
+activations stay in L1, rows sorted by length and run 8 in lockstep, ≈1.5× faster): 512-input
+panels for tiles of up to 16 batch rows, 256 for wider ones. Derived from the stored CSR and
+never saved. A layer builds each kind the first time a batch runs on it (the native plan names
+the ones it lacks), so it holds only what its batch sizes use: a layer served at one batch size
+keeps one layout beside the CSR, not three."""
 
 from __future__ import annotations
 

@@ -9,10 +9,11 @@ magnitude pruning does not (measurements: kernels/README.md). The format and its
 layers of whole models: `_swap`.
 
 Layers also get derived, unsaved layouts (`_sliced`), each built the first time a batch runs on
-it: a sliced one that replaces gathers with register permutes (int8 on AVX-512: every batch with
-AVX512_VBMI, up to 8 without; fp32 at batch 1), and for fp32 on every CPU two panel layouts for
-batches > 1 (L1-sized input panels, one width for tiles of up to 16 batch rows and one for wider
-tiles; rows sorted by length and run 8 in lockstep)."""
+it: a sliced one that replaces gathers with register permutes (int8 on x86: every batch with
+AVX512_VBMI, up to 8 on other AVX-512 CPUs, up to 4 on AVX2; fp32 at batch 1 on AVX-512), and
+for fp32 on every CPU two panel layouts for batches > 1 (L1-sized input panels, one width for
+tiles of up to 16 batch rows and one for wider tiles; rows sorted by length and run 8 in
+lockstep)."""
 
 from __future__ import annotations
 

@@ -247,18 +247,19 @@ float i8_reference(const Csr& w, const float* x, int64_t r, float bias) {
 }
 
 void check_i8(const Csr& w, double density, const std::vector<float>& bias, Rng& rng) {
-  // The sliced layout runs on AVX-512: with vpermb where the CPU has VBMI, and (VBMI turned off,
-  // as on parts without it) with AVX512BW shuffles, up to batch 8.
-  const bool avx512 = kk::active_isa() == kk::Isa::avx512;
+  // The sliced layout runs on the x86 units: AVX-512 with vpermb where the CPU has VBMI and
+  // (VBMI turned off, as on parts without it) with AVX512BW shuffles up to batch 8, AVX2 up to
+  // batch 4; larger batches given it run the CSR kernels.
+  const bool x86 = kk::active_isa() != kk::Isa::portable;
   const bool vbmi = kk::has_vbmi();
   for (const bool col16 : {true, false}) {
-    const Sliced sliced = avx512 ? build_sliced(w, col16, false) : Sliced{};
+    const Sliced sliced = x86 ? build_sliced(w, col16, false) : Sliced{};
     for (const int layout : {0, 1, 2}) {  // CSR, sliced, sliced without VBMI
-      if (layout > 0 && !avx512) continue;
-      if (layout == 2 && !vbmi) continue;
+      if (layout > 0 && !x86) continue;
+      if (layout == 2 && (!vbmi || kk::active_isa() != kk::Isa::avx512)) continue;
       const bool use_sliced = layout > 0;
       kk::set_vbmi(layout != 2 && vbmi);
-      for (const int64_t B : {1, 2, 3, 5, 8, 12, 17, 45, 70}) {
+      for (const int64_t B : {1, 2, 3, 4, 5, 8, 12, 17, 45, 70}) {
         std::vector<float> x(B * w.in);
         for (float& v : x) v = rng.normal();
         if (B >= 3) {  // a NaN in the first row, an infinity in the last

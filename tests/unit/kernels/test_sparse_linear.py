@@ -552,11 +552,11 @@ def test_fp32_batch1_sliced_and_gather_kernels_agree(isa: str) -> None:
     assert torch.all(sl(x)[:, ::5] == lin.bias[::5])
 
 
-@pytest.mark.skipif(not kk._native.has_vbmi(), reason="needs a CPU with AVX512_VBMI to compare")
 @pytest.mark.parametrize("feature_major_x", [False, True])
-def test_int8_sliced_kernel_without_vbmi_matches_vbmi_and_csr(feature_major_x: bool) -> None:
-    """The sliced int8 kernel's byte permute from AVX512BW shuffles (CPUs without VBMI) gives the
-    vpermb kernel's and the CSR kernels' bits, at every batch it runs (up to 8, 4 rows a pass)."""
+def test_int8_sliced_kernels_match_the_csr_kernels(isa: str, feature_major_x: bool) -> None:
+    """Each unit's sliced int8 kernel (vpermb with VBMI; AVX512BW shuffles without, to batch 8;
+    AVX2 shuffles and nibble sums, to batch 4) gives the CSR kernels' bits and the reference's,
+    at the batches it runs and just past them, where the CSR kernels take over."""
     lin = pruned(37, 333, 0.9)
     s8 = kk.SparseLinear.from_dense(lin, torch.int8)
     bufs = (s8.row_ptr, s8.col, s8.values, s8.bias, s8.scales, s8.rowsum)
@@ -564,22 +564,17 @@ def test_int8_sliced_kernel_without_vbmi_matches_vbmi_and_csr(feature_major_x: b
     empty = _sliced.Derived.empty(torch.int8, final=False)
     derived = empty.with_kinds(_sliced.SLICED, s8.row_ptr, s8.col, s8.values, 333)
     sliced = _plan.native_plan(bufs, 333, derived)
-    try:
-        for batch in range(1, 9):
-            x = torch.randn(batch, 333)
-            x = feature_major(x) if feature_major_x else x
-            ys = []
-            for plan, vbmi in ((csr, False), (sliced, False), (sliced, True)):
-                kk._native.set_vbmi(vbmi)
-                y = _plan.empty_out(x, 37, feature_major_x)
-                assert plan(x.data_ptr(), batch, y.data_ptr(), 2, feature_major_x) == 0
-                ys.append(y)
-            assert torch.equal(ys[0], ys[1]) and torch.equal(ys[1], ys[2])
-            want = sparse_linear_reference(x, lin.weight, lin.bias, torch.int8)
-            torch.testing.assert_close(ys[1], want, rtol=0, atol=0)
-    finally:
-        kk._native.set_vbmi(True)
-    assert kk._native.set_vbmi(True) and kk._native.has_vbmi()
+    for batch in range(1, 10):
+        x = torch.randn(batch, 333)
+        x = feature_major(x) if feature_major_x else x
+        ys = []
+        for plan in (csr, sliced):
+            y = _plan.empty_out(x, 37, feature_major_x)
+            assert plan(x.data_ptr(), batch, y.data_ptr(), 2, feature_major_x) == 0
+            ys.append(y)
+        assert torch.equal(ys[0], ys[1])
+        want = sparse_linear_reference(x, lin.weight, lin.bias, torch.int8)
+        torch.testing.assert_close(ys[1], want, rtol=0, atol=0)
 
 
 def test_int8_batch1_sees_in_place_edits() -> None:
