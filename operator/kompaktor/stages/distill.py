@@ -143,6 +143,8 @@ class DistillStage(Stage[DistillParams]):
 
         p = ctx.params
         teacher = _teacher(ctx)
+        if p.feature_weight > 0:
+            teacher = _dense_teacher(ctx, teacher)
         student = copy.deepcopy(ctx.model.require_module("distill"))
         example = sample(ctx.dataset)
         before = stored_elements(student)
@@ -197,6 +199,27 @@ def _teacher(ctx: StageContext[DistillParams]) -> nn.Module:
             "the plan should have filled params.teacher.uri"
         )
     return ctx.reference.require_module("distill")
+
+
+def _dense_teacher(ctx: StageContext[DistillParams], teacher: nn.Module) -> nn.Module:
+    """The teacher with layers on the sparse kernels (prune's `runtime: sparse`) as the dense
+    layers they compute, so feature matching sees them as hidden linear layers; a copy, since
+    the reference model is the job's yardstick after the stage too."""
+    from torch import fx
+
+    from kompaktor.surgery import dense_sparse_linears
+
+    if not isinstance(teacher, fx.GraphModule):
+        return teacher
+    dense = copy.deepcopy(teacher)
+    layers = dense_sparse_linears(dense)
+    if not layers:
+        return teacher
+    ctx.log(
+        f"distill: the teacher's {len(layers)} sparse layer(s) ({', '.join(layers)}) run dense "
+        "here, so their outputs can be matched"
+    )
+    return dense
 
 
 def _check_shapes(

@@ -160,3 +160,20 @@ def test_hpo_trials_fine_tune_the_sparse_layers(
     record = stage("hpo", search, path, tmp_path / "hpo")
     assert [t["state"] for t in record.details["trials"]] == ["Complete"] * 2
     assert_fine_tuned(path, tmp_path / "hpo" / "model.pt2")
+
+
+def test_feature_distillation_sees_a_sparse_teachers_hidden_layers(
+    sparse_mlp: tuple[nn.Module, Path], tmp_path: Path
+) -> None:
+    """Both hidden layers of the teacher are sparse: read as such, none could be matched."""
+    _, path = sparse_mlp
+    params = {
+        "teacher": {"uri": str(path)}, "student": {"widthMultiplier": 0.5}, "epochs": 1,
+        "featureWeight": 1.0,
+    }  # fmt: skip
+    record = stage("distill", params, path, tmp_path / "distill")
+    assert len(record.details["featurePairs"]) == 2
+    assert (
+        "the teacher's 2 sparse layer(s) (0, 2) run dense"
+        in (tmp_path / "distill" / LOG_FILE).read_text()
+    )
