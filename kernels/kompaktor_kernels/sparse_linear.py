@@ -17,8 +17,8 @@ lockstep)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Self
 
 import torch
 from torch import nn
@@ -36,6 +36,8 @@ from kompaktor_kernels._dispatch import num_threads
 from kompaktor_kernels._ops import sparse_linear_cpu, sparse_linear_int8_cpu
 from kompaktor_kernels._plan import BUFFERS, Plan, empty_out, feature_major, validated_start
 from kompaktor_kernels._quant import quantize_weight
+
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def _plain(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -208,6 +210,18 @@ class SparseLinear(nn.Module):
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
 
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Self:
+        """Device moves apply; dtype casts do not: `model.half()` or `.to(torch.bfloat16)` keeps
+        this layer's float32 (or int8) weights, and half-precision inputs are computed in
+        float32 and returned in their dtype, as the rest of such a model expects."""
+
+        def same_dtype(t: torch.Tensor) -> torch.Tensor:
+            out = fn(t)
+            return out if out.dtype == t.dtype else t.to(out.device)
+
+        super()._apply(same_dtype, recurse)  # type: ignore[no-untyped-call]
+        return self
+
     def to_linear(self) -> nn.Linear:
         """The dense nn.Linear this layer computes (int8: its dequantised weights), for what
         needs dense weights: training them, or an ONNX export (ONNX has no form for these ops)."""
@@ -290,8 +304,13 @@ class SparseLinear(nn.Module):
     def _forward_checked(self, x: torch.Tensor) -> torch.Tensor:
         # nn.Linear accepts any layout; match it rather than fail on a transposed activation.
         x = _checks.tensor("x", x)
+        if x.dtype in _HALF_DTYPES:  # a model cast to half precision: computed in float32
+            return self._forward_checked(x.float()).to(x.dtype)
         if x.dtype != torch.float32:
-            raise TypeError(f"SparseLinear expects float32 input, got {x.dtype}")
+            raise TypeError(
+                f"SparseLinear computes in float32 (float16 and bfloat16 inputs are cast), got "
+                f"{x.dtype} input"
+            )
         if not feature_major(x):
             x = x.contiguous()
         direct = (

@@ -171,9 +171,29 @@ def test_buffer_replacement_and_edits_are_seen() -> None:
     broken.col = broken.col[:-1].clone()  # replaced by an inconsistent tensor: rejected, not read
     with pytest.raises(ValueError, match="lengths differ"):
         broken(x)
-    sl.to(torch.float64)  # _apply replaces the float buffers: refused, not read as float32
+    sl.values = sl.values.double()  # a buffer of another dtype: refused, not read as float32
     with pytest.raises(TypeError, match="values"):
         sl(x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int8])
+def test_a_model_cast_to_half_precision_keeps_the_sparse_weights(dtype: torch.dtype) -> None:
+    """`model.half()` / `.to(torch.bfloat16)` cast every floating buffer, which left SparseLinear
+    reading float16 values (refused at the next call). Its weights keep their dtype; half inputs
+    are computed in float32 and come back in their dtype, so the cast model runs."""
+    dense = nn.Sequential(pruned(32, 64, 0.9), nn.ReLU(), nn.Linear(32, 8))
+    x = torch.randn(5, 64)
+    for half in (torch.float16, torch.bfloat16):
+        model = kk.sparsify(copy.deepcopy(dense), dtype=dtype, min_sparsity=0.5).to(half)
+        assert model[0].values.dtype == dtype and model[0].bias.dtype == torch.float32
+        assert model[2].weight.dtype == half  # the dense layer is cast as asked
+        y = model(x.to(half))
+        assert y.dtype == half
+        want = copy.deepcopy(dense).to(half)(x.to(half)).float()
+        torch.testing.assert_close(y.float(), want, rtol=0.02, atol=0.02)
+    model = kk.sparsify(copy.deepcopy(dense)).double()
+    with pytest.raises(TypeError, match=r"computes in float32 .* got torch.float64 input"):
+        model(x.double())
 
 
 def test_pickle_and_deepcopy_after_a_call() -> None:
