@@ -40,6 +40,19 @@ from kompaktor_kernels._quant import quantize_weight
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
+def _eager(x: torch.Tensor) -> bool:
+    """Whether the CPU kernels may run directly: nothing traces the call (compile and export
+    see FakeTensors or run under dynamo; torch.jit.trace records only torch ops, so a native
+    call would leave its graph returning the empty output) and nothing differentiates through
+    it. Otherwise the call goes through the custom op."""
+    return (
+        type(x) is torch.Tensor
+        and not (x.requires_grad and torch.is_grad_enabled())
+        and not torch.compiler.is_compiling()
+        and not torch._C._is_tracing()
+    )
+
+
 def _plain(t: torch.Tensor | None) -> torch.Tensor | None:
     return t.clone() if t is not None and t.is_inference() else t
 
@@ -265,19 +278,8 @@ class SparseLinear(nn.Module):
         # Plain eager inference skips the dispatcher and all per-call validation of the weights:
         # a cached plan holds the native arguments while the buffers are the same objects at the
         # same versions (in-place edits and replacement both force a re-validation). That halves
-        # the Python cost of a call (~5.5 us, about nn.Linear's). Anything traced (compile/export
-        # sees FakeTensors or runs under dynamo; torch.jit.trace records only torch ops, so a
-        # native call would leave its graph returning the empty output) or needing autograd goes
-        # through the custom op.
-        if (
-            type(x) is torch.Tensor
-            and x.dtype is torch.float32
-            and x.is_cpu
-            and x.layout is torch.strided
-            and not (x.requires_grad and torch.is_grad_enabled())
-            and not torch.compiler.is_compiling()
-            and not torch._C._is_tracing()
-        ):
+        # the Python cost of a call (~5.5 us, about nn.Linear's).
+        if x.dtype is torch.float32 and x.is_cpu and x.layout is torch.strided and _eager(x):
             ids = tuple(map(id, self._buffers.values()))
             plan = self._plan
             if plan is None or not plan.current(ids):
@@ -313,12 +315,7 @@ class SparseLinear(nn.Module):
             )
         if not feature_major(x):
             x = x.contiguous()
-        direct = (
-            type(x) is torch.Tensor
-            and not (x.requires_grad and torch.is_grad_enabled())
-            and not torch.compiler.is_compiling()
-            and not torch._C._is_tracing()
-        )
+        direct = _eager(x)
         if self.values.dtype == torch.int8:
             args = (x, self.row_ptr, self.col, self.values, self.scales, self.rowsum, self.bias)
             if direct:

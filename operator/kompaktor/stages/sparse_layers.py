@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from kompaktor.stages.base import Stage, StageContext, StageResult
 
 if TYPE_CHECKING:
+    import torch
     from torch import fx
 
 
@@ -60,7 +61,7 @@ def run_with_sparse_layers(stage: Stage[Any], ctx: StageContext[Any]) -> StageRe
     return result
 
 
-def _sparsify(gm: fx.GraphModule, dtypes: dict[str, Any]) -> None:
+def _sparsify(gm: fx.GraphModule, dtypes: dict[str, torch.dtype]) -> None:
     """Put SparseLinear layers of the given dtypes back at these paths."""
     from torch import nn
 
@@ -69,10 +70,8 @@ def _sparsify(gm: fx.GraphModule, dtypes: dict[str, Any]) -> None:
 
     linear_modules(gm)
     for path, dtype in dtypes.items():
-        owner_path, _, leaf = path.rpartition(".")
-        owner = gm.get_submodule(owner_path) if owner_path else gm
-        dense = getattr(owner, leaf)
+        dense = gm.get_submodule(path)
         assert isinstance(dense, nn.Linear), f"{path} is a {type(dense).__name__}"
         sparse = SparseLinear.from_dense(dense, dtype)
         sparse.train(dense.training)
-        setattr(owner, leaf, sparse)
+        gm.set_submodule(path, sparse)

@@ -128,8 +128,7 @@ def _holder_path(
 
 def _call_instead(gm: fx.GraphModule, node: fx.Node, path: str, module: nn.Module) -> None:
     """Put `module` at `path` and call it on the node's first argument in place of the node."""
-    owner_path, _, leaf = path.rpartition(".")
-    setattr(gm.get_submodule(owner_path) if owner_path else gm, leaf, module)
+    gm.set_submodule(path, module)
     tensors = [a for a in node.args[1:] if isinstance(a, fx.Node)]
     with gm.graph.inserting_before(node):
         call = gm.graph.call_module(path, (node.args[0],))
