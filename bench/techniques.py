@@ -1,10 +1,11 @@
 """Every technique on the same model, measured side by side in one process.
 
-    .venv/bin/python bench/techniques.py [--quick] [--only TEXT] [--batch N]
+    .venv/bin/python bench/techniques.py [--model cnn|mlp] [--quick] [--only TEXT] [--batch N]
 
-Trains the digits CNN (as `kompaktor init digits` does), runs each technique through the real
-stage runner, then times each output against the input model on one thread, alternating
-blocks so drift on a shared machine hits both alike. Prints one markdown table.
+Trains the digits CNN (as `kompaktor init digits` does) or a wide digits MLP, whose time is in
+its linear layers (where the sparse runtime pays), runs each technique through the real stage
+runner, then times each output against the input model on one thread, alternating blocks so
+drift on a shared machine hits both alike. Prints one markdown table.
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ from kompaktor.data import load_dataset
 from kompaktor.evaluate import make_batch, metric, model_size_bytes, parameter_count
 from kompaktor.models import load_model, predictor_for, save_torch
 from kompaktor.stages.runner import StageRequest, run_stage
-from kompaktor.zoo import DIGITS_URI, train_digits_cnn
+from kompaktor.zoo import DIGITS_URI, train_digits_cnn, train_digits_mlp
+
+MODELS: dict[str, tuple[str, Callable[..., torch.nn.Module]]] = {
+    "cnn": ("digits CNN", train_digits_cnn),
+    "mlp": ("digits MLP 64→2048→2048→10", train_digits_mlp),
+}
 
 TECHNIQUES: list[tuple[str, str, dict[str, Any]]] = [
     ("train (fine-tune 1 epoch)", "train", {"epochs": 1, "lr": 5e-4}),
@@ -96,6 +102,7 @@ def side_by_side(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", choices=sorted(MODELS), default="cnn", help="default cnn")
     parser.add_argument("--quick", action="store_true", help="fewer timing iterations")
     parser.add_argument(
         "--only", metavar="TEXT", help="only the techniques whose label contains TEXT"
@@ -109,7 +116,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="kompaktor-bench-"))
     data = load_dataset(DIGITS_URI)
     data.save_npz(work / "digits.npz")
-    model = train_digits_cnn(0, dataset=data)
+    title, train = MODELS[args.model]
+    model = train(0, dataset=data)
     example = (torch.from_numpy(data.inputs("train")[0][:2]),)
     input_path = save_torch(model, example, work / "input.pt2")
     base = load_model(input_path)
@@ -159,7 +167,7 @@ def main() -> None:
             )
         )
     print(
-        f"digits CNN, batch {args.batch}, 1 thread, {torch.__version__}; input p50 "
+        f"{title}, batch {args.batch}, 1 thread, {torch.__version__}; input p50 "
         f"{base_p50:.3f} ms (median of the side-by-side blocks)\n"
     )
     print("| technique | accuracy | Δ vs input | params | size (KiB) | p50 ms | speedup |")

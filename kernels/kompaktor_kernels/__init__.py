@@ -15,12 +15,14 @@ from kompaktor_kernels._dispatch import (
     set_isa,
     use_isa,
 )
+from kompaktor_kernels._ops import EAGER_CPU_KERNELS
 from kompaktor_kernels._swap import densify, load_sparse_state_dict, sparsify, weight_sparsity
 from kompaktor_kernels.kd_loss import kd_loss
 from kompaktor_kernels.kmeans import kmeans1d_assign, kmeans1d_step
 from kompaktor_kernels.sparse_linear import SparseLinear
 
 __all__ = [
+    "EAGER_CPU_KERNELS",
     "ENV_VAR",
     "ISAS",
     "SparseLinear",

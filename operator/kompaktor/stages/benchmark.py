@@ -3,6 +3,8 @@
 Both models run in the same process, on the same batches, in alternating blocks (and the
 order flips every block), so drift in clock speed or noisy neighbours hits both alike and the
 speedup is a fair ratio. Energy is metered per block and attributed to the model that ran it.
+Exported torch models run with their weights as arguments (`kompaktor.models.lifted`), so the
+figures are the models', not torch's per-call Python framing around them.
 The output is the input, unchanged: a benchmark only measures.
 """
 
