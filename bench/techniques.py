@@ -112,8 +112,13 @@ def main() -> None:
     if args.only and not any(args.only in label for label, _, _ in TECHNIQUES):
         raise SystemExit(f"no technique matches --only {args.only!r}")
     torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix="kompaktor-bench-") as work:
+        measure(args, Path(work))
+
+
+def measure(args: argparse.Namespace, work: Path) -> None:
+    """Train the model, run each technique in `work`, print the table."""
     blocks, per_block = (4, 50) if args.quick else (10, 100)
-    work = Path(tempfile.mkdtemp(prefix="kompaktor-bench-"))
     data = load_dataset(DIGITS_URI)
     data.save_npz(work / "digits.npz")
     title, train = MODELS[args.model]
