@@ -33,7 +33,12 @@ def rss_mib(pid: int) -> float:
 
 
 async def main(jobs: int) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="kompaktor-bench-"))
+    with tempfile.TemporaryDirectory(prefix="kompaktor-bench-") as folder:
+        await measure(jobs, Path(folder))
+
+
+async def measure(jobs: int, tmp: Path) -> None:
+    """Create `jobs` OptimizationJobs against an emulated API server in `tmp`; print figures."""
     model = tmp / "model.pt2"
     model.write_bytes(b"bench")
     config = {"pools": [{"name": "cpu"}], "artifactsUri": (tmp / "store").as_uri()}
