@@ -35,8 +35,10 @@ if TYPE_CHECKING:
     from kompaktor.stages.base import Curve, StageContext, StageResult
     from kompaktor.stages.outputs import OutputPrefix, RunLog
 
-#: The quick latency figure every run reports (benchmark measures properly).
-LATENCY_WARMUP, LATENCY_ITERATIONS = 5, 30
+#: The quick latency figure every run reports (benchmark measures properly): at least 30 calls
+#: over at least 0.1 s, so a burst from a neighbour cannot set a fast model's median (30 calls
+#: of 25 µs took under a millisecond, and one burst moved a figure by 1.5×).
+LATENCY_WARMUP, LATENCY_ITERATIONS, LATENCY_SECONDS = 5, 30, 0.1
 FAILURE_MESSAGE_LIMIT = 3000
 
 
@@ -371,6 +373,7 @@ def output_metrics(
                 1,
                 warmup=LATENCY_WARMUP,
                 iterations=LATENCY_ITERATIONS,
+                min_seconds=LATENCY_SECONDS,
             )
         finally:
             torch.set_num_threads(threads)
