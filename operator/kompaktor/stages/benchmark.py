@@ -20,6 +20,7 @@ from pydantic import Field, field_validator
 
 from kompaktor.evaluate import metric, model_size_bytes
 from kompaktor.metrics import EnergyMeter
+from kompaktor.metrics.hardware import describe
 from kompaktor.models import Predictor
 from kompaktor.stages.base import SparseLayers, Stage, StageContext, StageParams, StageResult
 
@@ -124,6 +125,9 @@ class BenchmarkStage(Stage[BenchmarkParams]):
 
         p = ctx.params
         torch.set_num_threads(p.threads)
+        hardware = describe()
+        isa = f", kernels {hardware['kernelsIsa']}" if "kernelsIsa" in hardware else ""
+        ctx.log(f"on {hardware['cpu']} ({hardware['arch']}, {hardware['cpus']} cores{isa})")
         models = {"input": ctx.model, "reference": ctx.reference}
         predictors = {name: predictor_for(model, p.threads) for name, model in models.items()}
         sample = ctx.dataset.inputs("test")
@@ -150,6 +154,7 @@ class BenchmarkStage(Stage[BenchmarkParams]):
             "metric": ctx.metric,
             "threads": p.threads,
             "pool": os.environ.get("KOMPAKTOR_POOL"),
+            "hardware": hardware,
             "energyMethod": method,
         }
         ctx.log(f"speedup {metrics['speedup']:.2f}x, size ratio {metrics['sizeRatio']:.3f}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,11 @@ def test_identical_models_have_speedup_near_one(
     assert table["input"]["metric"] == table["reference"]["metric"] > 0.8
     assert set(table["input"]["batches"]) == {"1", "16"}
     assert result.details["energyMethod"] in ("rapl", "estimate", "nvml")
+    hardware = result.details["hardware"]
+    assert hardware["arch"] == platform.machine() and hardware["torchThreads"] == 1
+    assert hardware["cpu"] and hardware["cpus"] >= 1
+    kernels = pytest.importorskip("kompaktor_kernels")
+    assert hardware["kernelsIsa"] == kernels.active_isa()
 
 
 def test_smaller_model_reports_size_ratio_below_one(
