@@ -33,7 +33,10 @@ _GUARDS = "_guards_fn"
 
 
 class LiftedGraph:
-    """`module(*inputs)` with the weights passed as arguments; same outputs, same structure."""
+    """`module(*inputs)` with the weights passed as arguments; same outputs, same structure.
+
+    The weights are the module's tensors when it was lifted: in-place updates (an optimizer
+    step) show, tensors assigned anew do not, so lift again after replacing any."""
 
     def __init__(
         self,
