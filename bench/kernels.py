@@ -1,4 +1,5 @@
-"""Side-by-side benchmark of the compiled kernels against the best existing PyTorch paths.
+"""Side-by-side benchmark of the compiled kernels against the best existing PyTorch and ONNX
+Runtime paths.
 
 Everything runs in one process with one thread count (torch.get_num_threads(), which the
 kernels also use). Ratios > 1 mean the kernel is faster. `--quick` cuts repeats for CI."""
@@ -7,14 +8,17 @@ from __future__ import annotations
 
 import argparse
 import gc
+import logging
 import os
 import resource
+import tempfile
 import threading
 import time
 import warnings
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -162,6 +166,101 @@ def bench_sparse(
                     )
 
 
+def _ort_session(path: Path) -> Any:
+    """An ONNX Runtime CPU session on this benchmark's threads, workers not spinning (they would
+    steal the core from the paths timed next)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def dense_runtimes(lin: torch.nn.Linear, folder: Path) -> tuple[Any, Any, Any]:
+    """The other runtimes' dense forms of `lin`: ONNX Runtime fp32 (MLAS sgemm), ONNX Runtime
+    dynamic int8 (per-channel int8 weights, MatMulInteger) and torch's dynamic int8 Linear
+    (fbgemm), each the fastest way its runtime offers to run a linear layer on a CPU."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from kompaktor.models import save_onnx
+
+    fp32 = save_onnx(
+        torch.nn.Sequential(lin), (torch.zeros(2, lin.in_features),), folder / "f.onnx"
+    )
+    int8 = folder / "i8.onnx"
+    logging.disable(logging.WARNING)  # its advice to pre-process, on a one-layer graph
+    try:
+        quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8, per_channel=True)
+    finally:
+        logging.disable(logging.NOTSET)
+    with warnings.catch_warnings():  # torch.ao.quantization's deprecation notice
+        warnings.simplefilter("ignore")
+        fbgemm = torch.ao.quantization.quantize_dynamic(
+            torch.nn.Sequential(lin), {torch.nn.Linear}, dtype=torch.qint8
+        )
+    return _ort_session(fp32), _ort_session(int8), fbgemm
+
+
+def bench_runtimes(
+    quick: bool,
+    shape: tuple[int, int] | None = None,
+    sparsity: float | None = None,
+    batch: int | None = None,
+) -> None:
+    """Sparse linear against dense layers in the other runtimes a pruned model could ship in
+    (DESIGN.md §5: the best PyTorch / ONNX Runtime path): each called from Python on the same
+    x, paths round-robin as in bench_sparse. "best dense" is the faster of the dense columns of
+    the kernel's dtype."""
+    rounds, repeat, min_time = (1, 3, 0.02) if quick else (3, 3, 0.05)
+    print(
+        f"\n## Sparse linear against dense runtimes (threads={torch.get_num_threads()}, "
+        f"isa={kk.active_isa()}), times in µs"
+    )
+    print(
+        "| weight (out×in) | sparsity | batch | dense F.linear | ORT fp32 | kk fp32 "
+        "| torch dynamic int8 (fbgemm) | ORT dynamic int8 | kk int8 | fp32 vs best dense fp32 "
+        "| int8 vs best dense int8 |"
+    )
+    print("|---" * 11 + "|")
+    shapes = (shape,) if shape is not None else ((768, 3072), (3072, 768))
+    sparsities = (sparsity,) if sparsity is not None else (0.9,) if quick else (0.8, 0.9, 0.95)
+    batches = (batch,) if batch is not None else (1, 8, 32)
+    with tempfile.TemporaryDirectory() as folder, torch.inference_mode():
+        for out_f, in_f in shapes:
+            for sp in sparsities:
+                lin = pruned_linear(out_f, in_f, sp).eval()
+                with torch.inference_mode(False):
+                    ort32, ort8, fbgemm = dense_runtimes(lin, Path(folder))
+                w, b = lin.weight.detach(), lin.bias.detach()
+                s32 = kk.SparseLinear.from_dense(lin)
+                s8 = kk.SparseLinear.from_dense(lin, torch.int8)
+                for bsz in batches:
+                    x = torch.randn(bsz, in_f)
+                    feed = {ort32.get_inputs()[0].name: x.numpy()}
+                    paths: list[Callable[[], object]] = [
+                        partial(F.linear, x, w, b),
+                        partial(ort32.run, None, feed),
+                        partial(s32, x),
+                        partial(fbgemm, x),
+                        partial(ort8.run, None, feed),
+                        partial(s8, x),
+                    ]
+                    best = [float("inf")] * len(paths)
+                    for _ in range(rounds):
+                        for i, fn in enumerate(paths):
+                            best[i] = min(best[i], timeit(fn, repeat, min_time))
+                    t_dense, t_ort32, t32, t_fbgemm, t_ort8, t8 = best
+                    cells = " | ".join(f"{t * 1e6:.1f}" for t in best)
+                    print(
+                        f"| {out_f}×{in_f} | {sp:.0%} | {bsz} | {cells} "
+                        f"| {min(t_dense, t_ort32) / t32:.2f}× "
+                        f"| {min(t_fbgemm, t_ort8) / t8:.2f}× |"
+                    )
+
+
 class PeakRSS:
     """Peak resident-set growth during a block, sampled by a thread (tracemalloc does not see
     torch's allocations); the baseline is taken after the inputs already exist."""
@@ -298,7 +397,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repeats")
     parser.add_argument(
-        "--only", choices=("sparse", "memory", "kd", "kmeans"), help="run one benchmark"
+        "--only",
+        choices=("sparse", "runtimes", "memory", "kd", "kmeans"),
+        help="run one benchmark",
     )
     parser.add_argument(
         "--threads", type=int, help="torch.set_num_threads (kernels follow it); default: torch's"
@@ -312,12 +413,14 @@ def main() -> None:
     parser.add_argument(
         "--shape",
         type=_shape,
-        help="sparse linear and memory: only this weight shape, OUTxIN (e.g. 3072x768)",
+        help="sparse linear, runtimes and memory: only this weight shape, OUTxIN (e.g. 3072x768)",
     )
     parser.add_argument(
-        "--sparsity", type=float, help="sparse linear and memory: only this sparsity"
+        "--sparsity", type=float, help="sparse linear, runtimes and memory: only this sparsity"
     )
-    parser.add_argument("--batch", type=int, help="sparse linear: only this batch size")
+    parser.add_argument(
+        "--batch", type=int, help="sparse linear and runtimes: only this batch size"
+    )
     parser.add_argument(
         "--no-vbmi",
         action="store_true",
@@ -345,6 +448,8 @@ def main() -> None:
     print(f"measured dense sgemm: {sgemm:.1f} GFLOP/s")
     if args.only in (None, "sparse"):
         bench_sparse(args.quick, sgemm, args.shape, args.sparsity, args.batch)
+    if args.only in (None, "runtimes"):
+        bench_runtimes(args.quick, args.shape, args.sparsity, args.batch)
     if args.only in (None, "memory"):
         bench_memory(args.quick, args.shape, args.sparsity)
     if args.only in (None, "kmeans"):
