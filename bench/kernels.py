@@ -68,6 +68,26 @@ def measured_dense_peak(quick: bool) -> float:
     return 2.0 * n**3 / t / 1e9
 
 
+#: The issue's weight shapes (out × in): a BERT-base feed-forward block's two layers.
+SHAPES = ((768, 3072), (3072, 768))
+
+
+def round_robin(paths: list[Callable[[], object]], quick: bool) -> list[float]:
+    """Best seconds per call of each path, the paths timed in turns (`rounds` times), so a
+    burst of load from other tenants hits them alike instead of one path's whole measurement."""
+    rounds, repeat, min_time = (1, 3, 0.02) if quick else (3, 3, 0.05)
+    best = [float("inf")] * len(paths)
+    for _ in range(rounds):
+        for i, fn in enumerate(paths):
+            best[i] = min(best[i], timeit(fn, repeat, min_time))
+    return best
+
+
+def table_header(*columns: str) -> None:
+    print("| " + " | ".join(columns) + " |")
+    print("|---" * len(columns) + "|")
+
+
 def pruned_linear(out_f: int, in_f: int, sparsity: float) -> torch.nn.Linear:
     lin = torch.nn.Linear(in_f, out_f)
     with torch.no_grad():
@@ -85,8 +105,7 @@ def bench_sparse(
     """Effective GFLOP/s count 2 flops per stored non-zero and batch row; % peak is against the
     measured dense sgemm on the same threads (fp32) and the nominal VNNI peak (int8).
 
-    The paths of a row are timed round-robin (`rounds` times, best of all), so a burst of load
-    from other tenants hits them alike instead of one path's whole measurement.
+    The paths of a row are timed round-robin (`round_robin`).
 
     torch CSR starts from the same x as the other paths, as a drop-in for nn.Linear must:
     `addmm(b, W_csr, x.t())`, its fastest form (F.linear with a CSR weight is 6-7x slower); its
@@ -100,7 +119,6 @@ def bench_sparse(
 
     shape, sparsity and batch, where given, narrow the grid to them (e.g. one cell, re-run to
     see how much it moves between processes)."""
-    rounds, repeat, min_time = (1, 3, 0.02) if quick else (3, 3, 0.05)
     threads = torch.get_num_threads()
     if kk.active_isa() == "portable":
         int8 = "CSR kernels"
@@ -117,13 +135,13 @@ def bench_sparse(
         f"fp32 % peak: of the measured dense sgemm ({sgemm:.1f} GFLOP/s); int8 % peak: of "
         f"{PEAK_I8_PER_CORE:.0f} GOP/s per core (nominal VNNI)"
     )
-    print(
-        "| weight (out×in) | sparsity | batch | dense F.linear | torch CSR | torch CSR, xᵀ given "
-        "| kk fp32 | kk fp32, xᵀ given | kk int8 | fp32 vs dense | fp32 vs CSR "
-        "| fp32 vs CSR, xᵀ given | int8 vs dense | fp32 GFLOP/s (% peak) | int8 GOP/s (% peak) |"
+    table_header(
+        *("weight (out×in)", "sparsity", "batch", "dense F.linear", "torch CSR"),
+        *("torch CSR, xᵀ given", "kk fp32", "kk fp32, xᵀ given", "kk int8", "fp32 vs dense"),
+        *("fp32 vs CSR", "fp32 vs CSR, xᵀ given", "int8 vs dense", "fp32 GFLOP/s (% peak)"),
+        "int8 GOP/s (% peak)",
     )
-    print("|---" * 15 + "|")
-    shapes = (shape,) if shape is not None else ((768, 3072), (3072, 768))
+    shapes = (shape,) if shape is not None else SHAPES
     default_sparsities = (0.9,) if quick else (0.5, 0.8, 0.9, 0.95)
     sparsities = (sparsity,) if sparsity is not None else default_sparsities
     batches = (batch,) if batch is not None else (1, 8, 32) if quick else (1, 8, 16, 32)
@@ -149,11 +167,7 @@ def bench_sparse(
                         partial(s32, xt.t()),
                         partial(s8, x),
                     ]
-                    best = [float("inf")] * len(paths)
-                    for _ in range(rounds):
-                        for i, fn in enumerate(paths):
-                            best[i] = min(best[i], timeit(fn, repeat, min_time))
-                    t_dense, t_csr, t_csr_xt, t32, t32_xt, t8 = best
+                    t_dense, t_csr, t_csr_xt, t32, t32_xt, t8 = round_robin(paths, quick)
                     flops = 2.0 * nnz * bsz
                     g32, g8 = flops / t32 / 1e9, flops / t8 / 1e9
                     print(
@@ -214,18 +228,16 @@ def bench_runtimes(
     (DESIGN.md §5: the best PyTorch / ONNX Runtime path): each called from Python on the same
     x, paths round-robin as in bench_sparse. "best dense" is the faster of the dense columns of
     the kernel's dtype."""
-    rounds, repeat, min_time = (1, 3, 0.02) if quick else (3, 3, 0.05)
     print(
         f"\n## Sparse linear against dense runtimes (threads={torch.get_num_threads()}, "
         f"isa={kk.active_isa()}), times in µs"
     )
-    print(
-        "| weight (out×in) | sparsity | batch | dense F.linear | ORT fp32 | kk fp32 "
-        "| torch dynamic int8 (fbgemm) | ORT dynamic int8 | kk int8 | fp32 vs best dense fp32 "
-        "| int8 vs best dense int8 |"
+    table_header(
+        *("weight (out×in)", "sparsity", "batch", "dense F.linear", "ORT fp32", "kk fp32"),
+        *("torch dynamic int8 (fbgemm)", "ORT dynamic int8", "kk int8"),
+        *("fp32 vs best dense fp32", "int8 vs best dense int8"),
     )
-    print("|---" * 11 + "|")
-    shapes = (shape,) if shape is not None else ((768, 3072), (3072, 768))
+    shapes = (shape,) if shape is not None else SHAPES
     sparsities = (sparsity,) if sparsity is not None else (0.9,) if quick else (0.8, 0.9, 0.95)
     batches = (batch,) if batch is not None else (1, 8, 32)
     with tempfile.TemporaryDirectory() as folder, torch.inference_mode():
@@ -248,10 +260,7 @@ def bench_runtimes(
                         partial(ort8.run, None, feed),
                         partial(s8, x),
                     ]
-                    best = [float("inf")] * len(paths)
-                    for _ in range(rounds):
-                        for i, fn in enumerate(paths):
-                            best[i] = min(best[i], timeit(fn, repeat, min_time))
+                    best = round_robin(paths, quick)
                     t_dense, t_ort32, t32, t_fbgemm, t_ort8, t8 = best
                     cells = " | ".join(f"{t * 1e6:.1f}" for t in best)
                     print(
@@ -361,12 +370,11 @@ def bench_memory(
     are built the first time a batch needs each, so a layer holds what its batches used."""
     served = ((1,), (8,), (32,), (1, 8, 32))
     print("\n## Sparse linear memory, bytes per weight (buffers + derived layouts built)")
-    print(
-        "| weight (out×in) | sparsity | dtype | dense fp32 | stored | served at batch 1 | 8 | 32 "
-        "| 1, 8 and 32 |"
+    table_header(
+        *("weight (out×in)", "sparsity", "dtype", "dense fp32", "stored", "served at batch 1"),
+        *("8", "32", "1, 8 and 32"),
     )
-    print("|---" * 9 + "|")
-    shapes = (shape,) if shape is not None else ((768, 3072), (3072, 768))
+    shapes = (shape,) if shape is not None else SHAPES
     sparsities = (sparsity,) if sparsity is not None else (0.9,) if quick else (0.5, 0.8, 0.9, 0.99)
     with torch.no_grad():
         for out_f, in_f in shapes:
