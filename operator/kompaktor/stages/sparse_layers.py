@@ -34,8 +34,10 @@ def run_with_sparse_layers(stage: Stage[Any], ctx: StageContext[Any]) -> StageRe
     from kompaktor.surgery import dense_sparse_linears, hold_masks
 
     module = ctx.model.module
-    if stage.sparse_layers == "run" or not isinstance(module, fx.GraphModule):
+    if not isinstance(module, fx.GraphModule):
         return stage.run(ctx)
+    if stage.sparse_layers == "run":
+        return _run_as_they_are(stage, ctx, module)
     dtypes = dense_sparse_linears(module)
     if not dtypes:
         return stage.run(ctx)
@@ -58,6 +60,27 @@ def run_with_sparse_layers(stage: Stage[Any], ctx: StageContext[Any]) -> StageRe
     _sparsify(result.module, dtypes)
     ctx.log(f"{stage.type}: {names} sparse again")
     result.details["sparseLayers"] = {"fineTuned": list(dtypes)}
+    return result
+
+
+def _run_as_they_are(stage: Stage[Any], ctx: StageContext[Any], gm: fx.GraphModule) -> StageResult:
+    """The stage on its input as it is, naming the layers that run on the sparse kernels (what
+    a benchmark's figures owe to them)."""
+    from kompaktor.surgery import sparse_linears
+
+    layers = sparse_linears(gm)
+    if layers:
+        described = ", ".join(
+            f"{path} ({info['dtype']}, {'×'.join(map(str, info['shape']))}, "
+            f"{info['density']:.1%} stored)"
+            for path, info in layers.items()
+        )
+        ctx.log(
+            f"{stage.type}: {len(layers)} sparse layer(s) run on kompaktor_kernels: {described}"
+        )
+    result = stage.run(ctx)
+    if layers:
+        result.details["sparseLayers"] = {"run": layers}
     return result
 
 

@@ -28,7 +28,7 @@ from kompaktor.surgery.masks import (
     prunable_weights,
     sparsity_of,
 )
-from kompaktor.surgery.modules import dense_sparse_linears, linear_modules
+from kompaktor.surgery.modules import dense_sparse_linears, linear_modules, sparse_linears
 from kompaktor.surgery.saliency import (
     Batch,
     channel_l1_scores,
@@ -57,6 +57,7 @@ __all__ = [
     "output_layers",
     "prunable_weights",
     "remove_channels",
+    "sparse_linears",
     "sparsity_of",
     "sparsity_schedule",
     "stored_elements",

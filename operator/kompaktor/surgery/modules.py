@@ -10,6 +10,7 @@ sparse linear calls into the `aten.linear` calls of the dense layers they comput
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypedDict
 
 import torch
 from torch import fx, nn
@@ -24,6 +25,43 @@ _SPARSE_OPS = {
         "row_ptr", "col", "values", "scales", "rowsum", "bias",
     ),
 }  # fmt: skip
+
+
+class SparseLayer(TypedDict):
+    """A sparse linear layer as a report names it (JSON as it is)."""
+
+    dtype: str  # of its stored weights: float32 or int8
+    shape: list[int]  # out, in
+    density: float  # the share of its weights stored (non-zero)
+
+
+def sparse_linears(gm: fx.GraphModule) -> dict[str, SparseLayer]:
+    """Each kompaktor_kernels sparse linear call on a holder's buffers, by the holder's path."""
+    layers: dict[str, SparseLayer] = {}
+    for node, path in _sparse_calls(gm):
+        holder = gm.get_submodule(path)
+        out_features, in_features = holder.get_buffer("row_ptr").numel() - 1, node.args[-1]
+        assert isinstance(in_features, int)
+        values = holder.get_buffer("values")
+        layers[path] = SparseLayer(
+            dtype=str(values.dtype).removeprefix("torch."),
+            shape=[out_features, in_features],
+            density=values.numel() / max(out_features * in_features, 1),
+        )
+    return layers
+
+
+def _sparse_calls(gm: fx.GraphModule) -> list[tuple[fx.Node, str]]:
+    """kompaktor_kernels' sparse linear calls whose tensors are one holder's buffers (how
+    torch.export records a SparseLinear), with the holder's path."""
+    found = []
+    for node in gm.graph.nodes:
+        leaves = _SPARSE_OPS.get(_op_name(node))
+        if leaves is not None:
+            path = _holder_path(gm, node.args[1:-1], leaves, buffers=True)
+            if path is not None:
+                found.append((node, path))
+    return found
 
 
 def linear_modules(gm: fx.GraphModule) -> list[str]:
@@ -56,13 +94,7 @@ def dense_sparse_linears(gm: fx.GraphModule) -> dict[str, torch.dtype]:
     holder, as the export of a dense model reads them. Returns the CSR dtype of each path. The
     buffers are validated as SparseLinear validates them; a graph without such calls needs no
     compiled kernels here."""
-    found = []
-    for node in gm.graph.nodes:
-        leaves = _SPARSE_OPS.get(_op_name(node))
-        if leaves is not None:
-            path = _holder_path(gm, node.args[1:-1], leaves, buffers=True)
-            if path is not None:
-                found.append((node, path))
+    found = _sparse_calls(gm)
     if not found:
         return {}
     from kompaktor_kernels import SparseLinear  # loaded already: the graph calls its ops

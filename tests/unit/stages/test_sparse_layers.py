@@ -140,12 +140,21 @@ def test_stages_that_change_weights_get_them_dense(
         assert sparse_ops(loaded(tmp_path / type_ / "model.pt2")) == []
 
 
-def test_benchmark_runs_the_sparse_layers(
+def test_benchmark_runs_the_sparse_layers_and_names_them(
     sparse_mlp: tuple[nn.Module, Path], tmp_path: Path
 ) -> None:
-    _, path = sparse_mlp
+    model, path = sparse_mlp
     record = stage("benchmark", {"batchSizes": [1]}, path, tmp_path / "bench")
-    assert "sparseLayers" not in record.details
+    run = record.details["sparseLayers"]["run"]  # what the figures owe to the kernels
+    assert run == {
+        "0": {"dtype": "float32", "shape": [32, 30], "density": model[0].nnz / (32 * 30)},
+        "2": {"dtype": "int8", "shape": [16, 32], "density": model[2].nnz / (16 * 32)},
+    }
+    assert 0.15 < run["0"]["density"] <= 0.2
+    assert (
+        "sparse layer(s) run on kompaktor_kernels: 0 (float32, 32×30"
+        in (tmp_path / "bench" / LOG_FILE).read_text()
+    )
     assert sorted(sparse_ops(loaded(tmp_path / "bench" / "model.pt2"))) == sorted(SPARSE_OPS)
 
 
