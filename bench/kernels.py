@@ -120,14 +120,7 @@ def bench_sparse(
     shape, sparsity and batch, where given, narrow the grid to them (e.g. one cell, re-run to
     see how much it moves between processes)."""
     threads = torch.get_num_threads()
-    if kk.active_isa() == "portable":
-        int8 = "CSR kernels"
-    elif kk.active_isa() == "avx2":
-        int8 = "sliced layout, AVX2 shuffles, to batch 4; CSR kernels beyond"
-    elif kk._native.has_vbmi():
-        int8 = "sliced layout, vpermb (AVX512_VBMI)"
-    else:
-        int8 = "sliced layout, AVX512BW shuffles, to batch 8; CSR kernels beyond"
+    int8 = kk.int8_path()
     print(
         f"\n## Sparse linear (threads={threads}, isa={kk.active_isa()}, int8 {int8}), times in µs"
     )

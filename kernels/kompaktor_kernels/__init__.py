@@ -12,6 +12,7 @@ from kompaktor_kernels._dispatch import (
     ISAS,
     active_isa,
     available_isas,
+    int8_path,
     set_isa,
     use_isa,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "active_isa",
     "available_isas",
     "densify",
+    "int8_path",
     "kd_loss",
     "kmeans1d_assign",
     "kmeans1d_step",

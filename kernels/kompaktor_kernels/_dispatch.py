@@ -38,6 +38,19 @@ def set_isa(name: str) -> None:
         raise ValueError(f"this CPU cannot run the {name!r} path; available: {available_isas()}")
 
 
+def int8_path() -> str:
+    """How int8 layers run on the active path: on the sliced layout, with the permute this CPU
+    has, or on the CSR kernels (up to 3x apart at batch 1; kernels/README, "Sliced layouts")."""
+    isa = active_isa()
+    if isa == "portable":
+        return "CSR kernels"
+    if isa == "avx2":
+        return "sliced layout, AVX2 shuffles, to batch 4; CSR kernels beyond"
+    if _native.has_vbmi():
+        return "sliced layout, vpermb (AVX512_VBMI)"
+    return "sliced layout, AVX512BW shuffles, to batch 8; CSR kernels beyond"
+
+
 @contextmanager
 def use_isa(name: str) -> Iterator[None]:
     """Run a block on one path and restore the previous one afterwards."""

@@ -38,7 +38,8 @@ def cpu_model(cpuinfo: Path = CPUINFO) -> str:
 
 def describe() -> dict[str, Any]:
     """The machine as this process sees it: CPU, architecture, usable cores, torch's threads,
-    the kernels' dispatch path (when the package is installed) and the GPU, if any."""
+    the kernels' dispatch path and int8 kernels (when the package is installed) and the GPU,
+    if any."""
     import torch
 
     info: dict[str, Any] = {
@@ -51,6 +52,7 @@ def describe() -> dict[str, Any]:
     kernels = _kernels()
     if kernels is not None:
         info["kernelsIsa"] = kernels.active_isa()
+        info["kernelsInt8"] = kernels.int8_path()
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

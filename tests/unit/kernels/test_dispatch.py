@@ -45,3 +45,22 @@ def test_env_var_unsupported_path_warns(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv(kk.ENV_VAR, kk.ISAS[-1])
     with pytest.warns(RuntimeWarning):
         _dispatch._init_from_env()
+
+
+def test_int8_path_names_the_kernels_each_path_runs() -> None:
+    vbmi = kk._native.has_vbmi()
+    expected = {
+        "portable": "CSR kernels",
+        "avx2": "AVX2 shuffles, to batch 4",
+        "avx512": "vpermb" if vbmi else "AVX512BW shuffles, to batch 8",
+    }
+    for name in kk.available_isas():
+        with kk.use_isa(name):
+            assert expected[name] in kk.int8_path()
+    if vbmi:  # as on AVX-512 CPUs without VBMI
+        with kk.use_isa("avx512"):
+            kk._native.set_vbmi(False)
+            try:
+                assert "AVX512BW shuffles, to batch 8" in kk.int8_path()
+            finally:
+                kk._native.set_vbmi(True)

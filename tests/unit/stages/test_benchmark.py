@@ -43,6 +43,7 @@ def test_identical_models_have_speedup_near_one(
     assert hardware["cpu"] and hardware["cpus"] >= 1
     kernels = pytest.importorskip("kompaktor_kernels")
     assert hardware["kernelsIsa"] == kernels.active_isa()
+    assert hardware["kernelsInt8"] == kernels.int8_path()
 
 
 def test_smaller_model_reports_size_ratio_below_one(
