@@ -59,7 +59,7 @@ def describe() -> dict[str, Any]:
 
 
 def _kernels() -> Any:
-    """kompaktor_kernels, imported if installed (a stage image may ship without it)."""
+    """kompaktor_kernels if it imports (a build without the compiled module has no kernels)."""
     if "kompaktor_kernels" in sys.modules:
         return sys.modules["kompaktor_kernels"]
     try:
