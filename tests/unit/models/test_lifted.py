@@ -120,28 +120,32 @@ def test_other_modules_are_left_to_run_as_they_are(tmp_path: Path) -> None:
 def test_sparse_layers_run_lifted_with_direct_kernel_calls_in_inference_mode(
     tmp_path: Path,
 ) -> None:
-    """A sparse layer's six tensors go in as arguments too; under inference_mode its op is its
+    """Sparse layers' tensors go in as arguments too; under inference_mode each op is its
     CPU kernel called directly, elsewhere the op itself, so autograd still reaches x."""
     kernels = pytest.importorskip("kompaktor_kernels")
     torch.manual_seed(0)
     dense = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 8)).eval()
     with torch.no_grad():
-        dense[0].weight.mul_(torch.rand_like(dense[0].weight) > 0.8)
+        for layer in (dense[0], dense[2]):
+            layer.weight.mul_(torch.rand_like(layer.weight) > 0.8)
     sparse = nn.Sequential(
-        kernels.SparseLinear.from_dense(dense[0], dtype=torch.int8), nn.ReLU(), dense[2]
+        kernels.SparseLinear.from_dense(dense[0]),
+        nn.ReLU(),
+        kernels.SparseLinear.from_dense(dense[2], dtype=torch.int8),
     )
     path = save_torch(sparse, (torch.zeros(2, 16),), tmp_path / "model.pt2")
     module = load_model(path).module
     assert module is not None
     lifted = lift_weights(module)
-    assert lifted is not None and len(lifted.weights) == 8  # 6 sparse + 2 dense
+    assert lifted is not None and len(lifted.weights) == 10  # fp32: 4 tensors, int8: 6
 
     def targets(graph: torch.fx.GraphModule) -> set[object]:
         return {node.target for node in graph.graph.nodes if node.op == "call_function"}
 
-    op = torch.ops.kompaktor_kernels.sparse_linear_int8.default
-    assert op in targets(lifted.graph) and op not in targets(lifted.eager)
-    assert kernels.EAGER_CPU_KERNELS[op] in targets(lifted.eager)
+    ops = torch.ops.kompaktor_kernels
+    for op in (ops.sparse_linear.default, ops.sparse_linear_int8.default):
+        assert op in targets(lifted.graph) and op not in targets(lifted.eager)
+        assert kernels.EAGER_CPU_KERNELS[op] in targets(lifted.eager)
 
     x = torch.randn(5, 16, requires_grad=True)
     with torch.inference_mode():
