@@ -189,16 +189,11 @@ def bench_sparse(
 
 
 def _ort_session(path: Path) -> Any:
-    """An ONNX Runtime CPU session on this benchmark's threads, workers not spinning (they would
-    steal the core from the paths timed next)."""
-    import onnxruntime as ort
+    """An ONNX Runtime CPU session as the benchmark stage makes it (this benchmark's threads,
+    workers not spinning, which would steal the core from the paths timed next)."""
+    from kompaktor.models.predict import OnnxPredictor
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return OnnxPredictor(str(path), torch.get_num_threads()).session
 
 
 def dense_runtimes(lin: torch.nn.Linear, folder: Path) -> tuple[Any, Any, Any]:

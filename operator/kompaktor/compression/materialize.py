@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from kompaktor.surgery.graph import fetch_tensor
+from kompaktor.surgery.graph import fetch_attr, fetch_tensor
 
 #: Run-time checks export adds (they return nothing): dropped when they check stored tensors.
 EXPORT_CHECKS = frozenset({torch.ops.aten._assert_tensor_metadata.default})
@@ -118,9 +118,8 @@ def _constant_nodes(gm: fx.GraphModule) -> set[fx.Node]:
 
 
 def _attribute(gm: fx.GraphModule, target: str) -> Any:
-    owner, _, leaf = target.rpartition(".")
     try:
-        return getattr(gm.get_submodule(owner) if owner else gm, leaf, None)
+        return fetch_attr(gm, target)
     except AttributeError:
         return None
 

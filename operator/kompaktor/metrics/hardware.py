@@ -8,7 +8,6 @@ speed on the ARM pool is not its speed on the CPU pool. Every field is read, nev
 from __future__ import annotations
 
 import platform
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,8 @@ def describe() -> dict[str, Any]:
     if any."""
     import torch
 
+    from kompaktor.surgery.kernels import optional_kernel
+
     info: dict[str, Any] = {
         "cpu": cpu_model(),
         "arch": platform.machine(),
@@ -49,21 +50,10 @@ def describe() -> dict[str, Any]:
         "torch": torch.__version__,
         "torchThreads": torch.get_num_threads(),
     }
-    kernels = _kernels()
-    if kernels is not None:
-        info["kernelsIsa"] = kernels.active_isa()
-        info["kernelsInt8"] = kernels.int8_path()
+    active_isa, int8_path = optional_kernel("active_isa"), optional_kernel("int8_path")
+    if active_isa is not None and int8_path is not None:
+        info["kernelsIsa"] = active_isa()
+        info["kernelsInt8"] = int8_path()
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
-
-
-def _kernels() -> Any:
-    """kompaktor_kernels if it imports (a build without the compiled module has no kernels)."""
-    if "kompaktor_kernels" in sys.modules:
-        return sys.modules["kompaktor_kernels"]
-    try:
-        import kompaktor_kernels
-    except ImportError:
-        return None
-    return kompaktor_kernels

@@ -28,6 +28,8 @@ import torch
 import torch.utils._pytree as pytree
 from torch import fx, nn
 
+from kompaktor.surgery.graph import fetch_attr
+
 #: The submodule through which an exported module checks its shape guards.
 _GUARDS = "_guards_fn"
 
@@ -80,7 +82,7 @@ def lift_weights(module: nn.Module) -> LiftedGraph | None:
         if source.find_nodes(op="call_function", target=op)
     }
     graph = _lifted(source, {})
-    weights = tuple(_attribute(module, str(n.target)) for n in source.find_nodes(op="get_attr"))
+    weights = tuple(fetch_attr(module, str(n.target)) for n in source.find_nodes(op="get_attr"))
     return LiftedGraph(module, graph, _lifted(source, used) if used else graph, weights, out_spec)
 
 
@@ -124,8 +126,3 @@ def _out_spec_of_positional(module: nn.Module) -> pytree.TreeSpec | None:
     args, kwargs = spec.children()
     positional = kwargs.num_leaves == 0 and all(child.is_leaf() for child in args.children())
     return out_spec if positional and isinstance(out_spec, pytree.TreeSpec) else None
-
-
-def _attribute(module: nn.Module, path: str) -> Any:
-    owner, _, name = path.rpartition(".")
-    return getattr(module.get_submodule(owner) if owner else module, name)

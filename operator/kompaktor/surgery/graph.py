@@ -286,10 +286,16 @@ def _layer_name(weight_target: str) -> str:
     return weight_target.removesuffix(".weight")
 
 
+def fetch_attr(module: nn.Module, target: str) -> Any:
+    """What a get_attr target names: a parameter, buffer, tensor or (for higher-order ops) a
+    submodule; AttributeError when there is none."""
+    owner, _, leaf = target.rpartition(".")
+    return getattr(module.get_submodule(owner) if owner else module, leaf)
+
+
 def fetch_tensor(module: nn.Module, target: str) -> torch.Tensor:
     """The parameter, buffer or tensor attribute a get_attr target names."""
-    owner, _, leaf = target.rpartition(".")
-    value = getattr(module.get_submodule(owner) if owner else module, leaf)
+    value = fetch_attr(module, target)
     assert isinstance(value, torch.Tensor)
     return value
 
