@@ -129,7 +129,10 @@ def bench_sparse(
     others do inside theirs: the activations arrive feature-major, as the previous CSR layer of
     a chain leaves them. The kernel's "xᵀ given" column takes the same bytes (x.t() of that
     contiguous x.t(): a feature-major x) and returns the layout CSR returns (y.t() contiguous),
-    so "fp32 vs CSR, xᵀ given" compares both paths on the same memory in and out.
+    so "fp32 vs CSR, xᵀ given" compares both paths on the same memory in and out. "yᵀ out"
+    does the same for the drop-in form: the kernel takes the row-major x and returns y.t()
+    contiguous as CSR does (`feature_major_out=True`, what a layer whose output feeds only
+    layers that take either layout does in a pipeline).
 
     shape, sparsity and batch, where given, narrow the grid to them (e.g. one cell, re-run to
     see how much it moves between processes)."""
@@ -145,8 +148,9 @@ def bench_sparse(
     )
     table_header(
         *("weight (out×in)", "sparsity", "batch", "dense F.linear", "torch CSR"),
-        *("torch CSR, xᵀ given", "kk fp32", "kk fp32, xᵀ given", "kk int8", "fp32 vs dense"),
-        *("fp32 vs CSR", "fp32 vs CSR, xᵀ given", "int8 vs dense", "fp32 GFLOP/s (% peak)"),
+        *("torch CSR, xᵀ given", "kk fp32", "kk fp32, yᵀ out", "kk fp32, xᵀ given", "kk int8"),
+        *("fp32 vs dense", "fp32 vs CSR", "fp32 vs CSR, yᵀ out", "fp32 vs CSR, xᵀ given"),
+        *("int8 vs dense", "fp32 GFLOP/s (% peak)"),
         "int8 GOP/s (% peak)",
     )
     shapes = (shape,) if shape is not None else SHAPES
@@ -162,6 +166,8 @@ def bench_sparse(
                     warnings.simplefilter("ignore", UserWarning)
                     w_csr = w.to_sparse_csr()
                 s32 = kk.SparseLinear.from_dense(lin)
+                s32_yt = kk.SparseLinear.from_dense(lin)
+                s32_yt.feature_major_out = True
                 s8 = kk.SparseLinear.from_dense(lin, torch.int8)
                 nnz = s32.nnz
                 for bsz in batches:
@@ -172,20 +178,73 @@ def bench_sparse(
                         partial(torch.addmm, b[:, None], w_csr, x.t()),
                         partial(torch.addmm, b[:, None], w_csr, xt),
                         partial(s32, x),
+                        partial(s32_yt, x),
                         partial(s32, xt.t()),
                         partial(s8, x),
                     ]
-                    t_dense, t_csr, t_csr_xt, t32, t32_xt, t8 = round_robin(paths, quick)
+                    t_dense, t_csr, t_csr_xt, t32, t32_yt, t32_xt, t8 = round_robin(paths, quick)
                     flops = 2.0 * nnz * bsz
                     g32, g8 = flops / t32 / 1e9, flops / t8 / 1e9
                     print(
                         f"| {out_f}×{in_f} | {sp:.0%} | {bsz} | {t_dense * 1e6:.1f} "
                         f"| {t_csr * 1e6:.1f} | {t_csr_xt * 1e6:.1f} | {t32 * 1e6:.1f} "
-                        f"| {t32_xt * 1e6:.1f} | {t8 * 1e6:.1f} | {t_dense / t32:.2f}× "
-                        f"| {t_csr / t32:.2f}× | {t_csr_xt / t32_xt:.2f}× | {t_dense / t8:.2f}× "
+                        f"| {t32_yt * 1e6:.1f} | {t32_xt * 1e6:.1f} | {t8 * 1e6:.1f} "
+                        f"| {t_dense / t32:.2f}× | {t_csr / t32:.2f}× | {t_csr / t32_yt:.2f}× "
+                        f"| {t_csr_xt / t32_xt:.2f}× | {t_dense / t8:.2f}× "
                         f"| {g32:.1f} ({g32 / sgemm:.0%}) "
                         f"| {g8:.1f} ({g8 / peak8:.0%}) |"
                     )
+
+
+def _sparse_block(up: torch.nn.Linear, down: torch.nn.Linear) -> torch.nn.Sequential:
+    return torch.nn.Sequential(
+        kk.SparseLinear.from_dense(up), torch.nn.GELU(), kk.SparseLinear.from_dense(down)
+    )
+
+
+def _csr_block(
+    w_up: torch.Tensor, b_up: torch.Tensor, w_down: torch.Tensor, b_down: torch.Tensor,
+    x: torch.Tensor,
+) -> torch.Tensor:  # fmt: skip
+    """The feed-forward block on torch CSR: addmm on xᵀ, GELU, addmm, y as the transposed view."""
+    return torch.addmm(b_down, w_down, F.gelu(torch.addmm(b_up, w_up, x.t()))).t()
+
+
+def bench_chain(quick: bool, sparsity: float | None = None, batch: int | None = None) -> None:
+    """A feed-forward block of the table's two shapes, 768 → 3072 → GELU → 768, both layers
+    pruned alike: what chaining two sparse layers feature-major saves (`feature_major_out`,
+    which prune sets between sparse layers) against each layer taking and returning row-major
+    activations as nn.Linear does. torch CSR runs its natural chain (`_csr_block`)."""
+    print(f"\n## Sparse feed-forward block 768→3072→GELU→768 (threads={torch.get_num_threads()})")
+    table_header(
+        *("sparsity", "batch", "dense", "torch CSR", "kk row-major", "kk chained"),
+        *("chained vs row-major", "chained vs CSR", "chained vs dense"),
+    )
+    sparsities = (sparsity,) if sparsity is not None else (0.9,) if quick else (0.8, 0.9, 0.95)
+    batches = (batch,) if batch is not None else (8, 32) if quick else (1, 8, 16, 32)
+    with torch.inference_mode():
+        for sp in sparsities:
+            up, down = pruned_linear(3072, 768, sp), pruned_linear(768, 3072, sp)
+            dense = torch.nn.Sequential(up, torch.nn.GELU(), down)
+            rows, chained = _sparse_block(up, down), _sparse_block(up, down)
+            chained[0].feature_major_out, chained[2].feature_major_out = True, False
+            with warnings.catch_warnings():  # "sparse CSR support is in beta"
+                warnings.simplefilter("ignore", UserWarning)
+                w_up, w_down = (m.weight.detach().to_sparse_csr() for m in (up, down))
+            csr = partial(
+                _csr_block, w_up, up.bias.detach()[:, None], w_down, down.bias.detach()[:, None]
+            )
+            for bsz in batches:
+                x = torch.randn(bsz, 768)
+                for net in (rows, chained):
+                    torch.testing.assert_close(net(x), dense(x), rtol=1e-4, atol=1e-4)
+                paths = [partial(m, x) for m in (dense, rows, chained)]
+                t_dense, t_rows, t_chained, t_csr = round_robin([*paths, partial(csr, x)], quick)
+                print(
+                    f"| {sp:.0%} | {bsz} | {t_dense * 1e6:.1f} | {t_csr * 1e6:.1f} "
+                    f"| {t_rows * 1e6:.1f} | {t_chained * 1e6:.1f} | {t_rows / t_chained:.2f}× "
+                    f"| {t_csr / t_chained:.2f}× | {t_dense / t_chained:.2f}× |"
+                )
 
 
 def _ort_session(path: Path) -> Any:
@@ -409,7 +468,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repeats")
     parser.add_argument(
         "--only",
-        choices=("sparse", "runtimes", "memory", "kd", "kmeans"),
+        choices=("sparse", "chain", "runtimes", "memory", "kd", "kmeans"),
         help="run one benchmark",
     )
     parser.add_argument(
@@ -427,10 +486,12 @@ def main() -> None:
         help="sparse linear, runtimes and memory: only this weight shape, OUTxIN (e.g. 3072x768)",
     )
     parser.add_argument(
-        "--sparsity", type=float, help="sparse linear, runtimes and memory: only this sparsity"
+        "--sparsity",
+        type=float,
+        help="sparse linear, chain, runtimes and memory: only this sparsity",
     )
     parser.add_argument(
-        "--batch", type=int, help="sparse linear and runtimes: only this batch size"
+        "--batch", type=int, help="sparse linear, chain and runtimes: only this batch size"
     )
     parser.add_argument(
         "--no-vbmi",
@@ -461,6 +522,8 @@ def main() -> None:
         int8_peak = measured_int8_peak(args.quick)
         print(f"int8 matmul: {int8_peak[0]:.1f} GOP/s ({int8_peak[1]})")
         bench_sparse(args.quick, sgemm, int8_peak, args.shape, args.sparsity, args.batch)
+    if args.only in (None, "chain"):
+        bench_chain(args.quick, args.sparsity, args.batch)
     if args.only in (None, "runtimes"):
         bench_runtimes(args.quick, args.shape, args.sparsity, args.batch)
     if args.only in (None, "memory"):

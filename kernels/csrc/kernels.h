@@ -42,23 +42,25 @@ inline int64_t i8_sliced_max_batch(Isa isa, bool vbmi) {
 
 // Column indices are uint16 when in <= 65536 (col16), else int32 (validated non-negative).
 struct SpmmF32Args {
-  const float* x;  // [B, in] row-major, or [in, B] if feature_major
+  const float* x;  // [B, in] row-major, or [in, B] if x_feature_major
   int64_t B, in, out;
   const int32_t* row_ptr;  // [out + 1]
   const void* col;         // [nnz] uint16_t if col16 else int32_t
   bool col16;
   const float* val;        // [nnz]
   const float* bias;       // [out] or nullptr
-  float* y;                // [B, out], or [out, B] if feature_major
+  float* y;                // [B, out], or [out, B] if y_feature_major
   int nthreads;
   SlicedView sliced;       // used at batch 1 on AVX-512
   PanelView panels;        // used at batch > 1: tiles of more than 16 lanes
   PanelView wide_panels;   // and tiles of up to 16 (wider panels; sliced.h)
-  bool feature_major = false;  // x and y hold each feature's batch lanes contiguously
+  // Whether x and y hold each feature's batch lanes contiguously, each on its own: a chain
+  // of sparse layers hands its activations on in that layout, with no transposes between.
+  bool x_feature_major = false, y_feature_major = false;
 };
 
 struct SpmmI8Args {
-  const float* x;  // [B, in], or [in, B] if feature_major
+  const float* x;  // [B, in], or [in, B] if x_feature_major
   int64_t B, in, out;
   const int32_t* row_ptr;
   const void* col;
@@ -67,10 +69,10 @@ struct SpmmI8Args {
   const float* wscale;    // [out]
   const int32_t* rowsum;  // [out] sum of s8 weights per row (zero-point correction)
   const float* bias;
-  float* y;
+  float* y;        // [B, out], or [out, B] if y_feature_major
   int nthreads;
   SlicedView sliced;  // used at every batch on AVX512_VBMI
-  bool feature_major = false;  // x is [in, B] and y [out, B]
+  bool x_feature_major = false, y_feature_major = false;  // as for SpmmF32Args
 };
 
 struct KdArgs {

@@ -43,14 +43,15 @@ struct Plan {
   Args a;
   unsigned built;  // layouts bound, with every bit set where the layer never gets one
   unsigned operator()(uintptr_t x, int64_t batch, uintptr_t y, int nthreads,
-                      bool feature_major) const {
+                      bool x_feature_major, bool y_feature_major) const {
     if (const unsigned missing = Uses(batch) & ~built) return missing;
     Args r = a;
     r.x = reinterpret_cast<const float*>(x);
     r.B = batch;
     r.y = reinterpret_cast<float*>(y);
     r.nthreads = nthreads;
-    r.feature_major = feature_major;
+    r.x_feature_major = x_feature_major;
+    r.y_feature_major = y_feature_major;
     nb::gil_scoped_release release;
     Run(r);
     return 0;
@@ -86,10 +87,10 @@ NB_MODULE(_native, m) {
   // alive, with the derived layouts, as long as the plan.
   nb::class_<F32Plan>(m, "F32Plan")
       .def("__call__", &F32Plan::operator(), nb::arg("x"), nb::arg("batch"), nb::arg("y"),
-           nb::arg("nthreads"), nb::arg("feature_major"));
+           nb::arg("nthreads"), nb::arg("x_feature_major"), nb::arg("y_feature_major"));
   nb::class_<I8Plan>(m, "I8Plan")
       .def("__call__", &I8Plan::operator(), nb::arg("x"), nb::arg("batch"), nb::arg("y"),
-           nb::arg("nthreads"), nb::arg("feature_major"));
+           nb::arg("nthreads"), nb::arg("x_feature_major"), nb::arg("y_feature_major"));
   m.def("spmm_f32_plan",
         [](int64_t in, int64_t out, uintptr_t row_ptr, uintptr_t col, bool col16, uintptr_t val,
            uintptr_t bias, unsigned built, uintptr_t sl_counts, uintptr_t sl_block_off,

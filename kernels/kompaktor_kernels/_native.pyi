@@ -12,19 +12,26 @@ def set_isa(isa: int) -> bool: ...
 # Plans take `built`: the derived layouts whose pointers follow (kLayout* bits, _sliced.SLICED
 # etc.), every bit set where the layer never gets more (the plan then never asks for any).
 
-class F32Plan:
+class _Plan:
+    """Both plan classes' call (a stub-only base: each is its own class at run time)."""
+
+    def __call__(
+        self,
+        x: int,
+        batch: int,
+        y: int,
+        nthreads: int,
+        x_feature_major: bool,
+        y_feature_major: bool,
+    ) -> int:
+        """0 once computed; else the derived layouts (kLayout* bits) the batch needs and the
+        plan lacks, with nothing computed."""
+
+class F32Plan(_Plan):
     """One fp32 layer's weight pointers (spmm_f32_plan), called per batch."""
 
-    def __call__(self, x: int, batch: int, y: int, nthreads: int, feature_major: bool) -> int:
-        """0 once computed; else the derived layouts (kLayout* bits) the batch needs and the
-        plan lacks, with nothing computed."""
-
-class I8Plan:
+class I8Plan(_Plan):
     """One int8 layer's weight pointers (spmm_i8_plan), called per batch."""
-
-    def __call__(self, x: int, batch: int, y: int, nthreads: int, feature_major: bool) -> int:
-        """0 once computed; else the derived layouts (kLayout* bits) the batch needs and the
-        plan lacks, with nothing computed."""
 
 def spmm_f32_plan(
     in_features: int,

@@ -12,15 +12,17 @@ import torch
 from kompaktor_kernels import _checks
 from kompaktor_kernels._csr import dense_weight
 from kompaktor_kernels._library import NAMESPACE, check, define, impl_cpu, register_fake
-from kompaktor_kernels._plan import empty_out, feature_major, run
+from kompaktor_kernels._plan import empty_out, feature_major, feature_major_out, run
 
+# feature_major_out (None: y in x's layout) comes last with a default, so programs exported
+# before it existed load and run as they did.
 define(
     "sparse_linear(Tensor x, Tensor row_ptr, Tensor col, Tensor values, Tensor? bias, "
-    "int in_features) -> Tensor"
+    "int in_features, bool? feature_major_out=None) -> Tensor"
 )
 define(
     "sparse_linear_int8(Tensor x, Tensor row_ptr, Tensor col, Tensor values, Tensor scales, "
-    "Tensor rowsum, Tensor? bias, int in_features) -> Tensor"
+    "Tensor rowsum, Tensor? bias, int in_features, bool? feature_major_out=None) -> Tensor"
 )
 
 
@@ -46,9 +48,11 @@ def sparse_linear_cpu(
     values: torch.Tensor,
     bias: torch.Tensor | None,
     in_features: int,
+    feature_major_out: bool | None = None,
 ) -> torch.Tensor:
     _check_x(x, in_features)
-    return run(x, (row_ptr, col, values, bias, None, None), in_features, torch.float32)
+    buffers = (row_ptr, col, values, bias, None, None)
+    return run(x, buffers, in_features, torch.float32, feature_major_out)
 
 
 def sparse_linear_int8_cpu(
@@ -60,33 +64,51 @@ def sparse_linear_int8_cpu(
     rowsum: torch.Tensor,
     bias: torch.Tensor | None,
     in_features: int,
+    feature_major_out: bool | None = None,
 ) -> torch.Tensor:
     _check_x(x, in_features)
-    return run(x, (row_ptr, col, values, bias, scales, rowsum), in_features, torch.int8)
+    buffers = (row_ptr, col, values, bias, scales, rowsum)
+    return run(x, buffers, in_features, torch.int8, feature_major_out)
 
 
 impl_cpu("sparse_linear", sparse_linear_cpu)
 impl_cpu("sparse_linear_int8", sparse_linear_int8_cpu)
 
 
-def _fake(x: torch.Tensor, row_ptr: torch.Tensor, *rest: object) -> torch.Tensor:
-    """Both ops' output for tracing: (x, row_ptr, ..., in_features) -> y in x's layout."""
-    in_features = rest[-1]
-    check(x.shape[-1] == in_features, f"x must have shape [..., {in_features}]")
-    return empty_out(x, row_ptr.shape[0] - 1, feature_major(x))
+def _fake(name: str) -> Callable[..., torch.Tensor]:
+    """An op's output for tracing: y in the layout the kernel gives it. A fake gets the
+    arguments as the call gave them (positional or by name, defaults left out), so they are
+    bound to the schema's names here."""
+    names = [
+        arg.name for arg in getattr(torch.ops.kompaktor_kernels, name).default._schema.arguments
+    ]
+
+    def fake(*args: object, **kwargs: object) -> torch.Tensor:
+        bound = {**dict(zip(names, args, strict=False)), **kwargs}
+        x, row_ptr, in_features = bound["x"], bound["row_ptr"], bound["in_features"]
+        asked = bound.get("feature_major_out")
+        assert isinstance(x, torch.Tensor) and isinstance(row_ptr, torch.Tensor)
+        assert isinstance(in_features, int) and (asked is None or isinstance(asked, bool))
+        check(x.shape[-1] == in_features, f"x must have shape [..., {in_features}]")
+        return empty_out(x, row_ptr.shape[0] - 1, feature_major_out(x, feature_major(x), asked))
+
+    return fake
 
 
 for _op in ("sparse_linear", "sparse_linear_int8"):
-    register_fake(_op)(_fake)
+    register_fake(_op)(_fake(_op))
 
 
 def _setup(
     ctx: torch.autograd.function.FunctionCtx, inputs: tuple[object, ...], output: torch.Tensor
 ) -> None:
-    """Both ops: (x, row_ptr, col, values, [scales, rowsum,] bias, in_features)."""
+    """Both ops: (x, row_ptr, col, values, [scales, rowsum,] bias, in_features[,
+    feature_major_out])."""
     row_ptr, col, values = inputs[1:4]
-    scales = inputs[4] if len(inputs) == 8 else None
-    in_features = inputs[-1]
+    assert isinstance(values, torch.Tensor)
+    int8 = values.dtype == torch.int8
+    scales = inputs[4] if int8 else None
+    in_features = inputs[7 if int8 else 5]
     assert isinstance(row_ptr, torch.Tensor) and isinstance(col, torch.Tensor)
     assert isinstance(values, torch.Tensor) and isinstance(in_features, int)
     saved = (row_ptr, col, values) if scales is None else (row_ptr, col, values, scales)

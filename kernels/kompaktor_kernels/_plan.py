@@ -39,6 +39,12 @@ def feature_major(x: torch.Tensor) -> bool:
     return x.dim() == 2 and not x.is_contiguous() and x.stride() == (1, x.shape[0])
 
 
+def feature_major_out(x: torch.Tensor, x_feature_major: bool, asked: bool | None) -> bool:
+    """Whether y is feature-major: in x's layout unless asked (`SparseLinear.feature_major_out`),
+    and only for a 2-D x, whose y has the batch lanes to hold."""
+    return x_feature_major if asked is None else asked and x.dim() == 2
+
+
 _version = operator.attrgetter("_version")
 
 
@@ -140,8 +146,8 @@ class Plan:
 
 
 def empty_out(x: torch.Tensor, out_features: int, lanes_inner: bool) -> torch.Tensor:
-    """y for x: [..., out_features], feature-major when x is (`feature_major`). new_empty with
-    int arguments is the cheapest allocation (~1 us less than torch.empty with a shape)."""
+    """y for x: [..., out_features], feature-major when lanes_inner (x is then 2-D). new_empty
+    with int arguments is the cheapest allocation (~1 us less than torch.empty with a shape)."""
     if lanes_inner:
         return x.new_empty(out_features, x.shape[0]).t()
     return x.new_empty(*x.shape[:-1], out_features)
@@ -177,18 +183,24 @@ def native_plan(buffers: Buffers, in_features: int, derived: Derived) -> _Native
 
 
 def run(
-    x: torch.Tensor, buffers: Buffers, in_features: int, values_dtype: torch.dtype
+    x: torch.Tensor,
+    buffers: Buffers,
+    in_features: int,
+    values_dtype: torch.dtype,
+    asked_feature_major_out: bool | None,
 ) -> torch.Tensor:
     """The op's kernel call: the weights validated and the plan bound (cached), layouts built
     on first need."""
     row_ptr, col, values = _csr(buffers)
     bias = buffers[3]
     plan, derived = _cached_plan(buffers, in_features, values_dtype)
-    lanes_inner = feature_major(x)
-    y = empty_out(x, row_ptr.numel() - 1, lanes_inner)
+    x_lanes = feature_major(x)
+    y_lanes = feature_major_out(x, x_lanes, asked_feature_major_out)
+    y = empty_out(x, row_ptr.numel() - 1, y_lanes)
     if in_features == 0:
         return y.fill_(0).add_(bias) if bias is not None else y.fill_(0)
-    args = (x.data_ptr(), x.numel() // in_features, y.data_ptr(), num_threads(), lanes_inner)
+    batch = x.numel() // in_features
+    args = (x.data_ptr(), batch, y.data_ptr(), num_threads(), x_lanes, y_lanes)
     missing = plan(*args)
     if missing:
         derived = derived.with_kinds(missing, row_ptr, col, values, in_features)

@@ -34,7 +34,14 @@ from kompaktor_kernels._csr import (
 )
 from kompaktor_kernels._dispatch import num_threads
 from kompaktor_kernels._ops import sparse_linear_cpu, sparse_linear_int8_cpu
-from kompaktor_kernels._plan import BUFFERS, Plan, empty_out, feature_major, validated_start
+from kompaktor_kernels._plan import (
+    BUFFERS,
+    Plan,
+    empty_out,
+    feature_major,
+    feature_major_out,
+    validated_start,
+)
 from kompaktor_kernels._quant import quantize_weight
 
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -62,7 +69,10 @@ class SparseLinear(nn.Module):
 
     y has x's layout: contiguous for a contiguous x (as `nn.Linear`), feature-major for a
     feature-major one (`feature_major`, the layout torch's CSR matmul returns), so a chain of
-    sparse layers keeps it and skips the batched kernel's transposes.
+    sparse layers keeps it and skips the batched kernel's transposes. `feature_major_out` set
+    to True or False fixes y's layout instead (True only for a 2-D x): a layer whose output
+    only feeds layers that take either layout hands it on feature-major, saving the batched
+    kernel the transposition of its sums into y (`feature_major_outputs` chooses these).
 
     The compressed weights are registered buffers, so state_dict, `torch.export` and `.pt2`
     round trips carry them; loading such a program needs `import kompaktor_kernels` first so the
@@ -76,6 +86,7 @@ class SparseLinear(nn.Module):
     rowsum: torch.Tensor
     bias: torch.Tensor | None
     _plan: Plan | None = None  # class default: modules unpickled from older versions lack it
+    feature_major_out: bool | None = None  # None: y in x's layout
 
     def __init__(
         self,
@@ -286,15 +297,16 @@ class SparseLinear(nn.Module):
                 plan = self._plan = self._make_plan(ids)
             shape = x.shape
             if plan is not None and shape and shape[-1] == self.in_features:
-                lanes_inner = False
+                x_lanes = False
                 if not x.is_contiguous():
-                    lanes_inner = feature_major(x)
-                    if not lanes_inner:
+                    x_lanes = feature_major(x)
+                    if not x_lanes:
                         x = x.contiguous()
-                y = empty_out(x, self.out_features, lanes_inner)  # x: float32 on the CPU
+                y_lanes = feature_major_out(x, x_lanes, self.feature_major_out)
+                y = empty_out(x, self.out_features, y_lanes)  # x: float32 on the CPU
                 args = (
                     x.data_ptr(), x.numel() // self.in_features, y.data_ptr(), num_threads(),
-                    lanes_inner,
+                    x_lanes, y_lanes,
                 )  # fmt: skip
                 missing = plan.run(*args)
                 if missing:  # this batch runs on a derived layout not built yet
@@ -316,27 +328,31 @@ class SparseLinear(nn.Module):
         if not feature_major(x):
             x = x.contiguous()
         direct = _eager(x)
+        # The layout argument only where set, so exported graphs of layers that leave it to x
+        # call the ops as programs exported before it existed do.
+        layout = () if self.feature_major_out is None else (self.feature_major_out,)
         if self.values.dtype == torch.int8:
             args = (x, self.row_ptr, self.col, self.values, self.scales, self.rowsum, self.bias)
             if direct:
-                return sparse_linear_int8_cpu(*args, self.in_features)
+                return sparse_linear_int8_cpu(*args, self.in_features, *layout)
             return torch.ops.kompaktor_kernels.sparse_linear_int8(  # type: ignore[no-any-return]
-                *args, self.in_features
+                *args, self.in_features, *layout
             )
+        csr = (x, self.row_ptr, self.col, self.values, self.bias)
         if direct:
-            return sparse_linear_cpu(
-                x, self.row_ptr, self.col, self.values, self.bias, self.in_features
-            )
+            return sparse_linear_cpu(*csr, self.in_features, *layout)
         return torch.ops.kompaktor_kernels.sparse_linear(  # type: ignore[no-any-return]
-            x, self.row_ptr, self.col, self.values, self.bias, self.in_features
+            *csr, self.in_features, *layout
         )
 
     def extra_repr(self) -> str:
         total = self.in_features * self.out_features
         density = self.nnz / total if total else 0.0
+        layout = self.feature_major_out
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"dtype={self.dtype}, density={density:.3f}, bias={self.bias is not None}"
+            + ("" if layout is None else f", feature_major_out={layout}")
         )
 
 

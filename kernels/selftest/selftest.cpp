@@ -159,12 +159,25 @@ float y_at(const std::vector<float>& y, bool fm, int64_t B, int64_t out, int64_t
   return fm ? y[r * B + b] : y[b * out + r];
 }
 
-std::string where(const char* what, const Csr& w, double density, bool col16, int64_t B, bool fm,
-                  int threads, const char* layout) {
+// Which of x and y are feature-major: each on its own (a chain of sparse layers hands its
+// activations on feature-major; its first layer reads a row-major x, its last writes y so).
+struct Layouts {
+  bool x, y;
+};
+constexpr Layouts kLayouts[] = {{false, false}, {true, true}, {false, true}, {true, false}};
+
+// Thread counts to check a layout pair on: the mixed pairs only on two threads (each thread's
+// rows are transposed in or out on their own), to keep the run short.
+std::vector<int> thread_counts(Layouts fm) {
+  return fm.x == fm.y ? std::vector{1, 2} : std::vector{2};
+}
+
+std::string where(const char* what, const Csr& w, double density, bool col16, int64_t B,
+                  Layouts fm, int threads, const char* layout) {
   char buf[256];
-  std::snprintf(buf, sizeof buf, "%s isa=%d %lldx%lld density=%.2f col16=%d B=%lld fm=%d "
-                "threads=%d layout=%s", what, (int)kk::active_isa(), (long long)w.out,
-                (long long)w.in, density, col16, (long long)B, fm, threads, layout);
+  std::snprintf(buf, sizeof buf, "%s isa=%d %lldx%lld density=%.2f col16=%d B=%lld x_fm=%d "
+                "y_fm=%d threads=%d layout=%s", what, (int)kk::active_isa(), (long long)w.out,
+                (long long)w.in, density, col16, (long long)B, fm.x, fm.y, threads, layout);
   return buf;
 }
 
@@ -199,18 +212,18 @@ void check_f32(const Csr& w, double density, const std::vector<float>& bias, Rng
         }
       const std::vector<float> xt = lanes_inner(x, B, w.in);
       for (const Layout& l : layouts)
-        for (const bool fm : {false, true})
-          for (const int threads : {1, 2}) {
+        for (const Layouts fm : kLayouts)
+          for (const int threads : thread_counts(fm)) {
             std::vector<float> y(B * w.out, NAN);
-            kk::SpmmF32Args a{fm ? xt.data() : x.data(), B, w.in, w.out, w.row_ptr.data(),
+            kk::SpmmF32Args a{fm.x ? xt.data() : x.data(), B, w.in, w.out, w.row_ptr.data(),
                               cols(w, col16), col16, w.val.data(), bias.data(), y.data(),
                               threads, B == 1 ? sliced.view(true) : kk::SlicedView{}, l.panels,
-                              l.wide_panels, fm};
+                              l.wide_panels, fm.x, fm.y};
             kk::spmm_f32(a);
             ++g_checks;
             for (int64_t b = 0; b < B; ++b)
               for (int64_t r = 0; r < w.out; ++r) {
-                const double got = y_at(y, fm, B, w.out, b, r), want = ref[b * w.out + r];
+                const double got = y_at(y, fm.y, B, w.out, b, r), want = ref[b * w.out + r];
                 if (!(std::fabs(got - want) <= 1e-5 * (1.0 + mag[b * w.out + r]))) {
                   fail(where("spmm_f32", w, density, col16, B, fm, threads, l.name) +
                        " row " + std::to_string(r) + " lane " + std::to_string(b) + ": got " +
@@ -267,18 +280,18 @@ void check_i8(const Csr& w, double density, const std::vector<float>& bias, Rng&
           x[(B - 1) * w.in + (int64_t)(rng.uniform() * w.in)] = -INFINITY;
         }
         const std::vector<float> xt = lanes_inner(x, B, w.in);
-        for (const bool fm : {false, true})
-          for (const int threads : {1, 2}) {
+        for (const Layouts fm : kLayouts)
+          for (const int threads : thread_counts(fm)) {
             std::vector<float> y(B * w.out, NAN);
-            kk::SpmmI8Args a{fm ? xt.data() : x.data(), B, w.in, w.out, w.row_ptr.data(),
+            kk::SpmmI8Args a{fm.x ? xt.data() : x.data(), B, w.in, w.out, w.row_ptr.data(),
                              cols(w, col16), col16, w.val8.data(), w.wscale.data(),
                              w.rowsum.data(), bias.data(), y.data(), threads,
-                             use_sliced ? sliced.view(false) : kk::SlicedView{}, fm};
+                             use_sliced ? sliced.view(false) : kk::SlicedView{}, fm.x, fm.y};
             kk::spmm_i8(a);
             ++g_checks;
             for (int64_t b = 0; b < B; ++b)
               for (int64_t r = 0; r < w.out; ++r) {
-                const float got = y_at(y, fm, B, w.out, b, r);
+                const float got = y_at(y, fm.y, B, w.out, b, r);
                 const float want = i8_reference(w, x.data() + b * w.in, r, bias[r]);
                 if (std::isnan(want) ? !std::isnan(got) : std::memcmp(&got, &want, sizeof got) != 0) {
                   fail(where("spmm_i8", w, density, col16, B, fm, threads,

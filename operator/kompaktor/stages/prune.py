@@ -326,7 +326,7 @@ def _sparse_runtime(
     import torch
     from torch import fx
 
-    from kompaktor.surgery import linear_modules
+    from kompaktor.surgery import chain_sparse_layouts, linear_modules
     from kompaktor.surgery.kernels import optional_kernel
 
     sparsify = optional_kernel("sparsify")
@@ -352,5 +352,10 @@ def _sparse_runtime(
     count = sum(type(m).__name__ == "SparseLinear" for m in result.modules())
     metrics["sparseLayers"] = float(count)
     details["runtime"] = "sparse"
+    if isinstance(result, fx.GraphModule):
+        chained = chain_sparse_layouts(result)
+        if chained:
+            ctx.log(f"prune: {', '.join(chained)} hand on feature-major outputs to sparse layers")
+            details["featureMajorOutputs"] = chained
     details["sparseDtype"] = ctx.params.sparse_dtype
     return result

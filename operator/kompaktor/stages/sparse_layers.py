@@ -85,10 +85,11 @@ def _run_as_they_are(stage: Stage[Any], ctx: StageContext[Any], gm: fx.GraphModu
 
 
 def _sparsify(gm: fx.GraphModule, dtypes: dict[str, torch.dtype]) -> None:
-    """Put SparseLinear layers of the given dtypes back at these paths."""
+    """Put SparseLinear layers of the given dtypes back at these paths, with the layouts
+    prune chose between them."""
     from torch import nn
 
-    from kompaktor.surgery import linear_modules
+    from kompaktor.surgery import chain_sparse_layouts, linear_modules
     from kompaktor_kernels import SparseLinear
 
     linear_modules(gm)
@@ -98,3 +99,4 @@ def _sparsify(gm: fx.GraphModule, dtypes: dict[str, torch.dtype]) -> None:
         sparse = SparseLinear.from_dense(dense, dtype)
         sparse.train(dense.training)
         gm.set_submodule(path, sparse)
+    chain_sparse_layouts(gm)

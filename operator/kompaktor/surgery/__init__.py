@@ -3,8 +3,8 @@
 `graph` finds the channels of an exported (torch.fx) model that can be removed for real,
 `channels` removes them, `saliency` scores weights and channels, `masks` holds unstructured
 sparsity through fine-tuning, `modules` rewrites an exported graph's linear layers between
-their forms (functional, nn.Linear, the sparse kernels'). Nothing here knows about stages,
-jobs or artifacts.
+their forms (functional, nn.Linear, the sparse kernels'), `layouts` lets chained sparse layers
+hand on their activations untransposed. Nothing here knows about stages, jobs or artifacts.
 """
 
 from kompaktor.surgery.channels import (
@@ -21,6 +21,7 @@ from kompaktor.surgery.graph import (
     multiply_adds,
     output_layers,
 )
+from kompaktor.surgery.layouts import chain_sparse_layouts
 from kompaktor.surgery.masks import (
     MaskHold,
     hold_masks,
@@ -43,6 +44,7 @@ __all__ = [
     "ChannelGroup",
     "MaskHold",
     "as_graph_module",
+    "chain_sparse_layouts",
     "channel_count",
     "channel_groups",
     "channel_l1_scores",

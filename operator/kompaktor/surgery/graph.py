@@ -19,8 +19,9 @@ from torch.fx.interpreter import Interpreter
 
 aten = torch.ops.aten
 
-#: Ops that act on each channel independently and keep the layout.
-_ELEMENTWISE = frozenset(
+#: Ops that act on each channel independently and keep the layout (their output has their
+#: input's strides: surgery.layouts relies on that too).
+ELEMENTWISE = frozenset(
     {
         aten.relu.default,
         aten.relu_.default,
@@ -134,7 +135,7 @@ def output_layers(gm: fx.GraphModule) -> set[str]:
             for user in current.users:
                 if user.op == "output":
                     names.add(_layer_name(str(node.args[1].target)))
-                elif user.target in _ELEMENTWISE and user not in seen:
+                elif user.target in ELEMENTWISE and user not in seen:
                     seen.add(user)
                     frontier.append(user)
     return names
@@ -206,7 +207,7 @@ def _through(
         return False
     ndim = len(shapes.get(source, ()))
     target = user.target
-    if target in _ELEMENTWISE:
+    if target in ELEMENTWISE:
         return layout, per
     if target in _POOLS:
         return (layout, per) if layout == "c1" and per == 1 else False

@@ -18,7 +18,7 @@ from torch import fx, nn
 aten = torch.ops.aten
 
 # The tensor arguments of kompaktor_kernels' ops after x, named as SparseLinear's buffers
-# (the last argument is in_features).
+# (in_features follows them, then the optional feature_major_out).
 _SPARSE_OPS = {
     "kompaktor_kernels::sparse_linear": ("row_ptr", "col", "values", "bias"),
     "kompaktor_kernels::sparse_linear_int8": (
@@ -40,8 +40,7 @@ def sparse_linears(gm: fx.GraphModule) -> dict[str, SparseLayer]:
     layers: dict[str, SparseLayer] = {}
     for node, path in _sparse_calls(gm):
         holder = gm.get_submodule(path)
-        out_features, in_features = holder.get_buffer("row_ptr").numel() - 1, node.args[-1]
-        assert isinstance(in_features, int)
+        out_features, in_features = holder.get_buffer("row_ptr").numel() - 1, _in_features(node)
         values = holder.get_buffer("values")
         layers[path] = SparseLayer(
             dtype=str(values.dtype).removeprefix("torch."),
@@ -58,7 +57,7 @@ def _sparse_calls(gm: fx.GraphModule) -> list[tuple[fx.Node, str]]:
     for node in gm.graph.nodes:
         leaves = _SPARSE_OPS.get(_op_name(node))
         if leaves is not None:
-            path = _holder_path(gm, node.args[1:-1], leaves, buffers=True)
+            path = _holder_path(gm, node.args[1 : 1 + len(leaves)], leaves, buffers=True)
             if path is not None:
                 found.append((node, path))
     return found
@@ -104,8 +103,7 @@ def dense_sparse_linears(gm: fx.GraphModule) -> dict[str, torch.dtype]:
         holder = gm.get_submodule(path)
         buffers = dict(holder.named_buffers(recurse=False))
         values, col, row_ptr = buffers["values"], buffers["col"], buffers["row_ptr"]
-        in_features = node.args[-1]
-        assert isinstance(in_features, int)
+        in_features = _in_features(node)
         layer = SparseLinear.empty(
             in_features, row_ptr.numel() - 1, "bias" in buffers, values.dtype, col.dtype
         )
@@ -125,6 +123,13 @@ def dense_sparse_linears(gm: fx.GraphModule) -> dict[str, torch.dtype]:
         dtypes[path] = values.dtype
     gm.recompile()
     return dtypes
+
+
+def _in_features(node: fx.Node) -> int:
+    """A sparse linear call's in_features, the argument after its tensors."""
+    in_features = node.args[1 + len(_SPARSE_OPS[_op_name(node)])]
+    assert isinstance(in_features, int)
+    return in_features
 
 
 def _op_name(node: fx.Node) -> str:

@@ -518,7 +518,7 @@ def test_either_panel_layout_serves_every_tile_width(isa: str) -> None:
         plan = _plan.native_plan(buffers, 777, final)
         for batch in (2, 16, 24, 32, 41):
             x, y = torch.randn(batch, 777), torch.empty(batch, 133)
-            assert plan(x.data_ptr(), batch, y.data_ptr(), 1, False) == 0
+            assert plan(x.data_ptr(), batch, y.data_ptr(), 1, False, False) == 0
             torch.testing.assert_close(y, lin(x), rtol=1e-5, atol=1e-5)
 
 
@@ -572,11 +572,18 @@ def test_fp32_batch1_sliced_and_gather_kernels_agree(isa: str) -> None:
     assert torch.all(sl(x)[:, ::5] == lin.bias[::5])
 
 
-@pytest.mark.parametrize("feature_major_x", [False, True])
-def test_int8_sliced_kernels_match_the_csr_kernels(isa: str, feature_major_x: bool) -> None:
+LAYOUTS = [(False, False), (True, True), (False, True), (True, False)]
+LAYOUT_IDS = ["rows", "lanes", "rows_to_lanes", "lanes_to_rows"]
+
+
+@pytest.mark.parametrize(("feature_major_x", "feature_major_y"), LAYOUTS, ids=LAYOUT_IDS)
+def test_int8_sliced_kernels_match_the_csr_kernels(
+    isa: str, feature_major_x: bool, feature_major_y: bool
+) -> None:
     """Each unit's sliced int8 kernel (vpermb with VBMI; AVX512BW shuffles without, to batch 8;
     AVX2 shuffles and nibble sums, to batch 4) gives the CSR kernels' bits and the reference's,
-    at the batches it runs and just past them, where the CSR kernels take over."""
+    at the batches it runs and just past them, where the CSR kernels take over, for x and y
+    each row-major or feature-major."""
     lin = pruned(37, 333, 0.9)
     s8 = kk.SparseLinear.from_dense(lin, torch.int8)
     bufs = (s8.row_ptr, s8.col, s8.values, s8.bias, s8.scales, s8.rowsum)
@@ -589,8 +596,9 @@ def test_int8_sliced_kernels_match_the_csr_kernels(isa: str, feature_major_x: bo
         x = feature_major(x) if feature_major_x else x
         ys = []
         for plan in (csr, sliced):
-            y = _plan.empty_out(x, 37, feature_major_x)
-            assert plan(x.data_ptr(), batch, y.data_ptr(), 2, feature_major_x) == 0
+            y = _plan.empty_out(x, 37, feature_major_y)
+            args = (x.data_ptr(), batch, y.data_ptr(), 2, feature_major_x, feature_major_y)
+            assert plan(*args) == 0
             ys.append(y)
         assert torch.equal(ys[0], ys[1])
         want = sparse_linear_reference(x, lin.weight, lin.bias, torch.int8)
@@ -682,12 +690,18 @@ def test_concurrent_calls_from_python_threads_match_serial_ones() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.int8])
-def test_feature_major_input_gives_feature_major_output(isa: str, dtype: torch.dtype) -> None:
-    """x with x.t() contiguous (as torch's CSR matmul returns y) gives y in that layout, with
-    exactly the values of a row-major call: 128 and 256 rows let the panel kernel sum into y
-    itself (batches 8-32; 256 rows are two blocks, one per thread), 133 need a spare row; 41
-    and 70 lanes span several tiles, 2 and 3 are narrower than one; the buffers'
-    inference-tensor copies run the CSR kernels."""
+@pytest.mark.parametrize("feature_major_x", [False, True], ids=["x_rows", "x_lanes"])
+@pytest.mark.parametrize("asked", [None, False, True], ids=["y_as_x", "y_rows", "y_lanes"])
+def test_output_layout_follows_x_or_is_fixed(
+    isa: str, dtype: torch.dtype, feature_major_x: bool, asked: bool | None
+) -> None:
+    """y has x's layout (a feature-major x, as torch's CSR matmul returns y, gives a
+    feature-major y) unless feature_major_out fixes it, with exactly the values of a row-major
+    call of the same path: the module's direct one, the op's (the CSR kernels, on
+    inference-tensor copies of the buffers) and the traced one (the op with autograd). 128 and
+    256 rows let the panel kernel sum into y itself, 133 need a spare row; 41 and 70 lanes span
+    several tiles, 2 and 3 are narrower than one."""
+    feature_major_y = feature_major_x if asked is None else asked
     before = torch.get_num_threads()
     try:
         for out_f, threads in ((128, 1), (256, 2), (133, 2)):
@@ -703,18 +717,44 @@ def test_feature_major_input_gives_feature_major_output(isa: str, dtype: torch.d
             op = getattr(torch.ops.kompaktor_kernels, name)
             for batch in (2, 3, 8, 16, 24, 32, 41, 70):
                 x = torch.randn(batch, 777)
-                xf = feature_major(x)
-                y = sl(xf)
-                assert y.stride() == (1, batch)
-                torch.testing.assert_close(y, sl(x), rtol=0, atol=0)
+                xs = feature_major(x) if feature_major_x else x
+                sl.feature_major_out = None
                 with torch.inference_mode():
-                    y_csr = op(xf, *bufs, bias, 777)
-                    assert y_csr.stride() == (1, batch)
-                    torch.testing.assert_close(y_csr, op(x, *bufs, bias, 777), rtol=0, atol=0)
+                    wants = [sl(x), op(x, *bufs, bias, 777)]
+                    sl.feature_major_out = asked
+                    ys = [sl(xs), op(xs, *bufs, bias, 777, asked)]
+                ys.append(sl._forward_checked(xs.clone().requires_grad_(True)))
+                wants.append(wants[0])
+                for y, want in zip(ys, wants, strict=True):
+                    assert y.stride() == ((1, batch) if feature_major_y else (out_f, 1))
+                    torch.testing.assert_close(y, want, rtol=0, atol=0)
                 if dtype == torch.float32:
-                    torch.testing.assert_close(y, lin(x), rtol=1e-5, atol=1e-5)
+                    torch.testing.assert_close(ys[0], lin(x), rtol=1e-5, atol=1e-5)
     finally:
         torch.set_num_threads(before)
+
+
+def test_fixed_output_layout_applies_to_2d_inputs_only_and_exports() -> None:
+    """A feature-major y needs a 2-D x (its batch lanes): other inputs keep the contiguous y.
+    An exported layer passes the layout only when it is set, so a program from a layer that
+    leaves it to x calls the ops as programs exported before the argument existed do."""
+    sl = kk.SparseLinear.from_dense(pruned(24, 40, 0.7))
+    x3 = torch.randn(2, 5, 40)
+    sl.feature_major_out = True
+    assert sl(x3).is_contiguous()
+    torch.testing.assert_close(sl(x3), sl(x3.reshape(10, 40)).reshape(2, 5, 24))
+    x = torch.randn(8, 40)
+    for asked in (None, True, False):
+        sl.feature_major_out = asked
+        program = torch.export.export(sl, (x,))
+        (call,) = (n for n in program.graph.nodes if n.op == "call_function")
+        assert call.args[-1] == (40 if asked is None else asked)
+        buffer = io.BytesIO()
+        torch.export.save(program, buffer)
+        buffer.seek(0)
+        y = torch.export.load(buffer).module()(x)
+        assert y.stride() == ((1, 8) if asked else (24, 1))
+        torch.testing.assert_close(y, sl(x), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.int8])
@@ -733,7 +773,8 @@ def test_ops_fake_layout_and_autograd_match_eager(dtype: torch.dtype) -> None:
         op = torch.ops.kompaktor_kernels.sparse_linear.default
         weights = (sl.row_ptr, sl.col, sl.values, sl.bias)
     for x in (torch.randn(8, 40), feature_major(torch.randn(8, 40))):
-        torch.library.opcheck(op, (x, *weights, 40))
+        for layout in ((), (None,), (True,), (False,)):
+            torch.library.opcheck(op, (x, *weights, 40, *layout))
 
 
 @pytest.mark.parametrize("out_f", [57, 257])

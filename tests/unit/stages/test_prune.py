@@ -233,3 +233,26 @@ def test_sparse_runtime_logs_the_layers_it_keeps_dense() -> None:
     _sparse_runtime(ctx, model, metrics, {})  # type: ignore[arg-type]
     assert metrics["sparseLayers"] == 1.0
     assert any("attn.out_proj: its owner, a MultiheadAttention" in line for line in lines)
+
+
+def test_sparse_runtime_chains_sparse_layers_feature_major(
+    digits_data: Dataset, tmp_path: Path
+) -> None:
+    """An MLP's two hidden layers both go sparse: the first hands its output on to the second
+    feature-major (no transposes between them), the second gives the dense output layer the
+    contiguous one it expects. Same function as the dense pruned model."""
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(64, 256), torch.nn.ReLU(),
+        torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10),
+    )  # fmt: skip
+    params = {"sparsity": 0.9, "scope": "layer", "fineTuneEpochs": 0}
+    dense = run(params, exported(copy.deepcopy(mlp)), digits_data, tmp_path).module
+    result = run({**params, "runtime": "sparse"}, exported(mlp), digits_data, tmp_path)
+    if result.details["runtime"] != "sparse":
+        pytest.skip("kompaktor_kernels is not importable")
+    assert result.metrics["sparseLayers"] == 2.0
+    assert result.details["featureMajorOutputs"] == ["1"]
+    x = torch.as_tensor(digits_data.x["test"][0][:32])
+    with torch.no_grad():
+        torch.testing.assert_close(result.module(x), dense(x), rtol=1e-4, atol=1e-4)

@@ -24,12 +24,12 @@ kk = pytest.importorskip("kompaktor_kernels")
 SPARSE_OPS = {"kompaktor_kernels::sparse_linear", "kompaktor_kernels::sparse_linear_int8"}
 
 
+def _is_sparse_op(node: fx.Node) -> bool:
+    return isinstance(node.target, torch._ops.OpOverload) and node.target._schema.name in SPARSE_OPS
+
+
 def sparse_ops(gm: fx.GraphModule) -> list[str]:
-    return [
-        n.target._schema.name
-        for n in gm.graph.nodes
-        if isinstance(n.target, torch._ops.OpOverload) and n.target._schema.name in SPARSE_OPS
-    ]
+    return [n.target._schema.name for n in gm.graph.nodes if _is_sparse_op(n)]  # type: ignore[union-attr]
 
 
 def magnitude_pruned(linear: nn.Linear, sparsity: float) -> nn.Linear:
@@ -99,6 +99,10 @@ def test_train_fine_tunes_sparse_layers_and_keeps_them_sparse(
     _, path = sparse_mlp
     record = stage("train", {"epochs": 2, "lr": 0.01}, path, tmp_path / "train")
     assert record.details["sparseLayers"] == {"fineTuned": ["0", "2"]}
+    # "0" feeds "2" through a ReLU: it hands its output on feature-major; "2" feeds a dense
+    # layer, which gets a contiguous one.
+    after = loaded(tmp_path / "train" / "model.pt2")
+    assert [n.args[-1] for n in after.graph.nodes if _is_sparse_op(n)] == [True, False]
     assert_fine_tuned(path, tmp_path / "train" / "model.pt2")
     assert record.metrics["metric"] > 0.85
 

@@ -1,0 +1,67 @@
+"""Choose the activation layout between sparse linear layers of a graph.
+
+A batched sparse layer sums into a [outputs × batch] tile, which it must transpose into a
+row-major y, and reads a row-major x only after transposing it the other way. Between two such
+layers both transposes are wasted: the first can hand on its sums feature-major (y.t()
+contiguous) and the second read them as they are: 1-4 % of a BERT-size feed-forward block
+batched at 80-95 % (`bench/kernels.py --only chain`). Elementwise activations keep the layout
+(their output has their input's strides), so a chain through them keeps it too. Any other
+consumer gets the contiguous y an `nn.Linear` returns: views need it, and dense matmuls can
+slow down on a transposed input (4-5× for a 10-output `F.linear` here).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, cast
+
+import torch
+from torch import fx
+
+from kompaktor.surgery.graph import ELEMENTWISE
+
+if TYPE_CHECKING:
+    from kompaktor_kernels import SparseLinear
+
+
+def chain_sparse_layouts(gm: fx.GraphModule) -> list[str]:
+    """Set `feature_major_out` on each SparseLinear the graph calls on a 2-D input: True where
+    every use of its output reaches only other SparseLinear inputs (directly or through
+    elementwise activations), False elsewhere, so no layer returns a layout its consumers do
+    not expect. Returns the paths of the layers that now hand on feature-major outputs."""
+    chained = []
+    for node in gm.graph.nodes:
+        layer = _sparse_layer(gm, node)
+        if layer is None:
+            continue
+        chain = _two_dimensional(node.args[0]) and _only_sparse_inputs(gm, node)
+        layer.feature_major_out = chain
+        if chain:
+            chained.append(str(node.target))
+    return chained
+
+
+def _sparse_layer(gm: fx.GraphModule, node: fx.Node) -> SparseLinear | None:
+    """The SparseLinear a node calls (told by name: a graph without one needs no kernels)."""
+    if node.op != "call_module":
+        return None
+    module = gm.get_submodule(str(node.target))
+    return cast("SparseLinear", module) if type(module).__name__ == "SparseLinear" else None
+
+
+def _two_dimensional(arg: object) -> bool:
+    value = arg.meta.get("val") if isinstance(arg, fx.Node) else None
+    return isinstance(value, torch.Tensor) and value.dim() == 2
+
+
+def _only_sparse_inputs(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether the node has uses, each the input of a SparseLinear or an elementwise op whose
+    output qualifies in turn."""
+    if not node.users:
+        return False
+    for user in node.users:
+        if user.op == "call_function" and user.target in ELEMENTWISE:
+            if user.args[0] is not node or not _only_sparse_inputs(gm, user):
+                return False
+        elif _sparse_layer(gm, user) is None or user.args[0] is not node or user.kwargs:
+            return False
+    return True

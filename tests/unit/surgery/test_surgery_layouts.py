@@ -1,0 +1,98 @@
+"""chain_sparse_layouts: which sparse layers of an exported graph hand on feature-major outputs,
+and that the graph computes the same, exports and reloads with those layouts."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from kompaktor.models.lifted import lift_weights
+from kompaktor.surgery import chain_sparse_layouts, linear_modules
+
+kk = pytest.importorskip("kompaktor_kernels")
+
+
+class Net(nn.Module):
+    """a → relu → b → gelu → c → relu → d (dense) and e, whose output an add reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(64, 128), nn.Linear(128, 96), nn.Linear(96, 48)
+        self.d, self.e = nn.Linear(48, 10), nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.gelu(self.b(torch.relu(self.a(x))))
+        return self.d(torch.relu(self.c(h))) + self.e(x)
+
+
+def sparse_graph(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
+    """The graph prune's `runtime: sparse` makes: every layer but d at 90 % zeros, on the
+    kernels."""
+    with torch.no_grad():
+        for name, layer in model.named_children():
+            if name != "d":
+                layer.weight.mul_(torch.rand_like(layer.weight) >= 0.9)
+    gm = torch.export.export(model.eval(), (example,)).module()
+    linear_modules(gm)
+    swapped = kk.sparsify(gm, min_sparsity=0.8)
+    assert isinstance(swapped, fx.GraphModule)
+    return swapped
+
+
+def output_strides(gm: fx.GraphModule, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    strides: dict[str, tuple[int, ...]] = {}
+    for name in ("a", "b", "c", "e"):
+        gm.get_submodule(name).register_forward_hook(
+            lambda _m, _i, y, name=name: strides.__setitem__(name, y.stride())
+        )
+    gm(x)
+    return strides
+
+
+def test_layers_feeding_only_sparse_layers_hand_on_feature_major_outputs() -> None:
+    """a and b reach only sparse inputs (through relu and gelu); c feeds a dense layer, e an
+    add: they keep contiguous outputs. Same values as before, through export and reload (to
+    gelu's rounding: its vector and scalar loops differ in the last bit, and the layout moves
+    which elements take which)."""
+    torch.manual_seed(0)
+    x = torch.randn(32, 64)
+    gm = sparse_graph(Net(), x)
+    with torch.inference_mode():
+        before = gm(x)
+    assert chain_sparse_layouts(gm) == ["a", "b"]
+    assert [gm.get_submodule(n).feature_major_out for n in "abce"] == [True, True, False, False]
+    with torch.inference_mode():
+        strides = output_strides(gm, x)
+        torch.testing.assert_close(gm(x), before, rtol=1e-6, atol=1e-7)
+    assert strides == {"a": (1, 32), "b": (1, 32), "c": (48, 1), "e": (10, 1)}
+    buffer = io.BytesIO()
+    torch.export.save(torch.export.export(gm, (x,)), buffer)
+    buffer.seek(0)
+    program = torch.export.load(buffer)
+    calls = [n for n in program.graph.nodes if "kompaktor_kernels" in str(n.target)]
+    assert [n.args[-1] for n in calls] == [True, True, False, False]
+    lifted = lift_weights(program.module())  # how predictors run it: the kernels called directly
+    assert lifted is not None
+    with torch.inference_mode():
+        torch.testing.assert_close(program.module()(x), before, rtol=1e-6, atol=1e-7)
+        for _ in range(2):  # the first call per signature goes through the module
+            torch.testing.assert_close(lifted(x), before, rtol=1e-6, atol=1e-7)
+
+
+def test_layers_on_other_than_two_dimensional_inputs_stay_contiguous() -> None:
+    """A [batch, tokens, features] input has no single batch lane per feature to hold."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 32))
+    x = torch.randn(4, 5, 64)
+    with torch.no_grad():
+        for layer in (model[0], model[2]):
+            layer.weight.mul_(torch.rand_like(layer.weight) >= 0.9)
+    gm = torch.export.export(model.eval(), (x,)).module()
+    linear_modules(gm)
+    gm = kk.sparsify(gm)
+    assert chain_sparse_layouts(gm) == []
+    assert gm.get_submodule("0").feature_major_out is False
