@@ -110,7 +110,7 @@ def _setup(
     scales = inputs[4] if int8 else None
     in_features = inputs[7 if int8 else 5]
     assert isinstance(row_ptr, torch.Tensor) and isinstance(col, torch.Tensor)
-    assert isinstance(values, torch.Tensor) and isinstance(in_features, int)
+    assert isinstance(in_features, int)
     saved = (row_ptr, col, values) if scales is None else (row_ptr, col, values, scales)
     ctx.save_for_backward(*saved)
     ctx.in_features = in_features  # type: ignore[attr-defined]
