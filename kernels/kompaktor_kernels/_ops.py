@@ -12,7 +12,7 @@ import torch
 from kompaktor_kernels import _checks
 from kompaktor_kernels._csr import dense_weight
 from kompaktor_kernels._library import NAMESPACE, check, define, impl_cpu, register_fake
-from kompaktor_kernels._plan import empty_out, feature_major, feature_major_out, run
+from kompaktor_kernels._plan import empty_out, feature_major, run, y_feature_major
 
 # feature_major_out (None: y in x's layout) comes last with a default, so programs exported
 # before it existed load and run as they did.
@@ -90,7 +90,7 @@ def _fake(name: str) -> Callable[..., torch.Tensor]:
         assert isinstance(x, torch.Tensor) and isinstance(row_ptr, torch.Tensor)
         assert isinstance(in_features, int) and (asked is None or isinstance(asked, bool))
         check(x.shape[-1] == in_features, f"x must have shape [..., {in_features}]")
-        return empty_out(x, row_ptr.shape[0] - 1, feature_major_out(x, feature_major(x), asked))
+        return empty_out(x, row_ptr.shape[0] - 1, y_feature_major(x, feature_major(x), asked))
 
     return fake
 

@@ -39,7 +39,7 @@ def feature_major(x: torch.Tensor) -> bool:
     return x.dim() == 2 and not x.is_contiguous() and x.stride() == (1, x.shape[0])
 
 
-def feature_major_out(x: torch.Tensor, x_feature_major: bool, asked: bool | None) -> bool:
+def y_feature_major(x: torch.Tensor, x_feature_major: bool, asked: bool | None) -> bool:
     """Whether y is feature-major: in x's layout unless asked (`SparseLinear.feature_major_out`),
     and only for a 2-D x, whose y has the batch lanes to hold."""
     return x_feature_major if asked is None else asked and x.dim() == 2
@@ -195,7 +195,7 @@ def run(
     bias = buffers[3]
     plan, derived = _cached_plan(buffers, in_features, values_dtype)
     x_lanes = feature_major(x)
-    y_lanes = feature_major_out(x, x_lanes, asked_feature_major_out)
+    y_lanes = y_feature_major(x, x_lanes, asked_feature_major_out)
     y = empty_out(x, row_ptr.numel() - 1, y_lanes)
     if in_features == 0:
         return y.fill_(0).add_(bias) if bias is not None else y.fill_(0)

@@ -39,8 +39,8 @@ from kompaktor_kernels._plan import (
     Plan,
     empty_out,
     feature_major,
-    feature_major_out,
     validated_start,
+    y_feature_major,
 )
 from kompaktor_kernels._quant import quantize_weight
 
@@ -72,7 +72,8 @@ class SparseLinear(nn.Module):
     sparse layers keeps it and skips the batched kernel's transposes. `feature_major_out` set
     to True or False fixes y's layout instead (True only for a 2-D x): a layer whose output
     only feeds layers that take either layout hands it on feature-major, saving the batched
-    kernel the transposition of its sums into y (`feature_major_outputs` chooses these).
+    kernel the transposition of its sums into y (Kompaktor's prune stage chooses these:
+    `kompaktor.surgery.chain_sparse_layouts`).
 
     The compressed weights are registered buffers, so state_dict, `torch.export` and `.pt2`
     round trips carry them; loading such a program needs `import kompaktor_kernels` first so the
@@ -86,7 +87,7 @@ class SparseLinear(nn.Module):
     rowsum: torch.Tensor
     bias: torch.Tensor | None
     _plan: Plan | None = None  # class default: modules unpickled from older versions lack it
-    feature_major_out: bool | None = None  # None: y in x's layout
+    _feature_major_out: bool | None = None  # None: y in x's layout
 
     def __init__(
         self,
@@ -118,6 +119,17 @@ class SparseLinear(nn.Module):
         if values.dtype == torch.int8:
             self.register_buffer("scales", scales)
             self.register_buffer("rowsum", rowsum)
+
+    @property
+    def feature_major_out(self) -> bool | None:
+        """y's layout: None follows x; True feature-major (for a 2-D x); False contiguous."""
+        return self._feature_major_out
+
+    @feature_major_out.setter
+    def feature_major_out(self, value: bool | None) -> None:
+        if value is not None and not isinstance(value, bool):
+            raise TypeError(f"feature_major_out must be True, False or None, got {value!r}")
+        self._feature_major_out = value
 
     @property
     def dtype(self) -> torch.dtype:
@@ -302,7 +314,7 @@ class SparseLinear(nn.Module):
                     x_lanes = feature_major(x)
                     if not x_lanes:
                         x = x.contiguous()
-                y_lanes = feature_major_out(x, x_lanes, self.feature_major_out)
+                y_lanes = y_feature_major(x, x_lanes, self._feature_major_out)
                 y = empty_out(x, self.out_features, y_lanes)  # x: float32 on the CPU
                 args = (
                     x.data_ptr(), x.numel() // self.in_features, y.data_ptr(), num_threads(),

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, cast
 
-import torch
 from torch import fx
 
 from kompaktor.surgery.graph import ELEMENTWISE
@@ -24,19 +23,23 @@ if TYPE_CHECKING:
 
 
 def chain_sparse_layouts(gm: fx.GraphModule) -> list[str]:
-    """Set `feature_major_out` on each SparseLinear the graph calls on a 2-D input: True where
-    every use of its output reaches only other SparseLinear inputs (directly or through
-    elementwise activations), False elsewhere, so no layer returns a layout its consumers do
-    not expect. Returns the paths of the layers that now hand on feature-major outputs."""
-    chained = []
+    """Set `feature_major_out` on each SparseLinear the graph calls: True where every call has
+    a 2-D input and every use of its output reaches only other SparseLinear inputs (directly
+    or through elementwise activations), False elsewhere, so no layer returns a layout its
+    consumers do not expect (a layer called from several places chains only if all do).
+    Returns the paths of the layers that now hand on feature-major outputs."""
+    calls: dict[int, tuple[SparseLinear, list[fx.Node]]] = {}
     for node in gm.graph.nodes:
         layer = _sparse_layer(gm, node)
-        if layer is None:
-            continue
-        chain = _two_dimensional(node.args[0]) and _only_sparse_inputs(gm, node)
-        layer.feature_major_out = chain
-        if chain:
-            chained.append(str(node.target))
+        if layer is not None:
+            calls.setdefault(id(layer), (layer, []))[1].append(node)
+    chained = []
+    for layer, nodes in calls.values():
+        layer.feature_major_out = all(
+            _two_dimensional(node.args[0]) and _only_sparse_inputs(gm, node) for node in nodes
+        )
+        if layer.feature_major_out:
+            chained += [str(node.target) for node in nodes]
     return chained
 
 
@@ -49,8 +52,11 @@ def _sparse_layer(gm: fx.GraphModule, node: fx.Node) -> SparseLinear | None:
 
 
 def _two_dimensional(arg: object) -> bool:
-    value = arg.meta.get("val") if isinstance(arg, fx.Node) else None
-    return isinstance(value, torch.Tensor) and value.dim() == 2
+    """Whether the node's recorded value (export's "val", ShapeProp's "tensor_meta") is 2-D."""
+    if not isinstance(arg, fx.Node):
+        return False
+    shape = getattr(arg.meta.get("val", arg.meta.get("tensor_meta")), "shape", None)
+    return shape is not None and len(shape) == 2
 
 
 def _only_sparse_inputs(gm: fx.GraphModule, node: fx.Node) -> bool:

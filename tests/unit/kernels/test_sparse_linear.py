@@ -737,8 +737,11 @@ def test_output_layout_follows_x_or_is_fixed(
 def test_fixed_output_layout_applies_to_2d_inputs_only_and_exports() -> None:
     """A feature-major y needs a 2-D x (its batch lanes): other inputs keep the contiguous y.
     An exported layer passes the layout only when it is set, so a program from a layer that
-    leaves it to x calls the ops as programs exported before the argument existed do."""
+    leaves it to x calls the ops as programs exported before the argument existed do. Anything
+    but True, False or None is refused when set, not at the next call."""
     sl = kk.SparseLinear.from_dense(pruned(24, 40, 0.7))
+    with pytest.raises(TypeError, match="feature_major_out must be True, False or None, got 1"):
+        sl.feature_major_out = 1  # type: ignore[assignment]
     x3 = torch.randn(2, 5, 40)
     sl.feature_major_out = True
     assert sl(x3).is_contiguous()

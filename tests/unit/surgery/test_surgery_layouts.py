@@ -96,3 +96,38 @@ def test_layers_on_other_than_two_dimensional_inputs_stay_contiguous() -> None:
     gm = kk.sparsify(gm)
     assert chain_sparse_layouts(gm) == []
     assert gm.get_submodule("0").feature_major_out is False
+
+
+def test_a_layer_called_twice_chains_only_if_both_calls_do() -> None:
+    """One SparseLinear called at two sites (a symbolically traced model: an export's graph
+    keeps shared layers dense), one feeding a sparse layer, one the output: a feature-major y
+    at either would reach the output, so it keeps contiguous y. Called once, it chains."""
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    class Net(nn.Module):
+        def __init__(self, twice: bool) -> None:
+            super().__init__()
+            dense = [nn.Linear(64, 64) for _ in range(2)]
+            with torch.no_grad():
+                for layer in dense:
+                    layer.weight.mul_(torch.rand_like(layer.weight) >= 0.9)
+            self.a, self.b = (kk.SparseLinear.from_dense(layer) for layer in dense)
+            self.twice = twice
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.b(self.a(x))  # (torch.relu here would be torch's, not the aten op)
+            return y + self.a(x) if self.twice else y
+
+    class Tracer(fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return isinstance(m, kk.SparseLinear) or super().is_leaf_module(m, qualname)
+
+    torch.manual_seed(0)
+    x = torch.randn(8, 64)
+    for twice, chained in ((True, []), (False, ["a"])):
+        net = Net(twice)
+        gm = fx.GraphModule(net, Tracer().trace(net))
+        ShapeProp(gm).propagate(x)
+        assert chain_sparse_layouts(gm) == chained
+        with torch.inference_mode():
+            assert gm(x).is_contiguous()
