@@ -31,18 +31,31 @@ def _csr(buffers: Buffers) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def feature_major(x: torch.Tensor) -> bool:
-    """Whether a 2-D x holds each feature's batch lanes contiguously (x.t() is contiguous, the
-    layout torch's CSR matmul returns). Sparse linear keeps that layout: such an x gives such a
-    y, read and written without the transposes a row-major x and y cost the batched kernel."""
-    # Read off the strides rather than through the view x.t() (~0.5 us a call): a 2-D x that is
-    # not contiguous has both sizes > 1, and then x.t() is contiguous exactly for these.
-    return x.dim() == 2 and not x.is_contiguous() and x.stride() == (1, x.shape[0])
+    """Whether x holds each feature's batch lanes contiguously: x.movedim(-1, 0) is contiguous,
+    so x is [features][lanes] in memory, the lanes being its leading indices in order (a 2-D x:
+    x.t() contiguous, the layout torch's CSR matmul returns). Sparse linear keeps that layout:
+    such an x gives such a y, read and written without the transposes a row-major x and y cost
+    the batched kernel."""
+    # Read off the strides rather than through a view (~0.5 us a call). A contiguous x is
+    # either layout only where it has one lane or one feature, and then both are one memory.
+    if x.dim() < 2 or x.is_contiguous():
+        return False
+    shape, strides = x.shape, x.stride()
+    lanes = x.numel() // shape[-1]
+    if strides[-1] != lanes:
+        return False
+    step = 1
+    for size, stride in zip(reversed(shape[:-1]), reversed(strides[:-1]), strict=True):
+        if size != 1 and stride != step:
+            return False
+        step *= size
+    return True
 
 
 def y_feature_major(x: torch.Tensor, x_feature_major: bool, asked: bool | None) -> bool:
     """Whether y is feature-major: in x's layout unless asked (`SparseLinear.feature_major_out`),
-    and only for a 2-D x, whose y has the batch lanes to hold."""
-    return x_feature_major if asked is None else asked and x.dim() == 2
+    and only for an x with batch dimensions, whose y has the lanes to hold."""
+    return x_feature_major if asked is None else asked and x.dim() >= 2
 
 
 _version = operator.attrgetter("_version")
@@ -146,10 +159,11 @@ class Plan:
 
 
 def empty_out(x: torch.Tensor, out_features: int, lanes_inner: bool) -> torch.Tensor:
-    """y for x: [..., out_features], feature-major when lanes_inner (x is then 2-D). new_empty
-    with int arguments is the cheapest allocation (~1 us less than torch.empty with a shape)."""
+    """y for x: [..., out_features], feature-major when lanes_inner. new_empty with int
+    arguments is the cheapest allocation (~1 us less than torch.empty with a shape)."""
     if lanes_inner:
-        return x.new_empty(out_features, x.shape[0]).t()
+        y = x.new_empty(out_features, *x.shape[:-1])
+        return y.t() if x.dim() == 2 else y.movedim(0, -1)
     return x.new_empty(*x.shape[:-1], out_features)
 
 

@@ -70,7 +70,7 @@ class SparseLinear(nn.Module):
     y has x's layout: contiguous for a contiguous x (as `nn.Linear`), feature-major for a
     feature-major one (`feature_major`, the layout torch's CSR matmul returns), so a chain of
     sparse layers keeps it and skips the batched kernel's transposes. `feature_major_out` set
-    to True or False fixes y's layout instead (True only for a 2-D x): a layer whose output
+    to True or False fixes y's layout instead (True needs batch dimensions): a layer whose output
     only feeds layers that take either layout hands it on feature-major, saving the batched
     kernel the transposition of its sums into y (Kompaktor's prune stage chooses these:
     `kompaktor.surgery.chain_sparse_layouts`).
@@ -122,7 +122,7 @@ class SparseLinear(nn.Module):
 
     @property
     def feature_major_out(self) -> bool | None:
-        """y's layout: None follows x; True feature-major (for a 2-D x); False contiguous."""
+        """y's layout: None follows x; True feature-major (x with batch dims); False contiguous."""
         return self._feature_major_out
 
     @feature_major_out.setter

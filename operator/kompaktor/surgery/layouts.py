@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 def chain_sparse_layouts(gm: fx.GraphModule) -> list[str]:
     """Set `feature_major_out` on each SparseLinear the graph calls: True where every call has
-    a 2-D input and every use of its output reaches only other SparseLinear inputs (directly
+    batch dimensions and every use of its output reaches only other SparseLinear inputs (directly
     or through elementwise activations), False elsewhere, so no layer returns a layout its
     consumers do not expect (a layer called from several places chains only if all do).
     Returns the paths of the layers that now hand on feature-major outputs."""
@@ -36,7 +36,7 @@ def chain_sparse_layouts(gm: fx.GraphModule) -> list[str]:
     chained = []
     for layer, nodes in calls.values():
         layer.feature_major_out = all(
-            _two_dimensional(node.args[0]) and _only_sparse_inputs(gm, node) for node in nodes
+            _batched(node.args[0]) and _only_sparse_inputs(gm, node) for node in nodes
         )
         if layer.feature_major_out:
             chained += [str(node.target) for node in nodes]
@@ -51,12 +51,13 @@ def _sparse_layer(gm: fx.GraphModule, node: fx.Node) -> SparseLinear | None:
     return cast("SparseLinear", module) if type(module).__name__ == "SparseLinear" else None
 
 
-def _two_dimensional(arg: object) -> bool:
-    """Whether the node's recorded value (export's "val", ShapeProp's "tensor_meta") is 2-D."""
+def _batched(arg: object) -> bool:
+    """Whether the node's recorded value (export's "val", ShapeProp's "tensor_meta") has batch
+    dimensions before its features ([batch, features], [batch, tokens, features], ...)."""
     if not isinstance(arg, fx.Node):
         return False
     shape = getattr(arg.meta.get("val", arg.meta.get("tensor_meta")), "shape", None)
-    return shape is not None and len(shape) == 2
+    return shape is not None and len(shape) >= 2
 
 
 def _only_sparse_inputs(gm: fx.GraphModule, node: fx.Node) -> bool:

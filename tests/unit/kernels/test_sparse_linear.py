@@ -734,18 +734,30 @@ def test_output_layout_follows_x_or_is_fixed(
         torch.set_num_threads(before)
 
 
-def test_fixed_output_layout_applies_to_2d_inputs_only_and_exports() -> None:
-    """A feature-major y needs a 2-D x (its batch lanes): other inputs keep the contiguous y.
-    An exported layer passes the layout only when it is set, so a program from a layer that
-    leaves it to x calls the ops as programs exported before the argument existed do. Anything
-    but True, False or None is refused when set, not at the next call."""
-    sl = kk.SparseLinear.from_dense(pruned(24, 40, 0.7))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int8])
+def test_fixed_output_layout_with_token_dimensions_and_export(dtype: torch.dtype) -> None:
+    """[batch, tokens, features]: feature-major is [features][batch][tokens] in memory (the
+    lanes are every leading index in order), which the kernels read and write as they do a 2-D
+    x's, with the same values; a 1-D x has no lanes, so its y stays contiguous. An exported
+    layer passes the layout only when it is set, so a program from a layer that leaves it to
+    x calls the ops as programs exported before the argument existed do. Anything but True,
+    False or None is refused when set, not at the next call."""
+    sl = kk.SparseLinear.from_dense(pruned(24, 40, 0.7), dtype)
     with pytest.raises(TypeError, match="feature_major_out must be True, False or None, got 1"):
         sl.feature_major_out = 1  # type: ignore[assignment]
     x3 = torch.randn(2, 5, 40)
+    want = sl(x3)
+    assert want.is_contiguous()
+    x3f = x3.permute(2, 0, 1).contiguous().permute(1, 2, 0)  # [features][batch][tokens]
+    for asked in (None, True, False):
+        sl.feature_major_out = asked
+        for x, lanes_in in ((x3, False), (x3f, True)):
+            lanes_out = lanes_in if asked is None else asked
+            for y in (sl(x), sl._forward_checked(x.clone().requires_grad_(True))):
+                assert y.stride() == ((5, 1, 10) if lanes_out else (120, 24, 1))
+                torch.testing.assert_close(y, want, rtol=0, atol=0)
     sl.feature_major_out = True
-    assert sl(x3).is_contiguous()
-    torch.testing.assert_close(sl(x3), sl(x3.reshape(10, 40)).reshape(2, 5, 24))
+    assert sl(torch.randn(40)).shape == (24,)
     x = torch.randn(8, 40)
     for asked in (None, True, False):
         sl.feature_major_out = asked

@@ -83,8 +83,9 @@ def test_layers_feeding_only_sparse_layers_hand_on_feature_major_outputs() -> No
             torch.testing.assert_close(lifted(x), before, rtol=1e-6, atol=1e-7)
 
 
-def test_layers_on_other_than_two_dimensional_inputs_stay_contiguous() -> None:
-    """A [batch, tokens, features] input has no single batch lane per feature to hold."""
+def test_layers_on_token_inputs_chain_too() -> None:
+    """[batch, tokens, features] activations chain as [batch, features] ones do: the lanes are
+    every (batch, token) pair. The last layer returns the contiguous y."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 32))
     x = torch.randn(4, 5, 64)
@@ -94,8 +95,18 @@ def test_layers_on_other_than_two_dimensional_inputs_stay_contiguous() -> None:
     gm = torch.export.export(model.eval(), (x,)).module()
     linear_modules(gm)
     gm = kk.sparsify(gm)
-    assert chain_sparse_layouts(gm) == []
-    assert gm.get_submodule("0").feature_major_out is False
+    with torch.inference_mode():
+        before = gm(x)
+    assert chain_sparse_layouts(gm) == ["0"]
+    strides: list[tuple[int, ...]] = []
+    gm.get_submodule("2").register_forward_pre_hook(
+        lambda _m, args: strides.append(args[0].stride())
+    )
+    with torch.inference_mode():
+        y = gm(x)
+    assert strides == [(5, 1, 20)]  # "2" reads [128 features][4 × 5 lanes] through the ReLU
+    assert y.is_contiguous()
+    torch.testing.assert_close(y, before, rtol=0, atol=0)
 
 
 def test_a_layer_called_twice_chains_only_if_both_calls_do() -> None:
