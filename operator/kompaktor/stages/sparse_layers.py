@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     import torch
     from torch import fx
 
+    from kompaktor.surgery.modules import SparseLayer
+
 
 def run_with_sparse_layers(stage: Stage[Any], ctx: StageContext[Any]) -> StageResult:
     """`stage.run(ctx)`, its input's sparse layers handled as the stage declares."""
@@ -70,11 +72,7 @@ def _run_as_they_are(stage: Stage[Any], ctx: StageContext[Any], gm: fx.GraphModu
 
     layers = sparse_linears(gm)
     if layers:
-        described = ", ".join(
-            f"{path} ({info['dtype']}, {'×'.join(map(str, info['shape']))}, "
-            f"{info['density']:.1%} stored)"
-            for path, info in layers.items()
-        )
+        described = ", ".join(_described(path, info) for path, info in layers.items())
         ctx.log(
             f"{stage.type}: {len(layers)} sparse layer(s) run on kompaktor_kernels: {described}"
         )
@@ -82,6 +80,12 @@ def _run_as_they_are(stage: Stage[Any], ctx: StageContext[Any], gm: fx.GraphModu
     if layers:
         result.details["sparseLayers"] = {"run": layers}
     return result
+
+
+def _described(path: str, layer: SparseLayer) -> str:
+    shape = "×".join(map(str, layer["shape"]))
+    chained = ", feature-major out" if layer["featureMajorOut"] else ""
+    return f"{path} ({layer['dtype']}, {shape}, {layer['density']:.1%} stored{chained})"
 
 
 def _sparsify(gm: fx.GraphModule, dtypes: dict[str, torch.dtype]) -> None:

@@ -33,6 +33,7 @@ class SparseLayer(TypedDict):
     dtype: str  # of its stored weights: float32 or int8
     shape: list[int]  # out, in
     density: float  # the share of its weights stored (non-zero)
+    featureMajorOut: bool  # hands its output on untransposed, to sparse layers only
 
 
 def sparse_linears(gm: fx.GraphModule) -> dict[str, SparseLayer]:
@@ -46,6 +47,7 @@ def sparse_linears(gm: fx.GraphModule) -> dict[str, SparseLayer]:
             dtype=str(values.dtype).removeprefix("torch."),
             shape=[out_features, in_features],
             density=values.numel() / max(out_features * in_features, 1),
+            featureMajorOut=_feature_major_out(node),
         )
     return layers
 
@@ -130,6 +132,14 @@ def _in_features(node: fx.Node) -> int:
     in_features = node.args[1 + len(_SPARSE_OPS[_op_name(node)])]
     assert isinstance(in_features, int)
     return in_features
+
+
+def _feature_major_out(node: fx.Node) -> bool:
+    """Whether a sparse linear call was told to return y feature-major (its optional argument
+    after in_features; surgery.layouts sets it)."""
+    at = 2 + len(_SPARSE_OPS[_op_name(node)])
+    asked = node.args[at] if len(node.args) > at else node.kwargs.get("feature_major_out")
+    return asked is True
 
 
 def _op_name(node: fx.Node) -> str:

@@ -17,7 +17,7 @@ from kompaktor.api.run import LOG_FILE, RESULT_FILE, RunRecord
 from kompaktor.data import Dataset
 from kompaktor.models import load_model
 from kompaktor.stages.runner import StageRequest, run_stage
-from kompaktor.surgery import dense_sparse_linears, linear_modules
+from kompaktor.surgery import dense_sparse_linears, linear_modules, sparse_linears
 
 kk = pytest.importorskip("kompaktor_kernels")
 
@@ -103,6 +103,8 @@ def test_train_fine_tunes_sparse_layers_and_keeps_them_sparse(
     # layer, which gets a contiguous one.
     after = loaded(tmp_path / "train" / "model.pt2")
     assert [n.args[-1] for n in after.graph.nodes if _is_sparse_op(n)] == [True, False]
+    chained = {path: info["featureMajorOut"] for path, info in sparse_linears(after).items()}
+    assert chained == {"0": True, "2": False}  # as benchmark and hpo report them
     assert_fine_tuned(path, tmp_path / "train" / "model.pt2")
     assert record.metrics["metric"] > 0.85
 
@@ -151,8 +153,18 @@ def test_benchmark_runs_the_sparse_layers_and_names_them(
     record = stage("benchmark", {"batchSizes": [1]}, path, tmp_path / "bench")
     run = record.details["sparseLayers"]["run"]  # what the figures owe to the kernels
     assert run == {
-        "0": {"dtype": "float32", "shape": [32, 30], "density": model[0].nnz / (32 * 30)},
-        "2": {"dtype": "int8", "shape": [16, 32], "density": model[2].nnz / (16 * 32)},
+        "0": {
+            "dtype": "float32",
+            "shape": [32, 30],
+            "density": model[0].nnz / (32 * 30),
+            "featureMajorOut": False,
+        },
+        "2": {
+            "dtype": "int8",
+            "shape": [16, 32],
+            "density": model[2].nnz / (16 * 32),
+            "featureMajorOut": False,
+        },
     }
     assert 0.15 < run["0"]["density"] <= 0.2
     assert (
