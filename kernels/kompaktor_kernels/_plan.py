@@ -8,6 +8,7 @@ missing kinds and computes nothing; the caller builds them, binds a new plan and
 
 from __future__ import annotations
 
+import atexit
 import operator
 import weakref
 
@@ -95,6 +96,9 @@ def _versions(values: torch.Tensor, held: tuple[torch.Tensor, ...]) -> tuple[obj
 
 
 _validated: dict[int, _CacheEntry] = {}
+# Emptied before the interpreter tears modules down: an entry whose weights a live autograd
+# graph still holds would otherwise outlive the extension, and nanobind reports its plan leaked.
+atexit.register(_validated.clear)
 
 
 def _cached_plan(

@@ -3,6 +3,8 @@ from __future__ import annotations
 import copy
 import io
 import pickle
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -1150,3 +1152,18 @@ def test_built_and_run_under_inference_mode() -> None:
         direct = torch.ops.kompaktor_kernels.sparse_linear(x, row_ptr, col, values, None, 12)
     torch.testing.assert_close(got, lin(x), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(direct, F.linear(x, lin.weight), rtol=1e-5, atol=1e-5)
+
+
+def test_interpreter_exit_reports_no_leaked_plans() -> None:
+    """A layer's cached plan whose weights a live autograd graph still holds at exit: nanobind
+    used to report it leaked (the cache outlived the extension)."""
+    script = (
+        "import torch, kompaktor_kernels as kk\n"
+        "layer = kk.SparseLinear.from_dense(torch.nn.Linear(8, 8), torch.int8)\n"
+        "y = layer._forward_checked(torch.randn(2, 8).requires_grad_())\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr
+    assert "leaked" not in run.stderr
