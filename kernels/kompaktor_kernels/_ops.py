@@ -36,7 +36,7 @@ def _check_x(x: torch.Tensor, in_features: int) -> None:
         )
     if not x.is_contiguous() and not feature_major(x):
         raise ValueError(
-            f"x must be contiguous or feature-major (x.t() contiguous), got shape "
+            f"x must be contiguous or feature-major (x.movedim(-1, 0) contiguous), got shape "
             f"{tuple(x.shape)} with strides {x.stride()}; call .contiguous() first"
         )
 

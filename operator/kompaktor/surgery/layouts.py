@@ -3,11 +3,11 @@
 A batched sparse layer sums into a [outputs × batch] tile, which it must transpose into a
 row-major y, and reads a row-major x only after transposing it the other way. Between two such
 layers both transposes are wasted: the first can hand on its sums feature-major (y.t()
-contiguous) and the second read them as they are: 1-4 % of a BERT-size feed-forward block
-batched at 80-95 % (`bench/kernels.py --only chain`). Elementwise activations keep the layout
-(their output has their input's strides), so a chain through them keeps it too. Any other
-consumer gets the contiguous y an `nn.Linear` returns: views need it, and dense matmuls can
-slow down on a transposed input (4-5× for a 10-output `F.linear` here).
+contiguous) and the second read them as they are: 2-7 % of a BERT-size feed-forward block
+batched at 80-95 % (`bench/kernels.py --cpu-time --only chain`). Elementwise activations keep
+the layout (their output has their input's strides), so a chain through them keeps it too.
+Any other consumer gets the contiguous y an `nn.Linear` returns: views need it, and dense
+matmuls can slow down on a transposed input (4-5× for a 10-output `F.linear` here).
 """
 
 from __future__ import annotations
