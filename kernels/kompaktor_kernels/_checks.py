@@ -13,7 +13,7 @@ def tensor(name: str, value: object) -> torch.Tensor:
 
 
 def cpu_dense(name: str, t: torch.Tensor) -> None:
-    if t.device.type != "cpu":
+    if not t.is_cpu:  # t.device builds an object: ~0.2 us a call more
         raise ValueError(f"{name} must be on the CPU, got device {t.device}")
     if t.layout != torch.strided:
         raise ValueError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")

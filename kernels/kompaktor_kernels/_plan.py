@@ -164,10 +164,15 @@ class Plan:
 
 def empty_out(x: torch.Tensor, out_features: int, lanes_inner: bool) -> torch.Tensor:
     """y for x: [..., out_features], feature-major when lanes_inner. new_empty with int
-    arguments is the cheapest allocation (~1 us less than torch.empty with a shape)."""
+    arguments is the cheapest allocation (~1 us less than torch.empty with a shape, and a 2-D
+    x's batch passed alone ~0.4 us less than its shape unpacked)."""
+    if x.dim() == 2:
+        batch = x.shape[0]
+        if lanes_inner:
+            return x.new_empty(out_features, batch).t()
+        return x.new_empty(batch, out_features)
     if lanes_inner:
-        y = x.new_empty(out_features, *x.shape[:-1])
-        return y.t() if x.dim() == 2 else y.movedim(0, -1)
+        return x.new_empty(out_features, *x.shape[:-1]).movedim(0, -1)
     return x.new_empty(*x.shape[:-1], out_features)
 
 
