@@ -3,6 +3,7 @@ from __future__ import annotations
 import copy
 import io
 import pickle
+import random
 import subprocess
 import sys
 import threading
@@ -653,6 +654,42 @@ def test_noncontiguous_input_accepted_by_module() -> None:
 def feature_major(x: torch.Tensor) -> torch.Tensor:
     """The same values with each feature's batch lanes contiguous (x.t() contiguous)."""
     return x.t().contiguous().t()
+
+
+def test_random_configurations_match_the_reference(isa: str) -> None:
+    """The grids here vary one or two things at a time; this draws them all at once, 120
+    seeded configurations per path: shape (partial blocks and panels), sparsity with empty rows,
+    dtype, index width, bias, threads, leading dimensions, x's layout (row-major, feature-major,
+    strided), feature_major_out, and the module's direct, traced (autograd) and op calls."""
+    rng = random.Random(f"{isa}-{kk._native.has_vbmi()}")
+    before = torch.get_num_threads()
+    try:
+        for _ in range(120):
+            in_f, out_f = rng.choice([1, 7, 16, 31, 257, 513, 1030]), rng.choice([1, 9, 128, 133])
+            dtype = rng.choice([torch.float32, torch.int8])
+            lin = pruned(out_f, in_f, rng.choice([0.0, 0.5, 0.9, 0.99, 1.0]), rng.random() < 0.7)
+            with torch.no_grad():
+                lin.weight[:: rng.choice([2, 3, out_f + 1])] = 0
+            sl = kk.SparseLinear.from_dense(lin, dtype, rng.choice(INDEX_DTYPES))
+            sl.feature_major_out = asked = rng.choice([None, False, True])
+            lead = rng.choice([(), (rng.randint(1, 70),), (rng.randint(1, 4), rng.randint(1, 9))])
+            x = torch.randn(*lead, in_f)
+            layout = rng.choice(["rows", "lanes", "strided"]) if lead else "rows"
+            xs = {
+                "rows": x,
+                "lanes": x.movedim(-1, 0).contiguous().movedim(0, -1),
+                "strided": torch.cat([x, x], dim=-1)[..., :in_f],
+            }[layout]
+            torch.set_num_threads(rng.choice([1, 2]))
+            ref = sparse_linear_reference(x, lin.weight, lin.bias, dtype)
+            calls = [sl(xs), sl._forward_checked(xs.clone().requires_grad_(dtype != torch.int8))]
+            lanes = _plan.feature_major(xs) if asked is None else asked and bool(lead)
+            for y in calls:
+                torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+                assert y.movedim(-1, 0).is_contiguous() if lanes else y.is_contiguous()
+            torch.testing.assert_close(calls[1], calls[0], rtol=0, atol=0)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_concurrent_calls_from_python_threads_match_serial_ones() -> None:
