@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +71,15 @@ def measured_dense_peak(quick: bool) -> float:
 
 #: The issue's weight shapes (out × in): a BERT-base feed-forward block's two layers.
 SHAPES = ((768, 3072), (3072, 768))
+
+
+T = TypeVar("T")
+
+
+def narrowed(value: T | None, grid: tuple[T, ...]) -> tuple[T, ...]:
+    """A grid's values, or only the one the command line names (`--shape`, `--sparsity`,
+    `--batch`)."""
+    return (value,) if value is not None else grid
 
 
 def round_robin(paths: list[Callable[[], object]], quick: bool) -> list[float]:
@@ -153,10 +162,9 @@ def bench_sparse(
         *("int8 vs dense", "fp32 GFLOP/s (% peak)"),
         "int8 GOP/s (% peak)",
     )
-    shapes = (shape,) if shape is not None else SHAPES
-    default_sparsities = (0.9,) if quick else (0.5, 0.8, 0.9, 0.95)
-    sparsities = (sparsity,) if sparsity is not None else default_sparsities
-    batches = (batch,) if batch is not None else (1, 8, 32) if quick else (1, 8, 16, 32)
+    shapes = narrowed(shape, SHAPES)
+    sparsities = narrowed(sparsity, (0.9,) if quick else (0.5, 0.8, 0.9, 0.95))
+    batches = narrowed(batch, (1, 8, 32) if quick else (1, 8, 16, 32))
     with torch.inference_mode():
         for out_f, in_f in shapes:
             for sp in sparsities:
@@ -220,8 +228,8 @@ def bench_chain(quick: bool, sparsity: float | None = None, batch: int | None = 
         *("sparsity", "batch", "dense", "torch CSR", "kk row-major", "kk chained"),
         *("chained vs row-major", "chained vs CSR", "chained vs dense"),
     )
-    sparsities = (sparsity,) if sparsity is not None else (0.9,) if quick else (0.8, 0.9, 0.95)
-    batches = (batch,) if batch is not None else (8, 32) if quick else (1, 8, 16, 32)
+    sparsities = narrowed(sparsity, (0.9,) if quick else (0.8, 0.9, 0.95))
+    batches = narrowed(batch, (8, 32) if quick else (1, 8, 16, 32))
     with torch.inference_mode():
         for sp in sparsities:
             up, down = pruned_linear(3072, 768, sp), pruned_linear(768, 3072, sp)
@@ -299,9 +307,9 @@ def bench_runtimes(
         *("torch dynamic int8 (fbgemm)", "ORT dynamic int8", "kk int8"),
         *("fp32 vs best dense fp32", "int8 vs best dense int8"),
     )
-    shapes = (shape,) if shape is not None else SHAPES
-    sparsities = (sparsity,) if sparsity is not None else (0.9,) if quick else (0.8, 0.9, 0.95)
-    batches = (batch,) if batch is not None else (1, 8, 32)
+    shapes = narrowed(shape, SHAPES)
+    sparsities = narrowed(sparsity, (0.9,) if quick else (0.8, 0.9, 0.95))
+    batches = narrowed(batch, (1, 8, 32))
     with tempfile.TemporaryDirectory() as folder, torch.inference_mode():
         for out_f, in_f in shapes:
             for sp in sparsities:
@@ -436,8 +444,8 @@ def bench_memory(
         *("weight (out×in)", "sparsity", "dtype", "dense fp32", "stored", "served at batch 1"),
         *("8", "32", "1, 8 and 32"),
     )
-    shapes = (shape,) if shape is not None else SHAPES
-    sparsities = (sparsity,) if sparsity is not None else (0.9,) if quick else (0.5, 0.8, 0.9, 0.99)
+    shapes = narrowed(shape, SHAPES)
+    sparsities = narrowed(sparsity, (0.9,) if quick else (0.5, 0.8, 0.9, 0.99))
     with torch.no_grad():
         for out_f, in_f in shapes:
             for sp in sparsities:

@@ -176,6 +176,17 @@ def empty_out(x: torch.Tensor, out_features: int, lanes_inner: bool) -> torch.Te
     return x.new_empty(*x.shape[:-1], out_features)
 
 
+def call_args(
+    x: torch.Tensor, x_lanes: bool, asked: bool | None, out_features: int, in_features: int
+) -> tuple[torch.Tensor, tuple[int, int, int, int, bool, bool]]:
+    """y for x, in the layout the call gives it, and a native plan's arguments for the call
+    (x, batch, y, threads, x feature-major, y feature-major); the module and the op share it."""
+    y_lanes = y_feature_major(x, x_lanes, asked)
+    y = empty_out(x, out_features, y_lanes)
+    batch = x.numel() // in_features if in_features else 0
+    return y, (x.data_ptr(), batch, y.data_ptr(), num_threads(), x_lanes, y_lanes)
+
+
 def _ptr(t: torch.Tensor | None) -> int:
     return 0 if t is None else int(t.data_ptr())
 
@@ -218,12 +229,9 @@ def run(
     bias = buffers[3]
     plan, derived = _cached_plan(buffers, in_features, values_dtype)
     x_lanes = feature_major(x)
-    y_lanes = y_feature_major(x, x_lanes, asked_feature_major_out)
-    y = empty_out(x, row_ptr.numel() - 1, y_lanes)
+    y, args = call_args(x, x_lanes, asked_feature_major_out, row_ptr.numel() - 1, in_features)
     if in_features == 0:
         return y.fill_(0).add_(bias) if bias is not None else y.fill_(0)
-    batch = x.numel() // in_features
-    args = (x.data_ptr(), batch, y.data_ptr(), num_threads(), x_lanes, y_lanes)
     missing = plan(*args)
     if missing:
         derived = derived.with_kinds(missing, row_ptr, col, values, in_features)

@@ -32,16 +32,8 @@ from kompaktor_kernels._csr import (
     to_csr,
     validate_layer,
 )
-from kompaktor_kernels._dispatch import num_threads
 from kompaktor_kernels._ops import sparse_linear_cpu, sparse_linear_int8_cpu
-from kompaktor_kernels._plan import (
-    BUFFERS,
-    Plan,
-    empty_out,
-    feature_major,
-    validated_start,
-    y_feature_major,
-)
+from kompaktor_kernels._plan import BUFFERS, Plan, call_args, feature_major, validated_start
 from kompaktor_kernels._quant import quantize_weight
 
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -314,12 +306,9 @@ class SparseLinear(nn.Module):
                     x_lanes = feature_major(x)
                     if not x_lanes:
                         x = x.contiguous()
-                y_lanes = y_feature_major(x, x_lanes, self._feature_major_out)
-                y = empty_out(x, self.out_features, y_lanes)  # x: float32 on the CPU
-                args = (
-                    x.data_ptr(), x.numel() // self.in_features, y.data_ptr(), num_threads(),
-                    x_lanes, y_lanes,
-                )  # fmt: skip
+                y, args = call_args(  # x: float32 on the CPU
+                    x, x_lanes, self._feature_major_out, self.out_features, self.in_features
+                )
                 missing = plan.run(*args)
                 if missing:  # this batch runs on a derived layout not built yet
                     plan = self._plan = plan.extended(missing, self.in_features)
