@@ -17,6 +17,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +36,11 @@ def rss_mib(pid: int) -> float:
 async def main(jobs: int) -> None:
     with tempfile.TemporaryDirectory(prefix="kompaktor-bench-") as folder:
         await measure(jobs, Path(folder))
+
+
+def has_batch_job(cluster: Cluster, name: str) -> bool:
+    """Whether the operator has created a batch Job for the OptimizationJob `name`."""
+    return any(j["metadata"]["labels"]["kompaktor.io/job"] == name for j in cluster.jobs())
 
 
 async def measure(jobs: int, tmp: Path) -> None:
@@ -70,11 +76,7 @@ async def measure(jobs: int, tmp: Path) -> None:
                     )
                 )
                 await cluster.wait_for(
-                    lambda name=name: any(
-                        j["metadata"]["labels"]["kompaktor.io/job"] == name for j in cluster.jobs()
-                    ),
-                    60,
-                    f"the first Job of {name}",
+                    partial(has_batch_job, cluster, name), 60, f"the first Job of {name}"
                 )
                 latencies.append(time.perf_counter() - started)
             await asyncio.sleep(2)

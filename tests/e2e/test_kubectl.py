@@ -41,7 +41,7 @@ async def test_apply_an_example_and_get_shows_the_printer_columns(tmp_path: Path
         assert f"optimizationjob.kompaktor.io/{name} created" in applied
         stored = cluster.job(name)
         assert stored["spec"]["stages"][-1]["pools"] == ["cpu", "arm"]
-        cluster.emulator.patch(cluster.oj, "default", name, {"status": {
+        cluster.emulator.patch_object(cluster.oj, "default", name, {"status": {
             "phase": "Succeeded", "stage": "bench", "costUSD": 0.25, "energyJoules": 1200.0,
             "result": {"speedup": 2.5, "sizeRatio": 0.25, "metric": 0.97}}}, "status")  # fmt: skip
         table = await kubectl(cluster, "get", "oj")

@@ -177,7 +177,7 @@ class Cluster:
     def edit_spec(
         self, name: str, spec_patch: Mapping[str, Any], namespace: str = "default"
     ) -> None:
-        self.emulator.patch(self.oj, namespace, name, {"spec": dict(spec_patch)})
+        self.emulator.patch_object(self.oj, namespace, name, {"spec": dict(spec_patch)})
 
     def status(self, name: str, namespace: str = "default") -> dict[str, Any]:
         return dict(self.job(name, namespace).get("status") or {})

@@ -190,7 +190,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         res = kmock.resource(resource) if isinstance(resource, str) else resource
         return self._create(res, body.get("metadata", {}).get("namespace"), copy.deepcopy(body))
 
-    def patch(
+    def patch_object(
         self,
         resource: references.resource | str,
         namespace: str | None,
@@ -277,26 +277,27 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             self.writes.append((token, method, request.url.path))
         if request.params.get("watch") in ("true", "1"):
             return await self._watch(request, resource)
-        if method == "GET" and request.name is None:
-            return self._respond(self._list(request, resource))
+        name = request.name
         if method == "GET":
-            return self._respond(self._fetch(resource, namespace, request.name))
+            if name is None:
+                return self._respond(self._list(request, resource))
+            return self._respond(self._fetch(resource, namespace, name))
         if method == "POST":
             body = request.data if isinstance(request.data, dict) else {}
             async with self._lock:
                 created = self._create(resource, namespace, copy.deepcopy(body))
             return self._respond(created, status=201)
-        if method in ("PATCH", "PUT") and request.name is not None:
+        if method in ("PATCH", "PUT") and name is not None:
             content_type = request.headers.get("Content-Type", "")
             async with self._lock:
                 updated = self._update(
-                    resource, namespace, request.name, request.data, content_type,
+                    resource, namespace, name, request.data, content_type,
                     request.subresource, replace=method == "PUT",
                 )  # fmt: skip
             return self._respond(updated)
-        if method == "DELETE" and request.name is not None:
+        if method == "DELETE" and name is not None:
             async with self._lock:
-                deleted = self._delete(resource, namespace, request.name)
+                deleted = self._delete(resource, namespace, name)
             return self._respond(deleted)
         raise _error(405, "MethodNotAllowed", f"{method} {request.url.path} is not supported")
 

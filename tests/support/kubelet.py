@@ -127,7 +127,7 @@ class TestKubelet:
         }
         self.emulator.create(PODS, pod)
         if (reason := self.unpullable.get(container["image"])) is not None:
-            self.emulator.patch(PODS, namespace, pod_name, {"status": {
+            self.emulator.patch_object(PODS, namespace, pod_name, {"status": {
                 "phase": "Pending",
                 "containerStatuses": [{"name": container["name"], "ready": False, "state": {
                     "waiting": {"reason": reason, "message": f"cannot pull {container['image']}"}
@@ -154,12 +154,12 @@ class TestKubelet:
         )  # fmt: skip
         self.started.append(name)
         stamp = now_iso()
-        self.emulator.patch(PODS, namespace, pod_name, {"status": {
+        self.emulator.patch_object(PODS, namespace, pod_name, {"status": {
             "phase": "Running", "startTime": stamp,
             "containerStatuses": [{"name": container["name"], "ready": True,
                                    "state": {"running": {"startedAt": stamp}}}],
         }}, "status")  # fmt: skip
-        self.emulator.patch(JOBS, namespace, name,
+        self.emulator.patch_object(JOBS, namespace, name,
                             {"status": {"active": 1, "startTime": stamp}}, "status")  # fmt: skip
 
     def _pod_env(self, namespace: str, container: dict[str, Any], node: str) -> dict[str, str]:
@@ -205,11 +205,12 @@ class TestKubelet:
         ok = code == 0 and not deadline
         terminated = {"exitCode": code, "reason": "Completed" if ok else "Error",
                       "finishedAt": stamp, "message": message}  # fmt: skip
-        self.emulator.patch(PODS, run.namespace, run.pod, {"status": {
+        self.emulator.patch_object(PODS, run.namespace, run.pod, {"status": {
             "phase": "Succeeded" if ok else "Failed",
             "containerStatuses": [{"name": "stage", "ready": False,
                                    "state": {"terminated": terminated}}],
         }}, "status")  # fmt: skip
+        status: dict[str, object]
         if ok:
             condition = {"type": "Complete", "status": "True", "lastTransitionTime": stamp}
             status = {"active": None, "succeeded": 1, "completionTime": stamp}
@@ -220,7 +221,7 @@ class TestKubelet:
                          "lastTransitionTime": stamp}  # fmt: skip
             status = {"active": None, "failed": 1}
         status["conditions"] = [condition]
-        self.emulator.patch(JOBS, run.namespace, run.job, {"status": status}, "status")
+        self.emulator.patch_object(JOBS, run.namespace, run.job, {"status": status}, "status")
 
 
 async def _kill(process: asyncio.subprocess.Process) -> None:

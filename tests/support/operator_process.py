@@ -21,8 +21,8 @@ def stub_inputs() -> None:
     import kompaktor.engine as engine
     import kompaktor.stages.validate as validate
 
-    engine.dataset_digest = lambda uri: FAKE_DIGEST  # type: ignore[assignment]
-    validate.format_of = lambda uri: "pt2"  # type: ignore[assignment,return-value]
+    engine.dataset_digest = lambda uri: FAKE_DIGEST  # type: ignore[assignment,attr-defined]
+    validate.format_of = lambda uri: "pt2"  # type: ignore[assignment,attr-defined,return-value]
 
 
 async def run(
