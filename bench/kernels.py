@@ -128,6 +128,11 @@ class Target:
     max_batch: int | None = None
 
 
+#: The sparse table's ratio columns (kernel speed-ups), which the targets name.
+RATIO_COLUMNS = (
+    "fp32 vs dense", "fp32 vs CSR", "fp32 vs CSR, yᵀ out", "fp32 vs CSR, xᵀ given", "int8 vs dense",
+)  # fmt: skip
+
 TARGETS = (
     Target("fp32 ≥2× dense, batch ≤16", "fp32 vs dense", 2.0, 16),
     Target("fp32 ≥3× torch CSR, like for like (xᵀ in, yᵀ out)", "fp32 vs CSR, xᵀ given", 3.0),
@@ -137,10 +142,14 @@ TARGETS = (
 )
 
 
-def report_targets(cells: list[tuple[str, int, dict[str, float]]]) -> None:
-    """Each target against the 90 % cells it covers (name, batch, ratios by column): how many
-    meet it, and the lowest ratio, so a run says at a glance what it shows. The ratios are
-    judged unrounded, and printed to three decimals (a table cell of 3.00× may be 2.998)."""
+#: A sparse table cell for report_targets: weight name, batch, ratios by column.
+Cell = tuple[str, int, dict[str, float]]
+
+
+def report_targets(cells: list[Cell]) -> None:
+    """Each target against the 90 % cells it covers: how many meet it, and the lowest ratio,
+    so a run says at a glance what it shows. The ratios are judged unrounded, and printed to
+    three decimals (a table cell of 3.00× may be 2.998)."""
     print("\nTargets at 90 % sparsity:")
     for target in TARGETS:
         covered = [
@@ -201,18 +210,14 @@ def bench_sparse(
         "dense F.linear", "torch CSR", "torch CSR, xᵀ given", "kk fp32", "kk fp32, yᵀ out",
         "kk fp32, xᵀ given", "kk int8",
     )  # fmt: skip
-    ratio_columns = (
-        "fp32 vs dense", "fp32 vs CSR", "fp32 vs CSR, yᵀ out", "fp32 vs CSR, xᵀ given",
-        "int8 vs dense",
-    )  # fmt: skip
     table_header(
-        "weight (out×in)", "sparsity", "batch", *times, *ratio_columns,
+        "weight (out×in)", "sparsity", "batch", *times, *RATIO_COLUMNS,
         "fp32 GFLOP/s (% peak)", "int8 GOP/s (% peak)",
     )  # fmt: skip
     shapes = narrowed(shape, SHAPES)
     sparsities = narrowed(sparsity, (0.9,) if quick else (0.5, 0.8, 0.9, 0.95))
     batches = narrowed(batch, (1, 8, 32) if quick else (1, 8, 16, 32))
-    at_90: list[tuple[str, int, dict[str, float]]] = []
+    at_90: list[Cell] = []
     with torch.inference_mode():
         for out_f, in_f in shapes:
             for sp in sparsities:
@@ -241,7 +246,7 @@ def bench_sparse(
                     timed = round_robin(paths, quick)
                     t_dense, t_csr, t_csr_xt, t32, t32_yt, t32_xt, t8 = timed
                     speed_ups = (t_dense / t32, t_csr / t32, t_csr / t32_yt, t_csr_xt / t32_xt)
-                    ratios = dict(zip(ratio_columns, (*speed_ups, t_dense / t8), strict=True))
+                    ratios = dict(zip(RATIO_COLUMNS, (*speed_ups, t_dense / t8), strict=True))
                     name = f"{out_f}×{in_f}"
                     if sp == 0.9:
                         at_90.append((name, bsz, ratios))
@@ -250,7 +255,7 @@ def bench_sparse(
                     cells = (
                         name, f"{sp:.0%}", bsz,
                         *(f"{t * 1e6:.1f}" for t in timed),
-                        *(f"{ratios[c]:.2f}×" for c in ratio_columns),
+                        *(f"{ratios[c]:.2f}×" for c in RATIO_COLUMNS),
                         f"{g32:.1f} ({g32 / sgemm:.0%})", f"{g8:.1f} ({g8 / peak8:.0%})",
                     )  # fmt: skip
                     print("| " + " | ".join(map(str, cells)) + " |")

@@ -159,8 +159,8 @@ class TestKubelet:
             "containerStatuses": [{"name": container["name"], "ready": True,
                                    "state": {"running": {"startedAt": stamp}}}],
         }}, "status")  # fmt: skip
-        self.emulator.patch_object(JOBS, namespace, name,
-                            {"status": {"active": 1, "startTime": stamp}}, "status")  # fmt: skip
+        started = {"status": {"active": 1, "startTime": stamp}}
+        self.emulator.patch_object(JOBS, namespace, name, started, "status")
 
     def _pod_env(self, namespace: str, container: dict[str, Any], node: str) -> dict[str, str]:
         """What the container would see: its own env and envFrom Secrets, not the host's
