@@ -24,12 +24,16 @@ kk = pytest.importorskip("kompaktor_kernels")
 SPARSE_OPS = {"kompaktor_kernels::sparse_linear", "kompaktor_kernels::sparse_linear_int8"}
 
 
-def _is_sparse_op(node: fx.Node) -> bool:
-    return isinstance(node.target, torch._ops.OpOverload) and node.target._schema.name in SPARSE_OPS
+def sparse_op(node: fx.Node) -> str | None:
+    """The kernels' op a node calls, or None."""
+    target = node.target
+    if isinstance(target, torch._ops.OpOverload) and target._schema.name in SPARSE_OPS:
+        return target._schema.name
+    return None
 
 
 def sparse_ops(gm: fx.GraphModule) -> list[str]:
-    return [n.target._schema.name for n in gm.graph.nodes if _is_sparse_op(n)]  # type: ignore[union-attr]
+    return [name for n in gm.graph.nodes if (name := sparse_op(n)) is not None]
 
 
 def magnitude_pruned(linear: nn.Linear, sparsity: float) -> nn.Linear:
@@ -102,7 +106,7 @@ def test_train_fine_tunes_sparse_layers_and_keeps_them_sparse(
     # "0" feeds "2" through a ReLU: it hands its output on feature-major; "2" feeds a dense
     # layer, which gets a contiguous one.
     after = loaded(tmp_path / "train" / "model.pt2")
-    assert [n.args[-1] for n in after.graph.nodes if _is_sparse_op(n)] == [True, False]
+    assert [n.args[-1] for n in after.graph.nodes if sparse_op(n)] == [True, False]
     chained = {path: info["featureMajorOut"] for path, info in sparse_linears(after).items()}
     assert chained == {"0": True, "2": False}  # as benchmark and hpo report them
     assert_fine_tuned(path, tmp_path / "train" / "model.pt2")
