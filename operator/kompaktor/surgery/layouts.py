@@ -5,15 +5,18 @@ row-major y, and reads a row-major x only after transposing it the other way. Be
 layers both transposes are wasted: the first can hand on its sums feature-major (y.t()
 contiguous) and the second read them as they are: 2-7 % of a BERT-size feed-forward block
 batched at 80-95 % (`bench/kernels.py --cpu-time --only chain`). Elementwise activations keep
-the layout (their output has their input's strides), so a chain through them keeps it too.
-Any other consumer gets the contiguous y an `nn.Linear` returns: views need it, and dense
-matmuls can slow down on a transposed input (4-5× for a 10-output `F.linear` here).
+the layout (their output has their input's strides), so a chain through them keeps it too; a
+clone to a memory format (`x.clone(memory_format=torch.contiguous_format)`) does not, and would
+pay the transpose itself. Any other consumer gets the contiguous y an `nn.Linear` returns: views
+need it, and dense matmuls can slow down on a transposed input (4-5× for a 10-output `F.linear`
+here).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, cast
 
+import torch
 from torch import fx
 
 from kompaktor.surgery.graph import ELEMENTWISE
@@ -66,9 +69,20 @@ def _only_sparse_inputs(gm: fx.GraphModule, node: fx.Node) -> bool:
     if not node.users:
         return False
     for user in node.users:
-        if user.op == "call_function" and user.target in ELEMENTWISE:
+        if _keeps_layout(user):
             if user.args[0] is not node or not _only_sparse_inputs(gm, user):
                 return False
         elif _sparse_layer(gm, user) is None or user.args[0] is not node or user.kwargs:
             return False
     return True
+
+
+def _keeps_layout(node: fx.Node) -> bool:
+    """Whether the node is an elementwise op whose output has its input's strides: every one in
+    ELEMENTWISE but a clone to another memory format (a feature-major input would be transposed
+    by the copy, costing what the chain saves)."""
+    return (
+        node.op == "call_function"
+        and node.target in ELEMENTWISE
+        and node.kwargs.get("memory_format") in (None, torch.preserve_format)
+    )

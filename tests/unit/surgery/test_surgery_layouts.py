@@ -83,6 +83,32 @@ def test_layers_feeding_only_sparse_layers_hand_on_feature_major_outputs() -> No
             torch.testing.assert_close(lifted(x), before, rtol=1e-6, atol=1e-7)
 
 
+def test_a_clone_to_contiguous_memory_breaks_the_chain() -> None:
+    """A clone keeps the layout (b hands c its sums feature-major through it), but a clone to
+    the contiguous format would transpose a's feature-major sums itself, so a keeps its
+    contiguous y. Same values either way."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(64, 96), nn.Linear(96, 80), nn.Linear(80, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.a(x)).clone(memory_format=torch.contiguous_format)
+            return self.c(torch.relu(self.b(h)).clone())
+
+    torch.manual_seed(0)
+    x = torch.randn(16, 64)
+    gm = sparse_graph(Net(), x)
+    clones = [n.kwargs for n in gm.graph.nodes if n.target == torch.ops.aten.clone.default]
+    assert clones == [{"memory_format": torch.contiguous_format}, {}]
+    with torch.inference_mode():
+        before = gm(x)
+    assert chain_sparse_layouts(gm) == ["b"]
+    with torch.inference_mode():
+        torch.testing.assert_close(gm(x), before, rtol=1e-6, atol=1e-7)
+
+
 def test_layers_on_token_inputs_chain_too() -> None:
     """[batch, tokens, features] activations chain as [batch, features] ones do: the lanes are
     every (batch, token) pair. The last layer returns the contiguous y."""
