@@ -45,7 +45,8 @@ int64_t sliced_layout(const SlicedLayoutArgs& a);
 // Each layer gets two panel layouts: fewer, wider panels mean fewer groups (each stores its sums
 // once per panel), so a panel should be as wide as L1 allows. Tiles of up to 16 lanes use
 // 512-input panels (32 KB at 16 lanes; 3-5 % faster there than 256), wider tiles 256 (32 KB at
-// 32 lanes, where 512 is 10 % slower). kernels/README.md, "Panel layout".
+// 32 lanes, where 512 is 10 % slower). kernels/README.md, "Panel layout"; the measurements:
+// kernels/MEASUREMENTS.md, "Panel width".
 constexpr int kPanelColsWide = 512;
 constexpr int kPanelColsNarrow = 256;
 constexpr int kPanelWideMaxLanes = 16;

@@ -40,7 +40,7 @@ def set_isa(name: str) -> None:
 
 def int8_path() -> str:
     """How int8 layers run on the active path: on the sliced layout, with the permute this CPU
-    has, or on the CSR kernels (up to 3x apart at batch 1; kernels/README, "Sliced layouts").
+    has, or on the CSR kernels (up to 3x apart at batch 1; kernels/README.md, "Sliced layouts").
     The batch bounds are csrc/kernels.h's i8_sliced_max_batch."""
     isa = active_isa()
     if isa == "portable":

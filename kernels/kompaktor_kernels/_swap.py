@@ -98,7 +98,7 @@ def sparsify(
 
     The default favours speed: at 50 % a fp32 SparseLinear already runs faster than the dense
     layer but, with the layouts its batches build, holds more bytes than it (kernels/README.md,
-    "Built on first need"); pass 0.8 or more, or int8, where memory matters too."""
+    "Memory: layouts built on first need"); pass 0.8 or more, or int8, where memory matters too."""
     check_weight_dtype("dtype", dtype)
     if not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity must lie in [0, 1], got {min_sparsity}")

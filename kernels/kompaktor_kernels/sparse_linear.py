@@ -4,9 +4,9 @@ Why CSR by output row: each output is a private accumulation (no write conflicts
 threaded by row with non-zero balancing), batch-1 becomes a gathered dot product, and for batch
 > 1 the activations are transposed once so every non-zero is one broadcast-FMA over contiguous
 batch lanes. Blocked formats only pay off when the pruning leaves blocks, and unstructured
-magnitude pruning does not (measurements: kernels/README.md). The format and its validation:
-`_csr`; the cached native plans that run it: `_plan`; the custom ops: `_ops`; swapping
-layers of whole models: `_swap`.
+magnitude pruning does not (measurements: kernels/README.md, "Sparse format: CSR by output
+row"). The format and its validation: `_csr`; the cached native plans that run it: `_plan`; the
+custom ops: `_ops`; swapping layers of whole models: `_swap`.
 
 Layers also get derived, unsaved layouts (`_sliced`), each built the first time a batch runs on
 it: a sliced one that replaces gathers with register permutes (int8 on x86: every batch with

@@ -337,9 +337,9 @@ def _sparse_runtime(
     if isinstance(module, fx.GraphModule):
         linear_modules(module)
     # fp32 below ~80 % gains little on dense at batch 1 and holds more bytes than it once its
-    # batches built their layouts; int8 is 3.9x dense fp32 already at 50 % (bench/kernels.py,
-    # kernels/README.md). sparsify warns about sparse layers it must keep dense; those belong
-    # in the stage's log.
+    # batches built their layouts; int8 is 3.9x dense fp32 already at 50 % (bench/kernels.py;
+    # kernels/README.md, "Memory: layouts built on first need" and "Performance"). sparsify warns
+    # about sparse layers it must keep dense; those belong in the stage's log.
     int8 = ctx.params.sparse_dtype == "int8"
     with warnings.catch_warnings(record=True) as kept:
         warnings.simplefilter("always")
