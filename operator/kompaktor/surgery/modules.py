@@ -17,8 +17,7 @@ from torch import fx, nn
 
 aten = torch.ops.aten
 
-# The tensor arguments of kompaktor_kernels' ops after x, named as SparseLinear's buffers
-# (in_features follows them, then the optional feature_major_out).
+# The tensor arguments of kompaktor_kernels' ops after x, named as SparseLinear's buffers.
 _SPARSE_OPS = {
     "kompaktor_kernels::sparse_linear": ("row_ptr", "col", "values", "bias"),
     "kompaktor_kernels::sparse_linear_int8": (
@@ -128,18 +127,24 @@ def dense_sparse_linears(gm: fx.GraphModule) -> dict[str, torch.dtype]:
 
 
 def _in_features(node: fx.Node) -> int:
-    """A sparse linear call's in_features, the argument after its tensors."""
-    in_features = node.args[1 + len(_SPARSE_OPS[_op_name(node)])]
+    in_features = _call_arg(node, "in_features")
     assert isinstance(in_features, int)
     return in_features
 
 
 def _feature_major_out(node: fx.Node) -> bool:
-    """Whether a sparse linear call was told to return y feature-major (its optional argument
-    after in_features; surgery.layouts sets it)."""
-    at = 2 + len(_SPARSE_OPS[_op_name(node)])
-    asked = node.args[at] if len(node.args) > at else node.kwargs.get("feature_major_out")
-    return asked is True
+    """Whether a sparse linear call was told to return y feature-major (surgery.layouts sets
+    it; programs exported before the argument existed leave it out)."""
+    return _call_arg(node, "feature_major_out") is True
+
+
+def _call_arg(node: fx.Node, name: str) -> object:
+    """An op call's argument by its schema name, given positionally or by name (None where a
+    defaulted one is left out)."""
+    assert isinstance(node.target, torch._ops.OpOverload)
+    names = [arg.name for arg in node.target._schema.arguments]
+    at = names.index(name)
+    return node.args[at] if at < len(node.args) else node.kwargs.get(name)
 
 
 def _op_name(node: fx.Node) -> str:
