@@ -94,8 +94,19 @@ def validate_layer(
         )
     validate_csr(row_ptr, col, values, in_features, values.dtype)
     check_vec("bias", bias, out_features, torch.float32)
-    if values.dtype != torch.int8:
-        return
+    if values.dtype == torch.int8:
+        validate_int8(row_ptr, values, scales, rowsum)
+
+
+def validate_int8(
+    row_ptr: torch.Tensor,
+    values: torch.Tensor,
+    scales: torch.Tensor | None,
+    rowsum: torch.Tensor | None,
+) -> None:
+    """An int8 layer's quantisation over a valid CSR (O(nnz)): rows short enough for exact
+    int32 sums, finite positive scales, and the row sums the zero-point correction uses."""
+    out_features = row_ptr.numel() - 1
     if scales is None or rowsum is None:
         raise ValueError("int8 values need per-channel scales and rowsum")
     check_vec("scales", scales, out_features, torch.float32)

@@ -90,6 +90,11 @@ def _fake(name: str) -> Callable[..., torch.Tensor]:
         assert isinstance(x, torch.Tensor) and isinstance(row_ptr, torch.Tensor)
         assert isinstance(in_features, int) and (asked is None or isinstance(asked, bool))
         check(x.shape[-1] == in_features, f"x must have shape [..., {in_features}]")
+        # The meta kernel also runs when any argument is on the meta device; a CPU x there
+        # would get an uninitialised y back.
+        devices = {str(t.device) for t in bound.values() if isinstance(t, torch.Tensor)}
+        if len(devices) > 1:
+            raise ValueError(f"{name}'s tensors must be on one device, got {sorted(devices)}")
         return empty_out(x, row_ptr.shape[0] - 1, y_feature_major(x, feature_major(x), asked))
 
     return fake

@@ -2,9 +2,10 @@
 first need, and the kernel call with its output allocation.
 
 Weights are validated once per set of tensors and versions, not per call: the module keeps a
-`Plan` (its buffers' identities and versions prove it current), the custom op a cache entry per
-values tensor. A native plan answers a batch that runs on a derived layout it lacks with the
-missing kinds and computes nothing; the caller builds them, binds a new plan and calls again."""
+`Plan` (its buffers' identities, versions and data pointers prove it current), the custom op a
+cache entry per values tensor. A native plan answers a batch that runs on a derived layout it
+lacks with the missing kinds and computes nothing; the caller builds them, binds a new plan and
+calls again."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import weakref
 import torch
 
 from kompaktor_kernels import _native
-from kompaktor_kernels._csr import check_vec, validate_csr
+from kompaktor_kernels._csr import check_vec, validate_csr, validate_int8
 from kompaktor_kernels._dispatch import num_threads
 from kompaktor_kernels._sliced import Derived
 
@@ -60,15 +61,25 @@ def y_feature_major(x: torch.Tensor, x_feature_major: bool, asked: bool | None) 
 
 
 _version = operator.attrgetter("_version")
+_data_ptr = torch.Tensor.data_ptr
+
+
+def stamp(tensors: tuple[torch.Tensor, ...]) -> tuple[int, ...]:
+    """What proves tensors unchanged since a native plan took their pointers: their version
+    counters (an in-place edit bumps one) and their data pointers (`t.data = ...` and
+    `share_memory_()` swap a tensor's memory without a bump, and a plan left pointing at the
+    old memory would read freed memory). Edits torch does not track at all, through `.data`
+    or a NumPy view, go unseen, as they do by autograd."""
+    return (*map(_version, tensors), *map(_data_ptr, tensors))
 
 
 # Weight buffers are fixed between calls, so their O(nnz) validation, the derived layouts built
-# from them and the native plan over both are cached per tensor objects and version counters
-# (an in-place edit bumps a version and forces all three again; so does another bias, scales
-# or rowsum, whose pointers the plan holds). An entry goes when its values tensor does; it holds
+# from them and the native plan over both are cached per tensor objects and `stamp` (an
+# in-place edit or swapped memory forces all three again; so does another bias, scales or
+# rowsum, whose pointers the plan holds). An entry goes when its values tensor does; it holds
 # the other tensors, so their ids cannot be recycled while it lives.
 class _CacheEntry:
-    __slots__ = ("derived", "held", "ids", "plan", "static", "values", "versions")
+    __slots__ = ("derived", "held", "ids", "plan", "stamped", "static", "values")
 
     def __init__(
         self, buffers: Buffers, static: tuple[object, ...], derived: Derived, plan: _NativePlan
@@ -78,7 +89,7 @@ class _CacheEntry:
         self.values = weakref.ref(values, lambda _: _validated.pop(slot, None))
         self.held = (row_ptr, col, *(t for t in buffers[3:] if t is not None))
         self.ids = tuple(map(id, buffers))
-        self.versions = _versions(values, self.held)
+        self.stamped = stamp((values, *self.held))
         self.static, self.derived, self.plan = static, derived, plan
 
     def current(self, buffers: Buffers, static: tuple[object, ...]) -> bool:
@@ -87,12 +98,8 @@ class _CacheEntry:
             self.ids == tuple(map(id, buffers))
             and self.values() is values
             and self.static == static
-            and self.versions == _versions(values, self.held)  # type: ignore[arg-type]
+            and self.stamped == stamp((values, *self.held))  # type: ignore[arg-type]
         )
-
-
-def _versions(values: torch.Tensor, held: tuple[torch.Tensor, ...]) -> tuple[object, ...]:
-    return (values._version, values.data_ptr(), *map(_version, held))
 
 
 _validated: dict[int, _CacheEntry] = {}
@@ -109,15 +116,13 @@ def _cached_plan(
     hit = _validated.get(id(buffers[2]))
     if hit is not None and hit.current(buffers, static):
         return hit.plan, hit.derived
-    row_ptr, col, values = _csr(buffers)
+    derived = validated_start(buffers, in_features, values_dtype)
     if any(t is not None and t.is_inference() for t in buffers):
         # Inference tensors keep no version counter, so nothing proves them unchanged.
-        validate_csr(row_ptr, col, values, in_features, values_dtype)
         derived = Derived.empty(values_dtype, final=True)
         return native_plan(buffers, in_features, derived), derived
-    derived = validated_start(buffers, in_features, values_dtype)
-    plan = native_plan(buffers, in_features, derived)  # checks bias, scales and rowsum too
-    _validated[id(values)] = _CacheEntry(buffers, static, derived, plan)
+    plan = native_plan(buffers, in_features, derived)  # checks the bias too
+    _validated[id(buffers[2])] = _CacheEntry(buffers, static, derived, plan)
     return plan, derived
 
 
@@ -129,18 +134,21 @@ def _remember(values: torch.Tensor, derived: Derived, plan: _NativePlan) -> None
 
 
 def validated_start(buffers: Buffers, in_features: int, values_dtype: torch.dtype) -> Derived:
-    """Validate the CSR (uncached); nothing derived from it is built yet."""
+    """Validate the CSR, and int8's quantisation (uncached); nothing derived from it is built
+    yet."""
     row_ptr, col, values = _csr(buffers)
     validate_csr(row_ptr, col, values, in_features, values_dtype)
+    if values_dtype == torch.int8:
+        validate_int8(row_ptr, values, *buffers[4:])
     return Derived.empty(values_dtype, final=in_features == 0 or row_ptr.numel() <= 1)
 
 
 class Plan:
     """A layer's native plan for one set of validated buffers, with what proves it current: the
     identities of the module's buffers (the named ones held strongly, so an id cannot be
-    recycled) and the named ones' version counters."""
+    recycled) and the named ones' `stamp`."""
 
-    __slots__ = ("buffers", "derived", "ids", "run", "tensors", "versions")
+    __slots__ = ("buffers", "derived", "ids", "run", "stamped", "tensors")
 
     def __init__(
         self, ids: tuple[int, ...], buffers: Buffers, in_features: int, derived: Derived
@@ -148,13 +156,13 @@ class Plan:
         self.ids = ids
         self.buffers = buffers
         self.tensors = tuple(t for t in buffers if t is not None)
-        self.versions = tuple(map(_version, self.tensors))
+        self.stamped = stamp(self.tensors)
         self.derived = derived  # the layouts the native plan points into
         self.run = native_plan(buffers, in_features, derived)
 
     def current(self, ids: tuple[int, ...]) -> bool:
         """Whether the module's buffers are still these tensors, unmodified."""
-        return ids == self.ids and self.versions == tuple(map(_version, self.tensors))
+        return ids == self.ids and self.stamped == stamp(self.tensors)
 
     def extended(self, kinds: int, in_features: int) -> Plan:
         """This plan with the derived layouts `kinds` built too."""

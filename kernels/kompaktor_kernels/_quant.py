@@ -6,10 +6,14 @@ import torch
 
 
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-output-channel symmetric int8 (range ±127): returns (int8 weight, fp32 scales)."""
+    """Per-output-channel symmetric int8 (range ±127): returns (int8 weight, fp32 scales).
+
+    A row whose scale would not be a normal float (all zeros, or weights under ~1.5e-36) gets
+    scale 1, so its weights quantise to 0 rather than to a scale of 0 the kernels refuse."""
     w = weight.detach().to(torch.float32)
     amax = w.abs().amax(dim=1) if w.shape[1] > 0 else w.new_zeros(w.shape[0])
-    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+    scale = amax / 127.0
+    scale = torch.where(scale >= torch.finfo(torch.float32).tiny, scale, torch.ones_like(scale))
     q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
     return q, scale
 

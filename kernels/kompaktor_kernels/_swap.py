@@ -111,7 +111,10 @@ def sparsify(
         if why is not None:
             kept.append(f"{path or 'the model'}: {why}")
             return None
-        return SparseLinear.from_dense(layer, dtype)
+        try:
+            return SparseLinear.from_dense(layer, dtype)
+        except ValueError as e:
+            raise ValueError(f"{path or 'the model'}: {e}") from e
 
     model = _swap_layers(model, nn.Linear, replace)
     if kept:

@@ -8,8 +8,6 @@ place."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from kompaktor_kernels import _checks, _native
@@ -20,6 +18,9 @@ define(
     "kd_loss(Tensor student, Tensor teacher, Tensor labels, float temperature, float alpha, "
     "int ignore_index, bool compute_grad) -> (Tensor, Tensor)"
 )
+
+
+_F32_TINY, _F32_MAX = torch.finfo(torch.float32).tiny, torch.finfo(torch.float32).max
 
 
 def _validate(
@@ -56,8 +57,11 @@ def _validate(
         )
     for name, t in (("student_logits", student), ("teacher_logits", teacher), ("labels", labels)):
         _checks.contiguous(name, t)
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a positive finite number, got {temperature}")
+    if not _F32_TINY <= temperature <= _F32_MAX:  # the kernel computes 1/T in float32
+        raise ValueError(
+            f"temperature must be a positive finite float32 in [{_F32_TINY:.3g}, "
+            f"{_F32_MAX:.3g}], got {temperature}"
+        )
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
     if not check_labels:
@@ -143,6 +147,13 @@ def _backward(
     if grad_loss is None:  # grads are not materialised: nothing flowed into the loss
         return (None, *nones)
     holder: list[torch.Tensor] | None = ctx.holder  # type: ignore[attr-defined]
+    if holder is not None and torch.is_grad_enabled():
+        # The stored gradient has no graph back to the logits: a second derivative through it
+        # would come out 0 (or unused), silently.
+        raise RuntimeError(
+            "kd_loss is differentiable once: it has no double backward (create_graph=True); "
+            "for second derivatives use kompaktor_kernels.reference.kd_loss_reference"
+        )
     if holder is None:
         (grad,) = ctx.saved_tensors  # type: ignore[attr-defined]
     elif holder:
@@ -184,7 +195,7 @@ def kd_loss(
         labels = labels.flatten()
     compute_grad = torch.is_grad_enabled() and student_logits.requires_grad
     loss, _ = torch.ops.kompaktor_kernels.kd_loss(
-        student_logits, teacher_logits, labels, float(temperature), float(alpha),
+        student_logits, teacher_logits.detach(), labels, float(temperature), float(alpha),
         int(ignore_index), compute_grad,
     )  # fmt: skip
     return loss  # type: ignore[no-any-return]

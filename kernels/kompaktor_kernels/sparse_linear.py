@@ -156,6 +156,12 @@ class SparseLinear(nn.Module):
         if dtype == torch.float32:
             row_ptr, col, values = to_csr(weight, index_dtype)
             return cls(linear.in_features, linear.out_features, row_ptr, col, values, bias)
+        if not bool(torch.isfinite(weight).all()):
+            row = int((~torch.isfinite(weight)).any(dim=1).nonzero()[0])
+            raise ValueError(
+                f"int8 cannot represent a weight that is NaN or infinite (row {row}); "
+                "the float32 layer keeps it"
+            )
         wq, scales = quantize_weight(weight)
         row_ptr, col, values = to_csr(wq, index_dtype)
         rowsum = wq.to(torch.int32).sum(dim=1, dtype=torch.int32)

@@ -62,6 +62,34 @@ def test_no_grad_and_teacher_constant() -> None:
     student = s.clone().requires_grad_()
     kk.kd_loss(student, teacher, labels, 2.0, 0.5).backward()
     assert teacher.grad is None and student.grad is not None
+    # A teacher that requires grad, with a constant student: nothing to differentiate here,
+    # and the rest of the graph still backpropagates.
+    weight = torch.tensor(1.0, requires_grad=True)
+    loss = kk.kd_loss(s, t.clone().requires_grad_(), labels, 2.0, 0.5)
+    assert not loss.requires_grad
+    (loss + weight * 2).backward()
+    assert weight.grad == 2
+
+
+@pytest.mark.parametrize("mask", [torch.finfo(torch.float32).min, float("-inf")])
+def test_masked_teacher_logits_weigh_nothing(isa: str, mask: float) -> None:
+    """Masked vocabulary entries (Hugging Face masks with float32's min, or -inf) have teacher
+    probability 0 and add nothing to the KL term. exp clamped at -87 once gave them ≈1e-38,
+    times a log-ratio of ≈-1e38: a term of ≈-1 each, and a negative loss."""
+    s, t, labels = _inputs(5, 70)  # masked columns in the vector body and the scalar tail
+    masked = [3, 20, 69]
+    t[:, masked] = mask
+    s1 = s.clone().requires_grad_()
+    loss = kk.kd_loss(s1, t, labels, 2.0, 0.5)
+    # float64 has the range to take float32's min to an exact zero probability.
+    t64 = t.double().clamp(min=torch.finfo(torch.float32).min)
+    s2 = s.double().requires_grad_()
+    ref = kd_loss_reference(s2, t64, labels, 2.0, 0.5)
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-5)
+    loss.backward()
+    ref.backward()
+    assert s1.grad is not None and s2.grad is not None
+    torch.testing.assert_close(s1.grad.double(), s2.grad, rtol=1e-4, atol=1e-7)
 
 
 def test_thread_count_does_not_change_result() -> None:
@@ -104,6 +132,8 @@ def test_traceable_by_compile_and_export() -> None:
         ({"labels": torch.tensor([0, 1], dtype=torch.int32)}, TypeError, "int32"),
         ({"labels": torch.tensor([0])}, ValueError, r"labels must have shape \(2,\)"),
         ({"temperature": 0.0}, ValueError, "temperature"),
+        ({"temperature": 1e-39}, ValueError, "float32"),  # 1/T overflows float32
+        ({"temperature": 1e39}, ValueError, "float32"),
         ({"alpha": 1.5}, ValueError, "alpha"),
         ({"s": torch.randn(3), "t": torch.randn(3)}, ValueError, r"\[rows, vocab\]"),
         ({"s": torch.randn(2, 1, 3), "t": torch.randn(2, 1, 3)}, ValueError, r"\(2, 1\)"),
@@ -177,6 +207,16 @@ def test_second_backward_is_a_clear_error() -> None:
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="one backward"):
         loss.backward()
+
+
+def test_double_backward_is_a_clear_error() -> None:
+    """The stored gradient has no graph back to the logits: a second derivative (a gradient
+    penalty, a Hessian-vector product) would come out 0, so create_graph=True is refused."""
+    s, t, labels = _inputs(3, 8)
+    s1 = s.clone().requires_grad_()
+    loss = kk.kd_loss(s1, t, labels, 2.0, 0.5)
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        torch.autograd.grad(loss, s1, create_graph=True)
 
 
 def test_gradient_is_adopted_not_copied() -> None:

@@ -180,6 +180,35 @@ def test_buffer_replacement_and_edits_are_seen() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.int8])
+@pytest.mark.parametrize("grad", [False, True], ids=["module", "op"])
+@pytest.mark.parametrize("batch", [1, 8])
+def test_swapped_buffer_memory_is_seen(
+    isa: str, dtype: torch.dtype, grad: bool, batch: int
+) -> None:
+    """`t.data = ...` and `share_memory_()` give a buffer new memory without bumping its
+    version; a cached plan still pointing at the old memory read freed memory (garbage or a
+    segfault). The module's plan and the op's cache both check data pointers too."""
+    lin = pruned(48, 40, 0.5)
+    sl = kk.SparseLinear.from_dense(lin, dtype)
+    x = torch.randn(batch, 40, requires_grad=grad)
+    torch.testing.assert_close(sl(x), sparse_linear_reference(x, lin.weight, lin.bias, dtype))
+    with torch.no_grad():
+        lin.weight.mul_(2)
+        lin.bias.fill_(1)
+    if dtype == torch.float32:
+        sl.values.data = sl.values.data * 2
+    else:
+        sl.scales.data = sl.scales.data * 2
+    assert sl.bias is not None
+    sl.bias.data = torch.ones(48)
+    want = sparse_linear_reference(x, lin.weight, lin.bias, dtype)
+    torch.testing.assert_close(sl(x), want)
+    model = nn.Sequential(sl).share_memory()  # moves every buffer to new, shared memory
+    assert sl.values.is_shared()
+    torch.testing.assert_close(model(x), want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int8])
 def test_a_model_cast_to_half_precision_keeps_the_sparse_weights(dtype: torch.dtype) -> None:
     """`model.half()` / `.to(torch.bfloat16)` cast every floating buffer, which left SparseLinear
     reading float16 values (refused at the next call). Its weights keep their dtype; half inputs
@@ -1159,6 +1188,60 @@ def test_in_place_edit_of_indices_is_revalidated() -> None:
     sl.col[0] = 1000
     with pytest.raises(ValueError, match="col indices"):
         sl(x)
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["module", "op"])
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda sl: sl.rowsum.add_(1), "rowsum must hold"),
+        (lambda sl: sl.scales.fill_(float("nan")), "scales must be finite and positive"),
+        (lambda sl: sl.scales.neg_(), "scales must be finite and positive"),
+    ],
+)
+def test_in_place_edit_of_int8_quantisation_is_revalidated(
+    grad: bool, edit: object, match: str
+) -> None:
+    """An edited scale or row sum gives wrong outputs, not a crash, so the construction-time
+    checks must run again after an edit too, on the module's path and the op's."""
+    sl = kk.SparseLinear.from_dense(pruned(4, 6, 0.3), torch.int8)
+    x = torch.randn(3, 6, requires_grad=grad)
+    sl(x)
+    assert callable(edit)
+    with torch.no_grad():
+        edit(sl)
+    with pytest.raises(ValueError, match=match):
+        sl(x)
+
+
+def test_int8_refuses_non_finite_weights_and_keeps_tiny_rows() -> None:
+    """int8 has no NaN or infinity: such a weight used to give its row scale 1 and quantise
+    the row's other weights to 0, outputs 0 where the float layer gives NaN. Rows too small
+    for a normal float scale quantise to 0 instead of failing the scale check."""
+    lin = pruned(4, 8, 0.0)
+    with torch.no_grad():
+        lin.weight[1] = 1e-45  # a denormal: amax / 127 underflows to 0
+        lin.weight[2] = 1e-37
+    sl = kk.SparseLinear.from_dense(lin, torch.int8)
+    assert sl.scales[1] == 1 and sl.scales[2] == 1
+    x = torch.randn(2, 8)
+    torch.testing.assert_close(sl(x), lin(x).detach(), rtol=0.02, atol=0.02)
+    for bad in (float("nan"), float("inf")):
+        with torch.no_grad():
+            lin.weight[3, 5] = bad
+        with pytest.raises(ValueError, match=r"NaN or infinite \(row 3\)"):
+            kk.SparseLinear.from_dense(lin, torch.int8)
+        kk.SparseLinear.from_dense(lin)  # float32 holds it
+        with pytest.raises(ValueError, match=r"^0: int8 cannot"):  # sparsify names the layer
+            kk.sparsify(nn.Sequential(lin), torch.int8, min_sparsity=0.0)
+
+
+def test_op_refuses_tensors_on_several_devices() -> None:
+    """The op's meta kernel runs when any argument is on the meta device; with a CPU x it
+    returned an uninitialised CPU y."""
+    sl = kk.SparseLinear.from_dense(pruned(4, 6, 0.5)).to("meta")
+    with pytest.raises(ValueError, match=r"one device, got \['cpu', 'meta'\]"):
+        sl(torch.randn(2, 6, requires_grad=True))
 
 
 def test_from_dense_rejects_bad_arguments() -> None:
