@@ -89,10 +89,9 @@ def _cmd_crd(args: argparse.Namespace) -> int:
 
 
 def _cmd_operator(args: argparse.Namespace) -> int:
-    from kompaktor.controller import main_operator
+    from kompaktor.controller.main import run_operator
 
-    code: int = main_operator(list(args.operator_args))
-    return code
+    return run_operator(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,8 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     crd.add_argument("--output", "-o")
     crd.set_defaults(handler=_cmd_crd)
 
+    from kompaktor.config import add_operator_arguments
+
     operator = sub.add_parser("operator", help="run the Kubernetes operator (kopf)")
-    operator.add_argument("operator_args", nargs=argparse.REMAINDER)
+    add_operator_arguments(operator)
     operator.set_defaults(handler=_cmd_operator)
 
     from kompaktor.stages.runner import build_parser as stage_parser

@@ -7,6 +7,7 @@ gets that pool's image, node selector, tolerations, resources, price and watts.
 
 from __future__ import annotations
 
+import argparse
 import os
 import secrets
 from pathlib import Path
@@ -202,3 +203,19 @@ def load_config(path: str | Path | None = None) -> OperatorConfig:
     if data is not None and not isinstance(data, dict):
         raise KompaktorError(f"operator configuration {source}: expected a mapping")
     return parse_config(data)
+
+
+def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
+    """`kompaktor operator`'s flags (the Helm chart's Deployment passes them; `run_operator`
+    reads them). Here, not beside the operator, so `kompaktor --help` imports no kopf."""
+    parser.add_argument("--config", help=f"operator configuration YAML (default: ${CONFIG_ENV})")
+    parser.add_argument(
+        "--namespace", "-n", action="append", default=[],
+        help="watch this namespace (repeatable); default: the configured ones or all",
+    )  # fmt: skip
+    parser.add_argument("--standalone", action="store_true", help="no peering (one replica)")
+    parser.add_argument("--liveness", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    parser.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus metrics on this port (/metrics)"
+    )
+    parser.add_argument("--verbose", "-v", action="store_true")

@@ -4,6 +4,6 @@ Importing this package registers the handlers with kopf's default registry.
 """
 
 from kompaktor.controller import handlers as handlers
-from kompaktor.controller.main import main_operator, operate
+from kompaktor.controller.main import operate, run_operator
 
-__all__ = ["main_operator", "operate"]
+__all__ = ["operate", "run_operator"]

@@ -45,20 +45,8 @@ async def operate(
     )
 
 
-def main_operator(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="kompaktor operator", description=__doc__)
-    parser.add_argument("--config", help=f"operator configuration YAML (default: ${CONFIG_ENV})")
-    parser.add_argument(
-        "--namespace", "-n", action="append", default=[],
-        help="watch this namespace (repeatable); default: the configured ones or all",
-    )  # fmt: skip
-    parser.add_argument("--standalone", action="store_true", help="no peering (one replica)")
-    parser.add_argument("--liveness", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
-    parser.add_argument(
-        "--metrics-port", type=int, help="serve Prometheus metrics on this port (/metrics)"
-    )
-    parser.add_argument("--verbose", "-v", action="store_true")
-    args = parser.parse_args(argv)
+def run_operator(args: argparse.Namespace) -> int:
+    """Run the operator as `add_operator_arguments` parsed it, until it is stopped."""
     load_config(args.config)  # fail fast, with a clear message, on a bad file
     kopf.configure(verbose=args.verbose)
     asyncio.run(
