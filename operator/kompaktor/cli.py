@@ -22,7 +22,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from kompaktor.api.jobfile import load_job_file
     from kompaktor.display import result_lines, stage_table, summary
     from kompaktor.executors.local import LocalExecutor
-    from kompaktor.local import LocalRun, localize
+    from kompaktor.local import LocalRun, localize, termination_interrupts
     from kompaktor.stages import validate_job
 
     job_path = Path(args.job).resolve()
@@ -43,7 +43,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             live.update(stage_table(job.metadata.name, status), refresh=True)
 
         try:
-            status = LocalRun(ctx, executor, show).run()
+            with termination_interrupts():
+                status = LocalRun(ctx, executor, show).run()
         except KeyboardInterrupt:
             console.print("interrupted: running stages stopped; run the same command to resume")
             return EXIT_INTERRUPTED

@@ -7,7 +7,9 @@ saved beside the artifacts after every step, so an interrupted run resumes where
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import signal
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -102,5 +104,47 @@ class LocalRun:
                 if status.phase in ("Succeeded", "Failed", "Cancelled", "Suspended"):
                     return status
                 observations = self.executor.poll(wake)
+        except KeyboardInterrupt:
+            self.save_status(interrupted(status))
+            raise
         finally:
             self.executor.shutdown()
+
+
+def interrupted(status: OptimizationJobStatus) -> OptimizationJobStatus:
+    """What an interrupted run leaves in its status file: nothing Running (nothing runs any
+    more), the job Suspended with how to resume it."""
+    stages = [
+        s.model_copy(update={"phase": "Pending"}) if s.phase in ("Running", "Retrying") else s
+        for s in status.stages
+    ]
+    trials = [
+        t.model_copy(update={"state": "Pending"}) if t.state == "Running" else t
+        for t in status.trials
+    ]
+    return status.model_copy(
+        update={
+            "phase": "Suspended",
+            "stages": stages,
+            "trials": trials,
+            "message": "interrupted: run the same command to resume",
+        }
+    )
+
+
+@contextlib.contextmanager
+def termination_interrupts() -> Iterator[None]:
+    """SIGTERM and SIGHUP (`timeout`, `kill`, a closed terminal) interrupt like Ctrl-C, so the
+    run stops its stages (each in a session of its own, which the signal does not reach) and
+    leaves its status resumable instead of orphaning them."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    caught = (signal.SIGTERM, signal.SIGHUP)
+    previous = [signal.signal(signum, interrupt) for signum in caught]
+    try:
+        yield
+    finally:
+        for signum, handler in zip(caught, previous, strict=True):
+            signal.signal(signum, handler)

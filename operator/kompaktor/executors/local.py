@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
@@ -59,7 +60,13 @@ class LocalExecutor:
         if self.threads_per_run:
             env["OMP_NUM_THREADS"] = str(self.threads_per_run)
         log_path = self.log_path(request.run_id)
-        log = log_path.open("wb")
+        # Appended: a run resumed after an interrupt gets the same id, and the interrupted
+        # attempt's log is what says how far it got.
+        log = log_path.open("ab")
+        if log.tell():
+            stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            log.write(f"\n--- kompaktor: started again at {stamp}\n".encode())
+            log.flush()
         command = [sys.executable, "-m", "kompaktor.cli", *request.command()[1:]]
         popen = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
