@@ -106,10 +106,7 @@ def advance(
             again = best.model_copy(update={"state": "Pending", "attempts": 0})
             return HpoOutcome(params.target, [again if r is best else r for r in scored])
         if best is None:
-            failure = (
-                f"NoTrialWithinBound: none of {len(scored)} trials kept {metric} within "
-                f"maxDrop {spec.objective.max_drop} of the input model"
-            )
+            failure = hpo.no_winner(scored, metric, spec.objective.max_drop)
             return HpoOutcome(params.target, scored, failure=failure)
         return HpoOutcome(params.target, scored, best=best)
     active = sum(1 for r in scored if r.state in ("Pending", "Running"))

@@ -538,6 +538,24 @@ def pareto_set(
     return [scored[i] for i in front]
 
 
+def no_winner(records: Sequence[TrialRecord], metric: str, max_drop: float | None) -> str:
+    """Why a finished search has no best trial: every trial failed (say why, once per distinct
+    reason: a setup error fails them all alike), or none kept the metric within the bound."""
+    failed = [r.message or "no message" for r in records if r.state == "Failed"]
+    if records and len(failed) == len(records):
+        reasons = list(dict.fromkeys(failed))
+        more = f" (and {len(reasons) - 2} other reasons)" if len(reasons) > 2 else ""
+        listed = "; ".join(reasons[:2])
+        return f"NoTrialSucceeded: all {len(records)} trials failed: {listed}{more}"
+    complete = sum(r.state == "Complete" for r in records)
+    pruned = sum(r.state == "Pruned" for r in records)
+    return (
+        f"NoTrialWithinBound: none of {len(records)} trials ({complete} complete, {pruned} "
+        f"pruned, {len(failed)} failed) kept {metric} within maxDrop {max_drop} of the input "
+        "model"
+    )
+
+
 def select_best(
     params: HpoParams,
     records: Sequence[TrialRecord],

@@ -21,6 +21,7 @@ from kompaktor.stages.hpo import (
     HpoParams,
     check,
     is_done,
+    no_winner,
     propose,
     select_best,
     trial_context,
@@ -62,13 +63,9 @@ def run_search(ctx: StageContext[HpoParams]) -> StageResult:
         baseline=reference.get("referenceMetric"),
         max_drop=max_drop,
     )
-    counts = {s: sum(r.state == s for r in records) for s in ("Complete", "Pruned", "Failed")}
     if best is None:
-        raise StageError(
-            f"hpo: NoTrialWithinBound: none of {len(records)} trials ({counts['Complete']} "
-            f"complete, {counts['Pruned']} pruned, {counts['Failed']} failed) kept "
-            f"{ctx.metric} within maxDrop {ctx.max_drop} of the input model"
-        )
+        raise StageError(f"hpo: {no_winner(records, ctx.metric, ctx.max_drop)}")
+    counts = {s: sum(r.state == s for r in records) for s in ("Complete", "Pruned", "Failed")}
     ctx.log(f"hpo: trial {best.number} wins with {best.params}")
     path = paths[best.number]
     return StageResult(

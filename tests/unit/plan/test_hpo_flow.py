@@ -13,6 +13,7 @@ from kompaktor.plan import (
     InputsProbed,
     JobContext,
     ProbeCache,
+    RunFailed,
     RunSucceeded,
     StepResult,
     WriteRecord,
@@ -130,6 +131,26 @@ def test_no_trial_within_the_bound_fails_the_stage() -> None:
     result = succeed(job, result, lambda lr: 0.5)
     assert result.status.phase == "Failed"
     assert "NoTrialWithinBound" in (result.status.message or "")
+
+
+def test_trials_that_all_fail_say_why() -> None:
+    """A setup error (a missing teacher, say) fails every trial alike: the job says that, once,
+    rather than that no trial kept the metric within the bound."""
+    job = hpo_job(trials=2, parallelism=2)
+    result = answer_probes(
+        job, step(job, OptimizationJobStatus(), [InputsProbed("sha256:m", "sha256:d")], T0)
+    )
+    failed = [
+        RunFailed(e.request.run_id, "ArtifactError", "no artifact at teacher.pt2", False)
+        for e in kinds(result, EnsureRun)
+    ]
+    result = answer_probes(job, step(job, result.status, failed, T0))
+    assert result.status.phase == "Failed"
+    assert result.status.message is not None
+    assert "NoTrialSucceeded: all 2 trials failed: ArtifactError: no artifact at teacher.pt2" in (
+        result.status.message
+    )
+    assert result.status.message.count("teacher.pt2") == 1
 
 
 def test_the_stage_result_is_recorded_for_the_cache() -> None:
