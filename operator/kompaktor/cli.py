@@ -15,6 +15,9 @@ from kompaktor.errors import JobSpecError, KompaktorError
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
+DEBUG_HELP = "show tracebacks"
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.live import Live
@@ -98,7 +101,7 @@ def _cmd_operator(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kompaktor", description=__doc__)
     parser.add_argument("--version", action="version", version=f"kompaktor {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a job file locally (no cluster)")
@@ -135,7 +138,20 @@ def build_parser() -> argparse.ArgumentParser:
     from kompaktor.stages.runner import build_parser as stage_parser
 
     stage_parser(sub)
+    _debug_everywhere(parser)
     return parser
+
+
+def _debug_everywhere(parser: argparse.ArgumentParser) -> None:
+    """`--debug` after the subcommand too (`kompaktor run job.yaml --debug`), where users put
+    it; SUPPRESS keeps a subcommand's absent flag from resetting the top level's."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                child.add_argument(
+                    "--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP
+                )
+                _debug_everywhere(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,26 @@
+"""The `kompaktor` command line itself: parsing and how errors reach the user."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kompaktor.cli import EXIT_USAGE, build_parser, main
+from kompaktor.errors import JobSpecError
+
+
+def test_debug_is_taken_before_or_after_the_subcommand(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Errors say "run with --debug"; users add it at the end of the line they ran, which the
+    top-level flag alone refused."""
+    missing = str(tmp_path / "none.yaml")
+    assert main(["validate", missing]) == EXIT_USAGE
+    assert "error: cannot read job file" in capsys.readouterr().err
+    for argv in (["--debug", "validate", missing], ["validate", missing, "--debug"]):
+        with pytest.raises(JobSpecError, match="cannot read job file"):
+            main(argv)
+    stage = ["stage", "run", "--type", "t", "--input", "m", "--dataset", "d", "--output", "o"]
+    assert build_parser().parse_args([*stage, "--debug"]).debug is True
+    assert build_parser().parse_args(["--debug", *stage]).debug is True
