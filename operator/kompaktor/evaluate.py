@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kompaktor.data import Dataset, Split
+from kompaktor.data.dataset import SPLITS, input_names
 from kompaktor.errors import KompaktorError
 from kompaktor.models import LoadedModel, Predictor
 
@@ -43,6 +44,88 @@ def predicted_classes(outputs: np.ndarray) -> np.ndarray:
     return np.asarray(outputs.reshape(len(outputs), -1).argmax(axis=1), dtype=np.int64)
 
 
+def _rows(shape: tuple[int | None, ...]) -> str:
+    """A row shape as the user writes it; a dimension of any size shows as ?."""
+    dims = ["?" if d is None else str(d) for d in shape]
+    return f"({dims[0]},)" if len(dims) == 1 else f"({', '.join(dims)})"
+
+
+def _check_inputs(predictor: Predictor, dataset: Dataset, split: Split) -> str | None:
+    """Raise if the split's inputs cannot fit what the model declares (count, rank, fixed
+    sizes: torch's guards and ONNX Runtime would refuse those anyway, in their own words).
+    A dtype the model did not declare is returned, not raised: a model may convert its input
+    itself, so only a failed prediction makes it the error."""
+    from kompaktor.models.predict import expected_inputs
+
+    inputs = dataset.inputs(split)
+    names = input_names(split, len(inputs))
+    where = f"dataset {dataset.name}"
+    if not len(inputs[0]):
+        raise KompaktorError(f"{where}: the {split} split has no rows to measure the model on")
+    expected = expected_inputs(predictor)
+    if expected is None:
+        return None
+    if len(expected) != len(inputs):
+        spelled = ", ".join(input_names(split, len(expected)))
+        raise KompaktorError(
+            f"{where} has {len(inputs)} input array(s) per split ({', '.join(names)}) but the "
+            f"model takes {len(expected)} ({', '.join(repr(e.name) for e in expected)}): "
+            f"give one array per model input ({spelled})"
+        )
+    problems = []
+    for name, array, spec in zip(names, inputs, expected, strict=True):
+        fits = len(spec.shape) == array.ndim and all(
+            d is None or d == n for d, n in zip(spec.shape[1:], array.shape[1:], strict=True)
+        )
+        if not fits:
+            anything = " (? = any size)" if None in spec.shape[1:] else ""
+            raise KompaktorError(
+                f"{where}: {name} has rows of shape {_rows(array.shape[1:])} ({array.dtype}), "
+                f"but the model's input {spec.name!r} takes rows of shape "
+                f"{_rows(spec.shape[1:])}{anything} ({spec.dtype or 'dtype not recorded'})"
+            )
+        fed = array.dtype if array.dtype != np.float64 else np.dtype(np.float32)
+        if spec.dtype is not None and fed != spec.dtype:
+            problems.append(
+                f"{name} is {array.dtype} but the model's input {spec.name!r} takes "
+                f"{spec.dtype} (save it as {spec.dtype}, scaled as the model was trained)"
+            )
+    if not problems:
+        return None
+    return f"{where}: {'; '.join(problems)}"
+
+
+def _outputs(predictor: Predictor, dataset: Dataset, split: Split) -> np.ndarray:
+    """The model's outputs for a split, after checking the split's inputs can feed it."""
+    problem = _check_inputs(predictor, dataset, split)
+    inputs = dataset.inputs(split)
+    if problem is None:
+        return predict_all(predictor, inputs)
+    try:
+        return predict_all(predictor, inputs)
+    except Exception as error:  # torch and ONNX Runtime each have their own error types
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise KompaktorError(f"{problem} ({type(error).__name__}: {reason[:200]})") from error
+
+
+def _check_labels(outputs: np.ndarray, dataset: Dataset) -> None:
+    """Labels the model cannot predict would not fail a run: they would score 0 and the
+    accuracy gate would compare two zeros. Every split is checked, as stages train on train."""
+    per_row = int(np.prod(outputs.shape[1:], dtype=np.int64)) if outputs.ndim > 1 else 1
+    classes = 2 if per_row == 1 else per_row  # one logit: a binary model (see predicted_classes)
+    if per_row == 1:
+        spread = "1 output (a binary classifier: classes 0–1)"
+    else:
+        spread = f"{per_row} outputs (classes 0–{per_row - 1})"
+    for split in SPLITS:
+        y = dataset.targets(split)
+        if len(y) and int(y.max()) >= classes:
+            raise KompaktorError(
+                f"dataset {dataset.name}: y_{split} holds labels {int(y.min())}–{int(y.max())} "
+                f"but the model has {spread}: labels must be classes the model can predict"
+            )
+
+
 def metric(
     name: str,
     predictor: Predictor,
@@ -50,21 +133,27 @@ def metric(
     split: Split = "test",
     reference: Predictor | None = None,
 ) -> float:
-    """accuracy (argmax vs labels), fidelity (argmax agreement with `reference`), or mse."""
-    inputs = dataset.inputs(split)
+    """accuracy (argmax vs labels), fidelity (argmax agreement with `reference`), or mse.
+
+    KompaktorError naming the array when the split cannot feed the model (count, shape,
+    dtype) or a classification dataset has labels the model has no output for."""
     if name == "accuracy":
         if dataset.task != "classification":
             raise KompaktorError(f"metric accuracy needs a classification dataset ({dataset.name})")
-        classes = predicted_classes(predict_all(predictor, inputs))
-        return float(np.mean(classes == dataset.targets(split)))
+        outputs = _outputs(predictor, dataset, split)
+        _check_labels(outputs, dataset)
+        return float(np.mean(predicted_classes(outputs) == dataset.targets(split)))
     if name == "fidelity":
         if reference is None:
             raise KompaktorError("metric fidelity needs the reference model's predictor")
-        ours = predicted_classes(predict_all(predictor, inputs))
-        theirs = predicted_classes(predict_all(reference, inputs))
+        outputs = _outputs(predictor, dataset, split)
+        if dataset.task == "classification":
+            _check_labels(outputs, dataset)
+        ours = predicted_classes(outputs)
+        theirs = predicted_classes(_outputs(reference, dataset, split))
         return float(np.mean(ours == theirs))
     if name == "mse":
-        out = predict_all(predictor, inputs)
+        out = _outputs(predictor, dataset, split)
         target = dataset.targets(split).astype(np.float64)
         return float(np.mean((out.reshape(target.shape).astype(np.float64) - target) ** 2))
     raise KompaktorError(f"unknown metric {name!r}; use one of {', '.join(METRICS)}")
@@ -80,7 +169,7 @@ def scorer(
     if reference is None:
         raise KompaktorError("metric fidelity needs the reference model's predictor")
     inputs = dataset.inputs(split)
-    theirs = predicted_classes(predict_all(reference, inputs))
+    theirs = predicted_classes(_outputs(reference, dataset, split))
 
     def fidelity(predictor: Predictor) -> float:
         return float(np.mean(predicted_classes(predict_all(predictor, inputs)) == theirs))

@@ -18,6 +18,7 @@ from kompaktor.evaluate import (
     metric,
     model_size_bytes,
     parameter_count,
+    predicted_classes,
 )
 from kompaktor.models import (
     LoadedModel,
@@ -190,3 +191,136 @@ def test_min_seconds_extends_the_iterations() -> None:
     assert calls > 5
     with pytest.raises(ValueError, match="≥ 1"):
         measure_latency(predict, (np.ones((1, 2), np.float32),), 0)
+
+
+# ------------------------------------------------- data the model cannot take, named
+
+
+def _rows_dataset(x: tuple[np.ndarray, ...], y: np.ndarray) -> Dataset:
+    return Dataset(
+        name="probe.npz",
+        task="classification",
+        x={s: x for s in SPLITS},
+        y={s: y for s in SPLITS},
+        num_classes=int(y.max()) + 1,
+    )
+
+
+def test_labels_beyond_the_models_outputs_are_an_error_not_a_zero_score() -> None:
+    logits = np.tile(np.eye(10, dtype=np.float32), (2, 1))  # 20 rows, 10 classes
+    data = _dataset(np.arange(20) % 10 + 5)  # labels 5–14
+    with pytest.raises(KompaktorError, match=r"y_train holds labels 5–14 but the model has 10 o"):
+        metric("accuracy", _answers(logits), data)
+    with pytest.raises(KompaktorError, match=r"known: y_train holds labels 5–14"):
+        metric("fidelity", _answers(logits), data, reference=_answers(logits))
+
+
+def test_labels_are_checked_in_every_split_the_stages_use() -> None:
+    logits = np.eye(3, dtype=np.float32)
+    fine, wrong = np.array([0, 1, 2]), np.array([0, 1, 3])
+    data = Dataset(
+        name="known",
+        task="classification",
+        x={s: (np.arange(3, dtype=np.float32).reshape(-1, 1),) for s in SPLITS},
+        y={"train": wrong, "val": fine, "test": fine},
+        num_classes=4,
+    )
+    with pytest.raises(
+        KompaktorError, match=r"y_train holds labels 0–3 .* 3 outputs \(classes 0–2"
+    ):
+        metric("accuracy", _answers(logits), data)
+
+
+def test_a_single_logit_model_predicts_two_classes_not_more() -> None:
+    logits = np.array([[1.0], [-1.0], [2.0]], np.float32)
+    assert metric("accuracy", _answers(logits), _dataset(np.array([1, 0, 1]))) == 1.0
+    with pytest.raises(KompaktorError, match=r"labels 0–2 but the model has 1 output \(a binary"):
+        metric("accuracy", _answers(logits), _dataset(np.array([1, 0, 2])))
+
+
+def test_an_empty_split_is_named_instead_of_a_numpy_error() -> None:
+    empty = Dataset(
+        name="known",
+        task="classification",
+        x={s: (np.zeros((0, 1), np.float32),) for s in SPLITS},
+        y={s: np.zeros(0, np.int64) for s in SPLITS},
+        num_classes=1,
+    )
+    with pytest.raises(KompaktorError, match="the test split has no rows"):
+        metric("accuracy", _answers(np.zeros((1, 2), np.float32)), empty)
+
+
+class _Casts(nn.Module):
+    """Takes what it is given and converts it itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.linear(x.float())
+        return out
+
+
+@pytest.fixture(scope="module")
+def small_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Predictor]:
+    """A 4-feature, 3-class linear model as .pt2 and .onnx."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("small")
+    linear = nn.Linear(4, 3)
+    example = (torch.zeros(2, 4),)
+    return {
+        "pt2": predictor_for(load_model(save_torch(linear, example, folder / "m.pt2"))),
+        "onnx": predictor_for(load_model(save_onnx(linear, example, folder / "m.onnx"))),
+    }
+
+
+@pytest.mark.parametrize("fmt", ["pt2", "onnx"])
+def test_rows_of_the_wrong_shape_name_the_array_and_what_the_model_takes(
+    small_models: dict[str, Predictor], fmt: str
+) -> None:
+    data = _rows_dataset((np.zeros((5, 2, 3), np.float32),), np.arange(5) % 3)
+    pattern = r"x_test has rows of shape \(2, 3\) \(float32\), but the model's input .* \(4,\)"
+    with pytest.raises(KompaktorError, match=pattern):
+        metric("accuracy", small_models[fmt], data)
+
+
+@pytest.mark.parametrize("fmt", ["pt2", "onnx"])
+def test_integer_inputs_for_a_float_model_name_both_dtypes(
+    small_models: dict[str, Predictor], fmt: str
+) -> None:
+    data = _rows_dataset((np.ones((5, 4), np.int64),), np.arange(5) % 3)
+    with pytest.raises(KompaktorError, match=r"probe\.npz: x_test is int64 .* takes float32"):
+        metric("accuracy", small_models[fmt], data)
+
+
+def test_a_recorded_dtype_is_an_error_only_when_the_model_fails_on_other_data() -> None:
+    """A graph may record float32 yet convert its input itself (no guard refuses int64)."""
+    graph = torch.fx.symbolic_trace(_Casts())
+    (placeholder,) = graph.graph.find_nodes(op="placeholder")
+    placeholder.meta["val"] = torch.zeros(2, 4)
+    predict = predictor_for(LoadedModel("pt2", Path("traced.pt2"), graph))
+    data = _rows_dataset((np.ones((5, 4), np.int64),), np.arange(5) % 3)
+    assert 0.0 <= metric("accuracy", predict, data) <= 1.0
+
+
+@pytest.mark.parametrize("fmt", ["pt2", "onnx"])
+def test_more_input_arrays_than_model_inputs_are_named(
+    small_models: dict[str, Predictor], fmt: str
+) -> None:
+    x = np.zeros((5, 4), np.float32)
+    data = _rows_dataset((x, x), np.arange(5) % 3)
+    with pytest.raises(KompaktorError, match=r"2 input array\(s\) per split \(x_test_0, x_test_1"):
+        metric("accuracy", small_models[fmt], data)
+
+
+@pytest.mark.parametrize("fmt", ["pt2", "onnx"])
+def test_data_that_fits_the_model_is_measured_as_before(
+    small_models: dict[str, Predictor], fmt: str
+) -> None:
+    x = np.random.default_rng(0).standard_normal((6, 4))  # float64 is fed as float32
+    data = _rows_dataset((x,), np.arange(6) % 3)
+    expected = np.mean(
+        predicted_classes(small_models["pt2"](x.astype(np.float32))) == data.y["test"]
+    )
+    assert metric("accuracy", small_models[fmt], data) == pytest.approx(expected)

@@ -194,12 +194,9 @@ def _from_npz(path: Path, where: str, task: Task) -> Dataset:
         if f"y_{split}" not in arrays:
             raise KompaktorError(f"dataset {where} has no array 'y_{split}'")
         ys[split] = arrays[f"y_{split}"]
-        lengths = {len(a) for a in xs[split]} | {len(ys[split])}
-        if len(lengths) != 1:
-            raise KompaktorError(
-                f"dataset {where}: the {split} arrays have different lengths {sorted(lengths)}"
-            )
+        _check_rows(xs[split], ys[split], split, where)
     xs = {s: tuple(_float32(a) for a in v) for s, v in xs.items()}
+    _check_row_shapes(xs, where)
     if task == "classification":
         for split, y in ys.items():
             if not np.issubdtype(y.dtype, np.integer) or (y.size and y.min() < 0):
@@ -207,16 +204,113 @@ def _from_npz(path: Path, where: str, task: Task) -> Dataset:
                     f"dataset {where}: y_{split} must hold class indices (integers ≥ 0) "
                     f"for a classification task, got {y.dtype}"
                 )
+            if y.ndim != 1:
+                raise KompaktorError(
+                    f"dataset {where}: y_{split} must hold one class index per row (shape "
+                    f"(rows,)) for a classification task, got shape {y.shape}"
+                )
         ys = {s: y.astype(np.int64) for s, y in ys.items()}
         num_classes: int | None = int(max(int(y.max()) for y in ys.values() if y.size)) + 1
     else:
+        for split, y in ys.items():
+            if y.dtype.kind not in "biuf":
+                raise KompaktorError(
+                    f"dataset {where}: y_{split} must hold real numbers for a regression task, "
+                    f"got {y.dtype}"
+                )
         ys = {s: y.astype(np.float32) for s, y in ys.items()}
         num_classes = None
+    _check_finite(xs, ys, where)
     return Dataset(name=where, task=task, x=xs, y=ys, num_classes=num_classes)
 
 
 def _float32(array: np.ndarray) -> np.ndarray:
-    return array.astype(np.float32) if np.issubdtype(array.dtype, np.floating) else array
+    """Float inputs as models take them; a value beyond float32's range becomes ±inf, which
+    `_check_finite` then reports by the array's name (numpy's overflow warning names none)."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return array
+    with np.errstate(over="ignore"):
+        return array.astype(np.float32)
+
+
+def input_names(split: Split, count: int) -> list[str]:
+    """The .npz names of a split's input arrays, as the file spells them."""
+    return [f"x_{split}"] if count == 1 else [f"x_{split}_{i}" for i in range(count)]
+
+
+def _check_rows(xs: tuple[np.ndarray, ...], y: np.ndarray, split: Split, where: str) -> None:
+    """One row per sample in every array, the same count in each, and rows where they are
+    needed: every run measures on test rows and trains, calibrates or exports from train rows
+    (only val may be empty, see `Dataset.with_validation`)."""
+    for name, array in zip([*input_names(split, len(xs)), f"y_{split}"], [*xs, y], strict=True):
+        if array.ndim == 0:
+            raise KompaktorError(
+                f"dataset {where}: {name} is a single value; it must have one row per sample"
+            )
+    for name, array in zip(input_names(split, len(xs)), xs, strict=True):
+        if array.dtype.kind not in "biuf":
+            raise KompaktorError(
+                f"dataset {where}: {name} has dtype {array.dtype}; model inputs must be real "
+                "numbers (float, integer or bool)"
+            )
+    lengths = {len(a) for a in xs} | {len(y)}
+    if len(lengths) != 1:
+        raise KompaktorError(
+            f"dataset {where}: the {split} arrays have different lengths {sorted(lengths)}"
+        )
+    if split != "val" and not len(y):
+        names = ", ".join(input_names(split, len(xs)))
+        raise KompaktorError(
+            f"dataset {where}: the {split} split is empty ({names} and y_{split} have 0 rows); "
+            "only the val split may be left empty"
+        )
+
+
+def _check_row_shapes(xs: Mapping[Split, tuple[np.ndarray, ...]], where: str) -> None:
+    """Every split feeds the same model: the same inputs, each with the same row shape and
+    dtype in every split that has rows (checked here once, so the model is checked on one)."""
+    base = xs["train"]
+    for split in SPLITS[1:]:
+        arrays = xs[split]
+        if len(arrays) != len(base):
+            raise KompaktorError(
+                f"dataset {where}: the {split} split has {len(arrays)} input array(s) "
+                f"({', '.join(input_names(split, len(arrays)))}) but the train split has "
+                f"{len(base)} ({', '.join(input_names('train', len(base)))})"
+            )
+        if not len(arrays[0]):
+            continue
+        names = zip(input_names(split, len(arrays)), input_names("train", len(base)), strict=True)
+        for (name, base_name), array, first in zip(names, arrays, base, strict=True):
+            if array.shape[1:] != first.shape[1:] or array.dtype != first.dtype:
+                raise KompaktorError(
+                    f"dataset {where}: {name} has rows of shape {array.shape[1:]} "
+                    f"({array.dtype}) but {base_name} has {first.shape[1:]} ({first.dtype}); "
+                    "every split must have the same row shape and dtype"
+                )
+
+
+def _check_finite(
+    xs: Mapping[Split, tuple[np.ndarray, ...]], ys: Mapping[Split, np.ndarray], where: str
+) -> None:
+    """NaN or ±inf (also a float64 value beyond float32's range) would not fail a run: every
+    prediction would be one arbitrary class and the metric a plausible-looking number."""
+    named = [
+        (name, array)
+        for split in SPLITS
+        for name, array in [
+            *zip(input_names(split, len(xs[split])), xs[split], strict=True),
+            (f"y_{split}", ys[split]),
+        ]
+        if np.issubdtype(array.dtype, np.floating)
+    ]
+    for name, array in named:
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise KompaktorError(
+                f"dataset {where}: {name} has {bad} non-finite value(s) among its {array.size} "
+                "(NaN, or ±inf once stored as float32); inputs and targets must be finite"
+            )
 
 
 # ---------------------------------------------------------------- public

@@ -181,3 +181,72 @@ def test_npz_digest_follows_content_not_name(tmp_path: Path) -> None:
 def test_builtin_digests_are_stable_and_distinct() -> None:
     assert dataset_digest("sklearn:wine") == dataset_digest("sklearn:wine")
     assert dataset_digest("sklearn:wine") != dataset_digest("sklearn:digits")
+
+
+@pytest.mark.parametrize(
+    ("array", "value", "count"),
+    [
+        ("x_train", np.nan, 4),
+        ("x_test", -np.inf, 1),
+        ("x_val", 1e39, 2),  # finite in float64, inf once stored as float32
+    ],
+)
+def test_non_finite_inputs_are_refused_naming_the_array_and_count(
+    tmp_path: Path, array: str, value: float, count: int
+) -> None:
+    arrays = _arrays()
+    arrays[array].flat[:count] = value
+    with pytest.raises(KompaktorError, match=rf"{array} has {count} non-finite value"):
+        load_dataset(_write(tmp_path / "nan.npz", **arrays))
+
+
+def test_non_finite_regression_targets_are_refused(tmp_path: Path) -> None:
+    arrays = _arrays()
+    arrays["y_test"] = np.array([1.5, np.nan])
+    with pytest.raises(KompaktorError, match="y_test has 1 non-finite value"):
+        load_dataset(_write(tmp_path / "nan.npz", **arrays), task="regression")
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_an_empty_train_or_test_split_is_refused_naming_it(tmp_path: Path, split: str) -> None:
+    rows = {"train": (0, 2, 2), "test": (6, 2, 0)}[split]
+    with pytest.raises(KompaktorError, match=rf"the {split} split is empty \(x_{split} and y_"):
+        load_dataset(_write(tmp_path / "empty.npz", **_arrays(rows)))
+
+
+def test_an_empty_val_split_is_allowed(tmp_path: Path) -> None:
+    data = load_dataset(_write(tmp_path / "noval.npz", **_arrays((6, 0, 2))))
+    assert len(data.targets("val")) == 0
+    assert len(data.with_validation(0.5, seed=0).targets("val")) == 3
+
+
+def test_splits_with_different_row_shapes_are_refused(tmp_path: Path) -> None:
+    arrays = _arrays()
+    arrays["x_test"] = np.zeros((2, 4))
+    with pytest.raises(
+        KompaktorError, match=r"x_test has rows of shape \(4,\).*x_train has \(3,\)"
+    ):
+        load_dataset(_write(tmp_path / "shapes.npz", **arrays))
+
+
+def test_splits_with_different_input_counts_are_refused(tmp_path: Path) -> None:
+    arrays = _arrays()
+    arrays["x_val_0"] = arrays["x_val_1"] = arrays.pop("x_val")
+    with pytest.raises(
+        KompaktorError, match=r"val split has 2 input array\(s\) \(x_val_0, x_val_1"
+    ):
+        load_dataset(_write(tmp_path / "counts.npz", **arrays))
+
+
+def test_non_numeric_inputs_are_refused_naming_the_array(tmp_path: Path) -> None:
+    arrays = _arrays()
+    arrays["x_train"] = np.array([["a", "b", "c"]] * 6)
+    with pytest.raises(KompaktorError, match="x_train has dtype <U1"):
+        load_dataset(_write(tmp_path / "text.npz", **arrays))
+
+
+def test_classification_labels_must_be_one_per_row(tmp_path: Path) -> None:
+    arrays = _arrays()
+    arrays["y_test"] = arrays["y_test"].reshape(-1, 1)
+    with pytest.raises(KompaktorError, match=r"y_test must hold one class index per row.*\(2, 1\)"):
+        load_dataset(_write(tmp_path / "column.npz", **arrays))
