@@ -23,7 +23,7 @@ from kompaktor.api.status import (
 from kompaktor.errors import JobSpecError
 from kompaktor.plan import trials as trial_flow
 from kompaktor.plan.conditions import conditions_for
-from kompaktor.plan.keys import output_uri, run_id, run_key
+from kompaktor.plan.keys import map_model_refs, output_uri, run_id, run_key
 from kompaktor.plan.types import (
     Action,
     CacheProbed,
@@ -301,7 +301,7 @@ class _Step:
             if blocked:
                 self.reset_stage(index, stage, key=None)
                 continue
-            resolved = self.resolve_params(stage, params[index])
+            resolved = self.resolve_params(stage)
             key = run_key(
                 input_digest=input_digest,
                 stage_type=stage.type,
@@ -317,23 +317,25 @@ class _Step:
             blocked = True
             self.status = self.status.model_copy(update={"stage": stage.name})
             if stage.type == "hpo":
-                self.drive_hpo(index, stage, params[index], key, input_uri)
+                # Trials take their base from the resolved params: a teacher from an earlier
+                # stage reaches every trial's run and key.
+                hpo_params = type(params[index]).model_validate(resolved)
+                self.drive_hpo(index, stage, hpo_params, key, input_uri)
             else:
                 self.drive_stage(index, stage, resolved, key, input_uri)
 
-    def resolve_params(self, stage: StageSpec, parsed: Any) -> dict[str, Any]:
-        """Params as the stage run gets them: references to earlier stages become URIs."""
-        params = dict(stage.params)
-        teacher = params.get("teacher")
-        if isinstance(teacher, dict) and teacher.get("fromStage"):
-            source = next(s for s in self.stages if s.name == teacher["fromStage"])
-            if source.output is not None:
-                params["teacher"] = {
-                    **teacher,
-                    "uri": source.output.uri,
-                    "digest": source.output.digest,
-                }
-        return params
+    def resolve_params(self, stage: StageSpec) -> dict[str, Any]:
+        """Params as the stage run gets them: a model taken from an earlier stage (a teacher,
+        also in an hpo stage's base) gets that stage's output URI and digest."""
+
+        def fill(path: str, ref: dict[str, Any]) -> dict[str, Any]:
+            name = ref.get("fromStage")
+            source = next((s for s in self.stages if name and s.name == name), None)
+            if source is None or source.output is None:
+                return ref
+            return {**ref, "uri": source.output.uri, "digest": source.output.digest}
+
+        return map_model_refs(stage.params, fill)
 
     def ensure_record(
         self, index: int, stage: StageSpec, key: str, input_digest: str

@@ -36,11 +36,14 @@ class TeacherRef(StageParams):
         None, description="Name of an earlier stage whose output teaches."
     )
     uri: str | None = Field(
-        None, description="Model URI of the teacher (filled in by the plan for fromStage)."
+        None,
+        description="Model URI of the teacher; a relative path is relative to the job file's "
+        "folder (filled in by the plan for fromStage).",
     )
     digest: str | None = Field(
         None,
-        description="sha256 of the teacher, filled in by the plan so the cache key follows it.",
+        description="sha256 of the teacher, filled in by the plan (fromStage) or `kompaktor "
+        "run` (uri) so the cache key follows its content.",
     )
 
 
@@ -112,6 +115,13 @@ class DistillStage(Stage[DistillParams]):
 
     def check(self, params: DistillParams, plan: PlanContext) -> None:
         source = params.teacher.from_stage
+        if source is not None and params.teacher.uri is not None:
+            # Only a job file can say both (the plan fills uri at run time, after this check);
+            # which one it meant is not ours to guess.
+            raise ValueError(
+                f"params.teacher: set either uri or fromStage, not both (uri "
+                f"{params.teacher.uri!r}, fromStage {source!r})"
+            )
         if source is not None and source not in plan.earlier_stages:
             raise ValueError(f"params.teacher.fromStage: {source!r} is not an earlier stage")
         if params.feature_weight > 0:

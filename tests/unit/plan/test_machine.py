@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,8 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kompaktor.api.run import RunRecord
-from kompaktor.api.spec import OptimizationJobSpec
+from kompaktor.api.spec import OptimizationJob, OptimizationJobSpec
 from kompaktor.api.status import OptimizationJobStatus, OutputRef
+from kompaktor.errors import KompaktorError
+from kompaktor.local import localize
 from kompaktor.plan import (
     CacheProbed,
     CancelRun,
@@ -284,6 +288,105 @@ class TestBudgetAndControl:
         again = step(ctx(edited, generation=2), done.status, [], T0)
         assert again.status.phase == "Running"
         assert kinds(again, ProbeCache)
+
+
+def distill_job(teacher: dict[str, Any], *, hpo: bool = False) -> OptimizationJob:
+    """A job file's content: one distill stage (or an hpo stage over distill) and its teacher."""
+    stage: dict[str, Any] = {"name": "d", "type": "distill", "params": {"teacher": teacher}}
+    if hpo:
+        params = {
+            "target": "distill",
+            "trials": 2,
+            "base": {"teacher": teacher},
+            "space": {"lr": {"low": 1e-4, "high": 1e-2}},
+        }
+        stage = {"name": "h", "type": "hpo", "params": params}
+    return OptimizationJob.model_validate(
+        {
+            "apiVersion": "kompaktor.io/v1alpha1",
+            "kind": "OptimizationJob",
+            "metadata": {"name": "demo"},
+            "spec": {
+                "model": {"uri": "model.pt2"},
+                "dataset": {"uri": "sklearn:digits"},
+                "stages": [stage],
+            },
+        }
+    )
+
+
+def first_probe(job: JobContext) -> ProbeCache:
+    result = step(job, OptimizationJobStatus(), [InputsProbed("sha256:in", "sha256:data")], T0)
+    (probe,) = kinds(result, ProbeCache)
+    return probe  # type: ignore[no-any-return]
+
+
+class TestModelFilesInParams:
+    """A model a stage reads besides its input (a distill teacher) is keyed by its content."""
+
+    @pytest.mark.parametrize("hpo", [False, True], ids=["distill", "hpo-base"])
+    def test_a_replaced_teacher_file_is_a_cache_miss(self, tmp_path: Path, hpo: bool) -> None:
+        teacher = tmp_path / "teacher.pt2"
+        job = distill_job({"uri": "teacher.pt2"}, hpo=hpo)
+        teacher.write_bytes(b"teacher one")
+        first = first_probe(localize(job, tmp_path, None)).key
+        assert first_probe(localize(job, tmp_path, None)).key == first
+        teacher.write_bytes(b"teacher two, another model")
+        assert first_probe(localize(job, tmp_path, None)).key != first
+
+    def test_a_relative_teacher_is_relative_to_the_job_file(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        (tmp_path / "jobs").mkdir()
+        (tmp_path / "teacher.pt2").write_bytes(b"teacher")
+        monkeypatch.chdir(tmp_path / "jobs")  # the job's folder is tmp_path, not the cwd
+        job = localize(distill_job({"uri": "teacher.pt2"}), tmp_path, None)
+        result = step(job, OptimizationJobStatus(), [InputsProbed("sha256:in", "sha256:d")], T0)
+        (probe,) = kinds(result, ProbeCache)
+        run = only_run(step(job, result.status, [CacheProbed(probe.key, None)], T0)).request
+        assert run.params["teacher"] == {
+            "uri": (tmp_path / "teacher.pt2").as_uri(),
+            "digest": "sha256:" + hashlib.sha256(b"teacher").hexdigest(),
+        }
+
+    def test_an_unreadable_teacher_names_stage_and_field(self, tmp_path: Path) -> None:
+        job = distill_job({"uri": "missing.pt2"}, hpo=True)
+        with pytest.raises(
+            KompaktorError, match=r"^stages\[0\] \(hpo\): params\.base\.teacher\.uri "
+        ):
+            localize(job, tmp_path, None)
+
+    def test_a_teacher_from_an_earlier_stage_reaches_hpo_trials(self) -> None:
+        stages = [
+            {"name": "t", "type": "train", "params": {"epochs": 1}},
+            {
+                "name": "h",
+                "type": "hpo",
+                "params": {
+                    "target": "distill",
+                    "sampler": "random",
+                    "trials": 1,
+                    "base": {"teacher": {"fromStage": "t"}},
+                    "space": {"lr": {"low": 1e-4, "high": 1e-2}},
+                },
+            },
+        ]
+
+        def trial_run(teacher_digest: str) -> EnsureRun:
+            job = ctx(spec(stages=stages))
+            result = started(job)
+            train = only_run(result).request
+            done = record("train", teacher_digest)
+            result = step(job, result.status, [RunSucceeded(train.run_id, done)], T0)
+            while probes := kinds(result, ProbeCache):
+                result = step(job, result.status, [CacheProbed(p.key, None) for p in probes], T0)
+            return only_run(result)
+
+        trial = trial_run("sha256:t1").request
+        assert trial.trial == 0
+        assert trial.params["teacher"]["uri"] == "file:///art/sha256:t1/model.pt2"
+        assert trial.params["teacher"]["digest"] == "sha256:t1"
+        assert trial_run("sha256:t2").request.key != trial.key
 
 
 outcomes = st.lists(st.sampled_from(["ok", "fail", "fatal", "tick", "stale"]), max_size=12)

@@ -261,6 +261,46 @@ def test_from_stage_must_name_an_earlier_stage() -> None:
     )
 
 
+BOTH = {"uri": "teacher.pt2", "fromStage": "t"}
+HPO_OVER_DISTILL = {
+    "target": "distill",
+    "trials": 2,
+    "base": {"teacher": BOTH},
+    "space": {"lr": {"low": 1e-4, "high": 1e-2}},
+}
+
+
+@pytest.mark.parametrize(
+    ("stage", "message"),
+    [
+        (
+            {"name": "d", "type": "distill", "params": {"teacher": BOTH}},
+            "stages[1] (distill): params.teacher: set either uri or fromStage, not both",
+        ),
+        (
+            {"name": "h", "type": "hpo", "params": HPO_OVER_DISTILL},
+            "stages[1] (hpo): params.target (distill): params.teacher: set either uri or "
+            "fromStage, not both",
+        ),
+    ],
+    ids=["distill", "hpo-base"],
+)
+def test_a_teacher_with_both_uri_and_from_stage_is_rejected(
+    stage: dict[str, object], message: str
+) -> None:
+    """Which teacher was meant is ambiguous; the plan used to overwrite the uri silently."""
+    spec = OptimizationJobSpec.model_validate(
+        {
+            "model": {"uri": "file:///m/model.pt2"},
+            "dataset": {"uri": "sklearn:digits"},
+            "stages": [{"name": "t", "type": "train"}, stage],
+        }
+    )
+    with pytest.raises(JobSpecError) as error:
+        validate_job(spec)
+    assert str(error.value).startswith(message)
+
+
 @pytest.mark.parametrize(
     ("params", "message"),
     [
