@@ -1,7 +1,9 @@
 """Model files in and out: torch.export (.pt2), TorchScript (.pt) and ONNX (.onnx).
 
-Nothing here unpickles: .pt2 goes through torch.export.load, .pt through torch.jit.load, and
-plain state dicts only through safetensors or torch.load(weights_only=True).
+Nothing here unpickles: .pt2 goes through torch.export.load only after `pt2_archive` has checked
+that it holds nothing torch would unpickle with weights_only=False or evaluate as Python (which
+torch.export.load itself does wherever the archive asks), .pt through torch.jit.load, and plain
+state dicts only through safetensors or torch.load(weights_only=True).
 
 Importing this package is light (the control plane names formats and models without loading
 any): the functions that need torch or ONNX Runtime are imported on first use (PEP 562).

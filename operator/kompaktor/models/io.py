@@ -1,6 +1,7 @@
 """Load and save models in the three formats a job may name.
 
-- `.pt2`: torch.export with a dynamic batch dimension. The loaded `module` is
+- `.pt2`: torch.export with a dynamic batch dimension, loaded only once `check_pt2_archive`
+  finds nothing in it that torch would unpickle unsafely. The loaded `module` is
   `ExportedProgram.module()`, a GraphModule whose parameters train with any optimizer and which
   re-exports; it refuses `.train()`/`.eval()` (use `kompaktor.training.set_training`).
 - `.pt`: TorchScript through torch.jit (never pickle).
@@ -23,6 +24,7 @@ from torch import nn
 
 from kompaktor.errors import KompaktorError
 from kompaktor.models.formats import format_of
+from kompaktor.models.pt2_archive import UnsafeArchiveError, check_pt2_archive
 from kompaktor.models.types import LoadedModel
 
 
@@ -49,9 +51,16 @@ def quiet_torch() -> Iterator[None]:
 
 
 def _load_pt2(path: Path) -> nn.Module:
+    """torch.export.load would run pickled code from the file: check the archive first, and load
+    the very bytes checked."""
     _import_custom_ops()
+    data = path.read_bytes()
+    try:
+        check_pt2_archive(data)
+    except UnsafeArchiveError as exc:
+        raise KompaktorError(f"refusing pt2 model {path}: {exc}") from exc
     with quiet_torch():
-        return torch.export.load(path).module()
+        return torch.export.load(io.BytesIO(data)).module()
 
 
 def _load_torchscript(path: Path) -> nn.Module:
@@ -78,6 +87,8 @@ def load_model(path: Path) -> LoadedModel:
             return LoadedModel(fmt, path, _load_torchscript(path))
         _check_onnx(path)
         return LoadedModel(fmt, path, None)
+    except KompaktorError:
+        raise
     except Exception as exc:  # every loader has its own error types; the user needs one message
         text = str(exc).strip()
         reason = text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
