@@ -138,6 +138,30 @@ for _op in ("sparse_linear", "sparse_linear_int8"):
     torch.library.register_autograd(f"{NAMESPACE}::{_op}", _backward, setup_context=_setup)
 
 
+def _vmap(name: str) -> Callable[..., tuple[torch.Tensor, int | None]]:
+    """An op's batching rule (torch.func.vmap): the op takes any leading batch dimensions, so
+    the vmapped one moves to the front and the call is one kernel call, not one per sample."""
+    op = getattr(torch.ops.kompaktor_kernels, name).default
+
+    def rule(
+        info: object, in_dims: tuple[int | None, ...], x: torch.Tensor, *rest: object
+    ) -> tuple[torch.Tensor, int | None]:
+        if any(dim is not None for dim in in_dims[1:]):
+            raise ValueError(f"{name}: vmap over the weights is not supported, only over x")
+        if in_dims[0] is None:
+            return op(x, *rest), None
+        x = x.movedim(in_dims[0], 0)
+        if not x.is_contiguous() and not feature_major(x):
+            x = x.contiguous()
+        return op(x, *rest), 0
+
+    return rule
+
+
+for _op in ("sparse_linear", "sparse_linear_int8"):
+    torch.library.register_vmap(f"{NAMESPACE}::{_op}", _vmap(_op))
+
+
 #: Each op's CPU kernel, for graphs run eagerly under torch.inference_mode (no autograd, no
 #: tracing): called directly, they skip the dispatcher's round trip back into Python, ≈8 µs a
 #: call (kompaktor.models.lifted does this). The kernels check their inputs themselves.

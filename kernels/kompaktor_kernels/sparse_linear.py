@@ -43,12 +43,13 @@ def _eager(x: torch.Tensor) -> bool:
     """Whether the CPU kernels may run directly: nothing traces the call (compile and export
     see FakeTensors or run under dynamo; torch.jit.trace records only torch ops, so a native
     call would leave its graph returning the empty output) and nothing differentiates through
-    it. Otherwise the call goes through the custom op."""
+    it. Otherwise the call goes through the custom op. x is a plain torch.Tensor (the caller
+    checks its type first: a subclass such as FakeTensor goes through the op too)."""
     return (
-        type(x) is torch.Tensor
-        and not (x.requires_grad and torch.is_grad_enabled())
+        not (x.requires_grad and torch.is_grad_enabled())
         and not torch.compiler.is_compiling()
         and not torch._C._is_tracing()
+        and not torch._C._are_functorch_transforms_active()  # vmap's x has no storage
     )
 
 
@@ -300,7 +301,13 @@ class SparseLinear(nn.Module):
         # a cached plan holds the native arguments while the buffers are the same objects at the
         # same versions (in-place edits and replacement both force a re-validation). That halves
         # the Python cost of a call (~5.5 us, about nn.Linear's).
-        if x.dtype is torch.float32 and x.is_cpu and x.layout is torch.strided and _eager(x):
+        if (
+            type(x) is torch.Tensor  # first: a list has no dtype, a subclass takes the op
+            and x.dtype is torch.float32
+            and x.is_cpu
+            and x.layout is torch.strided
+            and _eager(x)
+        ):
             ids = tuple(map(id, self._buffers.values()))
             plan = self._plan
             if plan is None or not plan.current(ids):
@@ -325,6 +332,8 @@ class SparseLinear(nn.Module):
     def _forward_checked(self, x: torch.Tensor) -> torch.Tensor:
         # nn.Linear accepts any layout; match it rather than fail on a transposed activation.
         x = _checks.tensor("x", x)
+        if x.layout != torch.strided:
+            raise ValueError(f"x must be a dense (strided) tensor, got layout {x.layout}")
         if x.dtype in _HALF_DTYPES:  # a model cast to half precision: computed in float32
             return self._forward_checked(x.float()).to(x.dtype)
         if x.dtype != torch.float32:
@@ -334,7 +343,7 @@ class SparseLinear(nn.Module):
             )
         if not feature_major(x):
             x = x.contiguous()
-        direct = _eager(x)
+        direct = type(x) is torch.Tensor and _eager(x)
         # The layout argument only where set, so exported graphs of layers that leave it to x
         # call the ops as programs exported before it existed do.
         layout = () if self.feature_major_out is None else (self.feature_major_out,)

@@ -1151,6 +1151,34 @@ def _op_args(lin: nn.Linear) -> tuple[torch.Tensor, ...]:
     return sl.row_ptr, sl.col, sl.values
 
 
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+def test_inputs_that_are_not_dense_tensors_get_clear_errors() -> None:
+    """A list raised AttributeError from the fast path's dtype check, and sparse x torch's own
+    'unsupported memory format option' from the contiguity check."""
+    sl = kk.SparseLinear.from_dense(pruned(4, 6, 0.5))
+    with pytest.raises(TypeError, match=r"x must be a torch\.Tensor, got list"):
+        sl([0.0] * 6)  # type: ignore[arg-type]
+    for sparse in (torch.randn(2, 6).to_sparse(), torch.randn(2, 6).to_sparse_csr()):
+        with pytest.raises(ValueError, match=f"dense \\(strided\\).*{sparse.layout}"):
+            sl(sparse)
+
+
+@pytest.mark.filterwarnings("error::UserWarning")  # torch warns when it loops over the batch
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int8])
+def test_vmap_runs_the_kernel_once_over_the_mapped_dimension(dtype: torch.dtype) -> None:
+    """Under torch.func.vmap x has no storage for the native call ('Cannot access data pointer
+    of Tensor that doesn't have storage'); the op's batching rule moves the mapped dimension to
+    the front, where the kernel takes it as a batch dimension."""
+    lin = pruned(5, 7, 0.5)
+    sl = kk.SparseLinear.from_dense(lin, dtype)
+    x = torch.randn(4, 3, 7)
+    torch.testing.assert_close(torch.func.vmap(sl)(x), sl(x), rtol=0, atol=0)
+    torch.testing.assert_close(torch.func.vmap(sl, in_dims=1)(x), sl(x.transpose(0, 1)))
+    torch.testing.assert_close(
+        torch.func.vmap(sl)(x), sparse_linear_reference(x, lin.weight, lin.bias, dtype)
+    )
+
+
 def test_wrong_dtype_input() -> None:
     sl = kk.SparseLinear.from_dense(pruned(4, 6, 0.5))
     with pytest.raises(TypeError, match="float64"):
