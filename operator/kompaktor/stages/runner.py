@@ -170,7 +170,8 @@ def run_stage(request: StageRequest) -> RunRecord:
         except Exception as error:
             failure, code = _classify(request.type, error)
             log(f"failed ({failure.reason}): {failure.message}")
-            if not isinstance(error, JobSpecError | _InvalidInputError):
+            # Our own errors say what is wrong; only a crash needs its traceback in the log.
+            if not isinstance(error, KompaktorError):
                 log("".join(traceback.format_exception(error)).rstrip())
             _leave_failure(out, failure, log)
             raise StageRunError(failure, code) from error
@@ -310,18 +311,22 @@ def _load_inputs(
 def _input_metrics(
     name: str, model: LoadedModel, reference: LoadedModel, dataset: Dataset
 ) -> dict[str, float]:
-    """Measured before the stage runs, since a stage may change its input module in place."""
+    """Measured before the stage runs, since a stage may change its input module in place.
+    A dataset the models cannot take (labels, shapes, dtypes) is invalid input: no retry helps."""
     from kompaktor.evaluate import has_rows, metric
     from kompaktor.models import predictor_for
 
     ref = predictor_for(reference)
     against = ref if name == "fidelity" else None
-    figures = {
-        "inputMetric": metric(name, predictor_for(model), dataset, "test", reference=against),
-        "referenceMetric": metric(name, ref, dataset, "test", reference=against),
-    }
-    if has_rows(dataset, "val"):
-        figures["referenceValMetric"] = metric(name, ref, dataset, "val", reference=against)
+    try:
+        figures = {
+            "inputMetric": metric(name, predictor_for(model), dataset, "test", reference=against),
+            "referenceMetric": metric(name, ref, dataset, "test", reference=against),
+        }
+        if has_rows(dataset, "val"):
+            figures["referenceValMetric"] = metric(name, ref, dataset, "val", reference=against)
+    except KompaktorError as error:
+        raise _InvalidInputError(str(error)) from error
     return figures
 
 

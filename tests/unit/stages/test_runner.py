@@ -141,6 +141,30 @@ def test_unloadable_input_is_invalid_not_retryable(tmp_path: Path) -> None:
     assert "broken.pt2" in caught.value.failure.message
 
 
+def test_a_dataset_the_model_cannot_take_is_invalid_input_and_logged_without_traceback(
+    cancer_mlp_pt2: Path, tmp_path: Path
+) -> None:
+    """Labels the model has no output for fail the run before the stage does anything: exit 2
+    and not retryable, like any other bad input (they were a StageError, exit 1), and the log
+    says why in one line: a traceback is for crashes."""
+    import numpy as np
+    from sklearn.datasets import load_breast_cancer
+
+    x, y = load_breast_cancer(return_X_y=True)
+    x = x.astype(np.float32)
+    data = tmp_path / "shifted.npz"
+    np.savez(data, x_train=x[:400], y_train=y[:400] + 5, x_test=x[400:], y_test=y[400:] + 5)
+    out = tmp_path / "run"
+    request = StageRequest(type="train", input=str(cancer_mlp_pt2), dataset=str(data),
+                           output=str(out), params=TRAIN)  # fmt: skip
+    with pytest.raises(StageRunError) as caught:
+        run_stage(request)
+    assert caught.value.exit_code == EXIT_INVALID
+    assert caught.value.failure.reason == "InvalidInput" and not caught.value.failure.retryable
+    assert "y_train holds labels 5–6 but the model has 2 outputs" in caught.value.failure.message
+    assert "Traceback" not in (out / LOG_FILE).read_text()
+
+
 def test_onnx_input_to_a_torch_stage_is_invalid(
     cancer_mlp_pt2: Path, tmp_path: Path, cancer: object
 ) -> None:
