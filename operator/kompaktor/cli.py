@@ -18,6 +18,14 @@ EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 DEBUG_HELP = "show tracebacks"
 
 
+def command_line_uri(value: str | None) -> str | None:
+    """A path on the command line is relative to where the command runs, as `--logs` is (a
+    path in a job file, to the file's folder); URIs pass as they are."""
+    if value is None or "://" in value:
+        return value
+    return str(Path(value).expanduser().resolve())
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.live import Live
@@ -31,7 +39,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     job_path = Path(args.job).resolve()
     job = load_job_file(job_path)
     validate_job(job.spec)
-    ctx = localize(job, job_path.parent, args.artifacts)
+    ctx = localize(job, job_path.parent, command_line_uri(args.artifacts))
     logs = Path(args.logs) if args.logs else job_path.parent / ".kompaktor" / job.metadata.name
     console = Console(stderr=True)
     if not console.is_terminal:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kompaktor.cli import EXIT_USAGE, build_parser, main
+from kompaktor.cli import EXIT_USAGE, build_parser, command_line_uri, main
 from kompaktor.errors import JobSpecError
 
 
@@ -24,3 +24,13 @@ def test_debug_is_taken_before_or_after_the_subcommand(
     stage = ["stage", "run", "--type", "t", "--input", "m", "--dataset", "d", "--output", "o"]
     assert build_parser().parse_args([*stage, "--debug"]).debug is True
     assert build_parser().parse_args(["--debug", *stage]).debug is True
+
+
+def test_a_relative_artifacts_path_on_the_command_line_is_relative_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--artifacts out` resolved beside the job file, while `--logs out` resolved here."""
+    monkeypatch.chdir(tmp_path)
+    assert command_line_uri("out") == str(tmp_path / "out")
+    assert command_line_uri("s3://bucket/prefix") == "s3://bucket/prefix"
+    assert command_line_uri(None) is None
