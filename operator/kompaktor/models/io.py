@@ -16,6 +16,7 @@ import importlib
 import io
 import logging
 import warnings
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,9 +65,26 @@ def _load_pt2(path: Path) -> nn.Module:
 
 
 def _load_torchscript(path: Path) -> nn.Module:
+    if _is_pickled_checkpoint(path):
+        raise KompaktorError(
+            f"{path} is a torch.save pickle, not TorchScript, and Kompaktor never unpickles a "
+            "model file: save the model with torch.export (.pt2) or torch.jit.save "
+            "(torch.jit.script or trace)"
+        )
     module: nn.Module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
     module.eval()
     return module
+
+
+def _is_pickled_checkpoint(path: Path) -> bool:
+    """A torch.save file: a zip of data.pkl and tensors without the code a TorchScript archive
+    holds, or the legacy format, a bare pickle (protocol 2+ starts with 0x80)."""
+    if not zipfile.is_zipfile(path):
+        with path.open("rb") as file:
+            return file.read(1) == b"\x80"
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    return any(n.endswith("/data.pkl") for n in names) and not any("/code/" in n for n in names)
 
 
 def _check_onnx(path: Path) -> None:

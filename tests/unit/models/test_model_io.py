@@ -144,6 +144,21 @@ def test_broken_files_raise_a_message_naming_file_and_format(
     assert "\n" not in message
 
 
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_a_pickled_checkpoint_named_pt_is_refused_as_not_torchscript(
+    tmp_path: Path, legacy: bool
+) -> None:
+    """torch.save(model, "model.pt") is the most common .pt: it is refused, unread, with what
+    to do instead (it said "PytorchStreamReader failed locating file constants.pkl")."""
+    path = tmp_path / "model.pt"
+    torch.save(nn.Linear(3, 2), path, _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(KompaktorError, match=r"torch\.save pickle, not TorchScript.*torch\.export"):
+        load_model(path)
+    scripted = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(nn.Linear(3, 2)), scripted)
+    assert load_model(scripted).format == "torchscript"
+
+
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(KompaktorError, match="does not exist"):
         load_model(tmp_path / "nope.pt2")
