@@ -37,17 +37,31 @@ MAX_ROUNDS = 256
 
 
 def probe_inputs(action: ProbeInputs) -> Observation:
-    """Digest the input model and dataset, or say plainly which one cannot be read."""
+    """Digest the input model, the dataset and every model file stage params name (a teacher),
+    or say plainly which one cannot be read, by the field that names it."""
     try:
-        store, key = split_uri(action.model_uri)
-        model = store.digest(key)
+        model = model_digest(action.model_uri)
     except KompaktorError as error:
         return ProbeFailed("ModelUnreadable", f"spec.model.uri {action.model_uri}: {error}")
     try:
         data = dataset_digest(action.dataset_uri)
     except KompaktorError as error:
         return ProbeFailed("DatasetUnreadable", f"spec.dataset.uri {action.dataset_uri}: {error}")
-    return InputsProbed(model, data)
+    files: dict[str, str] = {}
+    for file in action.model_files:
+        if file.uri in files:  # one teacher for several stages is read once
+            continue
+        try:
+            files[file.uri] = model_digest(file.uri)
+        except KompaktorError as error:
+            return ProbeFailed("ModelUnreadable", f"{file.where} {file.uri}: {error}")
+    return InputsProbed(model, data, files)
+
+
+def model_digest(uri: str) -> str:
+    """The "sha256:<hex>" of a model file: the one the store recorded, or computed."""
+    store, key = split_uri(uri)
+    return store.digest(key)
 
 
 def probe_cache(action: ProbeCache) -> Observation:

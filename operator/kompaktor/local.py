@@ -19,12 +19,11 @@ from pydantic import ValidationError
 
 from kompaktor.api.spec import OptimizationJob, OptimizationJobSpec, StageSpec
 from kompaktor.api.status import OptimizationJobStatus
-from kompaktor.artifacts import open_store, split_uri
+from kompaktor.artifacts import open_store
 from kompaktor.engine import reconcile
-from kompaktor.errors import KompaktorError
 from kompaktor.executors.local import LocalExecutor
 from kompaktor.plan import CancelRun, EnsureRun, JobContext, Observation, Requeue
-from kompaktor.plan.keys import map_model_refs
+from kompaktor.plan.keys import file_uri, map_model_refs
 
 STATUS_KEY = "jobs/{name}/status.json"
 IDLE_WAKE_SECONDS = 1.0
@@ -38,35 +37,24 @@ def _absolute(uri: str, base: Path) -> str:
     return (path if path.is_absolute() else (base / path).resolve()).as_uri()
 
 
-def _model_files(stage: StageSpec, where: str, base: Path) -> StageSpec:
+def _model_files(stage: StageSpec, base: Path) -> StageSpec:
     """The stage with each model file its params name (a distill teacher's uri) made absolute
-    and digested as the job's model is, so its runs' cache keys follow the file's content."""
+    against the job file's folder, as spec.model.uri is (the input probe digests them)."""
 
     def fill(path: str, ref: dict[str, Any]) -> dict[str, Any]:
-        uri = ref.get("uri")
-        if not isinstance(uri, str) or ref.get("fromStage") is not None:
-            return ref
-        uri = _absolute(uri, base)
-        try:
-            store, key = split_uri(uri)
-            digest = store.digest(key)
-        except KompaktorError as error:
-            raise KompaktorError(f"{where}: {path}.uri {uri}: {error}") from None
-        return {**ref, "uri": uri, "digest": digest}
+        uri = file_uri(ref)
+        return ref if uri is None else {**ref, "uri": _absolute(uri, base)}
 
     return stage.model_copy(update={"params": map_model_refs(stage.params, fill)})
 
 
 def localize(job: OptimizationJob, job_dir: Path, artifacts: str | None) -> JobContext:
-    """The job with every URI made absolute (stage params' model files digested too), and its
-    artifact root chosen."""
+    """The job with every URI made absolute (stage params' model files too), and its artifact
+    root chosen."""
     spec = job.spec
     model = spec.model.model_copy(update={"uri": _absolute(spec.model.uri, job_dir)})
     dataset = spec.dataset.model_copy(update={"uri": _absolute(spec.dataset.uri, job_dir)})
-    stages = [
-        _model_files(stage, f"stages[{index}] ({stage.type})", job_dir)
-        for index, stage in enumerate(spec.stages)
-    ]
+    stages = [_model_files(stage, job_dir) for stage in spec.stages]
     root = artifacts or spec.artifacts.uri or str(job_dir / "artifacts")
     resolved: OptimizationJobSpec = spec.model_copy(
         update={"model": model, "dataset": dataset, "stages": stages}

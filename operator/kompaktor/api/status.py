@@ -112,6 +112,11 @@ class OptimizationJobStatus(StatusModel):
     stage: str | None = Field(default=None, description="The stage running now (or last run).")
     input_digest: str | None = Field(default=None, description="sha256 of the input model.")
     dataset_digest: str | None = Field(default=None, description="Digest of the dataset.")
+    model_file_digests: dict[str, str] | None = Field(
+        default=None,
+        description="URI -> sha256 of each model file that stage params name (a distill "
+        "teacher's uri): the cache keys of the stages that read it follow it.",
+    )
     start_time: str | None = None
     completion_time: str | None = None
     stages: list[StageStatus] = Field(default_factory=list)

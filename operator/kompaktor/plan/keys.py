@@ -52,12 +52,18 @@ def map_model_refs(
     """A copy of `params` with every model reference replaced by `fill(path, ref)`.
 
     A model a stage reads besides its input decides its output as much as the input does, so
-    whoever can read it (the local runner for a file, the plan for an earlier stage's output)
-    writes its digest into the reference, and the run key follows the model's content.
+    the plan writes its digest into the reference (a file's from the input probe, an earlier
+    stage's from its output), and the run key follows the model's content.
     """
     if any(key in params for key in REF_KEYS):
         return fill(path, dict(params))
     return {key: _map_value(value, fill, f"{path}.{key}") for key, value in params.items()}
+
+
+def file_uri(ref: Mapping[str, Any]) -> str | None:
+    """The URI of a model reference that names a file (not an earlier stage's output)."""
+    uri = ref.get("uri")
+    return uri if isinstance(uri, str) and ref.get("fromStage") is None else None
 
 
 def _map_value(value: Any, fill: RefFill, path: str) -> Any:

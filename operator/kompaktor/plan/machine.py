@@ -23,7 +23,7 @@ from kompaktor.api.status import (
 from kompaktor.errors import JobSpecError
 from kompaktor.plan import trials as trial_flow
 from kompaktor.plan.conditions import conditions_for
-from kompaktor.plan.keys import map_model_refs, output_uri, run_id, run_key
+from kompaktor.plan.keys import file_uri, map_model_refs, output_uri, run_id, run_key
 from kompaktor.plan.types import (
     Action,
     CacheProbed,
@@ -31,6 +31,7 @@ from kompaktor.plan.types import (
     EmitEvent,
     EnsureRun,
     InputsProbed,
+    ModelFile,
     Observation,
     ProbeCache,
     ProbeFailed,
@@ -62,6 +63,27 @@ class JobContext:
     default_pool: str | None = None
     pool_prices: Mapping[str, float] = field(default_factory=dict)
     retry_base_seconds: float = 10.0
+
+
+def model_files(spec: OptimizationJobSpec) -> tuple[ModelFile, ...]:
+    """Every model file stage params name by URI, each with the field that names it."""
+    return tuple(
+        ModelFile(f"stages[{index}] ({stage.type}): {path}.uri", uri)
+        for index, stage in enumerate(spec.stages)
+        for path, uri in _file_refs(stage.params)
+    )
+
+
+def _file_refs(params: Mapping[str, Any]) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+
+    def note(path: str, ref: dict[str, Any]) -> dict[str, Any]:
+        if (uri := file_uri(ref)) is not None:
+            found.append((path, uri))
+        return ref
+
+    map_model_refs(params, note)
+    return found
 
 
 def iso(moment: datetime) -> str:
@@ -157,6 +179,7 @@ class _Step:
                         update={
                             "input_digest": obs.model_digest,
                             "dataset_digest": obs.dataset_digest,
+                            "model_file_digests": dict(obs.model_files) or None,
                         }
                     )
                 case ProbeFailed():
@@ -292,8 +315,14 @@ class _Step:
     # ------------------------------------------------------------------ walk
 
     def run(self, params: list[Any]) -> None:
-        if self.status.input_digest is None or self.status.dataset_digest is None:
-            self.actions.append(ProbeInputs(self.spec.model.uri, self.spec.dataset.uri))
+        files = model_files(self.spec)
+        known = self.status.model_file_digests or {}
+        if (
+            self.status.input_digest is None
+            or self.status.dataset_digest is None
+            or any(file.uri not in known for file in files)
+        ):
+            self.actions.append(ProbeInputs(self.spec.model.uri, self.spec.dataset.uri, files))
             return
         input_digest, input_uri = self.status.input_digest, self.spec.model.uri
         blocked = False
@@ -325,10 +354,15 @@ class _Step:
                 self.drive_stage(index, stage, resolved, key, input_uri)
 
     def resolve_params(self, stage: StageSpec) -> dict[str, Any]:
-        """Params as the stage run gets them: a model taken from an earlier stage (a teacher,
-        also in an hpo stage's base) gets that stage's output URI and digest."""
+        """Params as the stage run gets them, every model they name (a teacher, also in an hpo
+        stage's base) with its digest, so the run key follows its content: a file's from the
+        input probe, an earlier stage's output with its URI too."""
+        digests = self.status.model_file_digests or {}
 
         def fill(path: str, ref: dict[str, Any]) -> dict[str, Any]:
+            uri = file_uri(ref)
+            if uri is not None:
+                return {**ref, "digest": digests[uri]} if uri in digests else ref
             name = ref.get("fromStage")
             source = next((s for s in self.stages if name and s.name == name), None)
             if source is None or source.output is None:
@@ -454,8 +488,12 @@ class _Step:
 
     def finish(self) -> None:
         phase = self.status.phase
+        # Stages are only done for the keys of the inputs as probed: while the probe is asked
+        # (again after an edit), the stages' old Succeeded says nothing about the job.
+        probing = any(isinstance(action, ProbeInputs) for action in self.actions)
         if (
             phase not in TERMINAL
+            and not probing
             and self.stages
             and all(s.phase == "Succeeded" for s in self.stages)
             and len(self.stages) == len(self.spec.stages)
@@ -551,6 +589,12 @@ def step(
     new_generation = status.observed_generation != ctx.generation
     if status.phase in TERMINAL and not new_generation:
         return StepResult(status)
+    if new_generation:
+        # An edit is when a model replaced under the same URI can be noticed: the inputs are
+        # digested again, so keys follow what the edited job reads, not what it read before.
+        status = status.model_copy(
+            update={"input_digest": None, "dataset_digest": None, "model_file_digests": None}
+        )
     if new_generation and status.phase in TERMINAL:
         status = status.model_copy(
             update={"phase": "Running", "message": None, "completion_time": None}

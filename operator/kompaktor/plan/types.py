@@ -18,10 +18,12 @@ from kompaktor.api.status import OptimizationJobStatus
 
 @dataclass(frozen=True)
 class InputsProbed:
-    """Digests of the job's input model and dataset (the root of every cache key)."""
+    """Digests of the job's input model and dataset (the root of every cache key), and of each
+    model file stage params name (`ProbeInputs.model_files`), by URI."""
 
     model_digest: str
     dataset_digest: str
+    model_files: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -124,9 +126,19 @@ class RunRequest:
 
 
 @dataclass(frozen=True)
+class ModelFile:
+    """A model file that stage params name by URI (a distill teacher). `where` is the field
+    ("stages[0] (distill): params.teacher.uri"), so an unreadable file is reported by it."""
+
+    where: str
+    uri: str
+
+
+@dataclass(frozen=True)
 class ProbeInputs:
     model_uri: str
     dataset_uri: str
+    model_files: tuple[ModelFile, ...] = ()
 
 
 @dataclass(frozen=True)

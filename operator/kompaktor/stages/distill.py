@@ -42,8 +42,8 @@ class TeacherRef(StageParams):
     )
     digest: str | None = Field(
         None,
-        description="sha256 of the teacher, filled in by the plan (fromStage) or `kompaktor "
-        "run` (uri) so the cache key follows its content.",
+        description="sha256 of the teacher, filled in by the plan (from the earlier stage's "
+        "output, or the input probe's digest of the uri) so the cache key follows its content.",
     )
 
 

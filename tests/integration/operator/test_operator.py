@@ -8,6 +8,7 @@ deletion and HPO trials. The real stages run in test_quickstart.py.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import socket
@@ -225,6 +226,37 @@ async def test_spec_edit_reruns_from_the_changed_stage(
     assert second["stages"][0] == first["stages"][0]
     assert second["stages"][1]["key"] != first["stages"][1]["key"]
     assert set(cluster.job_creations().values()) == {1}
+
+
+async def test_an_edit_reruns_what_reads_a_replaced_teacher_file(
+    fake_cluster: FakeCluster, model_file: Path, tmp_path: Path
+) -> None:
+    """A teacher named by uri is keyed by its content, kept in status with the inputs' digests
+    and digested again at the next edit: replaced under the same URI, it re-runs its stage
+    (it used to be keyed by the URI alone, and the old output was reused)."""
+    cluster, _ = fake_cluster
+    await cluster.start_operator()
+    teacher = tmp_path / "teacher.pt2"
+    teacher.write_bytes(b"teacher one")
+    distill = {"name": "d", "type": "distill", "params": {"teacher": {"uri": teacher.as_uri()}}}
+    cluster.apply(optimization_job("teach", spec(model_file, distill, prune("p", 0.2))))
+    first = await cluster.wait_phase("teach", ("Succeeded",), 60)
+    digest = "sha256:" + hashlib.sha256(b"teacher one").hexdigest()
+    assert first["modelFileDigests"] == {teacher.as_uri(): digest}
+    before = set(cluster.job_creations())
+    teacher.write_bytes(b"teacher two, another model")
+    cluster.edit_spec("teach", {"budget": {"maxCostUSD": 100}})  # no key depends on it
+
+    def rerun() -> dict[str, Any] | None:
+        status = cluster.status("teach")
+        done = status.get("observedGeneration") == 2 and status.get("phase") == "Succeeded"
+        return status if done else None
+
+    second = await cluster.wait_for(rerun, 60, "the edited job to finish")
+    new = set(cluster.job_creations()) - before
+    assert sorted(n.split("-")[1] for n in new) == ["d", "p"]
+    assert second["stages"][0]["key"] != first["stages"][0]["key"]
+    assert second["modelFileDigests"] != first["modelFileDigests"]
 
 
 async def test_suspend_stops_the_running_job_and_resume_finishes(

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from kompaktor.api.run import RunRecord
 from kompaktor.api.spec import OptimizationJob, OptimizationJobSpec
 from kompaktor.api.status import OptimizationJobStatus, OutputRef
-from kompaktor.errors import KompaktorError
+from kompaktor.engine import reconcile
 from kompaktor.local import localize
 from kompaktor.plan import (
     CacheProbed,
@@ -22,6 +22,7 @@ from kompaktor.plan import (
     EnsureRun,
     InputsProbed,
     JobContext,
+    ModelFile,
     Observation,
     ProbeCache,
     ProbeInputs,
@@ -89,6 +90,16 @@ def started(job: JobContext) -> StepResult:
 def only_run(result: StepResult) -> EnsureRun:
     (ensure,) = kinds(result, EnsureRun)
     return ensure  # type: ignore[no-any-return]
+
+
+def reprobed(
+    job: JobContext, status: OptimizationJobStatus, model_digest: str = "sha256:in"
+) -> StepResult:
+    """The steps after a spec edit: the inputs are digested again before anything is keyed."""
+    asked = step(job, status, [], T0)
+    assert kinds(asked, ProbeInputs) and not kinds(asked, ProbeCache)
+    assert asked.status.input_digest is None
+    return step(job, asked.status, [InputsProbed(model_digest, "sha256:data")], T0)
 
 
 class TestHappyPath:
@@ -208,7 +219,8 @@ class TestFailures:
         assert final.status.stages[0].output.digest == "d1"
 
     def test_mse_gate_is_upwards(self) -> None:
-        job = ctx(spec(objective={"metric": "mse", "maxDrop": 0.1}))
+        regression = {"uri": "file:///d/data.npz", "task": "regression"}
+        job = ctx(spec(dataset=regression, objective={"metric": "mse", "maxDrop": 0.1}))
         result = started(job)
         run = only_run(result).request
         fine = record("train", "d1", metric=0.5)
@@ -249,7 +261,7 @@ class TestBudgetAndControl:
         paused = step(paused_job, result.status, [], T0)
         assert paused.status.phase == "Suspended"
         assert CancelRun(run.run_id) in paused.actions
-        resumed = step(ctx(generation=3), paused.status, [], T0)
+        resumed = reprobed(ctx(generation=3), paused.status)
         (probe,) = kinds(resumed, ProbeCache)
         running = step(ctx(generation=3), resumed.status, [CacheProbed(probe.key, None)], T0)
         assert only_run(running).request.attempt == 1
@@ -270,7 +282,7 @@ class TestBudgetAndControl:
                 {"name": "bench", "type": "benchmark", "params": {"batchSizes": [1, 8]}},
             ]
         )
-        again = step(ctx(edited, generation=2), after.status, [], T0)
+        again = reprobed(ctx(edited, generation=2), after.status)
         assert again.status.stages[0].phase == "Succeeded"
         assert not again.status.stages[0].cached
         (probe,) = kinds(again, ProbeCache)
@@ -285,17 +297,35 @@ class TestBudgetAndControl:
         assert done.status.phase == "Succeeded"
         assert step(job, done.status, [], T0).actions == []
         edited = spec(stages=[{"name": "train", "type": "train", "params": {"epochs": 3}}])
-        again = step(ctx(edited, generation=2), done.status, [], T0)
+        again = reprobed(ctx(edited, generation=2), done.status)
         assert again.status.phase == "Running"
         assert kinds(again, ProbeCache)
 
+    def test_an_edit_keys_the_model_as_it_is_now(self) -> None:
+        """A model replaced under the same URI is seen at the next edit (it used to be keyed by
+        the digest probed when the job was first seen, for good)."""
+        job = ctx()
+        result = started(job)
+        run = only_run(result).request
+        again = reprobed(ctx(generation=2), result.status, model_digest="sha256:replaced")
+        assert again.status.input_digest == "sha256:replaced"
+        (probe,) = kinds(again, ProbeCache)
+        assert probe.key != run.key
+        assert CancelRun(run.run_id) in again.actions
 
-def distill_job(teacher: dict[str, Any], *, hpo: bool = False) -> OptimizationJob:
+
+TEACHER = "s3://models/teacher.pt2"
+
+
+def distill_job(
+    teacher: dict[str, Any], *, hpo: bool = False, dataset: str = "sklearn:digits"
+) -> OptimizationJob:
     """A job file's content: one distill stage (or an hpo stage over distill) and its teacher."""
     stage: dict[str, Any] = {"name": "d", "type": "distill", "params": {"teacher": teacher}}
     if hpo:
         params = {
             "target": "distill",
+            "sampler": "random",
             "trials": 2,
             "base": {"teacher": teacher},
             "space": {"lr": {"low": 1e-4, "high": 1e-2}},
@@ -308,53 +338,79 @@ def distill_job(teacher: dict[str, Any], *, hpo: bool = False) -> OptimizationJo
             "metadata": {"name": "demo"},
             "spec": {
                 "model": {"uri": "model.pt2"},
-                "dataset": {"uri": "sklearn:digits"},
+                "dataset": {"uri": dataset},
                 "stages": [stage],
             },
         }
     )
 
 
-def first_probe(job: JobContext) -> ProbeCache:
-    result = step(job, OptimizationJobStatus(), [InputsProbed("sha256:in", "sha256:data")], T0)
-    (probe,) = kinds(result, ProbeCache)
-    return probe  # type: ignore[no-any-return]
+def first_run(job: JobContext, status: OptimizationJobStatus) -> EnsureRun:
+    """Past every cache probe (all misses) to the first run: a stage's, or an hpo trial's."""
+    result = step(job, status, [], T0)
+    while probes := kinds(result, ProbeCache):
+        result = step(job, result.status, [CacheProbed(p.key, None) for p in probes], T0)
+    return kinds(result, EnsureRun)[0]  # type: ignore[no-any-return]
 
 
 class TestModelFilesInParams:
     """A model a stage reads besides its input (a distill teacher) is keyed by its content."""
 
-    @pytest.mark.parametrize("hpo", [False, True], ids=["distill", "hpo-base"])
-    def test_a_replaced_teacher_file_is_a_cache_miss(self, tmp_path: Path, hpo: bool) -> None:
-        teacher = tmp_path / "teacher.pt2"
-        job = distill_job({"uri": "teacher.pt2"}, hpo=hpo)
-        teacher.write_bytes(b"teacher one")
-        first = first_probe(localize(job, tmp_path, None)).key
-        assert first_probe(localize(job, tmp_path, None)).key == first
-        teacher.write_bytes(b"teacher two, another model")
-        assert first_probe(localize(job, tmp_path, None)).key != first
+    @pytest.mark.parametrize(
+        ("hpo", "where"),
+        [(False, "stages[0] (distill): params.teacher.uri"),
+         (True, "stages[0] (hpo): params.base.teacher.uri")],
+        ids=["distill", "hpo-base"],
+    )  # fmt: skip
+    def test_the_key_follows_the_teacher_files_digest(self, hpo: bool, where: str) -> None:
+        """What the operator does: the input probe digests the teacher, and a file replaced
+        under the same URI is a cache miss (it used to be keyed by its URI alone)."""
+        job = ctx(distill_job({"uri": TEACHER}, hpo=hpo).spec)
+        (probe,) = kinds(step(job, OptimizationJobStatus(), [], T0), ProbeInputs)
+        assert probe.model_files == (ModelFile(where, TEACHER),)
+
+        def probed(teacher_digest: str) -> StepResult:
+            found = InputsProbed("sha256:in", "sha256:data", {TEACHER: teacher_digest})
+            return step(job, OptimizationJobStatus(), [found], T0)
+
+        first = probed("sha256:t1")
+        (key,) = [p.key for p in kinds(first, ProbeCache)]
+        assert [p.key for p in kinds(probed("sha256:t1"), ProbeCache)] == [key]
+        assert [p.key for p in kinds(probed("sha256:t2"), ProbeCache)] != [key]
+        run = first_run(job, first.status).request
+        assert run.params["teacher"] == {"uri": TEACHER, "digest": "sha256:t1"}
+        assert first.status.model_file_digests == {TEACHER: "sha256:t1"}
+        assert not kinds(step(job, first.status, [], T0), ProbeInputs)  # a restart keeps them
 
     def test_a_relative_teacher_is_relative_to_the_job_file(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
+        """What `kompaktor run` does: the same probe, with the teacher beside the job file."""
         (tmp_path / "jobs").mkdir()
-        (tmp_path / "teacher.pt2").write_bytes(b"teacher")
+        for name in ("teacher.pt2", "model.pt2", "data.npz"):
+            (tmp_path / name).write_bytes(name.encode())
         monkeypatch.chdir(tmp_path / "jobs")  # the job's folder is tmp_path, not the cwd
-        job = localize(distill_job({"uri": "teacher.pt2"}), tmp_path, None)
-        result = step(job, OptimizationJobStatus(), [InputsProbed("sha256:in", "sha256:d")], T0)
-        (probe,) = kinds(result, ProbeCache)
-        run = only_run(step(job, result.status, [CacheProbed(probe.key, None)], T0)).request
-        assert run.params["teacher"] == {
+        job = localize(distill_job({"uri": "teacher.pt2"}, dataset="data.npz"), tmp_path, None)
+        status = reconcile(job, OptimizationJobStatus(), [], T0).status
+        assert first_run(job, status).request.params["teacher"] == {
             "uri": (tmp_path / "teacher.pt2").as_uri(),
-            "digest": "sha256:" + hashlib.sha256(b"teacher").hexdigest(),
+            "digest": "sha256:" + hashlib.sha256(b"teacher.pt2").hexdigest(),
         }
 
-    def test_an_unreadable_teacher_names_stage_and_field(self, tmp_path: Path) -> None:
-        job = distill_job({"uri": "missing.pt2"}, hpo=True)
-        with pytest.raises(
-            KompaktorError, match=r"^stages\[0\] \(hpo\): params\.base\.teacher\.uri "
-        ):
-            localize(job, tmp_path, None)
+    def test_a_missing_teacher_fails_the_job_naming_stage_and_field(self, tmp_path: Path) -> None:
+        (tmp_path / "model.pt2").write_bytes(b"model")
+        (tmp_path / "data.npz").write_bytes(b"data")
+        missing = (tmp_path / "missing.pt2").as_uri()
+        job = distill_job({"uri": missing}, hpo=True, dataset=(tmp_path / "data.npz").as_uri())
+        job_spec = job.spec.model_copy(
+            update={"model": job.spec.model.model_copy(update={"uri": str(tmp_path / "model.pt2")})}
+        )
+        result = reconcile(ctx(job_spec), OptimizationJobStatus(), [], T0)
+        assert result.status.phase == "Failed"
+        assert (result.status.message or "").startswith(
+            f"ModelUnreadable: stages[0] (hpo): params.base.teacher.uri {missing}: "
+        )
+        assert not kinds(result, EnsureRun)
 
     def test_a_teacher_from_an_earlier_stage_reaches_hpo_trials(self) -> None:
         stages = [
