@@ -37,6 +37,30 @@ def parse_job(document: Any, source: str) -> OptimizationJob:
         ) from None
 
 
+class _DuplicateKeyError(yaml.YAMLError):
+    """A mapping that gives the same key twice."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping: PyYAML would keep the last
+    one silently, so a job file with two `model:` entries would run a model nobody checked."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            # Merged keys (<<) may be overridden on purpose; only keys written here count.
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue
+            key = self.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            if key in first_lines:
+                raise _DuplicateKeyError(
+                    f"line {line}: duplicate key {key!r} (first given on line {first_lines[key]})"
+                )
+            first_lines[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_job_file(path: Path) -> OptimizationJob:
     """The job in `path`; JobSpecError naming the file and the field when it is wrong."""
     try:
@@ -44,7 +68,9 @@ def load_job_file(path: Path) -> OptimizationJob:
     except OSError as error:
         raise JobSpecError(f"cannot read job file {path}: {error.strerror}") from None
     try:
-        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+        documents = [d for d in yaml.load_all(text, Loader=UniqueKeyLoader) if d is not None]
+    except _DuplicateKeyError as error:
+        raise JobSpecError(f"{path}: {error}") from None
     except yaml.YAMLError as error:
         raise JobSpecError(f"{path}: not valid YAML: {error}") from None
     jobs = [d for d in documents if isinstance(d, dict) and d.get("kind") == "OptimizationJob"]

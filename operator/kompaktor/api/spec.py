@@ -6,9 +6,17 @@ Field descriptions are written for users: they become `kubectl explain` text.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from kompaktor.api.duration import parse_duration
@@ -45,7 +53,47 @@ class ApiModel(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
-class ModelRef(ApiModel):
+def bool_for_number(value: Any, annotation: Any) -> bool:
+    """Whether `value` holds a boolean where `annotation` wants a number (also inside lists,
+    tuples and dict values). pydantic's lax mode reads true as 1, so `epochs: true` or a YAML
+    `maxDrop: yes` would quietly mean 1; strings like "2" stay accepted."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return bool_for_number(value, args[0])
+    if origin is Union or origin is UnionType:
+        options = [arg for arg in args if arg is not type(None)]
+        return bool(options) and all(bool_for_number(value, arg) for arg in options)
+    if isinstance(value, bool):
+        return annotation is int or annotation is float
+    if isinstance(value, list | tuple) and origin in (list, tuple, set, frozenset) and args:
+        if origin is tuple and Ellipsis not in args:
+            return any(bool_for_number(v, a) for v, a in zip(value, args, strict=False))
+        return any(bool_for_number(v, args[0]) for v in value)
+    if isinstance(value, dict) and origin is dict and len(args) == 2:
+        return any(bool_for_number(v, args[1]) for v in value.values())
+    return False
+
+
+def refuse_bool_for_number(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """`value` for field `info.field_name` of `model`; ValueError when it is a boolean where a
+    number belongs (what a `field_validator("*", mode="before")` calls)."""
+    if info.field_name is not None and bool_for_number(
+        value, model.model_fields[info.field_name].annotation
+    ):
+        raise ValueError("must be a number, not a boolean")
+    return value
+
+
+class SpecModel(ApiModel):
+    """A part of the job spec a user writes: a boolean is no number here."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
+        return refuse_bool_for_number(cls, value, info)
+
+
+class ModelRef(SpecModel):
     uri: str = Field(
         min_length=1,
         description=(
@@ -55,7 +103,7 @@ class ModelRef(ApiModel):
     )
 
 
-class DatasetRef(ApiModel):
+class DatasetRef(SpecModel):
     uri: str = Field(
         min_length=1,
         description=(
@@ -69,7 +117,7 @@ class DatasetRef(ApiModel):
     )
 
 
-class ArtifactsSpec(ApiModel):
+class ArtifactsSpec(SpecModel):
     uri: str | None = Field(
         default=None,
         description=(
@@ -84,7 +132,7 @@ class ArtifactsSpec(ApiModel):
     )
 
 
-class Objective(ApiModel):
+class Objective(SpecModel):
     metric: Literal["accuracy", "fidelity", "mse"] = Field(
         default="accuracy",
         description=(
@@ -102,7 +150,7 @@ class Objective(ApiModel):
     )
 
 
-class Budget(ApiModel):
+class Budget(SpecModel):
     max_duration: str | None = Field(
         default=None,
         pattern=DURATION,
@@ -120,7 +168,7 @@ class Budget(ApiModel):
         return None if self.max_duration is None else parse_duration(self.max_duration)
 
 
-class StageSpec(ApiModel):
+class StageSpec(SpecModel):
     name: StageName
     type: str = Field(
         min_length=1,
@@ -168,7 +216,7 @@ class StageSpec(ApiModel):
         return [self.pool] if self.pool else []
 
 
-class OptimizationJobSpec(ApiModel):
+class OptimizationJobSpec(SpecModel):
     model: ModelRef = Field(description="The trained model to optimize.")
     dataset: DatasetRef = Field(description="Data for training, calibration and evaluation.")
     artifacts: ArtifactsSpec = Field(

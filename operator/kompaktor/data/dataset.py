@@ -130,6 +130,9 @@ BUILTINS: dict[str, Callable[[], Dataset]] = {
     "breast_cancer": lambda: _tabular("breast_cancer"),
     "wine": lambda: _tabular("wine"),
 }
+#: Each built-in by its URI, with its task (`_builtin` makes them all classification): job
+#: validation reads this without importing scikit-learn.
+BUILTIN_TASKS: dict[str, Task] = {f"{BUILTIN_PREFIX}{name}": "classification" for name in BUILTINS}
 
 
 def _builtin_name(uri: str) -> str:

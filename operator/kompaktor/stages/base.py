@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 from pydantic.alias_generators import to_camel
 
 from kompaktor.api.run import MAX_CURVE, curve_stride, round_point
+from kompaktor.api.spec import refuse_bool_for_number
 from kompaktor.data import Dataset
 from kompaktor.models import LoadedModel, ModelFormat
 
@@ -29,9 +30,17 @@ class StageParams(BaseModel):
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
     )
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """`epochs: true` is a mistake, not one epoch (pydantic's lax mode would read 1)."""
+        return refuse_bool_for_number(cls, value, info)
+
 
 P = TypeVar("P", bound=StageParams)
 SparseLayers = Literal["run", "fine-tune", "densify"]
+#: How a model's weights are stored: float32 until a quantize stage changes that.
+Precision = Literal["float32", "int8", "fp16", "bf16"]
 
 
 class Curve:
@@ -117,12 +126,15 @@ class StageResult:
 
 @dataclass(frozen=True)
 class PlanContext:
-    """What validation knows before any work starts: the model format each stage will get."""
+    """What validation knows before any work starts: the model format each stage will get,
+    and whether an earlier stage quantized it (`quantized_by` names that stage)."""
 
     stage_name: str
     input_format: ModelFormat
     earlier_stages: tuple[str, ...]
     task: str
+    input_precision: Precision = "float32"
+    quantized_by: str | None = None
 
 
 class Stage(ABC, Generic[P]):
@@ -154,6 +166,11 @@ class Stage(ABC, Generic[P]):
         if self.produces == "pt2" and input_format == "torchscript":
             return "torchscript"
         return self.produces or input_format
+
+    def output_precision(self, input_precision: Precision, params: P) -> Precision:
+        """How the output's weights are stored: as the input's unless the stage quantizes
+        (train, prune, … keep a bf16 model bf16)."""
+        return input_precision
 
     def check(self, params: P, plan: PlanContext) -> None:
         """Reject what cannot work before any work starts; raise ValueError with the field."""

@@ -35,6 +35,7 @@ from kompaktor.search.grid import MAX_GRID, grid_size
 from kompaktor.search.study import canonical
 from kompaktor.stages.base import (
     PlanContext,
+    Precision,
     SparseLayers,
     Stage,
     StageContext,
@@ -676,6 +677,13 @@ def trial_context(
 # ---- the stage ------------------------------------------------------------------------------
 
 
+def _first_trial(params: HpoParams) -> tuple[Stage[Any], StageParams]:
+    """The target stage and the params of one trial, which stand for every trial's output."""
+    target = _target_stage(params)
+    point = _params_model(target).model_validate(trial_params(params, _first_point(params)))
+    return target(), point
+
+
 class HpoStage(Stage[HpoParams]):
     """In a job, the plan runs an hpo stage's trials (as pods, or local processes) through the
     functions above. `kompaktor stage run --type hpo` runs the same search in-process: trials
@@ -688,9 +696,12 @@ class HpoStage(Stage[HpoParams]):
     sparse_layers: ClassVar[SparseLayers] = "run"  # its trials see them (train fine-tunes them)
 
     def output_format(self, input_format: ModelFormat, params: HpoParams) -> ModelFormat:
-        target = _target_stage(params)
-        point = _params_model(target).model_validate(trial_params(params, _first_point(params)))
-        return target().output_format(input_format, point)
+        target, point = _first_trial(params)
+        return target.output_format(input_format, point)
+
+    def output_precision(self, input_precision: Precision, params: HpoParams) -> Precision:
+        target, point = _first_trial(params)
+        return target.output_precision(input_precision, point)
 
     def check(self, params: HpoParams, plan: PlanContext) -> None:
         check(params, plan)

@@ -19,7 +19,14 @@ from pydantic import Field
 
 from kompaktor.errors import StageError
 from kompaktor.models import ModelFormat
-from kompaktor.stages.base import PlanContext, Stage, StageContext, StageParams, StageResult
+from kompaktor.stages.base import (
+    PlanContext,
+    Precision,
+    Stage,
+    StageContext,
+    StageParams,
+    StageResult,
+)
 
 IntType = Literal["int8", "uint8"]
 
@@ -60,7 +67,19 @@ class QuantizeStage(Stage[QuantizeParams]):
     def output_format(self, input_format: ModelFormat, params: QuantizeParams) -> ModelFormat:
         return "pt2" if params.mode == "bf16" else "onnx"
 
+    def output_precision(self, input_precision: Precision, params: QuantizeParams) -> Precision:
+        return "bf16" if params.mode == "bf16" else "fp16" if params.mode == "fp16" else "int8"
+
     def check(self, params: QuantizeParams, plan: PlanContext) -> None:
+        if plan.input_precision != "float32":
+            # Every such chain was tried: ONNX Runtime's quantizers and the fp16 converter fail
+            # on quantized graphs (or on bf16 tensors) or leave them as they were.
+            by = f"stage {plan.quantized_by!r}" if plan.quantized_by else "an earlier stage"
+            raise ValueError(
+                f"params.mode: {params.mode} needs a float32 model, but {by} already "
+                f"quantized it to {plan.input_precision}; quantize a model once (keep one "
+                "quantize stage)"
+            )
         if params.mode == "bf16" and plan.input_format != "pt2":
             raise ValueError(
                 "params.mode: bf16 rewrites a torch.export graph and needs a pt2 model (got "

@@ -10,10 +10,24 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kompaktor.api.spec import OptimizationJobSpec
+from kompaktor.api.spec import DatasetRef, OptimizationJobSpec
+from kompaktor.artifacts import ArtifactError, local_path
+from kompaktor.artifacts.s3 import parse_s3_uri
+from kompaktor.data.dataset import BUILTIN_PREFIX, BUILTIN_TASKS
 from kompaktor.errors import JobSpecError
 from kompaktor.models import ModelFormat, format_of
-from kompaktor.stages.base import RESERVED_TYPES, PlanContext, StageParams, registry
+from kompaktor.stages.base import RESERVED_TYPES, PlanContext, Precision, StageParams, registry
+
+#: The task each objective metric is defined for, and why (evaluate.metric).
+_METRIC_TASKS = {
+    "accuracy": ("classification", "compares predicted classes with the labels", "use mse"),
+    "fidelity": (
+        "classification",
+        "compares predicted classes with the input model's",
+        "use mse",
+    ),
+    "mse": ("regression", "compares outputs with numeric targets", "use accuracy or fidelity"),
+}
 
 
 def describe_errors(error: ValidationError, prefix: str = "") -> list[str]:
@@ -57,6 +71,68 @@ def _unknown_type(stage_type: str) -> str:
     return f"type: unknown stage type {stage_type!r} (known: {known})"
 
 
+def uri_problem(uri: str) -> str | None:
+    """Why the artifact stores cannot read or write `uri` (None: they can): s3://bucket/…,
+    file:///absolute/path or a plain path."""
+    try:
+        if uri.startswith("s3://"):
+            parse_s3_uri(uri)
+        elif local_path(uri) is None:
+            scheme = uri.split("://", 1)[0]
+            return f"{uri}: unsupported URI scheme {scheme!r} (use s3://, file:/// or a path)"
+    except ArtifactError as error:
+        return str(error)
+    return None
+
+
+def _spec_problems(spec: OptimizationJobSpec) -> list[str]:
+    """What is wrong outside the stages: URIs the stores cannot open, a dataset that does not
+    exist or has another task, a metric the dataset's task has no meaning for."""
+    dataset = spec.dataset
+    known = ", ".join(BUILTIN_TASKS)
+    uris = [("spec.model.uri", spec.model.uri), ("spec.artifacts.uri", spec.artifacts.uri)]
+    problems = []
+    if dataset.uri.startswith(BUILTIN_PREFIX):
+        builtin = BUILTIN_TASKS.get(dataset.uri)
+        if builtin is None:
+            problems.append(
+                f"spec.dataset.uri: unknown built-in dataset {dataset.uri!r}; use one of {known}"
+            )
+        elif builtin != dataset.task:
+            problems.append(
+                f"spec.dataset.task: {dataset.uri} is a {builtin} dataset (got {dataset.task})"
+            )
+    elif not dataset.uri.endswith(".npz"):
+        problems.append(
+            f"spec.dataset.uri: {dataset.uri}: expected a .npz file or a built-in ({known})"
+        )
+    else:
+        uris.append(("spec.dataset.uri", dataset.uri))
+    problems += [
+        f"{where}: {problem}"
+        for where, uri in uris
+        if uri is not None and (problem := uri_problem(uri)) is not None
+    ]
+    task, source = _task(dataset)
+    needs, why, instead = _METRIC_TASKS[spec.objective.metric]
+    if task != needs:
+        problems.append(
+            f"spec.objective.metric: {spec.objective.metric} {why} and needs a {needs} dataset "
+            f"({source}); {instead}"
+        )
+    return problems
+
+
+def _task(dataset: DatasetRef) -> tuple[str, str]:
+    """The dataset's task (a built-in's own, whatever spec.dataset.task says) and, for
+    messages, what says so."""
+    builtin = BUILTIN_TASKS.get(dataset.uri)
+    if builtin is not None:
+        return builtin, f"{dataset.uri} is a {builtin} dataset"
+    default = "" if "task" in dataset.model_fields_set else ", the default"
+    return dataset.task, f"spec.dataset.task is {dataset.task}{default}"
+
+
 def validate_job(spec: OptimizationJobSpec) -> list[StageParams]:
     """Every stage's parsed params, in order; raises JobSpecError listing every problem."""
     problems: list[str] = []
@@ -66,6 +142,9 @@ def validate_job(spec: OptimizationJobSpec) -> list[StageParams]:
     except ValueError as error:
         problems.append(f"spec.model.uri: {error}")
         model_format = None
+    problems += _spec_problems(spec)
+    precision: Precision = "float32"
+    quantized_by: str | None = None
     earlier: list[str] = []
     for index, stage in enumerate(spec.stages):
         where = f"stages[{index}] ({stage.type})"
@@ -87,7 +166,14 @@ def validate_job(spec: OptimizationJobSpec) -> list[StageParams]:
                     f"{where}: cannot take a {model_format} model (it needs {accepted}; "
                     f"the stage before it or spec.model.uri gives {model_format})"
                 )
-            plan = PlanContext(stage.name, model_format, tuple(earlier), spec.dataset.task)
+            plan = PlanContext(
+                stage.name,
+                model_format,
+                tuple(earlier),
+                spec.dataset.task,
+                input_precision=precision,
+                quantized_by=quantized_by,
+            )
             try:
                 impl.check(params, plan)
             except ValueError as error:
@@ -95,6 +181,9 @@ def validate_job(spec: OptimizationJobSpec) -> list[StageParams]:
                 model_format = None  # what it would output is unknown too
             else:
                 model_format = impl.output_format(model_format, params)
+                output_precision = impl.output_precision(precision, params)
+                if output_precision != precision:
+                    precision, quantized_by = output_precision, stage.name
         earlier.append(stage.name)
     if problems:
         raise JobSpecError("\n".join(problems))

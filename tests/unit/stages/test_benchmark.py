@@ -76,3 +76,5 @@ def test_params_validation() -> None:
         parse_params("benchmark", {"batchSizes": [0]}, where="stage (benchmark)")
     with pytest.raises(JobSpecError, match=r"params.iterations"):
         parse_params("benchmark", {"iterations": 0}, where="stage (benchmark)")
+    with pytest.raises(JobSpecError, match=r"params.batchSizes: must be a number, not a boolean"):
+        parse_params("benchmark", {"batchSizes": [1, True]}, where="stage (benchmark)")

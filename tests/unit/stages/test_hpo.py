@@ -197,12 +197,20 @@ def test_check_accepts_a_valid_search() -> None:
         ({"schedule": {"choices": []}}, "params.space.schedule: choices must not be empty"),
         ({"lr": {"high": 0.1}}, "params.space.lr: needs low and high"),
         ({}, "params.space: must name at least one"),
+        ({"steps": {"low": True, "high": 4}}, "params.space.steps.low: must be a number, not a"),
     ],
 )
 def test_a_space_with_no_valid_point_names_the_field(space: dict[str, Any], message: str) -> None:
     with pytest.raises(JobSpecError) as error:
         parse_params("hpo", {"target": "prune", "trials": 4, "space": space}, "stages[0] (hpo)")
     assert f"stages[0] (hpo): {message}" in str(error.value)
+
+
+def test_a_boolean_for_a_number_of_the_target_is_named() -> None:
+    with pytest.raises(ValueError, match=r"params\.base\.fineTuneEpochs: must be a number"):
+        check(params(base={"fineTuneEpochs": True}), PLAN)
+    with pytest.raises(ValueError, match=r"params\.space\.steps: must be a number"):
+        check(params(space=SPACE | {"steps": {"choices": [2, True]}}), PLAN)
 
 
 def test_unknown_target_param_is_named() -> None:

@@ -28,12 +28,13 @@ from prune_distill_support import (  # noqa: F401  (fixtures)
 )
 from torch import fx, nn
 
+from kompaktor.api.spec import OptimizationJobSpec
 from kompaktor.data import Dataset
 from kompaktor.errors import JobSpecError, StageError
 from kompaktor.models import LoadedModel, load_model
 from kompaktor.stages.base import PlanContext, StageResult
 from kompaktor.stages.quantize import QuantizeParams, QuantizeStage
-from kompaktor.stages.validate import parse_params
+from kompaktor.stages.validate import parse_params, validate_job
 
 
 def run(params: dict[str, Any], model: nn.Module, data: Dataset, tmp_path: Path) -> StageResult:
@@ -113,6 +114,67 @@ def test_bf16_needs_a_torch_export_model() -> None:
             QuantizeStage().check(params, PlanContext("quantize", fmt, (), "classification"))
     assert QuantizeStage().output_format("pt2", params) == "pt2"
     assert QuantizeStage().output_format("pt2", QuantizeParams(mode="fp16")) == "onnx"
+
+
+def validate_stages(*stages: dict[str, Any]) -> None:
+    spec = {"model": {"uri": "model.pt2"}, "dataset": {"uri": "sklearn:digits"}}
+    validate_job(OptimizationJobSpec.model_validate(spec | {"stages": list(stages)}))
+
+
+def quantize(name: str, mode: str) -> dict[str, Any]:
+    return {"name": name, "type": "quantize", "params": {"mode": mode}}
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "precision"),
+    [
+        *[
+            (first, second, "int8")
+            for first in ("static", "dynamic", "qat")
+            for second in ("static", "dynamic", "fp16")
+        ],
+        *[("fp16", second, "fp16") for second in ("static", "dynamic", "fp16")],
+        *[("bf16", second, "bf16") for second in ("static", "dynamic", "qat", "fp16", "bf16")],
+    ],
+)
+def test_a_quantized_model_is_not_quantized_again(first: str, second: str, precision: str) -> None:
+    """Run, these failed inside ONNX Runtime (a graph not in SSA form, tensor(bfloat16) Conv
+    inputs, weights that are no initializers) or quantized nothing more."""
+    with pytest.raises(JobSpecError) as caught:
+        validate_stages(quantize("q", first), quantize("q2", second))
+    assert str(caught.value) == (
+        f"stages[1] (quantize): params.mode: {second} needs a float32 model, but stage 'q' "
+        f"already quantized it to {precision}; quantize a model once (keep one quantize stage)"
+    )
+
+
+def test_a_bf16_model_stays_quantized_through_later_stages() -> None:
+    """train, prune, … take a bf16 model and give one back: it still cannot be quantized."""
+    train = {"name": "t", "type": "train", "params": {"epochs": 1}}
+    validate_stages(quantize("q", "bf16"), train, {"name": "b", "type": "benchmark"})
+    with pytest.raises(JobSpecError, match=r"stages\[2\] .*but stage 'q' already quantized it"):
+        validate_stages(quantize("q", "bf16"), train, quantize("q2", "dynamic"))
+    validate_stages(
+        {"name": "p", "type": "prune", "params": {"sparsity": 0.5}}, quantize("q", "static")
+    )
+
+
+def test_an_hpo_over_quantize_counts_as_quantizing() -> None:
+    tune = {
+        "name": "tune",
+        "type": "hpo",
+        "params": {
+            "target": "quantize",
+            "trials": 2,
+            "space": {"mode": {"choices": ["static", "dynamic"]}},
+        },
+    }
+    with pytest.raises(
+        JobSpecError, match=r"stages\[1\] \(quantize\): params.mode: .*stage 'tune'"
+    ):
+        validate_stages(tune, quantize("q", "fp16"))
+    with pytest.raises(JobSpecError, match=r"params.target \(quantize\): params.mode: .*stage 'q'"):
+        validate_stages(quantize("q", "fp16"), tune)
 
 
 def test_an_onnx_model_quantizes(

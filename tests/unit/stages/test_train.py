@@ -71,6 +71,10 @@ def test_l1_param_lowers_weight_norm(
         ({"epochs": 0}, "stage (train): params.epochs: Input should be greater than or equal to 1"),
         ({"optimizer": "rmsprop"}, "params.optimizer: must be one of adam, adamw, sgd"),
         ({"learningRate": 0.1}, "params.learningRate: unknown field"),
+        # pydantic's lax mode would read these as 1 epoch and a learning rate of 0.0
+        ({"epochs": True}, "stage (train): params.epochs: must be a number, not a boolean"),
+        ({"momentum": False}, "stage (train): params.momentum: must be a number, not a boolean"),
+        ({"seed": True}, "stage (train): params.seed: must be a number, not a boolean"),
     ],
 )
 def test_bad_params_name_the_field(params: dict[str, object], message: str) -> None:
@@ -83,3 +87,9 @@ def test_params_are_camel_case() -> None:
     parsed = parse_params("train", {"batchSize": 8, "weightDecay": 1e-4}, where="x")
     assert isinstance(parsed, TrainParams)
     assert (parsed.batch_size, parsed.weight_decay) == (8, 1e-4)
+
+
+def test_a_number_in_a_string_is_still_a_number() -> None:
+    parsed = parse_params("train", {"epochs": "2", "lr": "0.01"}, where="x")
+    assert isinstance(parsed, TrainParams)
+    assert (parsed.epochs, parsed.lr) == (2, 0.01)
