@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from kompaktor.api.jobfile import UniqueKeyLoader
 from kompaktor.api.spec import ApiModel, OptimizationJobSpec
 from kompaktor.errors import JobSpecError, KompaktorError
 
@@ -199,7 +200,10 @@ def load_config(path: str | Path | None = None) -> OperatorConfig:
         text = Path(source).read_text()
     except OSError as error:
         raise KompaktorError(f"cannot read operator configuration {source}: {error}") from None
-    data = yaml.safe_load(text)
+    try:
+        data = yaml.load(text, Loader=UniqueKeyLoader)
+    except yaml.YAMLError as error:
+        raise KompaktorError(f"operator configuration {source}: {error}") from None
     if data is not None and not isinstance(data, dict):
         raise KompaktorError(f"operator configuration {source}: expected a mapping")
     return parse_config(data)

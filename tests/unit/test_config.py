@@ -68,3 +68,20 @@ def test_replicas_sharing_one_config_get_their_own_priority(
     monkeypatch.setenv(PRIORITY_ENV, "high")
     with pytest.raises(KompaktorError, match=f"{PRIORITY_ENV}: expected an integer or 'auto'"):
         peering.replica_priority()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("pools:\n  cpu: {}\npools:\n  gpu: {}\n", "line 3: duplicate key 'pools'"),
+        ("pools: [unclosed\n", "while parsing"),
+    ],
+)
+def test_a_broken_configuration_file_is_one_clear_error(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    """A repeated key silently kept the last one, and bad YAML raised PyYAML's own exception."""
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(KompaktorError, match=f"operator configuration {path}: .*{message}"):
+        load_config(path)

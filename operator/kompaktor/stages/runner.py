@@ -98,11 +98,19 @@ def build_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     run.add_argument(
         "--max-drop",
-        type=float,
+        type=_max_drop,
         help="the job's objective.maxDrop: a standalone hpo run picks its winner among trials "
         "within it (default: no bound)",
     )
     run.set_defaults(handler=main_stage)
+
+
+def _max_drop(text: str) -> float:
+    """objective.maxDrop's rule (a number ≥ 0), for the flag that passes it on."""
+    value = float(text)
+    if not value >= 0:  # also NaN
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
 
 
 def main_stage(args: argparse.Namespace) -> int:

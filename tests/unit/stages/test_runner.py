@@ -122,6 +122,18 @@ def test_bad_params_exit_2_naming_the_field(
     assert RunFailure.model_validate_json(termination_log.read_text()) == failure
 
 
+@pytest.mark.parametrize("value", ["-0.1", "nan"])
+def test_a_negative_max_drop_flag_is_refused(
+    tmp_path: Path, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--max-drop carries the job's objective.maxDrop, which is ≥ 0; -1 was taken."""
+    argv = ["stage", "run", "--type", "hpo", "--input", "m.pt2", "--dataset", "sklearn:digits",
+            "--output", str(tmp_path / "o"), "--max-drop", value]  # fmt: skip
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(argv)
+    assert "--max-drop: must be a number >= 0" in capsys.readouterr().err
+
+
 def test_params_that_are_not_json_exit_2(cancer_mlp_pt2: Path, tmp_path: Path) -> None:
     args = build_parser().parse_args(["stage", "run", "--type", "train", "--params", "{lr:",
         "--input", str(cancer_mlp_pt2), "--dataset", "sklearn:breast_cancer",
