@@ -225,7 +225,10 @@ class _Step:
         for index, trial in enumerate(self.trials):
             if trial.state == "Pending" and trial.key == obs.key:
                 if obs.record is not None:
-                    self.trials[index] = trial_flow.complete(trial, obs.record)
+                    # A cache hit costs nothing now, as a cached stage: its record's energy
+                    # was the original run's, and counted then.
+                    done = trial_flow.complete(trial, obs.record)
+                    self.trials[index] = done.model_copy(update={"energy_joules": 0.0})
                 else:
                     self.trials[index] = trial.model_copy(
                         update={"state": "Running", "attempts": 1}

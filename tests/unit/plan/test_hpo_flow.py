@@ -153,6 +153,24 @@ def test_trials_that_all_fail_say_why() -> None:
     assert result.status.message.count("teacher.pt2") == 1
 
 
+def test_trials_found_in_the_cache_use_no_energy() -> None:
+    """A cached rerun showed 0 J for every stage and the cached trials' original energy in the
+    job's total: a cache hit costs nothing now, as a cached stage does."""
+    job = hpo_job(trials=2, parallelism=2)
+    result = step(job, OptimizationJobStatus(), [InputsProbed("sha256:m", "sha256:d")], T0)
+    record = RunRecord(
+        type="train", format="pt2", energy_joules=250.0,
+        output=OutputRef(uri="file:///art/t/model.pt2", digest="t"),
+        metrics={"metric": 0.9, "referenceMetric": 0.9},
+    )  # fmt: skip
+    stage_key = kinds(result, ProbeCache)[0].key  # the hpo stage's own result: not cached
+    result = step(job, result.status, [CacheProbed(stage_key, None)], T0)
+    while probes := kinds(result, ProbeCache):
+        result = step(job, result.status, [CacheProbed(p.key, record) for p in probes], T0)
+    assert [t.state for t in result.status.trials] == ["Complete", "Complete"]
+    assert result.status.energy_joules == 0
+
+
 def test_the_stage_result_is_recorded_for_the_cache() -> None:
     job = hpo_job(trials=2, parallelism=2)
     result = answer_probes(
