@@ -44,7 +44,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     if not console.is_terminal:
         console = Console(stderr=True, width=120)
-    executor = LocalExecutor(logs)
+    try:
+        executor = LocalExecutor(logs)
+    except OSError as error:  # a job in a read-only folder: its default logs folder is there
+        raise KompaktorError(
+            f"cannot write stage logs to {logs}: {error.strerror}; choose a folder with --logs"
+        ) from None
     quiet = args.json or not console.is_terminal
     with Live(console=console, transient=True, auto_refresh=False, redirect_stdout=False) as live:
 

@@ -34,3 +34,16 @@ def test_a_relative_artifacts_path_on_the_command_line_is_relative_to_the_workin
     assert command_line_uri("out") == str(tmp_path / "out")
     assert command_line_uri("s3://bucket/prefix") == "s3://bucket/prefix"
     assert command_line_uri(None) is None
+
+
+def test_a_logs_folder_that_cannot_be_written_names_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A job in a read-only folder failed with PermissionError on .kompaktor and no hint."""
+    from kompaktor.quickstart import init_digits
+
+    job = init_digits(tmp_path / "demo", full=False)
+    blocker = tmp_path / "file"
+    blocker.write_text("")  # a folder cannot be made under a file, even by root
+    assert main(["run", str(job), "--logs", str(blocker / "logs")]) == 1
+    assert "choose a folder with --logs" in capsys.readouterr().err

@@ -277,7 +277,7 @@ def check(params: HpoParams, plan: PlanContext | None = None) -> None:
         if plan.input_format not in target.accepts:
             accepted = ", ".join(sorted(target.accepts))
             raise ValueError(
-                f"params.target: {params.target} cannot take a {plan.input_format} model "
+                f"params.target: {params.target} cannot take {plan.input_format} models "
                 f"(it needs {accepted})"
             )
         try:

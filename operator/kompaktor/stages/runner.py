@@ -208,7 +208,7 @@ def _execute(request: StageRequest, work: Path, out: OutputPrefix, log: RunLog) 
         if model.format not in stage.accepts:
             accepted = ", ".join(sorted(stage.accepts))
             raise _InvalidInputError(
-                f"stage ({request.type}) cannot take a {model.format} model (needs {accepted})"
+                f"stage ({request.type}) cannot take {model.format} models (needs {accepted})"
             )
         before = _input_metrics(request.metric, model, reference, dataset)
         log(f"input {request.metric}: {before['inputMetric']:.4f} "

@@ -163,7 +163,7 @@ def validate_job(spec: OptimizationJobSpec) -> list[StageParams]:
             if model_format not in impl.accepts:
                 accepted = ", ".join(sorted(impl.accepts))
                 problems.append(
-                    f"{where}: cannot take a {model_format} model (it needs {accepted}; "
+                    f"{where}: cannot take {model_format} models (it needs {accepted}; "
                     f"the stage before it or spec.model.uri gives {model_format})"
                 )
             plan = PlanContext(

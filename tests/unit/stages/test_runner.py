@@ -192,7 +192,7 @@ def test_onnx_input_to_a_torch_stage_is_invalid(
     with pytest.raises(StageRunError) as caught:
         run_stage(request)
     assert caught.value.exit_code == EXIT_INVALID
-    assert "cannot take a onnx model" in caught.value.failure.message
+    assert "cannot take onnx models" in caught.value.failure.message
 
 
 @pytest.mark.parametrize(
