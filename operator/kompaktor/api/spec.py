@@ -85,7 +85,10 @@ def refuse_bool_for_number(model: type[BaseModel], value: Any, info: ValidationI
 
 
 class SpecModel(ApiModel):
-    """A part of the job spec a user writes: a boolean is no number here."""
+    """A part of the job spec a user writes: a boolean is no number here, nor is infinity or
+    NaN (`maxDrop: .inf` would disable the gate; no limit is written by leaving a field out)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod

@@ -26,8 +26,13 @@ from kompaktor.models import LoadedModel, ModelFormat
 class StageParams(BaseModel):
     """Base for every stage's params: camelCase in job files, unknown keys rejected."""
 
+    # allow_inf_nan: `lr: .inf` passed `gt=0` and diverged at run time; no param means infinity.
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        allow_inf_nan=False,
     )
 
     @field_validator("*", mode="before")

@@ -113,6 +113,26 @@ def test_a_boolean_is_no_number(tmp_path: Path, before: str, after: str, field: 
         load_job_file(write(tmp_path, GOOD.replace(before, after)))
 
 
+@pytest.mark.parametrize(
+    ("before", "after", "field"),
+    [
+        ("maxCostUSD: 5", "maxCostUSD: .inf", "spec.budget.maxCostUSD"),
+        ("budget:", "objective: {maxDrop: .inf}\n  budget:", "spec.objective.maxDrop"),
+    ],
+)
+def test_infinity_is_no_bound(tmp_path: Path, before: str, after: str, field: str) -> None:
+    """`maxDrop: .inf` passed `ge=0` and turned the accuracy gate off; no bound is written by
+    leaving the field out."""
+    with pytest.raises(JobSpecError, match=f"{field}: Input should be a finite number"):
+        load_job_file(write(tmp_path, GOOD.replace(before, after)))
+
+
+def test_an_infinite_stage_param_is_refused() -> None:
+    """`lr: .inf` passed `gt=0` and the run diverged."""
+    with pytest.raises(JobSpecError, match=r"params\.lr: Input should be a finite number"):
+        validate(stages=[{"name": "t", "type": "train", "params": {"lr": float("inf")}}])
+
+
 def test_a_number_in_a_string_is_still_a_number(tmp_path: Path) -> None:
     job = load_job_file(write(tmp_path, GOOD.replace("retries: 2", "retries: '2'")))
     assert job.spec.stages[0].retries == 2
