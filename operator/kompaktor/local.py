@@ -89,8 +89,12 @@ class LocalRun:
             saved = OptimizationJobStatus.model_validate_json(store.get_bytes(self._status_key))
         except ValidationError:
             return OptimizationJobStatus()
+        # A run reports what it spends: the finished trials it restores were paid for by the
+        # run that made them (as a cached stage costs nothing), so they count 0 here.
         trials = [
-            t.model_copy(update={"state": "Pending", "attempts": 0}) if t.state == "Running" else t
+            t.model_copy(update={"state": "Pending", "attempts": 0})
+            if t.state == "Running"
+            else t.model_copy(update={"cost_usd": 0.0, "energy_joules": 0.0})
             for t in saved.trials
         ]
         return OptimizationJobStatus(trials=trials)

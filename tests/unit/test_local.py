@@ -1,0 +1,45 @@
+"""`kompaktor run`'s own state: the status file a rerun starts from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kompaktor.api.jobfile import load_job_file
+from kompaktor.api.status import OptimizationJobStatus, TrialRecord
+from kompaktor.executors.local import LocalExecutor
+from kompaktor.local import LocalRun, localize
+
+JOB = """\
+apiVersion: kompaktor.io/v1alpha1
+kind: OptimizationJob
+metadata: {name: demo}
+spec:
+  model: {uri: model.pt2}
+  dataset: {uri: "sklearn:digits"}
+  stages: [{name: tune, type: train}]
+"""
+
+
+def test_a_rerun_counts_restored_trials_as_spent_by_the_run_that_made_them(tmp_path: Path) -> None:
+    """A fully cached rerun showed 0 J for every stage and the restored HPO trials' energy in
+    its total (294.6 J on the digits pipeline): restored finished trials count 0 here, and a
+    trial that was running is run again, from Pending."""
+    job_path = tmp_path / "job.yaml"
+    job_path.write_text(JOB)
+    ctx = localize(load_job_file(job_path), job_path.parent, None)
+    run = LocalRun(ctx, LocalExecutor(tmp_path / "logs"))
+    trial = TrialRecord(stage="tune", number=0, params={}, cost_usd=0.5, energy_joules=120.0)
+    saved = OptimizationJobStatus(
+        energy_joules=240.0,
+        trials=[
+            trial.model_copy(update={"state": "Complete"}),
+            trial.model_copy(update={"number": 1, "state": "Running", "attempts": 1}),
+        ],
+    )
+    run.save_status(saved)
+    restored = run.load_status()
+    assert [(t.state, t.energy_joules, t.cost_usd) for t in restored.trials] == [
+        ("Complete", 0.0, 0.0),
+        ("Pending", 120.0, 0.5),  # run again: its figures are replaced when it finishes
+    ]
+    assert restored.energy_joules is None
