@@ -177,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"error: {error}", file=sys.stderr)
+        _json_failure(args, str(error))
         return EXIT_USAGE if isinstance(error, JobSpecError) else EXIT_FAILED
     except Exception as error:
         if args.debug:
@@ -185,7 +186,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"error: {type(error).__name__}: {error} (run with --debug for the traceback)",
             file=sys.stderr,
         )
+        _json_failure(args, f"{type(error).__name__}: {error}")
         return EXIT_FAILED
+
+
+def _json_failure(args: argparse.Namespace, message: str) -> None:
+    """`--json` promises one summary on stdout: a run that fails before it starts (a bad job
+    file, an unreadable store) still prints one, so `kompaktor run --json | jq` never reads
+    nothing."""
+    if getattr(args, "json", False):
+        print(json.dumps({"job": None, "phase": "Failed", "message": message}, indent=2))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,15 @@ def test_a_logs_folder_that_cannot_be_written_names_the_flag(
     blocker.write_text("")  # a folder cannot be made under a file, even by root
     assert main(["run", str(job), "--logs", str(blocker / "logs")]) == 1
     assert "choose a folder with --logs" in capsys.readouterr().err
+
+
+def test_run_json_prints_a_summary_even_when_the_job_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad job file printed its error on stderr and nothing on stdout, so a script reading
+    the promised JSON summary failed on empty input instead of seeing the failure."""
+    job = tmp_path / "job.yaml"
+    job.write_text("apiVersion: kompaktor.io/v1alpha1\nkind: OptimizationJob\nspec: {}\n")
+    assert main(["run", str(job), "--json"]) == EXIT_USAGE
+    out = json.loads(capsys.readouterr().out)
+    assert out["phase"] == "Failed" and "metadata" in out["message"]
