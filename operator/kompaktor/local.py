@@ -37,7 +37,7 @@ def _absolute(uri: str, base: Path) -> str:
     return (path if path.is_absolute() else (base / path).resolve()).as_uri()
 
 
-def _model_files(stage: StageSpec, base: Path) -> StageSpec:
+def _absolute_model_files(stage: StageSpec, base: Path) -> StageSpec:
     """The stage with each model file its params name (a distill teacher's uri) made absolute
     against the job file's folder, as spec.model.uri is (the input probe digests them)."""
 
@@ -54,7 +54,7 @@ def localize(job: OptimizationJob, job_dir: Path, artifacts: str | None) -> JobC
     spec = job.spec
     model = spec.model.model_copy(update={"uri": _absolute(spec.model.uri, job_dir)})
     dataset = spec.dataset.model_copy(update={"uri": _absolute(spec.dataset.uri, job_dir)})
-    stages = [_model_files(stage, job_dir) for stage in spec.stages]
+    stages = [_absolute_model_files(stage, job_dir) for stage in spec.stages]
     root = artifacts or spec.artifacts.uri or str(job_dir / "artifacts")
     resolved: OptimizationJobSpec = spec.model_copy(
         update={"model": model, "dataset": dataset, "stages": stages}
