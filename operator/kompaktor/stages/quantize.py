@@ -163,6 +163,30 @@ def _torch_source(ctx: StageContext[QuantizeParams]) -> tuple[Any, tuple[Any, ..
     return module, sample(ctx.dataset)
 
 
+#: ONNX ops only a quantized (or float16) graph holds: quantizing it again fails inside ONNX
+#: Runtime ("Graph must be in single static assignment form") or changes nothing.
+_QUANTIZED_OPS = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
+    "ConvInteger", "QLinearConv", "QLinearMatMul", "QGemm", "MatMulIntegerToFloat",
+})  # fmt: skip
+
+
+def _refuse_quantized(path: Path) -> None:
+    """An ONNX job model that is quantized already: validation sees only its file name, so the
+    stage looks inside it before ONNX Runtime fails on it in its own words."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    found = sorted({node.op_type for node in graph.node} & _QUANTIZED_OPS)
+    halves = [t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
+    if found or halves:
+        what = f"ops {', '.join(found)}" if found else "float16 weights"
+        raise StageError(
+            f"quantize: the input model {path.name} is quantized already ({what}); quantize "
+            "needs a float32 model: give the float model as spec.model.uri"
+        )
+
+
 def _float_onnx(ctx: StageContext[QuantizeParams]) -> Path:
     """The fp32 ONNX model to quantize: the input itself, or the torch model exported (after
     fake-quant fine-tuning for qat)."""
@@ -171,6 +195,7 @@ def _float_onnx(ctx: StageContext[QuantizeParams]) -> Path:
     if ctx.model.format == "onnx":
         if ctx.params.mode == "qat":
             raise StageError("quantize: params.mode: qat needs a PyTorch model (got onnx)")
+        _refuse_quantized(ctx.model.path)
         return ctx.model.path
     module, example = _torch_source(ctx)
     if ctx.params.mode == "qat":

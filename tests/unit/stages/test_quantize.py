@@ -47,6 +47,20 @@ def int8_initializers(path: Path) -> int:
     return sum(t.data_type == onnx.TensorProto.INT8 for t in model.graph.initializer)
 
 
+@pytest.mark.parametrize("given", ["fp16", "static", "dynamic"])
+def test_an_onnx_model_quantized_already_is_refused_by_name(
+    cancer_mlp: fx.GraphModule, cancer_data: Dataset, tmp_path: Path, given: str
+) -> None:
+    """Validation cannot see inside spec.model.uri: a quantized ONNX model given there failed
+    inside ONNX Runtime ("single static assignment form") or came out unchanged."""
+    first = run({"mode": given}, cancer_mlp, cancer_data, tmp_path / "given")
+    assert first.path is not None
+    ctx = context(QuantizeParams(mode="static"), cancer_mlp, cancer_data, tmp_path / "again")
+    ctx.model = LoadedModel(format="onnx", path=first.path, module=None)
+    with pytest.raises(StageError, match=r"is quantized already \((ops|float16).*float32 model"):
+        QuantizeStage().run(ctx)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["minmax", "entropy"])
 def test_static_int8_is_four_times_smaller_at_the_same_accuracy(
