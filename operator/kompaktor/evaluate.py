@@ -55,7 +55,7 @@ def _check_inputs(predictor: Predictor, dataset: Dataset, split: Split) -> str |
     sizes: torch's guards and ONNX Runtime would refuse those anyway, in their own words).
     A dtype the model did not declare is returned, not raised: a model may convert its input
     itself, so only a failed prediction makes it the error."""
-    from kompaktor.models.predict import expected_inputs
+    from kompaktor.models.predict import expected_inputs, model_dtype
 
     inputs = dataset.inputs(split)
     names = input_names(split, len(inputs))
@@ -84,7 +84,7 @@ def _check_inputs(predictor: Predictor, dataset: Dataset, split: Split) -> str |
                 f"but the model's input {spec.name!r} takes rows of shape "
                 f"{_rows(spec.shape[1:])}{anything} ({spec.dtype or 'dtype not recorded'})"
             )
-        fed = array.dtype if array.dtype != np.float64 else np.dtype(np.float32)
+        fed = model_dtype(array.dtype)
         if spec.dtype is not None and fed != spec.dtype:
             problems.append(
                 f"{name} is {array.dtype} but the model's input {spec.name!r} takes "

@@ -8,16 +8,7 @@ from kompaktor.api.jobfile import load_job_file
 from kompaktor.api.status import OptimizationJobStatus, TrialRecord
 from kompaktor.executors.local import LocalExecutor
 from kompaktor.local import LocalRun, localize
-
-JOB = """\
-apiVersion: kompaktor.io/v1alpha1
-kind: OptimizationJob
-metadata: {name: demo}
-spec:
-  model: {uri: model.pt2}
-  dataset: {uri: "sklearn:digits"}
-  stages: [{name: tune, type: train}]
-"""
+from tests.unit.api.test_jobfile import GOOD
 
 
 def test_a_rerun_counts_restored_trials_as_spent_by_the_run_that_made_them(tmp_path: Path) -> None:
@@ -25,7 +16,7 @@ def test_a_rerun_counts_restored_trials_as_spent_by_the_run_that_made_them(tmp_p
     its total (294.6 J on the digits pipeline): restored finished trials count 0 here, and a
     trial that was running is run again, from Pending."""
     job_path = tmp_path / "job.yaml"
-    job_path.write_text(JOB)
+    job_path.write_text(GOOD)  # any valid job: only its status file is used
     ctx = localize(load_job_file(job_path), job_path.parent, None)
     run = LocalRun(ctx, LocalExecutor(tmp_path / "logs"))
     trial = TrialRecord(stage="tune", number=0, params={}, cost_usd=0.5, energy_joules=120.0)

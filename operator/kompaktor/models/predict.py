@@ -30,8 +30,13 @@ class InputSpec:
     dtype: np.dtype[Any] | None
 
 
+def model_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """The dtype an input array reaches the model in: float64 goes in as float32."""
+    return np.dtype(np.float32) if dtype == np.float64 else dtype
+
+
 def _as_model_array(array: np.ndarray) -> np.ndarray:
-    return array.astype(np.float32) if array.dtype == np.float64 else array
+    return array.astype(model_dtype(array.dtype), copy=False)
 
 
 def _numpy_dtype(dtype: torch.dtype) -> np.dtype[Any] | None:
