@@ -179,7 +179,7 @@ def check_pools(spec: OptimizationJobSpec, config: OperatorConfig) -> None:
             if name not in known:
                 field = "pool" if stage.pool else "pools"
                 raise JobSpecError(
-                    f"spec.stages[{index}] ({stage.name}).{field}: unknown pool {name!r}; "
+                    f"{stage.where(index)}: {field}: unknown pool {name!r}; "
                     f"known pools: {', '.join(known)}"
                 )
 

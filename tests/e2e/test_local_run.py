@@ -85,7 +85,10 @@ def _edit(job: Path, target: Path, change: Any) -> Path:
     [
         (lambda d: d["spec"]["stages"][0].update(type="sharpen"), "unknown stage type 'sharpen'"),
         (lambda d: d["spec"]["model"].pop("uri"), "spec.model.uri: required"),
-        (lambda d: d["spec"]["stages"][0]["params"].update(lr=-1), "stages[0] (train): params.lr"),
+        (
+            lambda d: d["spec"]["stages"][0]["params"].update(lr=-1),
+            "stage 'train' (spec.stages[0], train): params.lr",
+        ),
     ],
 )
 def test_bad_job_is_one_clear_message(demo: Path, change: Any, message: str) -> None:

@@ -211,6 +211,10 @@ class StageSpec(SpecModel):
     def timeout_seconds(self) -> float | None:
         return None if self.timeout is None else parse_duration(self.timeout)
 
+    def where(self, index: int) -> str:
+        """How errors name this stage: by its name, its place in the list and its type."""
+        return f"stage {self.name!r} (spec.stages[{index}], {self.type})"
+
     @property
     def pool_names(self) -> list[str]:
         """Pools named by this stage; empty means the default pool."""

@@ -68,7 +68,7 @@ class JobContext:
 def model_files(spec: OptimizationJobSpec) -> tuple[ModelFile, ...]:
     """Every model file stage params name by URI, each with the field that names it."""
     return tuple(
-        ModelFile(f"stages[{index}] ({stage.type}): {path}.uri", uri)
+        ModelFile(f"{stage.where(index)}: {path}.uri", uri)
         for index, stage in enumerate(spec.stages)
         for path, uri in _file_refs(stage.params)
     )

@@ -128,7 +128,8 @@ class RunRequest:
 @dataclass(frozen=True)
 class ModelFile:
     """A model file that stage params name by URI (a distill teacher). `where` is the field
-    ("stages[0] (distill): params.teacher.uri"), so an unreadable file is reported by it."""
+    (`stage 'd' (spec.stages[0], distill): params.teacher.uri`), so an unreadable file is
+    reported by it."""
 
     where: str
     uri: str

@@ -1,7 +1,8 @@
 """Validate a job's stages before any work starts, with messages that name stage and field.
 
 The same check runs at admission (controller), at reconcile, and in `kompaktor run`, so a bad
-job file fails the same way everywhere: `stages[2] (quantize): params.mode: must be one of …`.
+job file fails the same way everywhere:
+`stage 'q' (spec.stages[2], quantize): params.mode: must be one of …`.
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ def validate_job(spec: OptimizationJobSpec) -> list[StageParams]:
     quantized_by: str | None = None
     earlier: list[str] = []
     for index, stage in enumerate(spec.stages):
-        where = f"stages[{index}] ({stage.type})"
+        where = stage.where(index)
         try:
             params = parse_params(stage.type, stage.params, where)
         except JobSpecError as error:

@@ -179,7 +179,10 @@ def test_unknown_pool_is_rejected_with_the_known_ones(config: Any) -> None:
     with pytest.raises(JobSpecError) as caught:
         check_pools(spec, config)
     message = str(caught.value)
-    assert "spec.stages[1] (b).pools" in message and "'tpu'" in message
+    assert (
+        "stage 'b' (spec.stages[1], benchmark): pools: unknown pool" in message
+        and "'tpu'" in message
+    )
     assert "known pools: cpu, gpu, arm" in message
 
 

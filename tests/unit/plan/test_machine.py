@@ -232,7 +232,7 @@ class TestFailures:
         bad = spec(stages=[{"name": "t", "type": "train", "params": {"lr": -1}}])
         result = step(ctx(bad), OptimizationJobStatus(), [], T0)
         assert result.status.phase == "Failed"
-        assert "stages[0] (train): params.lr" in (result.status.message or "")
+        assert "stage 't' (spec.stages[0], train): params.lr" in (result.status.message or "")
 
 
 class TestBudgetAndControl:
@@ -358,8 +358,8 @@ class TestModelFilesInParams:
 
     @pytest.mark.parametrize(
         ("hpo", "where"),
-        [(False, "stages[0] (distill): params.teacher.uri"),
-         (True, "stages[0] (hpo): params.base.teacher.uri")],
+        [(False, "stage 'd' (spec.stages[0], distill): params.teacher.uri"),
+         (True, "stage 'h' (spec.stages[0], hpo): params.base.teacher.uri")],
         ids=["distill", "hpo-base"],
     )  # fmt: skip
     def test_the_key_follows_the_teacher_files_digest(self, hpo: bool, where: str) -> None:
@@ -408,7 +408,7 @@ class TestModelFilesInParams:
         result = reconcile(ctx(job_spec), OptimizationJobStatus(), [], T0)
         assert result.status.phase == "Failed"
         assert (result.status.message or "").startswith(
-            f"ModelUnreadable: stages[0] (hpo): params.base.teacher.uri {missing}: "
+            f"ModelUnreadable: stage 'h' (spec.stages[0], hpo): params.base.teacher.uri {missing}: "
         )
         assert not kinds(result, EnsureRun)
 

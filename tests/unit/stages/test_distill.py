@@ -234,8 +234,9 @@ def test_feature_matching_is_refused_at_validation_for_torchscript() -> None:
     )
     with pytest.raises(JobSpecError) as error:
         validate_job(spec)
-    assert "stages[0] (distill): params.featureWeight: hidden-feature matching reads" in str(
-        error.value
+    assert (
+        "stage 'd' (spec.stages[0], distill): params.featureWeight: hidden-feature matching reads"
+        in str(error.value)
     )
     assert "needs a pt2 student (got torchscript)" in str(error.value)
     teacher = DistillParams.model_validate({"featureWeight": 1, "teacher": {"uri": "s3://t.pt"}})
@@ -275,12 +276,13 @@ HPO_OVER_DISTILL = {
     [
         (
             {"name": "d", "type": "distill", "params": {"teacher": BOTH}},
-            "stages[1] (distill): params.teacher: set either uri or fromStage, not both",
+            "stage 'd' (spec.stages[1], distill): params.teacher: set either uri or fromStage, "
+            "not both",
         ),
         (
             {"name": "h", "type": "hpo", "params": HPO_OVER_DISTILL},
-            "stages[1] (hpo): params.target (distill): params.teacher: set either uri or "
-            "fromStage, not both",
+            "stage 'h' (spec.stages[1], hpo): params.target (distill): params.teacher: "
+            "set either uri or fromStage, not both",
         ),
     ],
     ids=["distill", "hpo-base"],

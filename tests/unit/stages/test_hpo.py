@@ -323,4 +323,4 @@ def test_a_search_that_cannot_work_is_refused_with_stage_and_field(
     )
     with pytest.raises(JobSpecError) as error:
         validate_job(spec)
-    assert f"stages[0] (hpo): {message}" in str(error.value)
+    assert f"stage 'tune' (spec.stages[0], hpo): {message}" in str(error.value)

@@ -157,8 +157,9 @@ def test_a_quantized_model_is_not_quantized_again(first: str, second: str, preci
     with pytest.raises(JobSpecError) as caught:
         validate_stages(quantize("q", first), quantize("q2", second))
     assert str(caught.value) == (
-        f"stages[1] (quantize): params.mode: {second} needs a float32 model, but stage 'q' "
-        f"already quantized it to {precision}; quantize a model once (keep one quantize stage)"
+        f"stage 'q2' (spec.stages[1], quantize): params.mode: {second} needs a float32 model, "
+        f"but stage 'q' already quantized it to {precision}; quantize a model once "
+        "(keep one quantize stage)"
     )
 
 
@@ -166,7 +167,10 @@ def test_a_bf16_model_stays_quantized_through_later_stages() -> None:
     """train, prune, … take a bf16 model and give one back: it still cannot be quantized."""
     train = {"name": "t", "type": "train", "params": {"epochs": 1}}
     validate_stages(quantize("q", "bf16"), train, {"name": "b", "type": "benchmark"})
-    with pytest.raises(JobSpecError, match=r"stages\[2\] .*but stage 'q' already quantized it"):
+    with pytest.raises(
+        JobSpecError,
+        match=r"stage 'q2' \(spec.stages\[2\], quantize\): .*but stage 'q' already quantized it",
+    ):
         validate_stages(quantize("q", "bf16"), train, quantize("q2", "dynamic"))
     validate_stages(
         {"name": "p", "type": "prune", "params": {"sparsity": 0.5}}, quantize("q", "static")
@@ -184,7 +188,7 @@ def test_an_hpo_over_quantize_counts_as_quantizing() -> None:
         },
     }
     with pytest.raises(
-        JobSpecError, match=r"stages\[1\] \(quantize\): params.mode: .*stage 'tune'"
+        JobSpecError, match=r"stage 'q' \(spec.stages\[1\], quantize\): params.mode: .*'tune'"
     ):
         validate_stages(tune, quantize("q", "fp16"))
     with pytest.raises(JobSpecError, match=r"params.target \(quantize\): params.mode: .*stage 'q'"):
