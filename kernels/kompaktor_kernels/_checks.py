@@ -19,6 +19,13 @@ def cpu_dense(name: str, t: torch.Tensor) -> None:
         raise ValueError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
 
 
+def not_negated(name: str, t: torch.Tensor) -> None:
+    """For tensors whose memory the kernels read directly (a layer's buffers); op arguments
+    need no check, torch's Negative fallback resolves them before the op runs."""
+    if t.is_neg():
+        raise ValueError(f"{name} is a negated view (torch._neg_view); call .resolve_neg() first")
+
+
 def dtype(name: str, t: torch.Tensor, expected: torch.dtype) -> None:
     if t.dtype != expected:
         raise TypeError(f"{name} must have dtype {expected}, got {t.dtype}")

@@ -39,6 +39,7 @@ def validate_csr(
     for name, t in (("row_ptr", row_ptr), ("col", col), ("values", values)):
         _checks.tensor(name, t)
         _checks.cpu_dense(name, t)
+        _checks.not_negated(name, t)
         _checks.contiguous(name, t)
     _checks.dtype("row_ptr", row_ptr, torch.int32)
     if col.dtype not in INDEX_DTYPES:
@@ -67,6 +68,7 @@ def check_vec(name: str, t: torch.Tensor | None, n: int, dtype: torch.dtype) -> 
         return
     _checks.tensor(name, t)
     _checks.cpu_dense(name, t)
+    _checks.not_negated(name, t)
     _checks.dtype(name, t, dtype)
     if t.shape != (n,):
         raise ValueError(f"{name} must have shape ({n},), got {tuple(t.shape)}")

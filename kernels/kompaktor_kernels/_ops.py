@@ -26,7 +26,9 @@ define(
 )
 
 
-def _check_x(x: torch.Tensor, in_features: int) -> None:
+def _checked_x(x: torch.Tensor, in_features: int) -> torch.Tensor:
+    """x as the kernels may read it. A negated view is resolved here, not by torch's Negative
+    fallback, for callers that skip the dispatcher (EAGER_CPU_KERNELS, the module)."""
     _checks.tensor("x", x)
     _checks.cpu_dense("x", x)
     _checks.dtype("x", x, torch.float32)
@@ -39,6 +41,7 @@ def _check_x(x: torch.Tensor, in_features: int) -> None:
             f"x must be contiguous or feature-major (x.movedim(-1, 0) contiguous), got shape "
             f"{tuple(x.shape)} with strides {x.stride()}; call .contiguous() first"
         )
+    return x.resolve_neg()
 
 
 def sparse_linear_cpu(
@@ -50,7 +53,7 @@ def sparse_linear_cpu(
     in_features: int,
     feature_major_out: bool | None = None,
 ) -> torch.Tensor:
-    _check_x(x, in_features)
+    x = _checked_x(x, in_features)
     buffers = (row_ptr, col, values, bias, None, None)
     return run(x, buffers, in_features, torch.float32, feature_major_out)
 
@@ -66,7 +69,7 @@ def sparse_linear_int8_cpu(
     in_features: int,
     feature_major_out: bool | None = None,
 ) -> torch.Tensor:
-    _check_x(x, in_features)
+    x = _checked_x(x, in_features)
     buffers = (row_ptr, col, values, bias, scales, rowsum)
     return run(x, buffers, in_features, torch.int8, feature_major_out)
 

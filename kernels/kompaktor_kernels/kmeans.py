@@ -21,12 +21,12 @@ def _check(values: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor,
         raise TypeError(f"values must be float32 or float64, got {values.dtype}")
     if centroids.dim() != 1 or centroids.numel() == 0:
         raise ValueError(f"centroids must be a non-empty 1-D tensor, got {tuple(centroids.shape)}")
-    c = centroids.detach().to(torch.float64).contiguous()
+    c = centroids.detach().resolve_neg().to(torch.float64).contiguous()  # memory as read
     if not bool(torch.isfinite(c).all()):  # NaN compares false and would pass as sorted
         raise ValueError("centroids must be finite")
     if c.numel() > 1 and bool((c[1:] < c[:-1]).any()):
         raise ValueError("centroids must be sorted ascending")
-    return values.detach().reshape(-1).contiguous(), c
+    return values.detach().resolve_neg().reshape(-1).contiguous(), c
 
 
 def kmeans1d_assign(values: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:

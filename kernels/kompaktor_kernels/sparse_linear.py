@@ -306,6 +306,7 @@ class SparseLinear(nn.Module):
             and x.dtype is torch.float32
             and x.is_cpu
             and x.layout is torch.strided
+            and not x.is_neg()  # memory holding -x: the checked path resolves it
             and _eager(x)
         ):
             ids = tuple(map(id, self._buffers.values()))

@@ -59,6 +59,17 @@ def test_empty_values() -> None:
     assert kk.kmeans1d_assign(torch.empty(0, 3), torch.tensor([0.0])).shape == (0, 3)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_negated_views_are_read_as_their_values(dtype: torch.dtype) -> None:
+    """A `_neg_view`'s memory holds the negated values; the kernel read memory."""
+    values = torch.randn(1000, dtype=dtype)
+    centroids = torch.tensor([-1.0, 0.25, 2.0], dtype=dtype)
+    expected = kk.kmeans1d_assign(-values, centroids)
+    assert torch.equal(kk.kmeans1d_assign(torch._neg_view(values), centroids), expected)
+    flipped = torch._neg_view(-centroids.flip(0)).flip(0)  # the same centroids, negated view
+    assert torch.equal(kk.kmeans1d_assign(-values, flipped), expected)
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="sorted"):
         kk.kmeans1d_step(torch.randn(4), torch.tensor([1.0, 0.0]))

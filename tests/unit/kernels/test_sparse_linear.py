@@ -1163,6 +1163,27 @@ def test_inputs_that_are_not_dense_tensors_get_clear_errors() -> None:
             sl(sparse)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int8])
+def test_a_negated_view_is_computed_as_nn_linear_does(dtype: torch.dtype) -> None:
+    """A `_neg_view` tensor's memory holds -x, and the module read memory: it gave layer(-x)
+    where nn.Linear gives layer(x). (The op is safe: torch's Negative fallback resolves it.)"""
+    lin = pruned(12, 20, 0.5)
+    sl = kk.SparseLinear.from_dense(lin, dtype)
+    x = torch.randn(5, 20)
+    with torch.no_grad():
+        expected = sl(-x)
+        for negated in (torch._neg_view(x), torch._neg_view(feature_major(x))):
+            torch.testing.assert_close(sl(negated), expected, rtol=0, atol=0)
+            if dtype == torch.float32:  # the op, and its CPU kernel called directly
+                sparse = torch.ops.kompaktor_kernels.sparse_linear.default
+                for op in (kk.EAGER_CPU_KERNELS[sparse], sparse):
+                    got = op(negated, sl.row_ptr, sl.col, sl.values, sl.bias, 20)
+                    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        sl.bias = torch._neg_view(-lin.bias.detach())  # buffers are read in place: refused
+        with pytest.raises(ValueError, match=r"bias is a negated view.*resolve_neg"):
+            sl(x)
+
+
 @pytest.mark.filterwarnings("error::UserWarning")  # torch warns when it loops over the batch
 @pytest.mark.parametrize("dtype", [torch.float32, torch.int8])
 def test_vmap_runs_the_kernel_once_over_the_mapped_dimension(dtype: torch.dtype) -> None:
