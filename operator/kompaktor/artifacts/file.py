@@ -2,8 +2,10 @@
 
 Atomicity comes from writing a temp file in the destination folder, fsyncing it and renaming
 it over the final name. Digests live in a hidden sidecar beside each file that also records the
-file's size and mtime, so a sidecar that no longer matches its file (the file was replaced by
-someone else, or we crashed between the two renames) is ignored and recomputed, never trusted.
+file's identity as git's index does (size, mtime, ctime, inode), so a sidecar that no longer
+matches its file (the file was replaced by someone else, or we crashed between the two renames) is
+ignored and recomputed, never trusted. The ctime and inode catch what size and mtime miss: a
+same-size replacement whose mtime was kept (`cp -p`, `touch -r`, `mv` of such a copy).
 """
 
 from __future__ import annotations
@@ -28,6 +30,16 @@ from kompaktor.artifacts.base import (
     is_under,
 )
 from kompaktor.artifacts.hashing import CHUNK_SIZE, PREFIX, digest_bytes, digest_file, is_digest
+
+
+def _identity(st: os.stat_result) -> dict[str, int]:
+    """What a sidecar must still match for its digest to be the file's."""
+    return {
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "ctime_ns": st.st_ctime_ns,
+        "ino": st.st_ino,
+    }
 
 
 def sidecar_path(path: Path) -> Path:
@@ -97,8 +109,7 @@ class FileStore(ArtifactStore):
 
     def _record(self, path: Path, digest: str) -> None:
         """Write the sidecar for `path` (which must already be in place) atomically."""
-        st = path.stat()
-        body = json.dumps({"digest": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+        body = json.dumps({"digest": digest, **_identity(path.stat())})
         side = sidecar_path(path)
         with atomic_writer(side) as (f, tmp):
             f.write(body.encode())
@@ -113,8 +124,7 @@ class FileStore(ArtifactStore):
             return None
         fresh = (
             isinstance(rec, dict)
-            and rec.get("size") == st.st_size
-            and rec.get("mtime_ns") == st.st_mtime_ns
+            and all(rec.get(name) == value for name, value in _identity(st).items())
             and isinstance(rec.get("digest"), str)
             and is_digest(rec["digest"])
         )

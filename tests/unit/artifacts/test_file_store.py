@@ -163,7 +163,9 @@ def test_get_file_is_atomic_at_destination(store: FileStore, tmp_path: Path) -> 
     side = sidecar_path(store.directory / "k")
     rec = json.loads(side.read_text())
     st = (store.directory / "k").stat()
-    rec.update(size=st.st_size, mtime_ns=st.st_mtime_ns)  # ...and the sidecar forged to match
+    rec.update(  # ...and the sidecar forged to match
+        size=st.st_size, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns, ino=st.st_ino
+    )
     side.write_text(json.dumps(rec))
 
     with pytest.raises(ArtifactError, match="digest mismatch"):
@@ -194,6 +196,27 @@ def test_stale_sidecar_is_not_trusted(store: FileStore) -> None:
 
     assert store.digest("k") == sha(b"two, replaced by someone else")
     assert store.get_bytes("k") == b"two, replaced by someone else"
+
+
+@pytest.mark.parametrize("how", ["in place", "renamed over"])
+def test_a_same_size_replacement_with_its_mtime_kept_is_seen(
+    store: FileStore, tmp_path: Path, how: str
+) -> None:
+    """`cp -p` of another model of the same size, or `mv` of such a copy: size and mtime alone
+    matched, and the cache served the old file's results."""
+    store.put_bytes("model.pt2", b"one")
+    path = store.directory / "model.pt2"
+    assert store.digest("model.pt2") == sha(b"one")
+    before = path.stat()
+    if how == "in place":
+        path.write_bytes(b"two")
+    else:
+        (tmp_path / "copy").write_bytes(b"two")
+        (tmp_path / "copy").replace(path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_mtime_ns == before.st_mtime_ns
+
+    assert store.digest("model.pt2") == sha(b"two")
 
 
 def test_digest_of_missing_key(store: FileStore) -> None:
