@@ -528,7 +528,7 @@ class _Step:
     def cancel_active(self) -> None:
         self.actions[:] = [a for a in self.actions if not isinstance(a, EnsureRun | ProbeCache)]
         for index, rec in enumerate(self.stages):
-            if rec.phase in ("Running", "Retrying"):
+            if rec.phase in ("Pending", "Running", "Retrying"):  # Pending: never to be reached
                 if rec.key and rec.type != "hpo" and rec.phase == "Running":
                     self.actions.append(CancelRun(run_id(rec.name, rec.key, rec.attempts)))
                 self.update_stage(index, phase="Cancelled")
@@ -599,8 +599,21 @@ def step(
             update={"input_digest": None, "dataset_digest": None, "model_file_digests": None}
         )
     if new_generation and status.phase in TERMINAL:
+        # A finished job that is edited runs again: its time budget starts over, and stages
+        # that failed or were cancelled are tried again (the edit may have raised retries or
+        # changed the pool; a run that failed the gate is cached and judged again, unrun).
+        stages = [
+            StageStatus(name=s.name, type=s.type) if s.phase in ("Failed", "Cancelled") else s
+            for s in status.stages
+        ]
         status = status.model_copy(
-            update={"phase": "Running", "message": None, "completion_time": None}
+            update={
+                "phase": "Running",
+                "message": None,
+                "start_time": None,
+                "completion_time": None,
+                "stages": stages,
+            }
         )
     work = _Step(ctx, status, now)
     try:

@@ -301,6 +301,62 @@ class TestBudgetAndControl:
         assert again.status.phase == "Running"
         assert kinds(again, ProbeCache)
 
+    def test_an_edit_long_after_the_job_finished_gets_a_fresh_time_budget(self) -> None:
+        """maxDuration counted from the first start: every edit made later than that (two
+        hours, with the README's 2h) failed at once with BudgetExceeded, running nothing."""
+        budget = {"maxDuration": "1h"}
+        one = [{"name": "train", "type": "train", "params": {"epochs": 1}}]
+        job = ctx(spec(budget=budget, stages=one))
+        result = started(job)
+        run = only_run(result).request
+        done = step(job, result.status, [RunSucceeded(run.run_id, record("train", "d1"))], T0)
+        assert done.status.phase == "Succeeded"
+        later = T0 + timedelta(hours=3)
+        edited = ctx(spec(budget=budget, stages=one, seed=1), generation=2)
+        asked = step(edited, done.status, [], later)
+        again = step(edited, asked.status, [InputsProbed("sha256:in", "sha256:data")], later)
+        assert again.status.phase == "Running", again.status.message
+        assert again.status.start_time == later.strftime("%Y-%m-%dT%H:%M:%SZ")
+        assert kinds(again, ProbeCache)
+
+    def test_a_failed_stage_runs_again_after_an_edit(self) -> None:
+        """Raising retries after a failure re-ran nothing: the job went straight back to
+        Failed. Stages the failure left unreached read Cancelled, not Pending."""
+        job = ctx(spec(stages=[
+            {"name": "train", "type": "train", "params": {"epochs": 1}},
+            {"name": "bench", "type": "benchmark"},
+        ]))  # fmt: skip
+        result = started(job)
+        run = only_run(result).request
+        crashed = RunFailed(run.run_id, "StageCrashed", "exit code 1")
+        failed = step(job, result.status, [crashed], T0)
+        assert failed.status.phase == "Failed"
+        assert [s.phase for s in failed.status.stages] == ["Failed", "Cancelled"]
+        edited = ctx(spec(stages=[
+            {"name": "train", "type": "train", "params": {"epochs": 1}, "retries": 2},
+            {"name": "bench", "type": "benchmark"},
+        ]), generation=2)  # fmt: skip
+        again = reprobed(edited, failed.status)
+        assert again.status.phase == "Running"
+        (probe,) = kinds(again, ProbeCache)
+        rerun = step(edited, again.status, [CacheProbed(probe.key, None)], T0)
+        assert only_run(rerun).request.stage == "train"
+        assert [s.phase for s in rerun.status.stages] == ["Running", "Pending"]
+
+    def test_a_gate_failure_is_judged_again_after_the_bound_is_edited(self) -> None:
+        job = ctx()
+        result = started(job)
+        run = only_run(result).request
+        worse = record("train", "d1", metric=0.90)
+        failed = step(job, result.status, [RunSucceeded(run.run_id, worse)], T0)
+        assert failed.status.phase == "Failed"
+        looser = ctx(spec(objective={"metric": "accuracy", "maxDrop": 0.1}), generation=2)
+        again = reprobed(looser, failed.status)
+        (probe,) = kinds(again, ProbeCache)
+        judged = step(looser, again.status, [CacheProbed(probe.key, worse)], T0)
+        assert judged.status.stages[0].phase == "Succeeded" and judged.status.stages[0].cached
+        assert not kinds(judged, EnsureRun) or only_run(judged).request.stage == "bench"
+
     def test_an_edit_keys_the_model_as_it_is_now(self) -> None:
         """A model replaced under the same URI is seen at the next edit (it used to be keyed by
         the digest probed when the job was first seen, for good)."""
