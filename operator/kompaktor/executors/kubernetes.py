@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -20,7 +20,7 @@ from kompaktor.api.spec import API_VERSION, KIND
 from kompaktor.artifacts import open_store
 from kompaktor.config import OperatorConfig
 from kompaktor.errors import KompaktorError
-from kompaktor.executors.pods import pod_spec
+from kompaktor.executors.pods import CONTAINER, pod_spec
 from kompaktor.plan import Observation, RunFailed, RunRequest, RunStarted, RunSucceeded
 from kompaktor.plan.machine import parse_iso
 
@@ -131,14 +131,38 @@ def finished(job: Obj) -> bool:
     )
 
 
+def _terminated_state(pod: Obj) -> Obj | None:
+    """The stage container's terminated state (or any container's) in `pod`, if it ended."""
+    found: Obj | None = None
+    for status in pod.get("status", {}).get("containerStatuses") or []:
+        terminated = (status.get("state") or {}).get("terminated")
+        if terminated and (found is None or status.get("name") == CONTAINER):
+            found = dict(terminated)
+    return found
+
+
+def _ended(pod: Obj) -> bool:
+    phase = pod.get("status", {}).get("phase")
+    return phase in ("Succeeded", "Failed") or _terminated_state(pod) is not None
+
+
+def _last_pod(pods: Sequence[Obj]) -> Obj | None:
+    """The pod that says how the run ended: the newest one that terminated, else the newest.
+
+    A Job may leave several pods (a retry after an eviction, a replaced pod): the newest by
+    creation time, later in the list on a tie."""
+    if not pods:
+        return None
+    oldest = datetime.min.replace(tzinfo=UTC)
+    ranked = sorted(enumerate(pods), key=lambda item: (_created(item[1], oldest), item[0]))
+    ended = [pod for _, pod in ranked if _ended(pod)]
+    return ended[-1] if ended else ranked[-1][1]
+
+
 def _terminated(pods: Sequence[Obj]) -> Obj | None:
-    """The last pod's terminated container state (a Job with backoffLimit 0 has one pod)."""
-    for pod in reversed(pods):
-        for status in pod.get("status", {}).get("containerStatuses") or []:
-            terminated = (status.get("state") or {}).get("terminated")
-            if terminated:
-                return dict(terminated)
-    return None
+    """The last pod's terminated container state (see `_last_pod`)."""
+    pod = _last_pod(pods)
+    return _terminated_state(pod) if pod is not None else None
 
 
 def started(job: Obj, pods: Sequence[Obj]) -> RunStarted | None:
@@ -166,17 +190,52 @@ def outcome(job: Obj, pods: Sequence[Obj]) -> Observation | None:
     if _condition(job, "Complete") or (job.get("status", {}).get("succeeded") and not
                                        _condition(job, "Failed")):  # fmt: skip
         return _succeeded(rid, message, job)
-    failed = _condition(job, "Failed") or {}
     try:
         failure = RunFailure.model_validate_json(message)
         return RunFailed(rid, failure.reason, failure.message, failure.retryable)
     except (ValidationError, ValueError):
         pass
+    return _failed(rid, job, _last_pod(pods), terminated, message)
+
+
+#: Container reasons that say no more than "it exited": the exit code says the rest.
+GENERIC_TERMINATED = frozenset({"Error", "Completed"})
+
+
+def _failed(rid: str, job: Obj, pod: Obj | None, terminated: Obj, message: str) -> RunFailed:
+    """Why a Job failed, most specific first: the pod's own reason (Evicted), the container's
+    (OOMKilled, ContainerStatusUnknown), its exit code; the Job's condition (BackoffLimitExceeded
+    and the like only summarise) only when no pod says, or when the deadline killed the pod."""
+    failed = _condition(job, "Failed") or {}
+    tail = " | ".join(message.strip().splitlines()[-3:])
     code = terminated.get("exitCode")
-    reason = str(failed.get("reason") or terminated.get("reason") or "JobFailed")
-    tail = message.strip().splitlines()[-3:] if message else []
-    text = " | ".join(tail) or str(failed.get("message") or f"exit code {code}")
-    return RunFailed(rid, reason, text, retryable=code != EXIT_INVALID)
+    exit_text = f"exit code {code}" if code is not None else ""
+    pod_status = pod.get("status", {}) if pod is not None else {}
+    pod_reason = str(pod_status.get("reason") or "")
+    container_reason = str(terminated.get("reason") or "")
+    if container_reason in GENERIC_TERMINATED:
+        container_reason = ""
+    job_reason = str(failed.get("reason") or "JobFailed")
+    job_message = str(failed.get("message") or "the Job failed")
+    where = f"pod {_name(pod)}" if pod is not None else f"Job {_name(job)}, no pod left"
+    if pod_reason:
+        head = str(pod_status.get("message") or f"the pod failed: {pod_reason}").strip()
+        context = ", ".join(part for part in (where, exit_text) if part)
+        return RunFailed(rid, pod_reason, _join(f"{head} ({context})", tail))
+    if container_reason:
+        text = _join(f"{exit_text or 'no exit code'} ({where})", tail)
+        return RunFailed(rid, container_reason, text, retryable=code != EXIT_INVALID)
+    if code is not None and job_reason != "DeadlineExceeded":
+        return RunFailed(rid, "StageCrashed", _join(f"{exit_text} ({where})", tail),
+                         retryable=code != EXIT_INVALID)  # fmt: skip
+    # No pod, a pod that never ended, or a pod the deadline killed: the Job's own word.
+    context = ", ".join(part for part in (where, exit_text) if part)
+    return RunFailed(rid, job_reason, _join(f"{job_message} ({context})", tail),
+                     retryable=code != EXIT_INVALID)  # fmt: skip
+
+
+def _join(head: str, tail: str) -> str:
+    return f"{head}: {tail}" if tail else head
 
 
 #: Waiting reasons no amount of waiting fixes.
@@ -189,10 +248,14 @@ SLOW_WAITING = frozenset(
 
 def stuck(job: Obj, pods: Sequence[Obj], now: datetime, timeout: float) -> RunFailed | None:
     """A run whose pod cannot start: a bad image at once, a missing image, Secret or node after
-    `timeout` seconds. Kubernetes itself would wait until the Job's deadline."""
+    `timeout` seconds; a Job that made no pod in `timeout` seconds (a ResourceQuota, Pod Security
+    admission: the Job controller retries FailedCreate for ever). Kubernetes itself would wait
+    until the Job's deadline, or for ever."""
     rid = run_id_of(job)
     if rid is None or finished(job):
         return None
+    if not pods:
+        return _no_pod(rid, job, now, timeout)
     for pod in pods:
         waited = (now - _created(pod, now)).total_seconds()
         for container in pod.get("status", {}).get("containerStatuses") or []:
@@ -210,6 +273,29 @@ def stuck(job: Obj, pods: Sequence[Obj], now: datetime, timeout: float) -> RunFa
                 detail = condition.get("message") or "no node fits"
                 return RunFailed(rid, "Unschedulable", f"pod {_name(pod)}: {detail}")
     return None
+
+
+#: Job conditions that mean it ends on its own (its pods may be gone already).
+ENDING = frozenset({"FailureTarget", "SuccessCriteriaMet"})
+#: Job status counters of pods it has (had): any of them set means a pod did exist.
+POD_COUNTS = ("active", "ready", "terminating", "succeeded", "failed")
+
+
+def _no_pod(rid: str, job: Obj, now: datetime, timeout: float) -> RunFailed | None:
+    """A Job older than `timeout` with no pod listed and none counted in its status."""
+    status = job.get("status", {})
+    if job.get("spec", {}).get("suspend") or any(status.get(key) for key in POD_COUNTS):
+        return None
+    conditions = [c for c in status.get("conditions") or [] if c.get("status") == "True"]
+    if any(c.get("type") in ENDING for c in conditions):
+        return None
+    if (now - _created(job, now)).total_seconds() <= timeout:
+        return None
+    text = f"Job {_name(job)} created no pod in {timeout:.0f}s"
+    for cond in conditions:
+        if cond.get("message") and cond.get("type") != "Suspended":
+            text += f"; {cond.get('reason') or cond.get('type')}: {cond['message']}"
+    return RunFailed(rid, "NoPod", text)
 
 
 def _created(obj: Obj, now: datetime) -> datetime:
