@@ -131,7 +131,9 @@ class ArtifactsSpec(SpecModel):
     )
     delete_on_job_deletion: bool = Field(
         default=False,
-        description="Delete this job's artifacts when the OptimizationJob is deleted.",
+        description="Delete this job's artifacts when the OptimizationJob is deleted: its whole "
+        "root when that is the operator's per-job default; under an explicit uri, which other "
+        "jobs may share, only the runs its status names that no other OptimizationJob uses.",
     )
 
 

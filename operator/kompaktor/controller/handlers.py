@@ -14,9 +14,9 @@ from typing import Any, cast
 
 import kopf
 
-from kompaktor.api.spec import GROUP, PLURAL, VERSION, OptimizationJobSpec
-from kompaktor.artifacts import open_store
+from kompaktor.api.spec import GROUP, PLURAL, VERSION
 from kompaktor.config import load_config
+from kompaktor.controller.cleanup import delete_artifacts, deletes_artifacts
 from kompaktor.controller.kube import Kube
 from kompaktor.controller.reconciler import Reconciler
 from kompaktor.executors.kubernetes import LABEL_JOB, MANAGED_BY
@@ -39,12 +39,16 @@ class Runtime:
         self._wake: dict[tuple[str, str], asyncio.Event] = {}
 
     @property
-    def reconciler(self) -> Reconciler:
+    def kube(self) -> Kube:
         if self._kube is None:
             if self.connection is None:
                 raise kopf.TemporaryError("not logged in yet", delay=1)
             self._kube = Kube(self.connection)
-        return Reconciler(self._kube, self.config, _emit)
+        return self._kube
+
+    @property
+    def reconciler(self) -> Reconciler:
+        return Reconciler(self.kube, self.config, _emit)
 
     def wake(self, namespace: str, name: str) -> asyncio.Event:
         return self._wake.setdefault((namespace, name), asyncio.Event())
@@ -160,17 +164,14 @@ def _child_pod_changed(
 
 
 def _deletes_artifacts(spec: Mapping[str, Any], **_: Any) -> bool:
-    artifacts: Any = spec.get("artifacts") or {}
-    return bool(artifacts.get("deleteOnJobDeletion"))
+    return deletes_artifacts(spec)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, when=_deletes_artifacts)
 async def _delete_artifacts(
-    spec: kopf.Spec, name: str, namespace: str | None, memo: Any, logger: Log, **_: Any
+    body: kopf.Body, name: str, namespace: str | None, memo: Any, logger: Log, **_: Any
 ) -> None:
-    """Children go by ownerReferences; artifacts only when the job asked for it."""
-    rt = runtime(memo)
-    parsed = OptimizationJobSpec.model_validate(dict(spec))
-    uri = rt.config.artifacts_for(parsed, namespace or "default", name)
-    removed = await asyncio.to_thread(lambda: open_store(uri).delete_prefix(""))
-    logger.info("deleted %d artifacts under %s", removed, uri)
+    """Children go by ownerReferences; artifacts only when the job asked for it, and on a
+    shared root only what no other job uses (`cleanup`)."""
+    rt = runtime(memo)  # rt.kube raises while not logged in yet: kopf retries the handler
+    await delete_artifacts(body, namespace or "default", name, rt.config, lambda: rt.kube, logger)

@@ -30,6 +30,11 @@ def cr_path(namespace: str, name: str = "") -> str:
     return f"{base}/{name}" if name else base
 
 
+def all_crs_path() -> str:
+    """Every OptimizationJob in the cluster (needs cluster-wide list permission)."""
+    return f"/apis/{GROUP}/{VERSION}/{PLURAL}"
+
+
 def jobs_path(namespace: str, name: str = "") -> str:
     base = f"/apis/batch/v1/namespaces/{namespace}/jobs"
     return f"{base}/{name}" if name else base
@@ -83,8 +88,9 @@ class Kube:
                 return None
             raise
 
-    async def list(self, path: str, selector: str) -> list[dict[str, Any]]:
-        data = await self._call("GET", path, params={"labelSelector": selector})
+    async def list(self, path: str, selector: str | None = None) -> list[dict[str, Any]]:
+        params = {"labelSelector": selector} if selector is not None else None
+        data = await self._call("GET", path, params=params)
         return list(data.get("items") or [])
 
     async def create(self, path: str, body: Mapping[str, Any]) -> bool:
