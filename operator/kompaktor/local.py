@@ -49,12 +49,16 @@ def _absolute_model_files(stage: StageSpec, base: Path) -> StageSpec:
 
 
 def localize(job: OptimizationJob, job_dir: Path, artifacts: str | None) -> JobContext:
-    """The job with every URI made absolute (stage params' model files too), and its artifact
-    root chosen."""
+    """The job with every URI made absolute (stage params' model files too), its artifact
+    root chosen, and its pools dropped: this machine is the one pool ("local"), so a benchmark
+    on several pools runs once."""
     spec = job.spec
     model = spec.model.model_copy(update={"uri": _absolute(spec.model.uri, job_dir)})
     dataset = spec.dataset.model_copy(update={"uri": _absolute(spec.dataset.uri, job_dir)})
-    stages = [_absolute_model_files(stage, job_dir) for stage in spec.stages]
+    stages = [
+        _absolute_model_files(stage, job_dir).model_copy(update={"pool": None, "pools": None})
+        for stage in spec.stages
+    ]
     root = artifacts or spec.artifacts.uri or str(job_dir / "artifacts")
     resolved: OptimizationJobSpec = spec.model_copy(
         update={"model": model, "dataset": dataset, "stages": stages}

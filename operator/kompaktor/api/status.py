@@ -32,9 +32,10 @@ class OutputRef(StatusModel):
     digest: str = Field(description="sha256 of the output model file.")
 
 
-class StageStatus(StatusModel):
-    name: str
-    type: str
+class RunSlot(StatusModel):
+    """Where one run of a stage stands: the stage's own, or one pool's of a stage that runs on
+    several pools (a benchmark's `pools`)."""
+
     phase: StagePhase = "Pending"
     key: str | None = Field(
         default=None,
@@ -47,13 +48,34 @@ class StageStatus(StatusModel):
     start_time: str | None = None
     completion_time: str | None = None
     next_retry_time: str | None = None
-    input_digest: str | None = None
     output: OutputRef | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     cost_usd: float | None = Field(default=None, alias="costUSD")
     energy_joules: float | None = None
     energy_method: EnergyMethod | None = None
     message: str | None = None
+
+
+class PoolRun(RunSlot):
+    """One pool's run of a stage that runs on several pools."""
+
+
+class StageStatus(RunSlot):
+    """A stage. One that runs on several pools keeps each pool's run in `pools`; its own
+    fields sum them up: the first pool's metrics and output, every pool's cost and energy."""
+
+    name: str
+    type: str
+    input_digest: str | None = None
+    pools: list[PoolRun] | None = Field(
+        default=None,
+        description="Each pool's run, in the order spec.stages[].pools names them (benchmark "
+        "on several pools only).",
+    )
+
+    def runs(self) -> list[RunSlot]:
+        """Its runs: each pool's, or its own."""
+        return list(self.pools) if self.pools is not None else [self]
 
 
 class TrialRecord(StatusModel):

@@ -62,8 +62,9 @@ def active_runs(status: OptimizationJobStatus) -> dict[str, str | None]:
     """Run id -> the node already recorded, for every run the status says is in flight."""
     runs: dict[str, str | None] = {}
     for stage in status.stages:
-        if stage.phase == "Running" and stage.key and stage.type != "hpo":
-            runs[run_id(stage.name, stage.key, stage.attempts)] = stage.node
+        for run in stage.runs():  # a stage on several pools: each pool's run
+            if run.phase == "Running" and run.key and stage.type != "hpo":
+                runs[run_id(stage.name, run.key, run.attempts)] = run.node
     for trial in status.trials:
         if trial.state == "Running" and trial.key:
             runs[run_id(trial.stage, trial.key, trial.attempts, trial.number)] = "trial"

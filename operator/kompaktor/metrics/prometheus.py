@@ -110,14 +110,15 @@ def _stage_metrics(jobs: dict[tuple[str, str], OptimizationJobStatus]) -> Iterat
     cached = _gauge("kompaktor_stage_cached", "1 when the output was reused from a cache.", STAGE)
     for (namespace, name), status in sorted(jobs.items()):
         for stage in status.stages:
-            labels = [namespace, name, stage.name, stage.type, stage.pool or ""]
-            attempts.add_metric(labels, stage.attempts)
-            cached.add_metric(labels, float(stage.cached))
-            if stage.cost_usd is not None:
-                cost.add_metric(labels, stage.cost_usd)
-            if stage.energy_joules is not None:
-                method = stage.energy_method or "estimate"
-                energy.add_metric([*labels, method], stage.energy_joules)
+            for run in stage.runs():  # a stage on several pools: a series per pool
+                labels = [namespace, name, stage.name, stage.type, run.pool or ""]
+                attempts.add_metric(labels, run.attempts)
+                cached.add_metric(labels, float(run.cached))
+                if run.cost_usd is not None:
+                    cost.add_metric(labels, run.cost_usd)
+                if run.energy_joules is not None:
+                    method = run.energy_method or "estimate"
+                    energy.add_metric([*labels, method], run.energy_joules)
     yield from (cost, energy, attempts, cached)
 
 

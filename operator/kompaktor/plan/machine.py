@@ -15,8 +15,12 @@ from typing import Any
 from kompaktor.api.run import RunRecord
 from kompaktor.api.spec import OptimizationJobSpec, StageSpec
 from kompaktor.api.status import (
+    EnergyMethod,
     JobResult,
     OptimizationJobStatus,
+    PoolRun,
+    RunSlot,
+    StagePhase,
     StageStatus,
     TrialRecord,
 )
@@ -44,9 +48,12 @@ from kompaktor.plan.types import (
     StepResult,
     WriteRecord,
 )
+from kompaktor.stages.base import registry
 from kompaktor.stages.validate import validate_job
 
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
+#: A run's place: its stage's index, and the pool run's index in it (None: the stage's own run).
+Slot = tuple[int, int | None]
 #: Retry n waits base * 2**(n-1) seconds, capped.
 MAX_BACKOFF_SECONDS = 600.0
 
@@ -114,8 +121,52 @@ class _Step:
         self.stages[index] = self.stages[index].model_copy(update=changes)
         return self.stages[index]
 
+    def slots(self, index: int) -> list[tuple[Slot, RunSlot]]:
+        """The stage's runs: one per pool for a stage on several pools, else its own."""
+        rec = self.stages[index]
+        if rec.pools is None:
+            return [((index, None), rec)]
+        return [((index, number), run) for number, run in enumerate(rec.pools)]
+
+    def slot(self, at: Slot) -> RunSlot:
+        index, number = at
+        rec = self.stages[index]
+        return rec if number is None or rec.pools is None else rec.pools[number]
+
+    def update_slot(self, at: Slot, **changes: Any) -> None:
+        index, number = at
+        rec = self.stages[index]
+        if number is None or rec.pools is None:
+            self.update_stage(index, **changes)
+            return
+        runs = list(rec.pools)
+        runs[number] = runs[number].model_copy(update=changes)
+        self.stages[index] = summed(rec, runs)
+
+    def named(self, at: Slot) -> str:
+        """How events and messages name a run: `stage bench`, or `stage bench on pool arm`."""
+        rec = self.stages[at[0]]
+        where = "" if at[1] is None else f" on pool {self.slot(at).pool}"
+        return f"stage {rec.name}{where}"
+
     def pool_for(self, stage: StageSpec) -> str | None:
         return stage.pool_names[0] if stage.pool_names else self.ctx.default_pool
+
+    def key_for(
+        self, stage: StageSpec, params: dict[str, Any], input_digest: str, pool: str | None
+    ) -> str:
+        """The run's cache key. A stage that measures its hardware (a benchmark) is keyed by
+        its pool too: another pool's figures are not this one's."""
+        if pool is not None and registry()[stage.type].multi_pool:
+            params = {**params, "pool": pool}
+        return run_key(
+            input_digest=input_digest,
+            stage_type=stage.type,
+            params=params,
+            dataset_digest=self.status.dataset_digest or "",
+            metric=self.spec.objective.metric,
+            seed=self.spec.seed,
+        )
 
     def cost(self, record: RunRecord, pool: str | None) -> float:
         price = self.ctx.pool_prices.get(pool or "", 0.0)
@@ -129,6 +180,7 @@ class _Step:
         key: str,
         input_uri: str,
         attempt: int,
+        pool: str | None,
         trial: int | None = None,
         trial_context: dict[str, Any] | None = None,
     ) -> RunRequest:
@@ -148,7 +200,7 @@ class _Step:
             task=self.spec.dataset.task,
             seed=self.spec.seed,
             attempt=attempt,
-            pool=self.pool_for(stage),
+            pool=pool,
             timeout_seconds=stage.timeout_seconds,
             trial=trial,
             trial_context=trial_context,
@@ -193,14 +245,15 @@ class _Step:
                 case RunFailed():
                     self.on_failed(obs)
 
-    def _stage_by_run(self, rid: str) -> int | None:
+    def _stage_by_run(self, rid: str) -> Slot | None:
         for index, rec in enumerate(self.stages):
-            if (
-                rec.phase == "Running"
-                and rec.key
-                and rid == run_id(rec.name, rec.key, rec.attempts)
-            ):
-                return index
+            for at, run in self.slots(index):
+                if (
+                    run.phase == "Running"
+                    and run.key
+                    and rid == run_id(rec.name, run.key, run.attempts)
+                ):
+                    return at
         return None
 
     def _trial_by_run(self, rid: str) -> int | None:
@@ -215,13 +268,14 @@ class _Step:
 
     def on_cache(self, obs: CacheProbed) -> None:
         for index, rec in enumerate(self.stages):
-            if rec.phase == "Pending" and rec.key == obs.key and rec.attempts == 0:
-                if obs.record is not None:
-                    self.stage_done(index, obs.record, cached=True)
-                else:
-                    self.update_stage(index, phase="Running", attempts=1, start_time=self.stamp)
-                    self.event("StageStarted", f"stage {rec.name} ({rec.type}) started")
-                return
+            for at, run in self.slots(index):
+                if run.phase == "Pending" and run.key == obs.key and run.attempts == 0:
+                    if obs.record is not None:
+                        self.stage_done(at, obs.record, cached=True)
+                    else:
+                        self.update_slot(at, phase="Running", attempts=1, start_time=self.stamp)
+                        self.event("StageStarted", f"{self.named(at)} ({rec.type}) started")
+                    return
         for index, trial in enumerate(self.trials):
             if trial.state == "Pending" and trial.key == obs.key:
                 if obs.record is not None:
@@ -236,14 +290,14 @@ class _Step:
                 return
 
     def on_started(self, obs: RunStarted) -> None:
-        index = self._stage_by_run(obs.run_id)
-        if index is not None:
-            self.update_stage(index, node=obs.node, pool=obs.pool or self.stages[index].pool)
+        at = self._stage_by_run(obs.run_id)
+        if at is not None:
+            self.update_slot(at, node=obs.node, pool=obs.pool or self.slot(at).pool)
 
     def on_succeeded(self, rid: str, record: RunRecord) -> None:
-        index = self._stage_by_run(rid)
-        if index is not None:
-            self.stage_done(index, record, cached=False)
+        at = self._stage_by_run(rid)
+        if at is not None:
+            self.stage_done(at, record, cached=False)
             return
         tindex = self._trial_by_run(rid)
         if tindex is not None:
@@ -253,57 +307,54 @@ class _Step:
             cost = round(self.cost(record, pool), 6)  # compact: hundreds of trials in status
             self.trials[tindex] = done.model_copy(update={"cost_usd": cost})
 
-    def stage_done(self, index: int, record: RunRecord, *, cached: bool) -> None:
-        rec = self.stages[index]
-        pool = rec.pool or self.pool_for(self.spec.stages[index])
+    def stage_done(self, at: Slot, record: RunRecord, *, cached: bool) -> None:
+        index = at[0]
+        rec, run = self.stages[index], self.slot(at)
+        pool = run.pool or self.pool_for(self.spec.stages[index])
         why = self.gate(record)
-        self.update_stage(
-            index,
+        self.update_slot(
+            at,
             phase="Failed" if why else "Succeeded",
             cached=cached,
             output=record.output,
             metrics=record.metrics,
             completion_time=self.stamp,
-            start_time=rec.start_time or self.stamp,
+            start_time=run.start_time or self.stamp,
             pool=pool,
-            node=record.node or rec.node,
+            node=record.node or run.node,
             cost_usd=0.0 if cached else self.cost(record, pool),
             energy_joules=0.0 if cached else record.energy_joules,
             energy_method=record.energy_method,
             message=why,
         )
+        named = self.named(at)
         if why:
-            self.event("GateFailed", f"stage {rec.name}: {why}", warning=True)
+            self.event("GateFailed", f"{named}: {why}", warning=True)
         elif cached:
-            self.event("CacheHit", f"stage {rec.name} ({rec.type}) reused {record.output.uri}")
+            self.event("CacheHit", f"{named} ({rec.type}) reused {record.output.uri}")
         else:
-            self.event("StageSucceeded", f"stage {rec.name} ({rec.type}) succeeded")
+            self.event("StageSucceeded", f"{named} ({rec.type}) succeeded")
 
     def on_failed(self, obs: RunFailed) -> None:
-        index = self._stage_by_run(obs.run_id)
-        if index is not None:
-            rec = self.stages[index]
-            retries = self.spec.stages[index].retries
+        at = self._stage_by_run(obs.run_id)
+        if at is not None:
+            run, named = self.slot(at), self.named(at)
+            retries = self.spec.stages[at[0]].retries
             message = f"{obs.reason}: {obs.message}"
-            if obs.retryable and rec.attempts <= retries:
+            if obs.retryable and run.attempts <= retries:
                 delay = min(
-                    self.ctx.retry_base_seconds * 2 ** (rec.attempts - 1), MAX_BACKOFF_SECONDS
+                    self.ctx.retry_base_seconds * 2 ** (run.attempts - 1), MAX_BACKOFF_SECONDS
                 )
                 retry_at = iso(self.now + timedelta(seconds=delay))
-                self.update_stage(
-                    index, phase="Retrying", next_retry_time=retry_at, message=message
-                )
+                self.update_slot(at, phase="Retrying", next_retry_time=retry_at, message=message)
                 self.event(
                     "StageRetrying",
-                    f"stage {rec.name} attempt {rec.attempts} failed "
-                    f"({message}); retrying at {retry_at}",
+                    f"{named} attempt {run.attempts} failed ({message}); retrying at {retry_at}",
                     warning=True,
                 )
             else:
-                self.update_stage(
-                    index, phase="Failed", message=message, completion_time=self.stamp
-                )
-                self.event("StageFailed", f"stage {rec.name} failed: {message}", warning=True)
+                self.update_slot(at, phase="Failed", message=message, completion_time=self.stamp)
+                self.event("StageFailed", f"{named} failed: {message}", warning=True)
             return
         tindex = self._trial_by_run(obs.run_id)
         if tindex is not None:
@@ -334,15 +385,13 @@ class _Step:
                 self.reset_stage(index, stage, key=None)
                 continue
             resolved = self.resolve_params(stage)
-            key = run_key(
-                input_digest=input_digest,
-                stage_type=stage.type,
-                params=resolved,
-                dataset_digest=self.status.dataset_digest,
-                metric=self.spec.objective.metric,
-                seed=self.spec.seed,
+            several = len(stage.pool_names) > 1
+            key = self.key_for(
+                stage, resolved, input_digest, None if several else self.pool_for(stage)
             )
             rec = self.ensure_record(index, stage, key, input_digest)
+            if several:
+                rec = self.ensure_pool_runs(index, stage, resolved, input_digest)
             if rec.phase == "Succeeded" and rec.output is not None:
                 input_digest, input_uri = rec.output.digest, rec.output.uri
                 continue
@@ -354,7 +403,7 @@ class _Step:
                 hpo_params = type(params[index]).model_validate(resolved)
                 self.drive_hpo(index, stage, hpo_params, key, input_uri)
             else:
-                self.drive_stage(index, stage, resolved, key, input_uri)
+                self.drive_stage(index, stage, resolved, input_uri)
 
     def resolve_params(self, stage: StageSpec) -> dict[str, Any]:
         """Params as the stage run gets them, every model they name (a teacher, also in an hpo
@@ -382,14 +431,39 @@ class _Step:
             return self.reset_stage(index, stage, key=key, input_digest=input_digest)
         return rec
 
+    def ensure_pool_runs(
+        self, index: int, stage: StageSpec, params: dict[str, Any], input_digest: str
+    ) -> StageStatus:
+        """One run per pool the stage names, each keyed by its pool; runs of pools still
+        named with the same key are kept, those of pools no longer named are cancelled."""
+        rec = self.stages[index]
+        kept: dict[tuple[str | None, str | None], PoolRun | None] = {
+            (run.pool, run.key): run for run in rec.pools or []
+        }
+        runs = []
+        for pool in stage.pool_names:
+            key = self.key_for(stage, params, input_digest, pool)
+            runs.append(kept.pop((pool, key), None) or PoolRun(pool=pool, key=key))
+        for left in kept.values():
+            if left is not None:
+                self.cancel_run(rec.name, left)
+        if runs != rec.pools:
+            self.stages[index] = summed(rec, runs)
+        return self.stages[index]
+
+    def cancel_run(self, name: str, run: RunSlot) -> None:
+        if run.phase == "Running" and run.key:
+            self.actions.append(CancelRun(run_id(name, run.key, run.attempts)))
+
     def reset_stage(
         self, index: int, stage: StageSpec, *, key: str | None, input_digest: str | None = None
     ) -> StageStatus:
         old = self.stages[index] if index < len(self.stages) else None
         if old is not None and old.key == key and old.name == stage.name and key is None:
             return old
-        if old is not None and old.phase == "Running" and old.key and old.type != "hpo":
-            self.actions.append(CancelRun(run_id(old.name, old.key, old.attempts)))
+        if old is not None and old.type != "hpo":
+            for _, run in self.slots(index):
+                self.cancel_run(old.name, run)
         if old is not None:
             self.cancel_trials(old.name)
         fresh = StageStatus(
@@ -397,7 +471,7 @@ class _Step:
             type=stage.type,
             key=key,
             input_digest=input_digest,
-            pool=self.pool_for(stage),
+            pool=None if len(stage.pool_names) > 1 else self.pool_for(stage),
         )
         if index < len(self.stages):
             self.stages[index] = fresh
@@ -413,29 +487,37 @@ class _Step:
         self.trials = [t for t in self.trials if t.stage != stage]
 
     def drive_stage(
-        self, index: int, stage: StageSpec, params: dict[str, Any], key: str, input_uri: str
+        self, index: int, stage: StageSpec, params: dict[str, Any], input_uri: str
     ) -> None:
+        for at, _ in self.slots(index):
+            self.drive_run(at, stage, params, input_uri)
         rec = self.stages[index]
-        request = self.request(index, stage.type, params, key, input_uri, max(rec.attempts, 1))
-        match rec.phase:
+        if rec.phase == "Failed":
+            self.fail(f"stage {stage.name} failed: {rec.message}")
+
+    def drive_run(self, at: Slot, stage: StageSpec, params: dict[str, Any], input_uri: str) -> None:
+        run = self.slot(at)
+        if run.key is None:
+            return
+        pool = run.pool or self.pool_for(stage)
+
+        def request(attempt: int) -> RunRequest:
+            return self.request(at[0], stage.type, params, run.key or "", input_uri, attempt, pool)
+
+        match run.phase:
             case "Pending":
-                self.actions.append(ProbeCache(key, request.output_uri))
+                self.actions.append(ProbeCache(run.key, request(1).output_uri))
             case "Running":
-                self.actions.append(EnsureRun(request))
+                self.actions.append(EnsureRun(request(max(run.attempts, 1))))
             case "Retrying":
-                due = parse_iso(rec.next_retry_time) if rec.next_retry_time else self.now
+                due = parse_iso(run.next_retry_time) if run.next_retry_time else self.now
                 if self.now >= due:
-                    self.update_stage(
-                        index, phase="Running", attempts=rec.attempts + 1, next_retry_time=None
+                    self.update_slot(
+                        at, phase="Running", attempts=run.attempts + 1, next_retry_time=None
                     )
-                    retry = self.request(
-                        index, stage.type, params, key, input_uri, rec.attempts + 1
-                    )
-                    self.actions.append(EnsureRun(retry))
+                    self.actions.append(EnsureRun(request(run.attempts + 1)))
                 else:
                     self.actions.append(Requeue((due - self.now).total_seconds()))
-            case "Failed":
-                self.fail(f"stage {stage.name} failed: {rec.message}")
 
     def drive_hpo(
         self, index: int, stage: StageSpec, params: Any, key: str, input_uri: str
@@ -470,7 +552,7 @@ class _Step:
                 )
             request = self.request(
                 index, outcome.target, trial_flow.target_params(params, trial), trial.key,
-                input_uri, max(trial.attempts, 1), trial.number, context,
+                input_uri, max(trial.attempts, 1), self.pool_for(stage), trial.number, context,
             )  # fmt: skip
             if trial.state == "Pending":
                 self.actions.append(ProbeCache(trial.key, request.output_uri))
@@ -479,7 +561,7 @@ class _Step:
         if outcome.best is not None:
             record = trial_flow.stage_record(params, outcome, out, self.spec)
             self.actions.append(WriteRecord(out, record))
-            self.stage_done(index, record, cached=False)
+            self.stage_done((index, None), record, cached=False)
             self.update_stage(index, cost_usd=sum(t.cost_usd or 0.0 for t in outcome.records))
         elif outcome.failure is not None:
             self.update_stage(
@@ -528,10 +610,11 @@ class _Step:
     def cancel_active(self) -> None:
         self.actions[:] = [a for a in self.actions if not isinstance(a, EnsureRun | ProbeCache)]
         for index, rec in enumerate(self.stages):
-            if rec.phase in ("Pending", "Running", "Retrying"):  # Pending: never to be reached
-                if rec.key and rec.type != "hpo" and rec.phase == "Running":
-                    self.actions.append(CancelRun(run_id(rec.name, rec.key, rec.attempts)))
-                self.update_stage(index, phase="Cancelled")
+            for at, run in self.slots(index):
+                if run.phase in ("Pending", "Running", "Retrying"):  # Pending: never reached
+                    if rec.type != "hpo":
+                        self.cancel_run(rec.name, run)
+                    self.update_slot(at, phase="Cancelled")
         for index, trial in enumerate(self.trials):
             if trial.state in ("Running", "Pending"):
                 if trial.key and trial.state == "Running":
@@ -562,6 +645,60 @@ class _Step:
                 f"BudgetExceeded: cost {spent:.2f} USD is over maxCostUSD {budget.max_cost_usd}"
             )
             self.event("BudgetExceeded", self.status.message or "", warning=True)
+
+
+def summed(rec: StageStatus, runs: list[PoolRun]) -> StageStatus:
+    """A stage on several pools, summed up from its pool runs: failed if one failed, done
+    when all are; the first pool's figures and output (the model is the same on every pool),
+    every pool's cost and energy."""
+    phases = {run.phase for run in runs}
+    phase: StagePhase = next(
+        (p for p in ("Failed", "Running", "Retrying", "Cancelled", "Pending") if p in phases),
+        "Succeeded",
+    )
+    first = runs[0] if runs else PoolRun()
+    costs = [run.cost_usd for run in runs if run.cost_usd is not None]
+    energies = [run.energy_joules for run in runs if run.energy_joules is not None]
+    methods = {run.energy_method for run in runs if run.energy_method is not None}
+    method: EnergyMethod | None = (
+        None if not methods else methods.pop() if len(methods) == 1 else "estimate"
+    )
+    starts = [run.start_time for run in runs if run.start_time]
+    ends = [run.completion_time for run in runs if run.completion_time]
+    problems = [f"pool {run.pool}: {run.message}" for run in runs if run.message]
+    return rec.model_copy(
+        update={
+            "pools": runs,
+            "phase": phase,
+            "attempts": sum(run.attempts for run in runs),
+            "cached": bool(runs) and all(run.cached for run in runs),
+            "output": first.output,
+            "metrics": first.metrics,
+            "node": None,
+            "start_time": min(starts) if starts else None,
+            "completion_time": max(ends) if phase in TERMINAL and ends else None,
+            "next_retry_time": None,
+            "cost_usd": sum(costs) if costs else None,
+            "energy_joules": sum(energies) if energies else None,
+            "energy_method": method,
+            "message": "; ".join(problems) or None,
+        }
+    )
+
+
+def _restartable(rec: StageStatus) -> StageStatus:
+    """A stage (or pool run) cancelled by suspending, ready to run again on resume."""
+    if rec.pools is not None:
+        runs = [
+            run.model_copy(update={"phase": "Pending", "attempts": 0})
+            if run.phase == "Cancelled"
+            else run
+            for run in rec.pools
+        ]
+        return summed(rec, runs)
+    if rec.phase == "Cancelled":
+        return rec.model_copy(update={"phase": "Pending", "attempts": 0})
+    return rec
 
 
 def result_of(stages: Sequence[StageStatus]) -> JobResult | None:
@@ -625,12 +762,7 @@ def step(
         return _finish(work)
     if ctx.spec.suspend:
         work.cancel_active()
-        work.stages = [
-            s.model_copy(update={"phase": "Pending", "attempts": 0})
-            if s.phase == "Cancelled"
-            else s
-            for s in work.stages
-        ]
+        work.stages = [_restartable(s) for s in work.stages]
         work.trials = [t for t in work.trials if t.message != "cancelled"]
         work.finish()
         work.status = work.status.model_copy(update={"phase": "Suspended"})

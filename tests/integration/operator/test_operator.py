@@ -79,6 +79,34 @@ async def test_pipeline_runs_one_owned_job_per_stage(
     assert metrics["kompaktor_stage_attempts", gpu] == 1
 
 
+async def test_a_benchmark_runs_on_every_pool_it_names(
+    fake_cluster: FakeCluster, model_file: Path
+) -> None:
+    """It ran on the first pool only (DESIGN: benchmark "on each pool named")."""
+    cluster, _ = fake_cluster
+    port = free_port()
+    await cluster.start_operator(metrics_port=port)
+    bench = {"name": "bench", "type": "benchmark", "pools": ["cpu", "arm"]}
+    cluster.apply(optimization_job("pools", spec(model_file, prune("a", 0.3), bench)))
+    status = await cluster.wait_phase("pools", ("Succeeded", "Failed"), 60)
+    assert status["phase"] == "Succeeded", status
+    runs = status["stages"][1]["pools"]
+    assert [(r["pool"], r["node"], r["phase"]) for r in runs] == [
+        ("cpu", "node-cpu", "Succeeded"),
+        ("arm", "node-arm", "Succeeded"),
+    ]
+    stage_jobs = [
+        j for j in cluster.jobs() if j["metadata"]["labels"]["kompaktor.io/stage"] == "bench"
+    ]
+    assert len(stage_jobs) == 2
+    assert status["stages"][1]["costUSD"] == pytest.approx(sum(r["costUSD"] for r in runs))
+    metrics = await scrape(port)
+    job = {"namespace": "default", "job": "pools", "stage": "bench", "type": "benchmark"}
+    for run in runs:
+        labels = frozen(job, pool=run["pool"])
+        assert metrics["kompaktor_stage_cost_usd", labels] == pytest.approx(run["costUSD"])
+
+
 Labels = frozenset[tuple[str, str]]
 
 

@@ -409,6 +409,129 @@ def first_run(job: JobContext, status: OptimizationJobStatus) -> EnsureRun:
     return kinds(result, EnsureRun)[0]  # type: ignore[no-any-return]
 
 
+def pools_job(pools: list[str] | None = None, generation: int = 1, **bench: Any) -> JobContext:
+    """train, then a benchmark on several pools (cpu at 3.6 USD/h, arm at 1.8)."""
+    stages = [
+        {"name": "train", "type": "train", "params": {"epochs": 1}},
+        {"name": "bench", "type": "benchmark", "pools": pools or ["cpu", "arm"], **bench},
+    ]
+    return JobContext(
+        name="demo",
+        spec=spec(stages=stages),
+        artifacts_uri="file:///art",
+        generation=generation,
+        default_pool="cpu",
+        pool_prices={"cpu": 3.6, "arm": 1.8},
+        retry_base_seconds=10,
+    )
+
+
+def at_benchmark(job: JobContext) -> StepResult:
+    """train run and succeeded: the benchmark's runs are probed in the cache."""
+    result = started(job)
+    run = only_run(result).request
+    return step(job, result.status, [RunSucceeded(run.run_id, record("train", "d1"))], T0)
+
+
+def bench_record(latency: float) -> RunRecord:
+    return record("benchmark", "d1", latencyMs=latency, speedup=2.0 / latency)
+
+
+class TestBenchmarkOnSeveralPools:
+    """DESIGN: a benchmark runs "on each pool named". It ran on the first pool only, and its
+    key left the pool out, so moving it to another pool reused the first pool's figures."""
+
+    def test_one_run_per_pool_each_keyed_and_priced_by_its_pool(self) -> None:
+        job = pools_job()
+        probed = at_benchmark(job)
+        probes = kinds(probed, ProbeCache)
+        assert len(probes) == 2 and probes[0].key != probes[1].key
+        missed = step(job, probed.status, [CacheProbed(p.key, None) for p in probes], T0)
+        runs = [ensure.request for ensure in kinds(missed, EnsureRun)]
+        assert [r.pool for r in runs] == ["cpu", "arm"]
+        assert len({r.run_id for r in runs}) == 2
+        bench = missed.status.stages[1]
+        assert bench.phase == "Running" and bench.pools is not None
+        assert [(p.pool, p.phase) for p in bench.pools] == [("cpu", "Running"), ("arm", "Running")]
+        first = step(job, missed.status, [RunSucceeded(runs[1].run_id, bench_record(4.0))], T0)
+        assert first.status.phase == "Running"
+        assert first.status.stages[1].phase == "Running"
+        done = step(job, first.status, [RunSucceeded(runs[0].run_id, bench_record(1.0))], T0)
+        assert done.status.phase == "Succeeded"
+        bench = done.status.stages[1]
+        assert bench.phase == "Succeeded" and bench.pools is not None
+        assert {p.pool: p.metrics["latencyMs"] for p in bench.pools} == {"cpu": 1.0, "arm": 4.0}
+        assert bench.metrics["latencyMs"] == 1.0  # the first pool named heads the result
+        assert done.status.result is not None and done.status.result.latency_ms == 1.0
+        # 10 s each: cpu at 3.6 USD/h, arm at 1.8
+        assert bench.cost_usd == pytest.approx(0.01 + 0.005)
+        assert bench.energy_joules == pytest.approx(10.0)
+
+    def test_a_pool_that_fails_fails_the_stage_by_name_and_cancels_the_other(self) -> None:
+        job = pools_job()
+        probed = at_benchmark(job)
+        probes = kinds(probed, ProbeCache)
+        missed = step(job, probed.status, [CacheProbed(p.key, None) for p in probes], T0)
+        cpu, arm = (ensure.request for ensure in kinds(missed, EnsureRun))
+        bad = RunFailed(arm.run_id, "InvalidInput", "no arm64 wheel", retryable=False)
+        failed = step(job, missed.status, [bad], T0)
+        assert failed.status.phase == "Failed"
+        assert "pool arm: InvalidInput: no arm64 wheel" in (failed.status.message or "")
+        assert CancelRun(cpu.run_id) in failed.actions
+        assert [p.phase for p in failed.status.stages[1].pools or []] == ["Cancelled", "Failed"]
+
+    def test_retries_are_per_pool(self) -> None:
+        job = pools_job(retries=1)
+        probed = at_benchmark(job)
+        probes = kinds(probed, ProbeCache)
+        missed = step(job, probed.status, [CacheProbed(p.key, None) for p in probes], T0)
+        _, arm = (ensure.request for ensure in kinds(missed, EnsureRun))
+        flaky = step(job, missed.status, [RunFailed(arm.run_id, "Evicted", "node drained")], T0)
+        assert flaky.status.stages[1].phase == "Running"  # cpu still runs
+        later = step(job, flaky.status, [], T0 + timedelta(seconds=11))
+        (retry,) = (e.request for e in kinds(later, EnsureRun) if e.request.attempt == 2)
+        assert retry.pool == "arm"
+
+    def test_a_pool_kept_after_an_edit_is_reused_and_a_new_pool_runs(self) -> None:
+        job = pools_job(["cpu", "arm"])
+        probed = at_benchmark(job)
+        probes = {p.key for p in kinds(probed, ProbeCache)}
+        moved = pools_job(["arm", "gpu"], generation=2)
+        again = reprobed(moved, probed.status)
+        # The train stage is done; arm keeps its key, gpu gets a key of its own.
+        keys = {p.key for p in kinds(again, ProbeCache)}
+        assert len(keys) == 2 and len(keys & probes) == 1
+
+    def test_one_pool_named_by_pool_or_pools_is_the_same_run(self) -> None:
+        plural = pools_job(["arm"])
+        singular = JobContext(
+            name="demo",
+            spec=spec(stages=[
+                {"name": "train", "type": "train", "params": {"epochs": 1}},
+                {"name": "bench", "type": "benchmark", "pool": "arm"},
+            ]),
+            artifacts_uri="file:///art",
+            default_pool="cpu",
+        )  # fmt: skip
+        (a,) = kinds(at_benchmark(plural), ProbeCache)
+        (b,) = kinds(at_benchmark(singular), ProbeCache)
+        assert a.key == b.key
+        (c,) = kinds(at_benchmark(pools_job(["cpu"])), ProbeCache)
+        assert c.key != a.key
+
+    def test_the_local_runner_benchmarks_once_on_this_machine(self, tmp_path: Path) -> None:
+        job = OptimizationJob.model_validate({
+            "apiVersion": "kompaktor.io/v1alpha1",
+            "kind": "OptimizationJob",
+            "metadata": {"name": "demo"},
+            "spec": pools_job().spec.model_dump(by_alias=True, exclude_none=True),
+        })  # fmt: skip
+        local = localize(job, tmp_path, None)
+        assert [s.pool_names for s in local.spec.stages] == [[], []]
+        (probe,) = kinds(at_benchmark(local), ProbeCache)
+        assert probe.output_uri.split("/runs/")[1].startswith("benchmark-")
+
+
 class TestModelFilesInParams:
     """A model a stage reads besides its input (a distill teacher) is keyed by its content."""
 
