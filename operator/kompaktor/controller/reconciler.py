@@ -71,6 +71,15 @@ def active_runs(status: OptimizationJobStatus) -> dict[str, str | None]:
     return runs
 
 
+def pods_by_run(pods: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    by_run: dict[str, list[Mapping[str, Any]]] = {}
+    for pod in pods:
+        rid = k8s.run_id_of(pod)
+        if rid:
+            by_run.setdefault(rid, []).append(pod)
+    return by_run
+
+
 def observe(
     status: OptimizationJobStatus,
     jobs: Sequence[Mapping[str, Any]],
@@ -82,11 +91,7 @@ def observe(
 
     A run whose pod cannot start is reported failed (its Job is then deleted by the pass)."""
     active = active_runs(status)
-    by_run: dict[str, list[Mapping[str, Any]]] = {}
-    for pod in pods:
-        rid = k8s.run_id_of(pod)
-        if rid:
-            by_run.setdefault(rid, []).append(pod)
+    by_run = pods_by_run(pods)
     found: list[Observation] = []
     for job in jobs:
         rid = k8s.run_id_of(job)
@@ -97,7 +102,7 @@ def observe(
             found.append(start)
         if (result := k8s.outcome(job, mine)) is not None:
             found.append(result)
-        elif failed := k8s.stuck(job, mine, now, start_timeout):
+        elif failed := k8s.stuck(job, mine, now, start_timeout) or k8s.overran(job, mine, now):
             found.append(failed)
     return found
 
@@ -169,6 +174,11 @@ class Reconciler:
         wake = done.wake_after
         if any(pod.get("status", {}).get("phase") == "Pending" for pod in pods):
             wake = min(wake or PENDING_POLL_SECONDS, PENDING_POLL_SECONDS)
+        by_run = pods_by_run(pods)
+        for job in live:  # wake as a stage's timeout runs out
+            left = k8s.time_left(job, by_run.get(k8s.run_id_of(job) or "", []), now)
+            if left is not None:
+                wake = min(wake or ACTIVE_POLL_SECONDS, max(left, 0.0) + 0.5)
         return replace(done, wake_after=wake, status=result.status, deleted=done.deleted + removed)
 
     def context(

@@ -31,8 +31,11 @@ LABEL_TRIAL = "kompaktor.io/trial"
 LABEL_POOL = "kompaktor.io/pool"
 ANNOTATION_RUN = "kompaktor.io/run-id"
 ANNOTATION_OUTPUT = "kompaktor.io/output"
+#: The stage's timeout, which the operator holds the stage container's running time to.
+ANNOTATION_TIMEOUT = "kompaktor.io/timeout-seconds"
 MAX_NAME = 63
-#: Extra seconds over a stage's timeout before Kubernetes kills its pod (image pull, start).
+#: Extra seconds over a stage's timeout before Kubernetes kills its pod (image pull, start):
+#: a backstop; the operator fails the run when the container itself has run too long.
 DEADLINE_SLACK_SECONDS = 60
 
 Obj = Mapping[str, Any]
@@ -71,6 +74,8 @@ def job_manifest(
     if request.trial is not None:
         labels[LABEL_TRIAL] = str(request.trial)
     annotations = {ANNOTATION_RUN: request.run_id, ANNOTATION_OUTPUT: request.output_uri}
+    if request.timeout_seconds is not None:
+        annotations[ANNOTATION_TIMEOUT] = f"{request.timeout_seconds:g}"
     spec: dict[str, Any] = {
         "backoffLimit": 0,
         "template": {
@@ -244,6 +249,31 @@ HOPELESS_WAITING = frozenset({"InvalidImageName", "ErrImageNeverPull"})
 SLOW_WAITING = frozenset(
     {"ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError", "CreateContainerError"}
 )
+
+
+def time_left(job: Obj, pods: Sequence[Obj], now: datetime) -> float | None:
+    """Seconds until the running stage container reaches the stage's timeout (≤ 0: it has);
+    None without a timeout or a running container. The timeout counts the stage's own time,
+    as `kompaktor run` does, not the pod's scheduling and image pull."""
+    limit = (job.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_TIMEOUT)
+    if limit is None:
+        return None
+    for pod in pods:
+        for container in pod.get("status", {}).get("containerStatuses") or []:
+            running = (container.get("state") or {}).get("running") or {}
+            if container.get("name") == CONTAINER and running.get("startedAt"):
+                ran = (now - parse_iso(str(running["startedAt"]))).total_seconds()
+                return float(limit) - ran
+    return None
+
+
+def overran(job: Obj, pods: Sequence[Obj], now: datetime) -> RunFailed | None:
+    """A run whose stage container has run longer than the stage's timeout."""
+    rid, left = run_id_of(job), time_left(job, pods, now)
+    if rid is None or left is None or left > 0 or finished(job):
+        return None
+    limit = float((job.get("metadata", {}).get("annotations") or {})[ANNOTATION_TIMEOUT])
+    return RunFailed(rid, "DeadlineExceeded", f"ran longer than {limit:.0f}s ({_name(job)})")
 
 
 def stuck(job: Obj, pods: Sequence[Obj], now: datetime, timeout: float) -> RunFailed | None:

@@ -204,6 +204,22 @@ async def test_failing_stage_retries_then_fails_the_job(
     assert set(cluster.job_creations().values()) == {1}
 
 
+async def test_a_stage_timeout_holds_the_stage_to_its_own_running_time(
+    fake_cluster: FakeCluster, model_file: Path
+) -> None:
+    """The Job's activeDeadlineSeconds is the timeout plus a minute of slack (scheduling,
+    image pull); it was all there was, so `timeout: 2s` failed after 62 s."""
+    cluster, kubelet = fake_cluster
+    kubelet.env["FAKE_STAGE_SECONDS"] = "120"
+    await cluster.start_operator()
+    slow = prune("a", 0.2, timeout="2s")
+    cluster.apply(optimization_job("slow", spec(model_file, slow)))
+    status = await cluster.wait_phase("slow", ("Succeeded", "Failed"), 30)
+    assert status["phase"] == "Failed", status
+    assert "DeadlineExceeded: ran longer than 2s" in status["stages"][0]["message"]
+    await cluster.wait_for(lambda: not kubelet.running, 30, "the stage pod to be stopped")
+
+
 @pytest.mark.parametrize(("reason", "attempts"), [("InvalidImageName", 1), ("ErrImagePull", 2)])
 async def test_a_pod_that_cannot_start_fails_its_run_with_the_reason(
     fake_cluster: FakeCluster, model_file: Path, reason: str, attempts: int
