@@ -144,8 +144,20 @@ class OptimizationJobStatus(StatusModel):
     stages: list[StageStatus] = Field(default_factory=list)
     trials: list[TrialRecord] = Field(default_factory=list)
     result: JobResult | None = None
-    cost_usd: float | None = Field(default=None, alias="costUSD")
+    cost_usd: float | None = Field(
+        default=None,
+        alias="costUSD",
+        description="What the job's runs cost since it started (or was edited after it "
+        "finished): the stages' and trials' below, and the replaced ones'.",
+    )
     energy_joules: float | None = None
+    replaced_cost_usd: float | None = Field(
+        default=None,
+        alias="replacedCostUSD",
+        description="Of costUSD, what runs cost that an edit or a cancellation has since "
+        "replaced in stages and trials.",
+    )
+    replaced_energy_joules: float | None = None
     message: str | None = None
     conditions: list[Condition] = Field(default_factory=list)
 

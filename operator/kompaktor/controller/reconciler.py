@@ -100,10 +100,12 @@ def observe(
         mine = by_run.get(rid, [])
         if active[rid] is None and (start := k8s.started(job, mine)) is not None:
             found.append(start)
-        if (result := k8s.outcome(job, mine)) is not None:
+        result = k8s.outcome(job, mine)
+        result = result or k8s.stuck(job, mine, now, start_timeout) or k8s.overran(job, mine, now)
+        if isinstance(result, RunFailed):  # a failed attempt is paid for by its time
+            result = replace(result, duration_seconds=k8s.ran_seconds(mine, now))
+        if result is not None:
             found.append(result)
-        elif failed := k8s.stuck(job, mine, now, start_timeout) or k8s.overran(job, mine, now):
-            found.append(failed)
     return found
 
 

@@ -251,6 +251,20 @@ SLOW_WAITING = frozenset(
 )
 
 
+def ran_seconds(pods: Sequence[Obj], now: datetime) -> float:
+    """How long the run's stage container ran (so far, while it runs); 0 if it never started."""
+    pod = _last_pod(pods)
+    for container in (pod or {}).get("status", {}).get("containerStatuses") or []:
+        if container.get("name") != CONTAINER:
+            continue
+        state = container.get("state") or {}
+        span = state.get("terminated") or state.get("running") or {}
+        if span.get("startedAt"):
+            end = parse_iso(str(span["finishedAt"])) if span.get("finishedAt") else now
+            return max((end - parse_iso(str(span["startedAt"]))).total_seconds(), 0.0)
+    return 0.0
+
+
 def time_left(job: Obj, pods: Sequence[Obj], now: datetime) -> float | None:
     """Seconds until the running stage container reaches the stage's timeout (≤ 0: it has);
     None without a timeout or a running container. The timeout counts the stage's own time,

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
@@ -100,18 +100,27 @@ class LocalExecutor:
     def _reap(self) -> None:
         for run_id, process in list(self._running.items()):
             limit = process.request.timeout_seconds
-            if limit is not None and time.monotonic() - process.started > limit:
+            ran = time.monotonic() - process.started
+            if limit is not None and ran > limit:
                 _stop(process.popen)
                 self._close(run_id)
                 self._events.append(
-                    RunFailed(run_id, "DeadlineExceeded", f"ran longer than {limit:.0f}s")
+                    RunFailed(
+                        run_id,
+                        "DeadlineExceeded",
+                        f"ran longer than {limit:.0f}s",
+                        duration_seconds=ran,
+                    )
                 )
                 continue
             code = process.popen.poll()
             if code is None:
                 continue
             self._close(run_id)
-            self._events.append(self._outcome(process, code))
+            outcome = self._outcome(process, code)
+            if isinstance(outcome, RunFailed):
+                outcome = replace(outcome, duration_seconds=ran)
+            self._events.append(outcome)
 
     def _close(self, run_id: str) -> None:
         process = self._running.pop(run_id)

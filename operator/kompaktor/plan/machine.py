@@ -169,8 +169,11 @@ class _Step:
         )
 
     def cost(self, record: RunRecord, pool: str | None) -> float:
-        price = self.ctx.pool_prices.get(pool or "", 0.0)
-        return record.duration_seconds / 3600.0 * price
+        return self.paid(record.duration_seconds, pool)
+
+    def paid(self, seconds: float, pool: str | None) -> float:
+        """USD for `seconds` on `pool` (a run, or a failed attempt)."""
+        return seconds / 3600.0 * self.ctx.pool_prices.get(pool or "", 0.0)
 
     def request(
         self,
@@ -322,7 +325,7 @@ class _Step:
             start_time=run.start_time or self.stamp,
             pool=pool,
             node=record.node or run.node,
-            cost_usd=0.0 if cached else self.cost(record, pool),
+            cost_usd=(run.cost_usd or 0.0) + (0.0 if cached else self.cost(record, pool)),
             energy_joules=0.0 if cached else record.energy_joules,
             energy_method=record.energy_method,
             message=why,
@@ -341,6 +344,8 @@ class _Step:
             run, named = self.slot(at), self.named(at)
             retries = self.spec.stages[at[0]].retries
             message = f"{obs.reason}: {obs.message}"
+            paid = self.paid(obs.duration_seconds, run.pool)
+            self.update_slot(at, cost_usd=(run.cost_usd or 0.0) + paid)
             if obs.retryable and run.attempts <= retries:
                 delay = min(
                     self.ctx.retry_base_seconds * 2 ** (run.attempts - 1), MAX_BACKOFF_SECONDS
@@ -359,8 +364,14 @@ class _Step:
         tindex = self._trial_by_run(obs.run_id)
         if tindex is not None:
             trial = self.trials[tindex]
+            stage = self.spec.stages[self.spec.stage_index(trial.stage)]
+            cost = round(self.paid(obs.duration_seconds, self.pool_for(stage)), 6)
             self.trials[tindex] = trial.model_copy(
-                update={"state": "Failed", "message": f"{obs.reason}: {obs.message}"}
+                update={
+                    "state": "Failed",
+                    "message": f"{obs.reason}: {obs.message}",
+                    "cost_usd": cost,
+                }
             )
 
     def fail(self, message: str) -> None:
@@ -464,6 +475,7 @@ class _Step:
         if old is not None and old.type != "hpo":
             for _, run in self.slots(index):
                 self.cancel_run(old.name, run)
+            self.replaced(old.cost_usd, old.energy_joules)
         if old is not None:
             self.cancel_trials(old.name)
         fresh = StageStatus(
@@ -479,7 +491,22 @@ class _Step:
             self.stages.append(fresh)
         return fresh
 
+    def replaced(self, cost: float | None, energy: float | None) -> None:
+        """Runs dropped from status (an edit re-keyed them) were still paid for."""
+        if not cost and not energy:
+            return
+        before = self.status
+        self.status = before.model_copy(
+            update={
+                "replaced_cost_usd": (before.replaced_cost_usd or 0.0) + (cost or 0.0),
+                "replaced_energy_joules": (before.replaced_energy_joules or 0.0) + (energy or 0.0),
+            }
+        )
+
     def cancel_trials(self, stage: str) -> None:
+        for trial in self.trials:
+            if trial.stage == stage:
+                self.replaced(trial.cost_usd, trial.energy_joules)
         for trial in self.trials:
             if trial.stage == stage and trial.state == "Running" and trial.key:
                 rid = run_id(trial.stage, trial.key, trial.attempts, trial.number)
@@ -590,8 +617,10 @@ class _Step:
         elif phase == "Failed":
             self.cancel_active()
         cost = self.spent()
-        energy = sum(s.energy_joules or 0.0 for s in self.stages) + sum(
-            t.energy_joules or 0.0 for t in self.trials
+        energy = (
+            sum(s.energy_joules or 0.0 for s in self.stages if s.type != "hpo")
+            + sum(t.energy_joules or 0.0 for t in self.trials)
+            + (self.status.replaced_energy_joules or 0.0)
         )
         update: dict[str, Any] = {
             "phase": phase,
@@ -627,7 +656,8 @@ class _Step:
     def spent(self) -> float:
         """USD so far: every stage run plus every HPO trial (an HPO stage only sums its trials)."""
         runs = sum(s.cost_usd or 0.0 for s in self.stages if s.type != "hpo")
-        return runs + sum(t.cost_usd or 0.0 for t in self.trials)
+        trials = sum(t.cost_usd or 0.0 for t in self.trials)
+        return runs + trials + (self.status.replaced_cost_usd or 0.0)
 
     def check_budget(self) -> None:
         budget = self.spec.budget
@@ -749,6 +779,8 @@ def step(
                 "message": None,
                 "start_time": None,
                 "completion_time": None,
+                "replaced_cost_usd": None,
+                "replaced_energy_joules": None,
                 "stages": stages,
             }
         )

@@ -53,6 +53,8 @@ class RunFailed:
     reason: str
     message: str
     retryable: bool = True
+    #: How long the failed attempt ran: it is paid for (cost) as a finished run is.
+    duration_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from kompaktor.executors.kubernetes import ANNOTATION_RUN, outcome, stuck
+from kompaktor.executors.kubernetes import ANNOTATION_RUN, outcome, ran_seconds, stuck
 from kompaktor.plan import RunFailed
 
 JOB = "digits-prune-0123456789-a1"
@@ -197,3 +197,17 @@ def test_a_job_without_pods_and_without_conditions_says_so() -> None:
 )
 def test_a_job_without_pods_is_not_stuck_yet(job_obj: Any, seconds: int) -> None:
     assert stuck(job_obj, [], at(seconds), timeout=60) is None
+
+
+def test_a_failed_attempt_is_timed_from_its_container() -> None:
+    """Failed attempts are paid for by the time their container ran (it was 0: free)."""
+    ended = {"exitCode": 1, "reason": "Error", "startedAt": "2026-01-01T00:00:05Z",
+             "finishedAt": "2026-01-01T00:01:45Z"}  # fmt: skip
+    assert ran_seconds([pod(terminated=ended)], at(600)) == 100.0
+    running = pod(phase="Running")
+    running["status"]["containerStatuses"][0]["state"] = {
+        "running": {"startedAt": "2026-01-01T00:00:10Z"}
+    }
+    assert ran_seconds([running], at(70)) == 60.0
+    assert ran_seconds([pod(phase="Pending")], at(70)) == 0.0
+    assert ran_seconds([], at(70)) == 0.0

@@ -357,6 +357,52 @@ class TestBudgetAndControl:
         assert judged.status.stages[0].phase == "Succeeded" and judged.status.stages[0].cached
         assert not kinds(judged, EnsureRun) or only_run(judged).request.stage == "bench"
 
+    def test_failed_attempts_are_paid_for_and_count_against_the_budget(self) -> None:
+        """A failed attempt cost nothing, so maxCostUSD never stopped a crash-looping stage."""
+        looping = [{"name": "train", "type": "train", "params": {"epochs": 1}, "retries": 5}]
+        job = ctx(spec(stages=looping, budget={"maxCostUSD": 0.15}))  # cpu: 0.001 USD/s
+        status = started(job).status
+        for attempt in (1, 2):
+            now = T0 + timedelta(minutes=attempt)
+            running = step(job, status, [], now)
+            run = next(e.request for e in kinds(running, EnsureRun) if e.request.attempt == attempt)
+            crash = RunFailed(run.run_id, "StageCrashed", "exit code 1", duration_seconds=100.0)
+            status = step(job, running.status, [crash], now).status
+            assert status.cost_usd == pytest.approx(0.1 * attempt)
+        stopped = step(job, status, [], T0 + timedelta(minutes=3))
+        assert stopped.status.phase == "Failed"
+        assert "maxCostUSD" in (stopped.status.message or "")
+        assert not kinds(stopped, EnsureRun)
+
+    def test_a_retried_stage_costs_its_failed_attempts_and_its_run(self) -> None:
+        job = ctx()
+        result = started(job)
+        run = only_run(result).request
+        crash = RunFailed(run.run_id, "Evicted", "node drained", duration_seconds=50.0)
+        failed = step(job, result.status, [crash], T0)
+        later = step(job, failed.status, [], T0 + timedelta(seconds=11))
+        retry = only_run(later).request
+        done = step(job, later.status, [RunSucceeded(retry.run_id, record("train", "d1"))], T0)
+        assert done.status.stages[0].cost_usd == pytest.approx(0.05 + 0.01)
+
+    def test_runs_an_edit_replaces_stay_paid_for(self) -> None:
+        """costUSD summed the stages in status only: an edit that re-keyed a stage dropped
+        what its runs had cost, and maxCostUSD could be evaded by editing."""
+        job = ctx()
+        result = started(job)
+        run = only_run(result).request
+        done = step(job, result.status, [RunSucceeded(run.run_id, record("train", "d1"))], T0)
+        assert done.status.cost_usd == pytest.approx(0.01)
+        edited = spec(stages=[
+            {"name": "train", "type": "train", "params": {"epochs": 2, "lr": 0.01}},
+            {"name": "bench", "type": "benchmark", "params": {"batchSizes": [1]}},
+        ])  # fmt: skip
+        again = reprobed(ctx(edited, generation=2), done.status)
+        assert again.status.stages[0].cost_usd is None  # the new key's record
+        assert again.status.replaced_cost_usd == pytest.approx(0.01)
+        assert again.status.cost_usd == pytest.approx(0.01)
+        assert again.status.energy_joules == pytest.approx(5.0)
+
     def test_an_edit_keys_the_model_as_it_is_now(self) -> None:
         """A model replaced under the same URI is seen at the next edit (it used to be keyed by
         the digest probed when the job was first seen, for good)."""
