@@ -162,8 +162,14 @@ class DistillStage(Stage[DistillParams]):
         if p.student.width_multiplier < 1.0:
             try:
                 student, removed = width_reduce(student, p.student.width_multiplier, example)
-            except TypeError as error:
+            except (TypeError, ValueError) as error:
                 raise StageError(f"distill: params.student.widthMultiplier: {error}") from None
+            if removed == 0:  # a "thinner" student that is the input model would be a surprise
+                raise StageError(
+                    f"distill: params.student.widthMultiplier: {p.student.width_multiplier} "
+                    "keeps every channel of the layers that have removable ones; use a smaller "
+                    "multiplier"
+                )
             ctx.log(f"distill: student has {removed} fewer channels")
             _check_shapes(teacher, student, example)
         loss_fn = soft_target_loss(teacher, p.temperature, p.alpha)

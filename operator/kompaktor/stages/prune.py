@@ -259,15 +259,12 @@ def _structured_layers(
     gm: fx.GraphModule, example: tuple[torch.Tensor, ...], skip: tuple[str, ...]
 ) -> list[str]:
     from kompaktor.surgery import channel_groups
+    from kompaktor.surgery.graph import NO_REMOVABLE_CHANNELS
 
     groups = channel_groups(gm, example)
     names = [n for n in groups if not any(fnmatch.fnmatchcase(n, pat) for pat in skip)]
     if not names:
-        raise StageError(
-            "prune: structured: no layer has removable channels (every conv/linear output "
-            "feeds the model output, a residual add or concat, or an op that mixes channels, "
-            "or params.skip names it)"
-        )
+        raise StageError(f"prune: structured: {NO_REMOVABLE_CHANNELS}, or params.skip names it")
     return names
 
 

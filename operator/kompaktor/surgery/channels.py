@@ -12,7 +12,13 @@ import copy
 import torch
 from torch import fx, nn
 
-from kompaktor.surgery.graph import ChannelGroup, as_graph_module, channel_groups, fetch_tensor
+from kompaktor.surgery.graph import (
+    NO_REMOVABLE_CHANNELS,
+    ChannelGroup,
+    as_graph_module,
+    channel_groups,
+    fetch_tensor,
+)
 from kompaktor.surgery.saliency import channel_l1_scores
 
 aten = torch.ops.aten
@@ -56,6 +62,8 @@ def width_reduce(
     with the largest filter L1 norms (a better start for a student than the first ones)."""
     gm = as_graph_module(copy.deepcopy(module), example)
     groups = channel_groups(gm, example)
+    if not groups:
+        raise ValueError(NO_REMOVABLE_CHANNELS)
     scores = channel_l1_scores(gm, groups)
     keep = {
         name: keep_top(scores[name], round(group.channels * multiplier))

@@ -107,6 +107,13 @@ class _ShapeRecorder(Interpreter):
         return out
 
 
+#: Why a model has no channel group: what pins every conv/linear output's width.
+NO_REMOVABLE_CHANNELS = (
+    "no layer has removable channels (every conv/linear output feeds the model output, a "
+    "residual add or concat, or an op that mixes channels, such as a recurrent layer)"
+)
+
+
 def channel_groups(
     gm: fx.GraphModule, example: tuple[torch.Tensor, ...]
 ) -> dict[str, ChannelGroup]:

@@ -103,6 +103,34 @@ def test_width_multiplier_derives_a_smaller_student(
     assert digits_cnn.conv1.weight.shape[0] == 16  # the teacher (same input) is untouched
 
 
+@pytest.mark.parametrize(
+    ("model", "multiplier", "message"),
+    [
+        (nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), 0.5, "no layer has removable channels"),
+        (
+            nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 10)),
+            0.95,  # round(8 * 0.95) is 8
+            "0.95 keeps every channel",
+        ),
+    ],
+    ids=["nothing-removable", "nothing-removed"],
+)
+def test_a_width_multiplier_that_removes_nothing_is_an_error(
+    digits_data: Dataset,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    model: nn.Module,
+    multiplier: float,
+    message: str,
+) -> None:
+    """It logged "0 fewer channels" and distilled into a full-width "student"."""
+    monkeypatch.setattr("kompaktor.training.fit", lambda *a, **k: pytest.fail("trained"))
+    params = DistillParams.model_validate({"student": {"widthMultiplier": multiplier}})
+    ctx = context(params, model, digits_data, tmp_path)
+    with pytest.raises(StageError, match=f"distill: params.student.widthMultiplier: .*{message}"):
+        DistillStage().run(ctx)
+
+
 def test_teacher_and_student_output_shapes_must_match(
     digits_cnn: fx.GraphModule,
     digits_data: Dataset,
