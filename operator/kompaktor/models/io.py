@@ -61,7 +61,38 @@ def _load_pt2(path: Path) -> nn.Module:
     except UnsafeArchiveError as exc:
         raise KompaktorError(f"refusing pt2 model {path}: {exc}") from exc
     with quiet_torch():
-        return torch.export.load(io.BytesIO(data)).module()
+        program = torch.export.load(io.BytesIO(data))
+    _check_tensor_arguments(path, _pt2_arguments(program))
+    return program.module()
+
+
+#: What every model must take: the dataset's input arrays, one tensor each, in order.
+TENSORS_ONLY = (
+    "Kompaktor feeds a model one tensor per input array of the dataset (x_test, or x_test_0, "
+    "x_test_1, …), in order: export a forward that takes tensors (a wrapper whose "
+    "forward(a, b) builds what the model needs)"
+)
+
+
+def _check_tensor_arguments(path: Path, problems: list[str]) -> None:
+    if problems:
+        raise KompaktorError(f"model {path}: {'; '.join(problems)}. {TENSORS_ONLY}")
+
+
+def _pt2_arguments(program: torch.export.ExportedProgram) -> list[str]:
+    """What an exported forward takes besides positional tensors (a dict, a list, keywords)."""
+    spec = program.call_spec.in_spec
+    if spec is None or spec.num_children != 2:
+        return []
+    args, kwargs = spec.children_specs
+    problems = []
+    for number, child in enumerate(args.children_specs, 1):
+        if not child.is_leaf():
+            keys = f" with keys {', '.join(map(repr, child.context))}" if child.type is dict else ""
+            problems.append(f"its argument {number} is a {child.type.__name__}{keys}")
+    if kwargs.num_children:
+        problems.append(f"it takes keyword arguments ({', '.join(map(repr, kwargs.context))})")
+    return problems
 
 
 def _load_torchscript(path: Path) -> nn.Module:
@@ -73,6 +104,12 @@ def _load_torchscript(path: Path) -> nn.Module:
         )
     module: nn.Module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
     module.eval()
+    arguments = module.forward.schema.arguments[1:]  # type: ignore[attr-defined]
+    takes = ("Tensor", "Optional[Tensor]")
+    _check_tensor_arguments(
+        path,
+        [f"its argument {a.name!r} is {a.type}" for a in arguments if str(a.type) not in takes],
+    )
     return module
 
 

@@ -109,6 +109,44 @@ def test_several_inputs_keep_their_order(
     np.testing.assert_allclose(predictor_for(loaded)(xa, xb), want, atol=1e-5)
 
 
+class DictInput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 2)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.linear(batch["a"] + batch["b"])  # type: ignore[no-any-return]
+
+
+class KeywordInput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor, *, mask: torch.Tensor) -> torch.Tensor:
+        return self.linear(x * mask)  # type: ignore[no-any-return]
+
+
+def test_a_model_that_takes_more_than_tensors_is_refused_at_load(tmp_path: Path) -> None:
+    """A dict input crashed each stage with torch's own flattening error (StageCrashed)."""
+    x = torch.randn(3, 4)
+    dict_input = torch.export.export(DictInput(), ({"a": x, "b": x},))
+    keywords = torch.export.export(KeywordInput(), (x,), {"mask": x})
+    cases = [
+        (dict_input, r"its argument 1 is a dict with keys 'a', 'b'"),
+        (keywords, r"it takes keyword arguments \('mask'\)"),
+    ]
+    for number, (program, problem) in enumerate(cases):
+        path = tmp_path / f"m{number}.pt2"
+        torch.export.save(program, path)
+        with pytest.raises(KompaktorError, match=f"{path}: {problem}.*one tensor per input"):
+            load_model(path)
+    scripted = tmp_path / "dict.pt"
+    torch.jit.save(torch.jit.script(DictInput()), scripted)  # type: ignore[no-untyped-call]
+    with pytest.raises(KompaktorError, match=r"argument 'batch' is Dict\[str, Tensor\]"):
+        load_model(scripted)
+
+
 def test_a_loaded_pt2_module_trains_and_reexports(
     tmp_path: Path,
     saved_digits_cnn: Saved,
