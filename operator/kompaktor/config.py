@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,67 @@ class PeeringConfig(ApiModel):
             ) from None
 
 
+class AdmissionService(ApiModel):
+    """The Service in front of the webhook server: what the API server calls."""
+
+    name: str = Field(min_length=1, description="The Service's name.")
+    namespace: str = Field(min_length=1, description="The Service's namespace.")
+    port: int = Field(default=443, ge=1, le=65535, description="The Service's port.")
+
+
+class AdmissionConfig(ApiModel):
+    """The validating admission webhook: `kubectl apply` refuses a job that reconcile would
+    fail as InvalidSpec. kopf serves it and keeps the ValidatingWebhookConfiguration."""
+
+    enabled: bool = Field(default=False, description="Serve the validating webhook.")
+    address: str = Field(default="0.0.0.0", description="Address the HTTPS server listens on.")
+    port: int = Field(default=9443, ge=1, le=65535, description="Port it listens on.")
+    cert_file: str | None = Field(default=None, description="Server certificate (PEM).")
+    key_file: str | None = Field(default=None, description="Its private key (PEM).")
+    ca_file: str | None = Field(
+        default=None,
+        description="CA bundle the API server verifies the certificate with; unset: the "
+        "certificate itself (self-signed).",
+    )
+    service: AdmissionService | None = Field(
+        default=None,
+        description="The Service the webhook configuration names; unset: the server's own "
+        "https://address:port URL (for development).",
+    )
+
+    @model_validator(mode="after")
+    def _certificate_named(self) -> AdmissionConfig:
+        if self.enabled:
+            for field, path in (("certFile", self.cert_file), ("keyFile", self.key_file)):
+                if not path:
+                    raise ValueError(f"admission.{field}: required when admission is enabled")
+        return self
+
+    def check_files(self) -> None:
+        """The certificate files exist and load as a pair; KompaktorError naming the field.
+        (At start-up, not in the model: the files exist only where the operator runs.)"""
+        named = (("certFile", self.cert_file), ("keyFile", self.key_file), ("caFile", self.ca_file))
+        for field, path in named:
+            if path is not None and not Path(path).is_file():
+                raise KompaktorError(f"admission.{field}: {path}: no such file")
+        if self.cert_file and self.key_file:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            try:
+                context.load_cert_chain(self.cert_file, self.key_file)
+            except (OSError, ssl.SSLError) as error:
+                raise KompaktorError(
+                    f"admission.certFile/keyFile: {self.cert_file} and {self.key_file} do not "
+                    f"load as a certificate and its key: {error}"
+                ) from None
+        if self.ca_file:
+            try:
+                ssl.create_default_context(cafile=self.ca_file)
+            except (OSError, ssl.SSLError) as error:
+                raise KompaktorError(
+                    f"admission.caFile: {self.ca_file}: not a PEM CA bundle: {error}"
+                ) from None
+
+
 class OperatorConfig(ApiModel):
     pools: list[Pool] = Field(
         default_factory=lambda: [Pool(name="cpu")], description="Node pools stages can use."
@@ -133,6 +195,7 @@ class OperatorConfig(ApiModel):
         default=10.0, gt=0, description="Backoff before retry n is this times 2**(n-1)."
     )
     peering: PeeringConfig = Field(default_factory=PeeringConfig)
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
 
     @model_validator(mode="after")
     def _pools_consistent(self) -> OperatorConfig:

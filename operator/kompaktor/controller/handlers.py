@@ -1,7 +1,8 @@
 """kopf registration only: every decision is made by the plan via `Reconciler.run_pass`.
 
 One daemon per OptimizationJob runs passes; events on its Jobs and pods (and spec edits)
-wake it early, and the plan's Requeue sets how long it may sleep otherwise.
+wake it early, and the plan's Requeue sets how long it may sleep otherwise. The validating
+admission webhook (`admission`) runs reconcile's spec checks when `admission.enabled`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import kopf
 
 from kompaktor.api.spec import GROUP, PLURAL, VERSION
 from kompaktor.config import load_config
+from kompaktor.controller import admission
 from kompaktor.controller.cleanup import delete_artifacts, deletes_artifacts
 from kompaktor.controller.kube import Kube
 from kompaktor.controller.reconciler import Reconciler
@@ -96,6 +98,7 @@ async def _startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None
     )
     settings.posting.level = logging.WARNING  # only our own events, not every log line
     settings.watching.server_timeout = 300
+    admission.configure(settings, rt.config)
 
 
 @kopf.on.cleanup()
@@ -137,6 +140,27 @@ async def _job_daemon(name: str, namespace: str | None, memo: Any, logger: Log, 
     finally:  # deleted, or this replica paused: another one exports it now
         rt.forget(namespace, name)
         rt.metrics.forget(namespace, name)
+
+
+@kopf.on.validate(
+    GROUP, VERSION, PLURAL, id=admission.WEBHOOK_ID, operations=list(admission.JUDGED),
+    # Kept when a replica stops (another still serves it); a webhook that cannot be reached
+    # admits, and reconcile still checks, so an uninstalled operator never blocks an update.
+    persistent=True, ignore_failures=True,
+)  # fmt: skip
+def _admit(
+    subresource: str | None,
+    memo: Any,
+    logger: Log,
+    operation: str | None = None,
+    new: Mapping[str, Any] | None = None,
+    old: Mapping[str, Any] | None = None,
+    **_: Any,
+) -> None:
+    admission.review(
+        runtime(memo).config, operation=operation, new=new, old=old, subresource=subresource,
+        logger=logger,
+    )  # fmt: skip
 
 
 def _needs_pass(body: Mapping[str, Any], **_: Any) -> bool:
