@@ -148,6 +148,52 @@ def output_layers(gm: fx.GraphModule) -> set[str]:
     return names
 
 
+#: TorchScript ops that keep their input's last dimension's meaning, as ELEMENTWISE does.
+_TS_ELEMENTWISE = frozenset(
+    f"aten::{op}"
+    for op in (
+        "relu", "relu_", "gelu", "sigmoid", "tanh", "softmax", "log_softmax", "dropout",
+        "dropout_", "add", "add_", "sub", "mul", "div", "clamp", "contiguous", "clone", "to",
+        "flatten", "view", "reshape", "squeeze", "unsqueeze",
+    )
+) | {"prim::TupleConstruct", "prim::ListConstruct", "prim::DictConstruct"}  # fmt: skip
+_TS_LAYERS = frozenset({"aten::linear", "aten::conv1d", "aten::conv2d", "aten::conv3d",
+                        "aten::_convolution"})  # fmt: skip
+
+
+def torchscript_output_layers(module: torch.jit.ScriptModule) -> set[str]:
+    """`output_layers` for TorchScript: the layers whose outputs reach the model's return
+    through width-keeping ops, read from the inlined graph (not the order layers were
+    registered in: a head declared first is still the head)."""
+    graph = module.inlined_graph
+    names: set[str] = set()
+    frontier = list(graph.return_node().inputs())
+    seen: set[Any] = set()
+    while frontier:
+        node = frontier.pop().node()
+        if node in seen:
+            continue
+        seen.add(node)
+        if node.kind() in _TS_LAYERS:
+            name = _ts_attribute(list(node.inputs())[1])
+            if name is not None:
+                names.add(name.removesuffix(".weight"))
+        elif node.kind() in _TS_ELEMENTWISE:
+            frontier.extend(node.inputs())
+    return names
+
+
+def _ts_attribute(value: Any) -> str | None:
+    """The dotted name a TorchScript value is read from (`head.weight`), if it is an attribute
+    chain from the module itself."""
+    parts = []
+    node = value.node()
+    while node.kind() == "prim::GetAttr":
+        parts.append(node.s("name"))
+        node = next(iter(node.inputs())).node()
+    return ".".join(reversed(parts)) if parts and node.kind() == "prim::Param" else None
+
+
 def _producer(node: fx.Node, weight_uses: dict[str, int]) -> ChannelGroup | None:
     if node.op != "call_function" or node.target not in (_CONV, _LINEAR):
         return None

@@ -17,7 +17,7 @@ import torch
 from torch import fx, nn
 from torch.utils.hooks import RemovableHandle
 
-from kompaktor.surgery.graph import output_layers
+from kompaktor.surgery.graph import output_layers, torchscript_output_layers
 
 Scope = Literal["global", "layer"]
 
@@ -36,8 +36,10 @@ def prunable_weights(
     if keep_output and weights:
         if isinstance(module, fx.GraphModule):
             pinned = output_layers(module)
-        else:  # no graph to read (TorchScript): the last matrix is the classifier by convention
-            pinned = {list(weights)[-1]}
+        else:  # TorchScript's graph, else (an eager module) the last matrix by convention
+            if isinstance(module, torch.jit.ScriptModule):
+                pinned = torchscript_output_layers(module)
+            pinned = pinned or {list(weights)[-1]}
     return {
         name: p
         for name, p in weights.items()

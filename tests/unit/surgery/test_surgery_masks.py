@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -30,3 +32,29 @@ def test_held_zeros_stay_zero_through_adam_and_weight_decay() -> None:
             optimizer.step()
             assert bool((weights["0"][~masks["0"]] == 0).all())
     assert sparsity_of(weights) == int((~masks["0"]).sum()) / 36
+
+
+class HeadFirst(nn.Module):
+    """The classifier is declared before the body, so it is not the last matrix registered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(16, 10)
+        self.body = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.head(self.body(x.flatten(1))), -1)
+
+
+def test_torchscript_keeps_the_layer_that_produces_the_output(tmp_path: Path) -> None:
+    """TorchScript kept "the last matrix registered" (body.2) and pruned the classifier."""
+    x = torch.randn(2, 64)
+    for name, scripted in (
+        ("script", torch.jit.script(HeadFirst())),
+        ("trace", torch.jit.trace(HeadFirst(), (x,))),
+    ):
+        path = tmp_path / f"{name}.pt"
+        torch.jit.save(scripted, str(path))  # type: ignore[no-untyped-call]
+        loaded = torch.jit.load(str(path))  # type: ignore[no-untyped-call]
+        assert sorted(prunable_weights(loaded)) == ["body.0", "body.2"], name
+        assert sorted(prunable_weights(loaded, keep_output=False)) == ["body.0", "body.2", "head"]
