@@ -8,22 +8,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from kompaktor.api.messages import describe_errors
 from kompaktor.api.spec import OptimizationJob
 from kompaktor.errors import JobSpecError
-
-
-def describe_validation(error: ValidationError) -> str:
-    """One line per problem: `spec.stages.2.params: …`."""
-    lines = []
-    for item in error.errors():
-        path = ".".join(str(part) for part in item["loc"]) or "document"
-        message = str(item["msg"]).removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            message = "unknown field"
-        elif item["type"] == "missing":
-            message = "required field is missing"
-        lines.append(f"{path}: {message}")
-    return "\n".join(lines)
 
 
 def parse_job(document: Any, source: str) -> OptimizationJob:
@@ -33,7 +20,8 @@ def parse_job(document: Any, source: str) -> OptimizationJob:
         return OptimizationJob.model_validate(document)
     except ValidationError as error:
         raise JobSpecError(
-            f"{source}: invalid OptimizationJob\n{describe_validation(error)}"
+            f"{source}: invalid OptimizationJob\n"
+            + "\n".join(describe_errors(error, document=document))
         ) from None
 
 

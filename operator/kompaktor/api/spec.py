@@ -173,6 +173,11 @@ class Budget(SpecModel):
         return None if self.max_duration is None else parse_duration(self.max_duration)
 
 
+def stage_label(name: str, index: int, stage_type: str) -> str:
+    """How errors name a stage: by its name, its place in the list and its type."""
+    return f"stage {name!r} (spec.stages[{index}], {stage_type})"
+
+
 class StageSpec(SpecModel):
     name: StageName
     type: str = Field(
@@ -214,8 +219,7 @@ class StageSpec(SpecModel):
         return None if self.timeout is None else parse_duration(self.timeout)
 
     def where(self, index: int) -> str:
-        """How errors name this stage: by its name, its place in the list and its type."""
-        return f"stage {self.name!r} (spec.stages[{index}], {self.type})"
+        return stage_label(self.name, index, self.type)
 
     @property
     def pool_names(self) -> list[str]:

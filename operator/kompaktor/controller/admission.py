@@ -22,10 +22,11 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
+from kompaktor.api.messages import describe_errors
 from kompaktor.api.spec import OptimizationJobSpec
 from kompaktor.config import AdmissionConfig, OperatorConfig, check_pools
 from kompaktor.errors import JobSpecError, KompaktorError
-from kompaktor.stages.validate import describe_errors, validate_job
+from kompaktor.stages.validate import validate_job
 
 #: The ValidatingWebhookConfiguration kopf creates and patches (and the webhooks' name suffix).
 MANAGED = "kompaktor.io"
@@ -44,7 +45,7 @@ def problems(
     try:
         parsed = OptimizationJobSpec.model_validate(spec or {})
     except ValidationError as error:
-        return ["; ".join(describe_errors(error, "spec."))]
+        return ["; ".join(describe_errors(error, "spec.", spec))]
     found: list[str] = []
     for check in (
         lambda: check_pools(parsed, config),

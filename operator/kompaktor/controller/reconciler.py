@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from kompaktor.api.messages import describe_errors
 from kompaktor.api.spec import OptimizationJobSpec
 from kompaktor.api.status import OptimizationJobStatus
 from kompaktor.config import OperatorConfig, check_pools
@@ -36,7 +37,6 @@ from kompaktor.plan import (
 from kompaktor.plan.conditions import conditions_for
 from kompaktor.plan.keys import run_id
 from kompaktor.plan.machine import iso
-from kompaktor.stages.validate import describe_errors
 
 #: With runs in flight, look again at least this often even if no event arrives.
 ACTIVE_POLL_SECONDS = 30.0
@@ -189,7 +189,9 @@ class Reconciler:
         try:
             spec = OptimizationJobSpec.model_validate(obj.get("spec") or {})
         except ValidationError as error:
-            raise KompaktorError("; ".join(describe_errors(error, "spec."))) from None
+            raise KompaktorError(
+                "; ".join(describe_errors(error, "spec.", obj.get("spec")))
+            ) from None
         check_pools(spec, self.config)
         return JobContext(
             name=name,

@@ -406,14 +406,14 @@ def _first_point(params: HpoParams) -> dict[str, Any]:
 
 
 def _describe(params: HpoParams, target: str, error: ValidationError) -> list[str]:
-    from kompaktor.stages.validate import _message
+    from kompaktor.api.messages import message as describe
 
     lines = []
     for item in error.errors():
         key = str(item["loc"][0]) if item["loc"] else ""
         rest = "".join(f".{part}" for part in item["loc"][1:])
         where = "space" if key in params.space else "base"
-        message = _message(item)
+        message = describe(item)
         if item["type"] == "missing":
             message = f"{target} requires it; set it in params.base or params.space"
         lines.append(f"params.{where}.{key}{rest}: {message}")

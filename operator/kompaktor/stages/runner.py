@@ -267,7 +267,7 @@ def _curve(request: StageRequest, reports: bool, log: RunLog) -> Curve:
     try:
         context = TrialContext.model_validate(request.trial)
     except ValidationError as error:
-        from kompaktor.stages.validate import describe_errors
+        from kompaktor.api.messages import describe_errors
 
         lines = describe_errors(error, f"stage ({request.type}): --trial.")
         raise JobSpecError("\n".join(lines)) from None

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from kompaktor.api.messages import describe_errors
 from kompaktor.api.spec import DatasetRef, OptimizationJobSpec
 from kompaktor.artifacts import ArtifactError, local_path
 from kompaktor.artifacts.s3 import parse_s3_uri
@@ -29,29 +30,6 @@ _METRIC_TASKS = {
     ),
     "mse": ("regression", "compares outputs with numeric targets", "use accuracy or fidelity"),
 }
-
-
-def describe_errors(error: ValidationError, prefix: str = "") -> list[str]:
-    """pydantic errors as `path: message` lines a user can act on."""
-    lines = []
-    for item in error.errors():
-        path = ".".join(str(part) for part in item["loc"])
-        where = f"{prefix}{path}" if path else prefix.rstrip(".") or "value"
-        lines.append(f"{where}: {_message(item)}")
-    return lines
-
-
-def _message(item: Any) -> str:
-    kind, ctx = item["type"], item.get("ctx") or {}
-    if kind == "literal_error":
-        expected = str(ctx.get("expected", "")).replace("'", "").replace(" or ", ", ")
-        return f"must be one of {expected} (got {item.get('input')!r})"
-    if kind == "extra_forbidden":
-        return "unknown field"
-    if kind == "missing":
-        return "required field is missing"
-    message = str(item["msg"])
-    return message.removeprefix("Value error, ")
 
 
 def parse_params(stage_type: str, params: dict[str, Any], where: str) -> StageParams:
