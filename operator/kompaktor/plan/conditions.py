@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 from kompaktor.api.status import Condition, ConditionType, OptimizationJobStatus
+
+#: `Reason: text` (a run's failure, BudgetExceeded, InvalidSpec), after a pool run's prefix.
+_REASON = re.compile(r"^(?:pool [^:]+: )?([A-Z][A-Za-z]+):")
 
 
 def set_condition(
@@ -35,18 +40,15 @@ def conditions_for(status: OptimizationJobStatus, now: str) -> list[Condition]:
         "Cancelled": "Cancelled",
         "Suspended": "Suspended",
     }[phase]
-    degraded_reason = next(
-        (
-            s.message.split(":", 1)[0]
-            for s in status.stages
-            if s.phase in ("Failed", "Retrying") and s.message
-        ),
-        reason,
-    )
+    troubled = next((s for s in status.stages if s.phase in ("Failed", "Retrying")), None)
+    stage_reason = _reason(troubled.message) if troubled and troubled.message else None
+    degraded_reason = _reason(message) or stage_reason or reason
+    if not message and troubled is not None and troubled.phase == "Retrying":
+        message = f"stage {troubled.name} is retrying: {troubled.message or 'its run failed'}"
     conds = list(status.conditions)
-    conds = set_condition(conds, "Ready", phase == "Succeeded", reason, message, now)
+    conds = set_condition(conds, "Ready", phase == "Succeeded", reason, status.message or "", now)
     conds = set_condition(
-        conds, "Progressing", phase in ("Pending", "Running"), reason, message, now
+        conds, "Progressing", phase in ("Pending", "Running"), reason, status.message or "", now
     )
     degraded = phase == "Failed" or any(s.phase == "Retrying" for s in status.stages)
     conds = set_condition(
@@ -58,3 +60,9 @@ def conditions_for(status: OptimizationJobStatus, now: str) -> list[Condition]:
         now,
     )
     return conds
+
+
+def _reason(message: str) -> str | None:
+    """The machine-readable reason a message starts with (`OOMKilled: …`), if any."""
+    found = _REASON.match(message)
+    return found.group(1) if found else None

@@ -108,6 +108,7 @@ class _Step:
         self.ctx, self.spec, self.now = ctx, ctx.spec, now
         self.stamp = iso(now)
         self.status = status
+        self.phase_before = status.phase
         self.stages: list[StageStatus] = list(status.stages)
         self.trials: list[TrialRecord] = list(status.trials)
         self.actions: list[Action] = []
@@ -457,14 +458,16 @@ class _Step:
             runs.append(kept.pop((pool, key), None) or PoolRun(pool=pool, key=key))
         for left in kept.values():
             if left is not None:
-                self.cancel_run(rec.name, left)
+                self.cancel_run(rec.name, left, f"pool {left.pool} is no longer named")
         if runs != rec.pools:
             self.stages[index] = summed(rec, runs)
         return self.stages[index]
 
-    def cancel_run(self, name: str, run: RunSlot) -> None:
+    def cancel_run(self, name: str, run: RunSlot, why: str) -> None:
         if run.phase == "Running" and run.key:
-            self.actions.append(CancelRun(run_id(name, run.key, run.attempts)))
+            rid = run_id(name, run.key, run.attempts)
+            self.actions.append(CancelRun(rid))
+            self.event("StageCancelled", f"stage {name}: run {rid} stopped: {why}")
 
     def reset_stage(
         self, index: int, stage: StageSpec, *, key: str | None, input_digest: str | None = None
@@ -474,7 +477,7 @@ class _Step:
             return old
         if old is not None and old.type != "hpo":
             for _, run in self.slots(index):
-                self.cancel_run(old.name, run)
+                self.cancel_run(old.name, run, "the spec or its inputs changed")
             self.replaced(old.cost_usd, old.energy_joules)
         if old is not None:
             self.cancel_trials(old.name)
@@ -615,7 +618,9 @@ class _Step:
         elif phase == "Pending" and self.status.input_digest is not None:
             phase = "Running"
         elif phase == "Failed":
-            self.cancel_active()
+            self.cancel_active(f"the job failed: {self.status.message}")
+            if self.phase_before != "Failed":
+                self.event("JobFailed", self.status.message or "the job failed", warning=True)
         cost = self.spent()
         energy = (
             sum(s.energy_joules or 0.0 for s in self.stages if s.type != "hpo")
@@ -636,13 +641,13 @@ class _Step:
             update["completion_time"] = self.stamp
         self.status = self.status.model_copy(update=update)
 
-    def cancel_active(self) -> None:
+    def cancel_active(self, why: str) -> None:
         self.actions[:] = [a for a in self.actions if not isinstance(a, EnsureRun | ProbeCache)]
         for index, rec in enumerate(self.stages):
             for at, run in self.slots(index):
                 if run.phase in ("Pending", "Running", "Retrying"):  # Pending: never reached
                     if rec.type != "hpo":
-                        self.cancel_run(rec.name, run)
+                        self.cancel_run(rec.name, run, why)
                     self.update_slot(at, phase="Cancelled")
         for index, trial in enumerate(self.trials):
             if trial.state in ("Running", "Pending"):
@@ -793,7 +798,7 @@ def step(
         work.finish()
         return _finish(work)
     if ctx.spec.suspend:
-        work.cancel_active()
+        work.cancel_active("the job is suspended (spec.suspend)")
         work.stages = [_restartable(s) for s in work.stages]
         work.trials = [t for t in work.trials if t.message != "cancelled"]
         work.finish()

@@ -19,6 +19,7 @@ from kompaktor.local import localize
 from kompaktor.plan import (
     CacheProbed,
     CancelRun,
+    EmitEvent,
     EnsureRun,
     InputsProbed,
     JobContext,
@@ -233,6 +234,48 @@ class TestFailures:
         result = step(ctx(bad), OptimizationJobStatus(), [], T0)
         assert result.status.phase == "Failed"
         assert "stage 't' (spec.stages[0], train): params.lr" in (result.status.message or "")
+
+
+class TestEventsAndConditions:
+    """What `kubectl describe oj` shows: a JobFailed event, why a run was stopped, and a
+    Degraded condition that names the reason (there was no JobFailed event, a cancelled run
+    showed only as a second StageStarted, and Degraded read "Failed" on a budget failure and
+    had no message while a stage retried)."""
+
+    def test_a_failed_job_says_so_once_and_names_its_reason(self) -> None:
+        job = ctx(spec(budget={"maxDuration": "1m"}))
+        result = started(job)
+        run = only_run(result).request
+        late = step(job, result.status, [], T0 + timedelta(minutes=2))
+        reasons = [e.reason for e in kinds(late, EmitEvent)]
+        assert reasons.count("JobFailed") == 1 and "StageCancelled" in reasons
+        stopped = next(e for e in kinds(late, EmitEvent) if e.reason == "StageCancelled")
+        assert run.run_id in stopped.message and "BudgetExceeded" in stopped.message
+        degraded = next(c for c in late.status.conditions if c.type == "Degraded")
+        assert degraded.reason == "BudgetExceeded"
+        assert kinds(step(job, late.status, [], T0 + timedelta(minutes=3)), EmitEvent) == []
+
+    def test_a_retrying_stage_says_why_in_degraded(self) -> None:
+        job = ctx()
+        result = started(job)
+        run = only_run(result).request
+        failed = step(job, result.status, [RunFailed(run.run_id, "OOMKilled", "137")], T0)
+        degraded = next(c for c in failed.status.conditions if c.type == "Degraded")
+        assert degraded.status == "True" and degraded.reason == "OOMKilled"
+        assert degraded.message == "stage train is retrying: OOMKilled: 137"
+
+    def test_an_edit_that_stops_a_run_says_so(self) -> None:
+        job = ctx()
+        result = started(job)
+        run = only_run(result).request
+        edited = spec(stages=[
+            {"name": "train", "type": "train", "params": {"epochs": 2, "lr": 0.01}},
+            {"name": "bench", "type": "benchmark", "params": {"batchSizes": [1]}},
+        ])  # fmt: skip
+        again = reprobed(ctx(edited, generation=2), result.status)
+        assert CancelRun(run.run_id) in again.actions
+        stopped = [e for e in kinds(again, EmitEvent) if e.reason == "StageCancelled"]
+        assert len(stopped) == 1 and "the spec or its inputs changed" in stopped[0].message
 
 
 class TestBudgetAndControl:
