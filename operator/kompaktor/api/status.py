@@ -139,8 +139,13 @@ class OptimizationJobStatus(StatusModel):
         description="URI -> sha256 of each model file that stage params name (a distill "
         "teacher's uri): the cache keys of the stages that read it follow it.",
     )
-    start_time: str | None = None
+    start_time: str | None = Field(
+        default=None,
+        description="When the job started; moved on by the time it spent suspended, so "
+        "budget.maxDuration counts the time it could run.",
+    )
     completion_time: str | None = None
+    suspend_time: str | None = Field(default=None, description="When it was suspended.")
     stages: list[StageStatus] = Field(default_factory=list)
     trials: list[TrialRecord] = Field(default_factory=list)
     result: JobResult | None = None

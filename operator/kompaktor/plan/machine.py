@@ -802,10 +802,17 @@ def step(
         work.stages = [_restartable(s) for s in work.stages]
         work.trials = [t for t in work.trials if t.message != "cancelled"]
         work.finish()
-        work.status = work.status.model_copy(update={"phase": "Suspended"})
+        since = status.suspend_time if status.phase == "Suspended" else work.stamp
+        work.status = work.status.model_copy(update={"phase": "Suspended", "suspend_time": since})
         return _finish(work)
     if status.phase == "Suspended":
-        work.status = work.status.model_copy(update={"phase": "Running"})
+        # The time budget counts time the job may run: the suspension moves its start on.
+        start, since = status.start_time, status.suspend_time
+        if start is not None and since is not None:
+            start = iso(parse_iso(start) + (now - parse_iso(since)))
+        work.status = work.status.model_copy(
+            update={"phase": "Running", "start_time": start, "suspend_time": None}
+        )
     work.observe(observations)
     if work.status.phase != "Failed":
         work.check_budget()

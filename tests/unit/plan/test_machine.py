@@ -309,6 +309,26 @@ class TestBudgetAndControl:
         running = step(ctx(generation=3), resumed.status, [CacheProbed(probe.key, None)], T0)
         assert only_run(running).request.attempt == 1
 
+    def test_time_suspended_does_not_count_against_max_duration(self) -> None:
+        """A job suspended past its budget failed with BudgetExceeded the moment it resumed."""
+        budget = {"maxDuration": "1h"}
+        job = ctx(spec(budget=budget))
+        result = started(job)
+        paused = step(ctx(spec(budget=budget, suspend=True), generation=2), result.status, [], T0)
+        assert paused.status.phase == "Suspended"
+        later = T0 + timedelta(hours=3)
+        still = step(ctx(spec(budget=budget, suspend=True), generation=2), paused.status, [], later)
+        assert still.status.phase == "Suspended"
+        resumed_job = ctx(spec(budget=budget), generation=3)
+        asked = step(resumed_job, still.status, [], later)
+        resumed = step(resumed_job, asked.status, [InputsProbed("sha256:in", "sha256:data")], later)
+        assert resumed.status.phase == "Running", resumed.status.message
+        assert resumed.status.start_time == later.strftime("%Y-%m-%dT%H:%M:%SZ")
+        (probe,) = kinds(resumed, ProbeCache)
+        running = step(resumed_job, resumed.status, [CacheProbed(probe.key, None)], later)
+        over = step(resumed_job, running.status, [], later + timedelta(minutes=61))
+        assert over.status.phase == "Failed" and "maxDuration" in (over.status.message or "")
+
     def test_spec_edit_reruns_from_the_changed_stage_only(self) -> None:
         job = ctx()
         result = started(job)
