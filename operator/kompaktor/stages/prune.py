@@ -163,11 +163,13 @@ def _unstructured(
         sparsity_of,
         sparsity_schedule,
     )
+    from kompaktor.surgery.masks import excluded_weights
 
     p = ctx.params
     weights = prunable_weights(module, p.skip, p.keep_output_layer)
+    excluded = excluded_weights(module, p.skip, p.keep_output_layer)
     if not weights:
-        raise StageError("prune: no conv/linear weights left to prune (check params.skip)")
+        raise StageError(f"prune: no conv/linear weights left to prune: {_why_none(excluded)}")
     masks: dict[str, torch.Tensor] = {}
     targets = sparsity_schedule(p.sparsity, p.steps, p.schedule)
     for step, target in enumerate(targets):
@@ -184,6 +186,7 @@ def _unstructured(
     details: dict[str, Any] = {
         "layers": {name: round(sparsity_of({name: w}), 4) for name, w in weights.items()},
         "schedule": [round(t, 4) for t in targets],
+        "notPruned": {why: names for why, names in excluded.items() if names},
     }
     metrics = {
         "sparsity": sparsity_of(weights),
@@ -193,6 +196,16 @@ def _unstructured(
     if p.runtime == "sparse":
         module = _sparse_runtime(ctx, module, metrics, details)
     return StageResult(module=module, metrics=metrics, details=details)
+
+
+def _why_none(excluded: Mapping[str, list[str]]) -> str:
+    reasons = {
+        "output": "params.keepOutputLayer keeps the output layer(s) {}",
+        "skip": "params.skip names {}",
+        "other": "only conv/linear `weight` matrices are pruned, not {}",
+    }
+    found = [reasons[why].format(", ".join(names)) for why, names in excluded.items() if names]
+    return "; ".join(found) or "the model has no conv or linear layer"
 
 
 def _weight_scores(

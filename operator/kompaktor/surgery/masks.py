@@ -47,6 +47,22 @@ def prunable_weights(
     }
 
 
+def excluded_weights(
+    module: nn.Module, skip: Sequence[str] = (), keep_output: bool = True
+) -> dict[str, list[str]]:
+    """What `prunable_weights` leaves out, and why: `output` (the layers it keeps, as
+    keepOutputLayer asks), `skip` (a glob names them), `other` (matrices that are no conv or
+    linear `weight`: recurrent, attention in-projections, embeddings tables by another name)."""
+    matrices = [name for name, p in module.named_parameters() if p.dim() >= 2]
+    layers = prunable_weights(module, (), keep_output=False)
+    kept = prunable_weights(module, (), keep_output)
+    return {
+        "output": sorted(set(layers) - set(kept)),
+        "skip": sorted(n for n in kept if any(fnmatch.fnmatchcase(n, pat) for pat in skip)),
+        "other": sorted(n for n in matrices if n.removesuffix(".weight") not in layers),
+    }
+
+
 def masks_for_sparsity(
     scores: Mapping[str, torch.Tensor], sparsity: float, scope: Scope
 ) -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from kompaktor.surgery import hold_masks, masks_for_sparsity, prunable_weights, sparsity_of
+from kompaktor.surgery.masks import excluded_weights
 
 
 def test_mask_counts_are_exact_in_both_scopes() -> None:
@@ -58,3 +59,27 @@ def test_torchscript_keeps_the_layer_that_produces_the_output(tmp_path: Path) ->
         loaded = torch.jit.load(str(path))  # type: ignore[no-untyped-call]
         assert sorted(prunable_weights(loaded)) == ["body.0", "body.2"], name
         assert sorted(prunable_weights(loaded, keep_output=False)) == ["body.0", "body.2", "head"]
+
+
+class Recurrent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(8, 16, batch_first=True)
+        self.skipme = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x)
+        return self.head(torch.relu(self.skipme(out[:, -1])))  # type: ignore[no-any-return]
+
+
+def test_what_is_not_pruned_is_named_with_its_reason() -> None:
+    """A GRU's prune failed with "check params.skip" although no skip was set."""
+    gm = torch.export.export(Recurrent(), (torch.randn(2, 8, 8),)).module()
+    excluded = excluded_weights(gm, skip=("skip*",))
+    assert excluded == {
+        "output": ["head"],
+        "skip": ["skipme"],
+        "other": ["rnn.weight_hh_l0", "rnn.weight_ih_l0"],
+    }
+    assert list(prunable_weights(gm, skip=("skip*",))) == []
