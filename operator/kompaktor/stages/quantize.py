@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
@@ -28,6 +28,9 @@ from kompaktor.stages.base import (
     StageResult,
 )
 
+if TYPE_CHECKING:
+    from kompaktor.quant.trial import TrialError
+
 IntType = Literal["int8", "uint8"]
 
 
@@ -36,8 +39,9 @@ class QuantizeParams(StageParams):
         "static",
         description="dynamic: int8 weights, activations quantized at run time (no data); "
         "static: int8 weights and activations calibrated on training data; qat: fake-quant "
-        "fine-tuning first, then static; fp16: half-precision weights (ONNX); bf16: bfloat16 "
-        "weights and compute behind float32 inputs and outputs (a .pt2; needs a .pt2 input).",
+        "fine-tuning first, then static (needs a .pt2 input); fp16: half-precision weights "
+        "(ONNX); bf16: bfloat16 weights and compute behind float32 inputs and outputs (a .pt2; "
+        "needs a .pt2 input).",
     )
     per_channel: bool = Field(True, description="One int8 scale per output channel of weights.")
     calibration_samples: int = Field(
@@ -85,10 +89,13 @@ class QuantizeStage(Stage[QuantizeParams]):
                 "params.mode: bf16 rewrites a torch.export graph and needs a pt2 model (got "
                 f"{plan.input_format}); use fp16 for a half-precision ONNX model"
             )
-        if params.mode == "qat" and plan.input_format == "onnx":
+        if params.mode == "qat" and plan.input_format != "pt2":
+            # Fake quantization rewrites the torch.export graph; a TorchScript module cannot be
+            # re-traced into one (kompaktor.surgery.as_graph_module refuses it at run time).
             raise ValueError(
-                "params.mode: qat fine-tunes in PyTorch and needs a pt2 or TorchScript model "
-                "(got onnx); use static for an ONNX model"
+                "params.mode: qat inserts fake quantization into a torch.export graph and needs "
+                f"a pt2 model (got {plan.input_format}); export the model with torch.export "
+                "as .pt2, or use static (no fine-tuning) for this model"
             )
 
     def run(self, ctx: StageContext[QuantizeParams]) -> StageResult:
@@ -132,6 +139,7 @@ def _to_onnx(ctx: StageContext[QuantizeParams]) -> _Written:
             "activationType": p.activation_type,
             "weightType": p.weight_type,
         }
+    _try_onnx(ctx, source, target)
     return source, target, details
 
 
@@ -144,12 +152,54 @@ def _bf16(ctx: StageContext[QuantizeParams]) -> _Written:
     module, example = _torch_source(ctx)
     if not isinstance(module, fx.GraphModule):
         raise StageError("quantize: params.mode: bf16 needs a torch.export (pt2) model")
+    converted = to_bfloat16(module)
+    _try_torch(ctx, module, converted)
     source = save_torch(module, example, ctx.work_dir / "float.pt2")  # the same graph in fp32
-    target = save_torch(to_bfloat16(module), example, ctx.work_dir / "model.pt2")
+    target = save_torch(converted, example, ctx.work_dir / "model.pt2")
     native = native_bf16()
     if not native:
         ctx.log("quantize: bf16: this CPU has no native bfloat16 (AVX512_BF16/AMX): slower here")
     return source, target, {"mode": "bf16", "nativeBf16": native}
+
+
+def _try_torch(ctx: StageContext[QuantizeParams], source: Any, converted: Any) -> None:
+    """StageError naming the failing op when the converted model cannot run a sample batch."""
+    from kompaktor.quant import torch_inputs
+    from kompaktor.quant.trial import TrialError, trial_batch, try_torch
+
+    batch = trial_batch(ctx.dataset.inputs("train"), torch_inputs(source))
+    if batch is None:
+        return
+    try:
+        try_torch(converted, batch)
+    except TrialError as error:
+        raise StageError(_trial_failed(ctx, error, len(batch[0]))) from None
+
+
+def _try_onnx(ctx: StageContext[QuantizeParams], source: Path, target: Path) -> None:
+    """StageError naming the failing op when ONNX Runtime cannot run the quantized model on a
+    sample batch; the file is removed, so nothing unrunnable is handed on."""
+    from kompaktor.quant import onnx_inputs
+    from kompaktor.quant.trial import TrialError, trial_batch, try_onnx
+
+    batch = trial_batch(ctx.dataset.inputs("train"), onnx_inputs(source))
+    if batch is None:
+        return
+    try:
+        try_onnx(target, batch)
+    except TrialError as error:
+        target.unlink(missing_ok=True)
+        raise StageError(_trial_failed(ctx, error, len(batch[0]))) from None
+
+
+def _trial_failed(ctx: StageContext[QuantizeParams], error: TrialError, rows: int) -> str:
+    mode = ctx.params.mode
+    at = f" at op {error.op}" if error.op else ""
+    return (
+        f"quantize: params.mode: {mode}: the {mode} model fails on {rows} rows of dataset "
+        f"{ctx.dataset.name} (train split){at}: {error.message}; this model cannot be "
+        "quantized this way: choose another params.mode"
+    )
 
 
 def _torch_source(ctx: StageContext[QuantizeParams]) -> tuple[Any, tuple[Any, ...]]:
