@@ -268,10 +268,10 @@ def check(params: HpoParams, plan: PlanContext | None = None) -> None:
         if grid_size(distributions(params)) > MAX_GRID:
             raise ValueError(f"params.space: the grid has more than {MAX_GRID} points")
     first = _first_point(params)
-    target_params = _validated(params, target, first)
+    points = [_validated(params, target, first)]
     for key, values in _extremes(params).items():
         for value in values:  # every end of a range and every choice must work
-            _validated(params, target, {**first, key: value})
+            points.append(_validated(params, target, {**first, key: value}))
     _check_pruner(params, target)
     if plan is not None:
         if plan.input_format not in target.accepts:
@@ -280,10 +280,11 @@ def check(params: HpoParams, plan: PlanContext | None = None) -> None:
                 f"params.target: {params.target} cannot take {plan.input_format} models "
                 f"(it needs {accepted})"
             )
-        try:
-            target().check(target_params, plan)
-        except ValueError as error:
-            raise ValueError(f"params.target ({params.target}): {error}") from None
+        for point in points:  # and with this input (qat among the choices for a .pt model)
+            try:
+                target().check(point, plan)
+            except ValueError as error:
+                raise ValueError(f"params.target ({params.target}): {error}") from None
 
 
 def _validated(params: HpoParams, target: type[Stage[Any]], point: dict[str, Any]) -> StageParams:

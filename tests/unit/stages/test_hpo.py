@@ -324,3 +324,21 @@ def test_a_search_that_cannot_work_is_refused_with_stage_and_field(
     with pytest.raises(JobSpecError) as error:
         validate_job(spec)
     assert f"stage 'tune' (spec.stages[0], hpo): {message}" in str(error.value)
+
+
+def test_every_choice_is_checked_against_the_input_model() -> None:
+    """Only the first point met the target's plan-time check: `choices: [static, qat]` on a
+    TorchScript model passed validation and every qat trial failed at run time."""
+    from kompaktor.api.spec import OptimizationJobSpec
+    from kompaktor.stages.validate import validate_job
+
+    search = {"target": "quantize", "trials": 2, "space": {"mode": {"choices": ["static", "qat"]}}}
+    spec = OptimizationJobSpec.model_validate(
+        {
+            "model": {"uri": "file:///m/model.pt"},
+            "dataset": {"uri": "sklearn:digits"},
+            "stages": [{"name": "tune", "type": "hpo", "params": search}],
+        }
+    )
+    with pytest.raises(JobSpecError, match=r"params\.target \(quantize\): params\.mode: qat .*pt2"):
+        validate_job(spec)
