@@ -108,6 +108,8 @@ class QuantizeStage(Stage[QuantizeParams]):
             "sizeBytesAfter": float(after),
             "compressionRatio": before / max(after, 1),
         }
+        if p.mode != "bf16":
+            metrics |= _runtime_and_quantization(ctx, source, target)
         return StageResult(
             path=target,
             output_format=self.output_format(ctx.model.format, p),
@@ -117,6 +119,24 @@ class QuantizeStage(Stage[QuantizeParams]):
 
 
 _Written = tuple[Path, Path, dict[str, Any]]  # the fp32 source, the quantized file, details
+
+
+def _runtime_and_quantization(
+    ctx: StageContext[QuantizeParams], source: Path, target: Path
+) -> dict[str, float]:
+    """The quantized model's latency beside the fp32 ONNX it was made from, in the same runtime
+    (ONNX Runtime): how much of a speed-up over a torch input is quantization's, and how much
+    the runtime's (`latencyMsFloat`, `speedupOverFloat`)."""
+    from kompaktor.models import LoadedModel
+    from kompaktor.stages.runner import batch1_latency_ms
+
+    quantized = batch1_latency_ms(LoadedModel("onnx", target, None), ctx.dataset)
+    floating = batch1_latency_ms(LoadedModel("onnx", source, None), ctx.dataset)
+    return {
+        "latencyMs": quantized,
+        "latencyMsFloat": floating,
+        "speedupOverFloat": floating / max(quantized, 1e-9),
+    }
 
 
 def _to_onnx(ctx: StageContext[QuantizeParams]) -> _Written:

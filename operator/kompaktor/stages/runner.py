@@ -351,11 +351,9 @@ def output_metrics(
     measured latency itself (benchmark) keeps its more careful figure, and a stage that held
     validation rows out of a dataset without a val split (train) keeps its valMetric.
     """
-    import torch
 
     from kompaktor.evaluate import (
         has_rows,
-        measure_latency,
         metric,
         model_size_bytes,
         parameter_count,
@@ -374,24 +372,34 @@ def output_metrics(
     if has_rows(dataset, "val"):
         metrics["valMetric"] = metric(name, predictor, dataset, "val", reference=against)
     if "latencyMs" not in stage_metrics:
-        # One thread, as the benchmark stage defaults to: stable on a shared node, and what
-        # an HPO latency objective should compare. The caller's thread count comes back after
-        # (an in-process HPO trial goes on training on all of them).
-        threads = torch.get_num_threads()
-        try:
-            torch.set_num_threads(1)
-            latency = measure_latency(
-                predictor_for(output, threads=1),
-                dataset.inputs("test"),
-                1,
-                warmup=LATENCY_WARMUP,
-                iterations=LATENCY_ITERATIONS,
-                min_seconds=LATENCY_SECONDS,
-            )
-        finally:
-            torch.set_num_threads(threads)
-        metrics["latencyMs"] = latency.p50_ms
+        metrics["latencyMs"] = batch1_latency_ms(output, dataset)
     return metrics
+
+
+def batch1_latency_ms(model: LoadedModel, dataset: Dataset) -> float:
+    """The p50 latency of one test row at a time on one thread, as the benchmark stage
+    defaults to: stable on a shared node, and what an HPO latency objective should compare.
+    The caller's thread count comes back after (an in-process HPO trial goes on training on
+    all of them)."""
+    import torch
+
+    from kompaktor.evaluate import measure_latency
+    from kompaktor.models import predictor_for
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        latency = measure_latency(
+            predictor_for(model, threads=1),
+            dataset.inputs("test"),
+            1,
+            warmup=LATENCY_WARMUP,
+            iterations=LATENCY_ITERATIONS,
+            min_seconds=LATENCY_SECONDS,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    return latency.p50_ms
 
 
 def write_model(

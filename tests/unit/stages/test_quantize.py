@@ -81,6 +81,12 @@ def test_static_int8_is_four_times_smaller_at_the_same_accuracy(
     assert onnx_accuracy(result.path, digits_data) >= before - 0.01
     assert result.metrics["sizeBytesAfter"] == result.path.stat().st_size
     assert result.details["calibrationMethod"] == method
+    # Beside the fp32 ONNX it came from, in the same runtime (speed is for bench/, not here).
+    figures = result.metrics
+    assert figures["latencyMs"] > 0 and figures["latencyMsFloat"] > 0
+    assert figures["speedupOverFloat"] == pytest.approx(
+        figures["latencyMsFloat"] / figures["latencyMs"]
+    )
 
 
 def test_dynamic_int8_on_an_mlp(
