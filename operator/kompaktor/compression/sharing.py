@@ -2,16 +2,24 @@
 
 The model keeps float weights (so it runs anywhere), but every layer holds at most k distinct
 values, i.e. it can ship as a k-entry codebook plus ⌈log2 k⌉-bit indices.
+
+Fine-tuning trains the codebooks, not the weights (Han et al. 2016, "Deep Compression":
+trained quantization): while `train_codebooks` runs, each shared weight is
+`codebook[indices]` with the indices fixed, so a centroid's gradient is the sum of its
+members' gradients and the layer holds at most k values at every step. Training the free
+weights and averaging each cluster afterwards instead throws away what the weights learned
+together.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from kompaktor.surgery.kernels import optional_kernel
 
@@ -94,17 +102,82 @@ def share_weights(weights: dict[str, nn.Parameter], k: int) -> list[Shared]:
     return shared
 
 
-def recenter(weights: dict[str, nn.Parameter], shared: Sequence[Shared]) -> list[Shared]:
-    """After fine-tuning moved the weights: each cluster takes the mean of its members again
-    (the indices stay), so the layer is back to at most k values."""
-    updated = []
-    with torch.no_grad():
-        for item in shared:
-            weight = weights[item.layer]
-            flat, idx = weight.detach().flatten(), item.indices.flatten()
-            sums = torch.zeros(len(item.codebook), dtype=flat.dtype).index_add_(0, idx, flat)
-            counts = torch.bincount(idx, minlength=len(item.codebook)).clamp(min=1)
-            codebook = sums / counts.to(flat.dtype)
-            weight.copy_(codebook[item.indices])
-            updated.append(Shared(item.layer, codebook, item.indices))
-    return updated
+def cluster_means(weight: torch.Tensor, indices: torch.Tensor, k: int) -> torch.Tensor:
+    """Each cluster's mean (summed in float64, so a cluster of equal values gives that value
+    exactly); a cluster with no members keeps 0."""
+    flat, idx = weight.detach().flatten().double(), indices.flatten()
+    sums = torch.zeros(k, dtype=flat.dtype).index_add_(0, idx, flat)
+    counts = torch.bincount(idx, minlength=k).clamp(min=1)
+    return (sums / counts.to(flat.dtype)).to(weight.dtype)
+
+
+class CodebookParametrization(nn.Module):
+    """`weight = codebook[indices]` with the indices fixed: registered on a weight, it makes the
+    codebook (the cluster means, see `right_inverse`) the trainable tensor in its place."""
+
+    indices: torch.Tensor
+
+    def __init__(self, indices: torch.Tensor, clusters: int) -> None:
+        super().__init__()
+        self.clusters = clusters
+        self.register_buffer("indices", indices.detach().to(torch.int64).clone())
+
+    def forward(self, codebook: torch.Tensor) -> torch.Tensor:
+        return codebook[self.indices]  # backward sums each centroid's members' gradients
+
+    def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
+        return cluster_means(weight, self.indices, self.clusters)
+
+
+def train_codebooks(
+    module: nn.Module,
+    shared: Sequence[Shared],
+    train: Callable[[nn.Module], object],
+    *,
+    train_others: bool = False,
+) -> list[Shared]:
+    """Run `train(module)` with each shared weight parametrized as `codebook[indices]`, so only
+    the codebooks (and, with `train_others`, the parameters no layer shares: biases, norm
+    scales, skipped layers) learn; then store each weight as its trained `codebook[indices]`
+    again (a float parameter, at most k values) and return the trained codebooks. In place;
+    every parameter's `requires_grad` is as before afterwards."""
+    names = dict(module.named_parameters())
+    paths = [parameter_path(names, item.layer) for item in shared]
+    trainable = {param: param.requires_grad for param in module.parameters()}
+    if not train_others:
+        for param in trainable:
+            param.requires_grad_(False)
+    registered: list[tuple[nn.Module, str]] = []
+    try:
+        for item, path in zip(shared, paths, strict=True):
+            owner_path, _, leaf = path.rpartition(".")
+            owner = module.get_submodule(owner_path) if owner_path else module
+            parametrization = CodebookParametrization(item.indices, len(item.codebook))
+            parametrize.register_parametrization(owner, leaf, parametrization)
+            registered.append((owner, leaf))
+            _codebook(owner, leaf).requires_grad_(True)
+        train(module)
+        return [
+            Shared(item.layer, _codebook(owner, leaf).detach().clone(), item.indices)
+            for item, (owner, leaf) in zip(shared, registered, strict=True)
+        ]
+    finally:
+        for owner, leaf in registered:
+            parametrize.remove_parametrizations(owner, leaf, leave_parametrized=True)
+        for param, required in trainable.items():
+            param.requires_grad_(required)
+
+
+def _codebook(owner: nn.Module, leaf: str) -> torch.Tensor:
+    """The tensor a parametrized weight is computed from: its codebook."""
+    parametrizations = owner.parametrizations
+    assert isinstance(parametrizations, nn.ModuleDict)
+    original = parametrizations[leaf].original
+    assert isinstance(original, torch.Tensor)
+    return original
+
+
+def parameter_path(parameters: dict[str, nn.Parameter], layer: str) -> str:
+    """The parameter a `Shared` layer name stands for (`fc1` → `fc1.weight`; lowrank's
+    `fc1.weight_low` is already a parameter path)."""
+    return f"{layer}.weight" if f"{layer}.weight" in parameters else layer

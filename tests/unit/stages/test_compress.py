@@ -1,9 +1,13 @@
 # ruff: noqa: F811  (fixtures are imported from the shared support modules)
 """The compress stage on the trained digits CNN: low rank really removes parameters at the
-chosen energy, an impossible rank is named, weight sharing leaves at most k values."""
+chosen energy, an impossible rank is named, weight sharing leaves at most k values and
+fine-tunes the codebooks (a BatchNorm ResNet keeps its accuracy; a fine-tune that hurts on the
+validation rows is not kept)."""
 
 from __future__ import annotations
 
+import copy
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +24,22 @@ from prune_distill_support import (  # noqa: F401  (fixtures)
     digits_cnn,
     digits_cnn_state,
     digits_data,
+    exported,
     no_training,
 )
 from torch import fx, nn
+from torch.nn.utils import parametrize
 
 from kompaktor.compression import choose_rank
 from kompaktor.compression.codebook import CodebookWeight
+from kompaktor.compression.sharing import sharable_weights, share_weights, train_codebooks
 from kompaktor.data import Dataset
 from kompaktor.errors import JobSpecError, StageError
 from kompaktor.stages.base import PlanContext, StageResult
 from kompaktor.stages.compress import CompressParams, CompressStage
 from kompaktor.stages.validate import parse_params
 from kompaktor.surgery import stored_elements
+from kompaktor.training import fit
 
 
 def run(params: dict[str, Any], model: nn.Module, data: Dataset, tmp_path: Path) -> StageResult:
@@ -139,3 +147,144 @@ def test_a_torchscript_input_is_refused_at_validation(method: str) -> None:
             CompressParams(method=method),  # type: ignore[arg-type]
             PlanContext("compress", "torchscript", (), "classification"),
         )
+
+
+class _Block(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)
+        self.c2, self.b2 = nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
+
+
+class ResidualCNN(nn.Module):
+    """A small ResNet: bias-free convs, each followed by BatchNorm, in residual blocks. Its
+    exported graph fine-tunes with BatchNorm statistics frozen; fine-tuning its free weights and
+    averaging each cluster afterwards took it from 0.97 to 0.67 test accuracy at 16 clusters."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
+        self.l1, self.down = _Block(width), nn.Conv2d(width, 2 * width, 3, stride=2, padding=1)
+        self.l2, self.fc = _Block(2 * width), nn.Linear(2 * width, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.l2(torch.relu(self.down(self.l1(self.stem(x)))))
+        out: torch.Tensor = self.fc(x.mean(dim=(2, 3)))
+        return out
+
+
+@pytest.fixture(scope="module")
+def residual_cnn_state(digits_data: Dataset) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    model = fit(ResidualCNN(), digits_data, epochs=8, lr=2e-3, batch_size=64, seed=0)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture
+def residual_cnn(residual_cnn_state: dict[str, torch.Tensor]) -> fx.GraphModule:
+    model = ResidualCNN()
+    model.load_state_dict(residual_cnn_state)
+    gm: fx.GraphModule = exported(model)
+    return gm
+
+
+def distinct_values(result: StageResult) -> dict[str, int]:
+    """How many values each shared layer of the stage's output holds."""
+    counts = {}
+    for layer in result.details["clusters"]:
+        encoded = result.module.get_submodule(f"{layer}.weight")
+        assert isinstance(encoded, CodebookWeight), layer
+        counts[layer] = len(torch.unique(encoded()))
+    return counts
+
+
+@pytest.mark.parametrize(("clusters", "epochs"), [(16, 1), (8, 1), (16, 3)])
+def test_weight_sharing_fine_tunes_the_codebooks_of_a_batchnorm_resnet(
+    clusters: int, epochs: int, residual_cnn: fx.GraphModule, digits_data: Dataset, tmp_path: Path
+) -> None:
+    acc = accuracy(residual_cnn, digits_data)
+    assert acc >= 0.95
+    params = {"method": "weightsharing", "clusters": clusters}
+    untuned = run({**params, "fineTuneEpochs": 0}, residual_cnn, digits_data, tmp_path)
+    tuned = run({**params, "fineTuneEpochs": epochs}, residual_cnn, digits_data, tmp_path)
+    assert all(n <= clusters for n in distinct_values(tuned).values())
+    assert len(distinct_values(tuned)) == 7  # every conv and the linear layer is shared
+    tuned_acc = accuracy(tuned.module, digits_data)
+    assert tuned_acc >= accuracy(untuned.module, digits_data) - 0.01
+    assert tuned_acc >= acc - 0.02
+    assert "fineTune" not in untuned.details
+    tuning = tuned.details["fineTune"]
+    assert tuning["kept"] == "fineTuned"
+    assert tuning["valMetricAfter"] >= tuning["valMetricBefore"]
+
+
+def test_a_fine_tune_that_lowers_the_validation_metric_is_not_kept(
+    digits_cnn: fx.GraphModule, digits_data: Dataset, tmp_path: Path
+) -> None:
+    params = {"method": "weightsharing", "clusters": 16}
+    untuned = run({**params, "fineTuneEpochs": 0}, digits_cnn, digits_data, tmp_path)
+    diverged = run({**params, "fineTuneEpochs": 1, "lr": 1.0}, digits_cnn, digits_data, tmp_path)
+    assert accuracy(diverged.module, digits_data) == accuracy(untuned.module, digits_data)
+    x = torch.as_tensor(digits_data.x["test"][0])  # type: ignore[index]
+    with torch.no_grad():
+        torch.testing.assert_close(diverged.module(x), untuned.module(x), rtol=0, atol=0)
+    assert diverged.details["codebooks"] == untuned.details["codebooks"]
+    tuning = diverged.details["fineTune"]
+    assert tuning["kept"] == "sharedOnly"
+    assert tuning["valMetricAfter"] < tuning["valMetricBefore"]
+
+
+def test_without_validation_rows_the_fine_tuned_codebooks_are_kept(
+    digits_cnn: fx.GraphModule, digits_data: Dataset, tmp_path: Path
+) -> None:
+    empty = {**digits_data.x, "val": tuple(a[:0] for a in digits_data.x["val"])}
+    data = replace(digits_data, x=empty, y={**digits_data.y, "val": digits_data.y["val"][:0]})
+    acc = accuracy(digits_cnn, data)
+    result = run({"method": "weightsharing", "fineTuneEpochs": 1}, digits_cnn, data, tmp_path)
+    assert result.details["fineTune"]["kept"] == "fineTuned"
+    assert all(n <= 16 for n in distinct_values(result).values())
+    assert accuracy(result.module, data) >= acc - 0.02
+
+
+def test_codebook_training_moves_each_centroid_by_its_members_summed_gradient() -> None:
+    torch.manual_seed(0)
+    first, second = nn.Linear(6, 40), nn.Linear(40, 3)
+    model = nn.Sequential(first, nn.ReLU(), second)
+    shared = share_weights(sharable_weights(model), 4)
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    reference = copy.deepcopy(model)  # the same shared weights, trained freely for one step
+    torch.autograd.backward(nn.functional.cross_entropy(reference(x), y))
+    bias = first.bias.detach().clone()
+
+    def one_sgd_step(module: nn.Module) -> None:
+        trainable = [p for p in module.parameters() if p.requires_grad]
+        assert len(trainable) == 2  # the two codebooks, nothing else
+        optimizer = torch.optim.SGD(trainable, lr=0.5)
+        torch.autograd.backward(nn.functional.cross_entropy(module(x), y))
+        optimizer.step()
+
+    tuned = train_codebooks(model, shared, one_sgd_step)
+    for before, after, layer in zip(shared, tuned, (first, second), strict=True):
+        grad = reference.get_parameter(f"{after.layer}.weight").grad
+        assert grad is not None
+        summed = torch.zeros_like(before.codebook).index_add_(
+            0, before.indices.flatten(), grad.flatten()
+        )
+        torch.testing.assert_close(after.codebook, before.codebook - 0.5 * summed)
+        assert not torch.equal(after.codebook, before.codebook)
+        assert torch.equal(layer.weight, after.codebook[after.indices])  # exactly shared
+        assert len(torch.unique(layer.weight)) <= 4
+        assert type(layer) is nn.Linear and not parametrize.is_parametrized(layer)
+    assert torch.equal(first.bias, bias)  # not a codebook: left as it was
+    assert all(p.requires_grad for p in model.parameters())
+    assert sorted(n for n, _ in model.named_parameters()) == [
+        "0.bias",
+        "0.weight",
+        "2.bias",
+        "2.weight",
+    ]
