@@ -11,6 +11,7 @@ bfloat16 CPU kernels, so bf16 stays in PyTorch (oneDNN; `kompaktor.quant.bfloat1
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -185,30 +186,41 @@ def _bf16(ctx: StageContext[QuantizeParams]) -> _Written:
 def _try_torch(ctx: StageContext[QuantizeParams], source: Any, converted: Any) -> None:
     """StageError naming the failing op when the converted model cannot run a sample batch."""
     from kompaktor.quant import torch_inputs
-    from kompaktor.quant.trial import TrialError, trial_batch, try_torch
+    from kompaktor.quant.trial import try_torch
 
-    batch = trial_batch(ctx.dataset.inputs("train"), torch_inputs(source))
-    if batch is None:
-        return
-    try:
-        try_torch(converted, batch)
-    except TrialError as error:
-        raise StageError(_trial_failed(ctx, error, len(batch[0]))) from None
+    _trial(ctx, torch_inputs(source), lambda batch: try_torch(converted, batch))
 
 
 def _try_onnx(ctx: StageContext[QuantizeParams], source: Path, target: Path) -> None:
     """StageError naming the failing op when ONNX Runtime cannot run the quantized model on a
     sample batch; the file is removed, so nothing unrunnable is handed on."""
     from kompaktor.quant import onnx_inputs
-    from kompaktor.quant.trial import TrialError, trial_batch, try_onnx
+    from kompaktor.quant.trial import try_onnx
 
-    batch = trial_batch(ctx.dataset.inputs("train"), onnx_inputs(source))
+    _trial(
+        ctx,
+        onnx_inputs(source),
+        lambda batch: try_onnx(target, batch),
+        lambda: target.unlink(missing_ok=True),
+    )
+
+
+def _trial(
+    ctx: StageContext[QuantizeParams],
+    declared: Sequence[tuple[str, list[int | str]]] | None,
+    run: Callable[[list[np.ndarray]], None],
+    discard: Callable[[], None] = lambda: None,
+) -> None:
+    """Run the new model on a few training rows shaped as it declares (`trial_batch`)."""
+    from kompaktor.quant.trial import TrialError, trial_batch
+
+    batch = trial_batch(ctx.dataset.inputs("train"), declared)
     if batch is None:
         return
     try:
-        try_onnx(target, batch)
+        run(batch)
     except TrialError as error:
-        target.unlink(missing_ok=True)
+        discard()
         raise StageError(_trial_failed(ctx, error, len(batch[0]))) from None
 
 
