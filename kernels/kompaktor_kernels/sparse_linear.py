@@ -306,8 +306,9 @@ class SparseLinear(nn.Module):
             and x.dtype is torch.float32
             and x.is_cpu
             and x.layout is torch.strided
-            and not x.is_neg()  # memory holding -x: the checked path resolves it
             and _eager(x)
+            and not x.is_neg()  # memory holding -x: the checked path resolves it (after _eager:
+            # dynamo cannot trace a torch method that returns a bool)
         ):
             ids = tuple(map(id, self._buffers.values()))
             plan = self._plan

@@ -84,9 +84,9 @@ def _pt2_arguments(program: torch.export.ExportedProgram) -> list[str]:
     spec = program.call_spec.in_spec
     if spec is None or spec.num_children != 2:
         return []
-    args, kwargs = spec.children_specs
+    args, kwargs = spec.children()
     problems = []
-    for number, child in enumerate(args.children_specs, 1):
+    for number, child in enumerate(args.children(), 1):
         if not child.is_leaf():
             keys = f" with keys {', '.join(map(repr, child.context))}" if child.type is dict else ""
             problems.append(f"its argument {number} is a {child.type.__name__}{keys}")
