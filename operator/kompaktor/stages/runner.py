@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 #: of 25 µs took under a millisecond, and one burst moved a figure by 1.5×).
 LATENCY_WARMUP, LATENCY_ITERATIONS, LATENCY_SECONDS = 5, 30, 0.1
 FAILURE_MESSAGE_LIMIT = 3000
+#: Stages whose point is a smaller file: a larger one is worth a warning in the run's log.
+SHRINKING = frozenset({"compress", "quantize"})
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,7 @@ def run_stage(request: StageRequest) -> RunRecord:
 
 
 def _execute(request: StageRequest, work: Path, out: OutputPrefix, log: RunLog) -> RunRecord:
+    from kompaktor.evaluate import model_size_bytes
     from kompaktor.metrics import EnergyMeter
     from kompaktor.stages.base import StageContext, registry
     from kompaktor.stages.sparse_layers import run_with_sparse_layers
@@ -232,7 +235,11 @@ def _execute(request: StageRequest, work: Path, out: OutputPrefix, log: RunLog) 
         result = run_with_sparse_layers(stage, ctx)
         path, model_format = write_model(result, dataset, work, request.type)
         metrics = output_metrics(request.metric, path, reference, dataset, result.metrics)
-        metrics.update(before)
+        metrics.update(before, sizeBytesInput=float(model_size_bytes(model)))
+        if request.type in SHRINKING and metrics["sizeBytes"] > metrics["sizeBytesInput"]:
+            grown = f"{metrics['sizeBytesInput']:.0f} -> {metrics['sizeBytes']:.0f} bytes"
+            log(f"warning: {request.type} made the model larger ({grown}): on a small model "
+                "the decoding or quantization ops can outweigh the weights they save")  # fmt: skip
         output = out.put_model(path, model_format)
         log(f"output {request.metric}: {metrics['metric']:.4f}, "
             f"{metrics['sizeBytes']:.0f} bytes → {output.uri}")  # fmt: skip

@@ -60,6 +60,7 @@ def test_train_run_writes_model_log_and_result(
     assert m["inputMetric"] == 1.0  # input is the reference here
     assert 0.8 < m["metric"] <= 1.0
     assert m["sizeBytes"] == (out / "model.pt2").stat().st_size
+    assert m["sizeBytesInput"] == cancer_mlp_pt2.stat().st_size
     assert m["parameters"] == 30 * 16 + 16 + 16 * 2 + 2
     assert m["latencyMs"] > 0 and m["epochs"] == 1.0 and m["finalLoss"] > 0
     assert record.energy_method in ("rapl", "estimate", "nvml")
@@ -73,6 +74,19 @@ def test_train_run_writes_model_log_and_result(
     assert len(summary) <= TERMINATION_LIMIT
     assert RunRecord.model_validate_json(summary).output == record.output
     assert json.loads(capsys.readouterr().out)["output"]["digest"] == record.output.digest
+
+
+def test_a_compression_that_grows_the_file_says_so_in_the_log(
+    cancer_mlp_pt2: Path, tmp_path: Path
+) -> None:
+    """Weight sharing on a 560-weight MLP: the decoding ops outweigh what the codebook saves,
+    and nothing said so (the stage reported its stored bytes shrinking)."""
+    out = tmp_path / "runs" / "compress-1"
+    sharing = {"method": "weightsharing", "clusters": 4, "fineTuneEpochs": 0}
+    assert stage_run(cancer_mlp_pt2, out.as_uri(), stage="compress", params=sharing) == EXIT_OK
+    record = RunRecord.model_validate_json((out / RESULT_FILE).read_text())
+    assert record.metrics["sizeBytes"] > record.metrics["sizeBytesInput"]
+    assert "warning: compress made the model larger" in (out / LOG_FILE).read_text()
 
 
 def test_finished_run_is_reused_not_rerun(
