@@ -233,6 +233,7 @@ def _structured(
         stored_elements,
     )
     from kompaktor.surgery.batches import sample
+    from kompaktor.surgery.graph import pinned_layers
 
     p = ctx.params
     example = sample(ctx.dataset)
@@ -264,7 +265,10 @@ def _structured(
         "multiplyAddsBefore": float(macs_before),
         "multiplyAddsAfter": float(multiply_adds(gm, example)),
     }
-    details = {"channels": {n: [original[n], after[n].channels] for n in names if n in after}}
+    details = {
+        "channels": {n: [original[n], after[n].channels] for n in names if n in after},
+        "notPruned": pinned_layers(gm, example),  # each layer left whole, and what keeps it
+    }
     return StageResult(module=gm, metrics=metrics, details=details)
 
 
@@ -272,12 +276,16 @@ def _structured_layers(
     gm: fx.GraphModule, example: tuple[torch.Tensor, ...], skip: tuple[str, ...]
 ) -> list[str]:
     from kompaktor.surgery import channel_groups
-    from kompaktor.surgery.graph import NO_REMOVABLE_CHANNELS
+    from kompaktor.surgery.graph import NO_REMOVABLE_CHANNELS, pinned_layers
 
     groups = channel_groups(gm, example)
     names = [n for n in groups if not any(fnmatch.fnmatchcase(n, pat) for pat in skip)]
     if not names:
-        raise StageError(f"prune: structured: {NO_REMOVABLE_CHANNELS}, or params.skip names it")
+        kept = "; ".join(f"{layer}: {why}" for layer, why in pinned_layers(gm, example).items())
+        raise StageError(
+            f"prune: structured: {NO_REMOVABLE_CHANNELS}, or params.skip names it"
+            + (f" (what keeps each layer's channels: {kept})" if kept else "")
+        )
     return names
 
 

@@ -72,6 +72,8 @@ class ChannelGroup:
     followers: list[str] = field(default_factory=list)
     consumers: dict[str, int] = field(default_factory=dict)
     reshapes: list[fx.Node] = field(default_factory=list)
+    #: What keeps the channels when they cannot be removed (an op, or the model's output).
+    pinned_by: str | None = None
 
 
 def as_graph_module(module: nn.Module, example: tuple[torch.Tensor, ...]) -> fx.GraphModule:
@@ -240,10 +242,41 @@ def _trace(
             seen.add(user)
             step = _through(user, node, layout, per, shapes, group, weight_uses)
             if step is False:
+                group.pinned_by = _op_name(user)
                 return False
             if step is not True:
                 frontier.append((user, *step))
+    if not group.consumers:
+        group.pinned_by = "feeds the model's output"
     return bool(group.consumers)
+
+
+def _op_name(node: fx.Node) -> str:
+    """What a pinning consumer is, for a user: `feeds aten.cat`, `feeds the model's output`."""
+    if node.op != "call_function":
+        return "feeds the model's output" if node.op == "output" else f"feeds a {node.op}"
+    if node.target == _CONV and _conv_groups(node) != 1:
+        return "feeds a grouped (depthwise) convolution"
+    name = getattr(node.target, "__name__", str(node.target))  # "cat.default"
+    return f"feeds aten.{name.split('.')[0]}"
+
+
+def pinned_layers(gm: fx.GraphModule, example: tuple[torch.Tensor, ...]) -> dict[str, str]:
+    """Every conv/linear layer whose channels cannot be removed, with what keeps them."""
+    shapes = node_shapes(gm, example)
+    weight_uses = _get_attr_uses(gm)
+    found: dict[str, str] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target in (_CONV, _LINEAR):
+            group = _producer(node, weight_uses)
+            if group is None:
+                weight = node.args[1]
+                name = _layer_name(str(weight.target)) if _is_attr(weight) else node.name
+                grouped = node.target == _CONV and _conv_groups(node) != 1
+                found[name] = "is a grouped (depthwise) convolution" if grouped else "its weights"
+            elif not _trace(group, shapes, weight_uses):
+                found[group.name] = group.pinned_by or "an op that mixes channels"
+    return found
 
 
 def _through(

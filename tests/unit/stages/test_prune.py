@@ -17,10 +17,10 @@ from prune_distill_support import (  # noqa: F401  (fixtures)
     digits_data,
     exported,
 )
-from torch import fx
+from torch import fx, nn
 
 from kompaktor.data import Dataset
-from kompaktor.errors import JobSpecError
+from kompaktor.errors import JobSpecError, StageError
 from kompaktor.stages.base import PlanContext
 from kompaktor.stages.prune import PruneParams, PruneStage
 from kompaktor.stages.validate import parse_params
@@ -115,6 +115,7 @@ def test_structured_removes_channels_for_real(
     assert module.conv2.weight.shape == (16, 8, 3, 3)
     assert module.fc1.weight.shape == (32, 16 * 16)
     assert module.fc2.weight.shape == (10, 32)  # the output layer keeps its classes
+    assert result.details["notPruned"] == {"fc2": "feeds the model's output"}
     m = result.metrics
     assert m["channelsRemoved"] == 8 + 16 + 32
     assert m["parametersAfter"] < 0.35 * m["parametersBefore"]
@@ -122,6 +123,34 @@ def test_structured_removes_channels_for_real(
     reexported = torch.export.export(module, example, dynamic_shapes=({0: torch.export.Dim.AUTO},))
     assert reexported.module()(example[0]).shape == (5, 10)
     assert accuracy(module, digits_data) >= 0.85
+
+
+class Branches(nn.Module):
+    """Two branches concatenated (which pins their channels) and a depthwise conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, 4, 3, padding=1)
+        self.b = nn.Conv2d(1, 4, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.dw(torch.cat([self.a(x), self.b(x)], dim=1))
+        return self.head(x.mean(dim=(2, 3)))  # type: ignore[no-any-return]
+
+
+def test_structured_says_what_keeps_each_layer(digits_data: Dataset, tmp_path: Path) -> None:
+    """It said "no layer has removable channels" and left the user to guess which op."""
+    batch = {0: torch.export.Dim.AUTO}
+    gm = torch.export.export(Branches(), (torch.randn(2, 1, 8, 8),), dynamic_shapes=(batch,))
+    gm = gm.module()
+    with pytest.raises(StageError) as caught:
+        run({"method": "structured", "sparsity": 0.5}, gm, digits_data, tmp_path)
+    message = str(caught.value)
+    assert "a: feeds aten.cat; b: feeds aten.cat" in message
+    assert "dw: is a grouped (depthwise) convolution" in message
+    assert "head: feeds the model's output" in message
 
 
 def test_structured_taylor_criterion_and_skip(
