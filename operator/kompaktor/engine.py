@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+from pydantic import ValidationError
+
 from kompaktor.api.run import RESULT_FILE, RunRecord
 from kompaktor.api.status import OptimizationJobStatus
 from kompaktor.artifacts import open_store, split_uri
@@ -65,12 +67,28 @@ def model_digest(uri: str) -> str:
 
 
 def probe_cache(action: ProbeCache) -> Observation:
-    """A finished run leaves result.json last, so its presence means the output is whole."""
+    """A finished run leaves result.json last, so its presence means the output was whole;
+    it is reused only while it still is: a record that does not parse, or whose model is gone
+    or changed, is removed and the run made again (it would hand on a model it does not
+    describe)."""
     store = open_store(action.output_uri)
     if not store.exists(RESULT_FILE):
         return CacheProbed(action.key, None)
-    record = RunRecord.model_validate_json(store.get_bytes(RESULT_FILE))
+    try:
+        record = RunRecord.model_validate_json(store.get_bytes(RESULT_FILE))
+    except ValidationError:
+        record = None
+    if record is None or not _intact(record):
+        store.delete_prefix(RESULT_FILE)
+        return CacheProbed(action.key, None)
     return CacheProbed(action.key, record)
+
+
+def _intact(record: RunRecord) -> bool:
+    try:
+        return model_digest(record.output.uri) == record.output.digest
+    except KompaktorError:  # gone, or unreadable
+        return False
 
 
 def write_record(action: WriteRecord) -> None:

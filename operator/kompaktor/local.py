@@ -1,16 +1,20 @@
 """`kompaktor run job.yaml`: the engine driven by local processes, no cluster needed.
 
 The same plan and stage command as in the cluster; only the executor differs. Status is
-saved beside the artifacts after every step, so an interrupted run resumes where it stopped
-(finished stages and HPO trials come back from the cache).
+saved beside the artifacts whenever a step changes it, so an interrupted run resumes where it
+stopped (finished stages and HPO trials come back from the cache). A store that cannot take the
+status for a while (an S3 outage) is a warning while stages run: the write is retried on the
+next step, and the run fails only after STATUS_GRACE_SECONDS of failed writes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import sys
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +23,7 @@ from pydantic import ValidationError
 
 from kompaktor.api.spec import OptimizationJob, OptimizationJobSpec, StageSpec
 from kompaktor.api.status import OptimizationJobStatus
-from kompaktor.artifacts import open_store
+from kompaktor.artifacts import ArtifactError, open_store
 from kompaktor.engine import reconcile
 from kompaktor.executors.local import LocalExecutor
 from kompaktor.plan import CancelRun, EnsureRun, JobContext, Observation, Requeue
@@ -27,6 +31,12 @@ from kompaktor.plan.keys import file_uri, map_model_refs
 
 STATUS_KEY = "jobs/{name}/status.json"
 IDLE_WAKE_SECONDS = 1.0
+#: How long writes of status.json may fail in a row (a store outage) before the run gives up;
+#: the stages go on meanwhile, and the final status is retried as long before the run fails.
+STATUS_GRACE_SECONDS = 60.0
+#: Pause between tries of the final status write.
+STATUS_RETRY_SECONDS = 2.0
+FINAL_PHASES = ("Succeeded", "Failed", "Cancelled", "Suspended")
 
 
 def _absolute(uri: str, base: Path) -> str:
@@ -79,6 +89,11 @@ class LocalRun:
     ctx: JobContext
     executor: LocalExecutor
     on_update: Callable[[OptimizationJobStatus, list[Any]], None] = lambda status, running: None
+    grace_seconds: float = STATUS_GRACE_SECONDS
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    _saved: bytes | None = field(default=None, init=False, repr=False)  # last status written
+    _failing_since: float | None = field(default=None, init=False, repr=False)
 
     @property
     def _status_key(self) -> str:
@@ -104,8 +119,60 @@ class LocalRun:
         return OptimizationJobStatus(trials=trials)
 
     def save_status(self, status: OptimizationJobStatus) -> None:
-        data = status.model_dump_json(by_alias=True, exclude_none=True, indent=1)
-        open_store(self.ctx.artifacts_uri).put_bytes(self._status_key, data.encode())
+        """Write the status file unless it already says this; ArtifactError if it cannot."""
+        data = status.model_dump_json(by_alias=True, exclude_none=True, indent=1).encode()
+        if data == self._saved:
+            return
+        open_store(self.ctx.artifacts_uri).put_bytes(self._status_key, data)
+        self._saved = data
+        if self._failing_since is not None:
+            down = self.clock() - self._failing_since
+            _warn(f"{self._status_uri} written again after {down:.0f}s of failed writes")
+            self._failing_since = None
+
+    @property
+    def _status_uri(self) -> str:
+        return f"{self.ctx.artifacts_uri.rstrip('/')}/{self._status_key}"
+
+    def _failed_write(self, error: ArtifactError, what: str) -> float:
+        """Note a failed status write (a warning once per outage); seconds it has lasted."""
+        now = self.clock()
+        if self._failing_since is None:
+            self._failing_since = now
+            _warn(
+                f"cannot write {self._status_uri}: {error}; {what}, retrying for up to "
+                f"{self.grace_seconds:.0f}s"
+            )
+        return now - self._failing_since
+
+    def _save_running(self, status: OptimizationJobStatus) -> None:
+        """A failed write while stages run is retried on the next step, until the grace
+        period of failed writes has passed."""
+        try:
+            self.save_status(status)
+        except ArtifactError as error:
+            if self._failed_write(error, "the stages go on") >= self.grace_seconds:
+                raise ArtifactError(
+                    f"cannot write {self._status_uri} for {self.grace_seconds:.0f}s, stopping "
+                    f"the run (run the same command to resume): {error}"
+                ) from error
+
+    def _save_final(self, status: OptimizationJobStatus) -> None:
+        """The run's last status: retried for the grace period, then a clear error."""
+        self._failing_since = None  # the final status gets a grace period of its own
+        while True:
+            try:
+                self.save_status(status)
+                return
+            except ArtifactError as error:
+                lasted = self._failed_write(error, f"the run is {status.phase}")
+                if lasted >= self.grace_seconds:
+                    raise ArtifactError(
+                        f"the run ended {status.phase} and its stages' outputs are in "
+                        f"{self.ctx.artifacts_uri}, but its status could not be written to "
+                        f"{self._status_uri} for {self.grace_seconds:.0f}s: {error}"
+                    ) from error
+                self.sleep(min(STATUS_RETRY_SECONDS, self.grace_seconds - lasted))
 
     def run(self) -> OptimizationJobStatus:
         status = self.load_status()
@@ -114,7 +181,10 @@ class LocalRun:
             while True:
                 result = reconcile(self.ctx, status, observations, datetime.now(UTC))
                 status = result.status
-                self.save_status(status)
+                if status.phase in FINAL_PHASES:
+                    self._save_final(status)
+                else:
+                    self._save_running(status)
                 wake = IDLE_WAKE_SECONDS
                 for action in result.actions:
                     match action:
@@ -125,14 +195,26 @@ class LocalRun:
                         case Requeue():
                             wake = min(wake, max(action.after_seconds, 0.05))
                 self.on_update(status, self.executor.running)
-                if status.phase in ("Succeeded", "Failed", "Cancelled", "Suspended"):
+                if status.phase in FINAL_PHASES:
                     return status
                 observations = self.executor.poll(wake)
         except KeyboardInterrupt:
-            self.save_status(interrupted(status))
+            # One try, none while the store is failing: an interrupted run should stop now, and
+            # a resumed run copes with the Running status an earlier write left.
+            if self._failing_since is not None:
+                _warn(f"{self._status_uri} not updated on the way out: the store is failing")
+            else:
+                try:
+                    self.save_status(interrupted(status))
+                except ArtifactError as error:
+                    _warn(f"cannot write {self._status_uri} on the way out: {error}")
             raise
         finally:
             self.executor.shutdown()
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def interrupted(status: OptimizationJobStatus) -> OptimizationJobStatus:

@@ -30,7 +30,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("command", nargs=2)
     for name in ("type", "params", "input", "dataset", "output", "reference", "metric", "task",
-                 "trial", "max-drop"):  # fmt: skip
+                 "trial", "max-drop", "input-digest", "reference-digest"):  # fmt: skip
         parser.add_argument(f"--{name}")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -21,6 +21,11 @@ class ArtifactError(KompaktorError):
     """An artifact could not be read or written; the message names the URI and the cause."""
 
 
+class DigestMismatchError(ArtifactError):
+    """An artifact's bytes are not the ones recorded for it: changed or corrupted where it is
+    stored, which no retry mends."""
+
+
 @dataclass(frozen=True)
 class ArtifactRef:
     """Where an artifact lives and what it contains, as recorded in a job's status."""

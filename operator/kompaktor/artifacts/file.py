@@ -25,6 +25,7 @@ from kompaktor.artifacts.base import (
     ArtifactError,
     ArtifactRef,
     ArtifactStore,
+    DigestMismatchError,
     check_key,
     check_prefix,
     is_under,
@@ -195,7 +196,7 @@ class FileStore(ArtifactStore):
             with path.open("rb") as src, atomic_writer(dest) as (f, tmp):
                 got, _ = copy_hashing(src, f)
                 if got != expected:
-                    raise ArtifactError(
+                    raise DigestMismatchError(
                         f"digest mismatch reading {self.uri(key)}: recorded {expected}, got {got}"
                     )
             tmp.replace(dest)
@@ -211,7 +212,9 @@ class FileStore(ArtifactStore):
         except OSError as exc:
             raise ArtifactError(f"cannot read {self.uri(key)}: {exc.strerror or exc}") from exc
         if digest_bytes(data) != expected:
-            raise ArtifactError(f"digest mismatch reading {self.uri(key)}: recorded {expected}")
+            raise DigestMismatchError(
+                f"digest mismatch reading {self.uri(key)}: recorded {expected}"
+            )
         return data
 
     def exists(self, key: str) -> bool:

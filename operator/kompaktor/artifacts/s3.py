@@ -22,6 +22,7 @@ from kompaktor.artifacts.base import (
     ArtifactError,
     ArtifactRef,
     ArtifactStore,
+    DigestMismatchError,
     check_key,
     check_prefix,
     is_under,
@@ -231,7 +232,7 @@ class S3Store(ArtifactStore):
         if recorded is None:
             self._foreign_digests[(key, etag)] = got
         elif got != recorded:
-            raise ArtifactError(
+            raise DigestMismatchError(
                 f"digest mismatch reading {self.uri(key)}: recorded {recorded}, got {got}"
             )
 

@@ -208,6 +208,8 @@ class _Step:
             timeout_seconds=stage.timeout_seconds,
             trial=trial,
             trial_context=trial_context,
+            input_digest=self.stages[index].input_digest,
+            reference_digest=self.status.input_digest,
         )
 
     def gate(self, record: RunRecord) -> str | None:

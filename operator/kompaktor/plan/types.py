@@ -93,6 +93,9 @@ class RunRequest:
     trial: int | None = None
     #: An HPO trial's pruning context (TrialContext), passed as `--trial JSON`.
     trial_context: dict[str, Any] | None = None
+    #: The sha256 digests the plan keyed the run by: the stage checks the files it fetches.
+    input_digest: str | None = None
+    reference_digest: str | None = None
 
     def command(self) -> list[str]:
         """The stage command line, the same for a local process and a pod."""
@@ -101,6 +104,10 @@ class RunRequest:
         extra = []
         if self.trial_context is not None:
             extra = ["--trial", json.dumps(self.trial_context, separators=(",", ":"))]
+        if self.input_digest is not None:
+            extra += ["--input-digest", self.input_digest]
+        if self.reference_digest is not None:
+            extra += ["--reference-digest", self.reference_digest]
         return [
             "kompaktor",
             "stage",

@@ -55,7 +55,9 @@ class OutputPrefix:
             self.store.put_file(LOG_FILE, path)
 
     def put_result(self, record: RunRecord) -> RunRecord:
-        """Write result.json unless another run finished first; returns the record that won."""
+        """Write result.json unless another run finished first; returns the record that won,
+        which always describes the model stored here: two runs of one key may race, and the
+        later one's model may have replaced the first's after the first published."""
         data = record.model_dump_json(by_alias=True, indent=2).encode()
         try:
             self.store.put_bytes(RESULT_FILE, data, overwrite=False)
@@ -63,8 +65,18 @@ class OutputPrefix:
             existing = self.cached()
             if existing is None:
                 raise
+            stored = self._stored_digest(record)
+            if existing.output.digest != stored and record.output.digest == stored:
+                self.store.put_bytes(RESULT_FILE, data, overwrite=True)
+                return record
             return existing
         return record
+
+    def _stored_digest(self, record: RunRecord) -> str | None:
+        try:
+            return self.store.digest(record.output.uri.rsplit("/", 1)[-1])
+        except ArtifactError:
+            return None
 
     def put_failure(self, failure: RunFailure) -> None:
         self.store.put_bytes(FAILURE_FILE, failure.model_dump_json(by_alias=True).encode())

@@ -30,6 +30,8 @@ from kompaktor.api.run import EXIT_FAILED, EXIT_INVALID, EXIT_OK, LOG_FILE, RunF
 from kompaktor.errors import JobSpecError, KompaktorError, StageError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from kompaktor.data import Dataset
     from kompaktor.models import LoadedModel, ModelFormat
     from kompaktor.stages.base import Curve, StageContext, StageResult
@@ -61,6 +63,17 @@ class StageRequest:
     trial: dict[str, Any] | None = None
     #: The job's objective.maxDrop (hpo run standalone picks its winner within it).
     max_drop: float | None = None
+    #: The digests the plan keyed the run by (`--input-digest`, `--reference-digest`).
+    input_digest: str | None = None
+    reference_digest: str | None = None
+
+
+class _FinishedElsewhere(Exception):  # noqa: N818 (a signal, not an error)
+    """Another run of the same key published its result while this one ran."""
+
+    def __init__(self, record: RunRecord) -> None:
+        super().__init__("another run of this key finished first")
+        self.record = record
 
 
 class StageRunError(KompaktorError):
@@ -90,6 +103,12 @@ def build_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     run.add_argument("--dataset", required=True, help="dataset URI or built-in (sklearn:digits)")
     run.add_argument("--output", required=True, help="output prefix URI (s3://, file://, path)")
     run.add_argument("--reference", help="the job's original model (default: --input)")
+    run.add_argument(
+        "--input-digest",
+        help="sha256:… the input model must have (the plan passes the digest it keyed the run "
+        "by, so a file replaced or corrupted since is refused, not used)",
+    )
+    run.add_argument("--reference-digest", help="the same for --reference")
     run.add_argument("--metric", default="accuracy", choices=["accuracy", "fidelity", "mse"])
     run.add_argument("--task", default="classification", choices=["classification", "regression"])
     run.add_argument("--seed", type=int, default=0)
@@ -116,7 +135,11 @@ def _max_drop(text: str) -> float:
 
 
 def main_stage(args: argparse.Namespace) -> int:
-    """Run the stage from parsed args; print the record (stdout) and leave the pod's summary."""
+    """Run the stage from parsed args; print the record (stdout) and leave the pod's summary.
+
+    SIGTERM and SIGHUP (a pod deleted or evicted, `kompaktor run` stopping its stages) and
+    Ctrl-C stop the run as a retryable failure (exit 1, reason Interrupted) after its cleanup
+    has run: a multipart upload under way is aborted, the temporary folder removed."""
     from kompaktor.stages.outputs import write_termination_message
 
     try:
@@ -132,15 +155,70 @@ def main_stage(args: argparse.Namespace) -> int:
             seed=args.seed,
             trial=_parse_json_object(args.type, "--trial", args.trial) if args.trial else None,
             max_drop=args.max_drop,
+            input_digest=args.input_digest,
+            reference_digest=args.reference_digest,
         )
-        record = run_stage(request)
+        restore = _signals_interrupt()
+        try:
+            record = run_stage(request)
+        finally:
+            restore()
     except StageRunError as error:
         write_termination_message(error.failure.model_dump_json(by_alias=True))
         print(f"error: {error.failure.message}", file=sys.stderr)
         return error.exit_code
+    except KeyboardInterrupt as stop:
+        failure = RunFailure(
+            type=args.type,
+            reason="Interrupted",
+            message=f"stage ({args.type}): stopped by {stop or 'SIGINT'} before it finished",
+            retryable=True,
+        )
+        write_termination_message(failure.model_dump_json(by_alias=True))
+        print(f"error: {failure.message}", file=sys.stderr, flush=True)
+        _leave_interrupted(args.output, failure)
+        return EXIT_FAILED
     write_termination_message(record.summary())
     print(record.model_dump_json(by_alias=True, indent=2))
     return EXIT_OK
+
+
+def _signals_interrupt() -> Callable[[], None]:
+    """Make SIGTERM and SIGHUP raise KeyboardInterrupt, as `kompaktor run` does
+    (kompaktor.local.termination_interrupts), so the run unwinds through its cleanup instead of
+    dying where it stands; returns what puts the previous handlers back. Only the first signal
+    raises: a second one must not cut that cleanup short (SIGKILL is there for a stuck one)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # signal handlers can only be set from the main thread
+    raised = False
+
+    def interrupt(signum: int, frame: object) -> None:
+        nonlocal raised
+        if not raised:
+            raised = True
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    caught = (signal.SIGTERM, signal.SIGHUP)
+    previous = [signal.signal(signum, interrupt) for signum in caught]
+
+    def restore() -> None:
+        for signum, handler in zip(caught, previous, strict=True):
+            signal.signal(signum, handler)
+
+    return restore
+
+
+def _leave_interrupted(output: str, failure: RunFailure) -> None:
+    """failure.json for an interrupted run, best effort: the store may be what is down."""
+    from kompaktor.stages.outputs import OutputPrefix
+
+    try:
+        OutputPrefix(output).put_failure(failure)
+    except Exception as error:
+        print(f"could not write failure.json to {output}: {error}", file=sys.stderr)
 
 
 def _parse_json_object(stage_type: str, option: str, text: str) -> dict[str, Any]:
@@ -177,6 +255,9 @@ def run_stage(request: StageRequest) -> RunRecord:
             record = _execute(request, work, out, log)
             out.put_log(log.path)
             return out.put_result(record)
+        except _FinishedElsewhere as other:
+            log(f"{request.output}: another run of this key finished first: reusing it")
+            return other.record
         except Exception as error:
             failure, code = _classify(request.type, error)
             log(f"failed ({failure.reason}): {failure.message}")
@@ -240,6 +321,8 @@ def _execute(request: StageRequest, work: Path, out: OutputPrefix, log: RunLog) 
             grown = f"{metrics['sizeBytesInput']:.0f} -> {metrics['sizeBytes']:.0f} bytes"
             log(f"warning: {request.type} made the model larger ({grown}): on a small model "
                 "the decoding or quantization ops can outweigh the weights they save")  # fmt: skip
+        if (done := out.cached()) is not None:  # a run of this key raced ours and won: its
+            raise _FinishedElsewhere(done)  # model stays, not overwritten by ours
         output = out.put_model(path, model_format)
         log(f"output {request.metric}: {metrics['metric']:.4f}, "
             f"{metrics['sizeBytes']:.0f} bytes → {output.uri}")  # fmt: skip
@@ -300,19 +383,28 @@ def _load_inputs(
     request: StageRequest, work: Path, log: RunLog
 ) -> tuple[LoadedModel, LoadedModel, Dataset]:
     """Input and reference load separately: a stage may change its input module in place."""
-    from kompaktor.artifacts import ArtifactError
+    from kompaktor.artifacts import ArtifactError, digest_file
     from kompaktor.data import load_dataset
     from kompaktor.models import load_model
 
-    def load(what: str, uri: str) -> LoadedModel:
-        path = _fetch(uri, work / what)
+    fetched: dict[str, Path] = {}  # the reference is often the input: fetched once
+
+    def load(what: str, uri: str, expected: str | None) -> LoadedModel:
+        path = fetched.get(uri) or _fetch(uri, work / what)
+        fetched[uri] = path
+        if expected is not None and (found := digest_file(path)) != expected:
+            raise _InvalidInputError(
+                f"the {what} model {uri} is not the one this run was planned with: its sha256 "
+                f"is {found}, the plan's {expected}. It was replaced or corrupted after it was "
+                "written: restore it, or delete the run that made it so that it is made again"
+            )
         try:
             return load_model(path)
         except Exception as error:
             raise _InvalidInputError(f"cannot load the {what} model {uri}: {error}") from error
 
-    model = load("input", request.input)
-    reference = load("reference", request.reference or request.input)
+    model = load("input", request.input, request.input_digest)
+    reference = load("reference", request.reference or request.input, request.reference_digest)
     try:
         dataset = load_dataset(request.dataset, task=request.task)
     except ArtifactError:
@@ -441,11 +533,12 @@ def example_inputs(dataset: Dataset, rows: int = 8) -> tuple[Any, ...]:
 def _classify(stage_type: str, error: BaseException) -> tuple[RunFailure, int]:
     """reason, retryable, exit code: only failures a retry might fix are retryable."""
     from kompaktor.artifacts import ArtifactError
+    from kompaktor.artifacts.base import DigestMismatchError
 
     message = str(error)
     if isinstance(error, JobSpecError):
         reason, retryable, code = "InvalidParams", False, EXIT_INVALID
-    elif isinstance(error, _InvalidInputError):
+    elif isinstance(error, _InvalidInputError | DigestMismatchError):  # no retry mends these
         reason, retryable, code = "InvalidInput", False, EXIT_INVALID
     elif isinstance(error, ArtifactError):
         reason, retryable, code = "ArtifactError", True, EXIT_FAILED

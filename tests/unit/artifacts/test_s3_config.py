@@ -29,7 +29,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults() -> None:
     s = S3Settings.from_env()
     assert s.endpoint_url is None
-    assert s.max_attempts == 5
+    assert s.max_attempts == 11  # ~23 s of backoff: rides out a short outage
     assert s.multipart_threshold == 8 * MIB
 
 

@@ -769,3 +769,57 @@ def test_attempts_never_exceed_retries_and_terminal_is_final(script: list[str]) 
             assert result.status.phase in ("Succeeded", "Failed")
             assert not kinds(result, EnsureRun)
         seen_terminal = result.status.phase in ("Succeeded", "Failed")
+
+
+class TestCacheProbe:
+    """A result.json is reused only while the model it describes is there, unchanged (a run
+    reported Succeeded and cached with an output URI that no longer existed)."""
+
+    @pytest.fixture
+    def finished(self, tmp_path: Path) -> tuple[Path, ProbeCache]:
+        from kompaktor.artifacts import digest_bytes
+
+        run = tmp_path / "runs" / "train-abc"
+        run.mkdir(parents=True)
+        (run / "model.pt2").write_bytes(b"model")
+        ref = OutputRef(uri=(run / "model.pt2").as_uri(), digest=digest_bytes(b"model"))
+        record = RunRecord(type="train", output=ref, format="pt2")
+        (run / "result.json").write_text(record.model_dump_json(by_alias=True))
+        return run, ProbeCache("abc", run.as_uri())
+
+    def test_an_intact_run_is_reused(self, finished: tuple[Path, ProbeCache]) -> None:
+        from kompaktor.engine import probe_cache
+
+        _, probe = finished
+        found = probe_cache(probe)
+        assert isinstance(found, CacheProbed) and found.record is not None
+
+    @pytest.mark.parametrize("damage", ["model gone", "model changed", "record unreadable"])
+    def test_a_damaged_run_is_a_miss_and_its_record_goes(
+        self, finished: tuple[Path, ProbeCache], damage: str
+    ) -> None:
+        from kompaktor.engine import probe_cache
+
+        run, probe = finished
+        if damage == "model gone":
+            (run / "model.pt2").unlink()
+        elif damage == "model changed":
+            (run / "model.pt2").write_bytes(b"other")
+        else:
+            (run / "result.json").write_text('{"type": "train", "trunc')
+        found = probe_cache(probe)
+        assert isinstance(found, CacheProbed) and found.record is None
+        assert not (run / "result.json").exists()  # the run is made again, and can publish
+
+
+def test_runs_carry_the_digests_they_were_planned_with() -> None:
+    """So the stage refuses an input replaced or corrupted since (it used it as is)."""
+    job = ctx()
+    result = started(job)
+    first = only_run(result).request
+    assert first.input_digest == first.reference_digest == "sha256:in"
+    assert first.command()[-4:-2] == ["--input-digest", "sha256:in"]
+    done = step(job, result.status, [RunSucceeded(first.run_id, record("train", "d1"))], T0)
+    (probe,) = kinds(done, ProbeCache)
+    bench = only_run(step(job, done.status, [CacheProbed(probe.key, None)], T0)).request
+    assert (bench.input_digest, bench.reference_digest) == ("d1", "sha256:in")

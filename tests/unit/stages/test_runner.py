@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from kompaktor.api.run import (
     RunFailure,
     RunRecord,
 )
-from kompaktor.artifacts import digest_file
+from kompaktor.artifacts import digest_bytes, digest_file
 from kompaktor.cli import build_parser
 from kompaktor.models import load_model
 from kompaktor.stages.runner import StageRequest, StageRunError, run_stage
@@ -165,6 +166,51 @@ def test_unloadable_input_is_invalid_not_retryable(tmp_path: Path) -> None:
     assert caught.value.exit_code == EXIT_INVALID
     assert caught.value.failure.reason == "InvalidInput"
     assert "broken.pt2" in caught.value.failure.message
+
+
+def test_an_input_that_changed_since_it_was_planned_is_refused(
+    cancer_mlp_pt2: Path, tmp_path: Path
+) -> None:
+    """A model replaced or corrupted after its run recorded it was used as is (same size, a
+    few bytes flipped: accuracy 0.46), and the wrong result cached under the right key."""
+    model = tmp_path / "model.pt2"
+    model.write_bytes(cancer_mlp_pt2.read_bytes())
+    planned = digest_file(model)
+    request = StageRequest(type="train", input=str(model), dataset="sklearn:breast_cancer",
+                           output=str(tmp_path / "o"), params=TRAIN, input_digest=planned,
+                           reference_digest=planned)  # fmt: skip
+    run_stage(request)  # as planned: runs
+    data = bytearray(model.read_bytes())
+    data[-100] ^= 0xFF  # corrupted in place, same size
+    model.write_bytes(bytes(data))
+    again = dataclasses.replace(request, output=str(tmp_path / "o2"))
+    with pytest.raises(StageRunError) as caught:
+        run_stage(again)
+    assert caught.value.exit_code == EXIT_INVALID and not caught.value.failure.retryable
+    message = caught.value.failure.message
+    assert f"the input model {model} is not the one this run was planned with" in message
+    assert planned in message and not (tmp_path / "o2" / RESULT_FILE).exists()
+
+
+def test_two_runs_of_one_key_leave_a_record_of_the_model_stored(tmp_path: Path) -> None:
+    """The later run replaced model.pt2 after the first published result.json, and the record
+    kept describing the first run's bytes."""
+    from kompaktor.stages.outputs import OutputPrefix
+
+    out = OutputPrefix(str(tmp_path / "run"))
+
+    def publish(content: bytes) -> RunRecord:
+        model = tmp_path / "model.pt2"
+        model.write_bytes(content)
+        ref = out.put_model(model, "pt2")
+        record = RunRecord(type="train", output=ref, format="pt2")
+        return out.put_result(record)
+
+    publish(b"first run")
+    second = publish(b"second run")  # raced: stored its model after the first published
+    assert second.output.digest == digest_bytes(b"second run")
+    assert out.cached() == second
+    assert (tmp_path / "run" / "model.pt2").read_bytes() == b"second run"
 
 
 def test_a_dataset_the_model_cannot_take_is_invalid_input_and_logged_without_traceback(
