@@ -84,7 +84,11 @@ def advance(
     spec: OptimizationJobSpec,
     stage: StageSpec,
 ) -> HpoOutcome:
-    """Score finished trials, propose new ones up to `parallelism`, or pick the best."""
+    """Score finished trials, propose new ones up to `parallelism`, or pick the best.
+
+    A trial is proposed only once the trials it sees have finished (`hpo.ready`), so the same
+    job and seed give the same trials and the same winner whatever order the runs finish in.
+    """
     metric = spec.objective.metric
     scored = [
         r.model_copy(update={"values": hpo.trial_values(params, r.metrics, metric)})
@@ -111,20 +115,26 @@ def advance(
         return HpoOutcome(params.target, scored, best=best)
     active = sum(1 for r in scored if r.state in ("Pending", "Running"))
     count = min(params.parallelism - active, params.trials - len(scored))
-    if count > 0:
-        for suggested in hpo.propose(
-            params, scored, count, _seed(params, spec), metric_name=metric
-        ):
-            key = run_key(
-                input_digest=input_digest,
-                stage_type=params.target,
-                params=hpo.trial_key_params(params, suggested),
-                dataset_digest=dataset_digest,
-                metric=metric,
-                seed=spec.seed,
-            )
-            number = len(scored)
-            scored.append(TrialRecord(stage=stage.name, number=number, params=suggested, key=key))
+    for _ in range(max(count, 0)):
+        # One trial at a time, in number order: its point depends on its number and on the
+        # trials it sees (`hpo.history_end`), never on which runs happened to finish first.
+        number = len(scored)
+        if not hpo.ready(params, scored, number):
+            break
+        suggested = hpo.propose_trial(
+            params, scored, number, _seed(params, spec), metric_name=metric
+        )
+        if suggested is None:
+            break
+        key = run_key(
+            input_digest=input_digest,
+            stage_type=params.target,
+            params=hpo.trial_key_params(params, suggested),
+            dataset_digest=dataset_digest,
+            metric=metric,
+            seed=spec.seed,
+        )
+        scored.append(TrialRecord(stage=stage.name, number=number, params=suggested, key=key))
     return HpoOutcome(params.target, scored)
 
 

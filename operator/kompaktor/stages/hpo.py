@@ -11,8 +11,11 @@ in-process for `kompaktor stage run --type hpo`.
 from __future__ import annotations
 
 import builtins
+import hashlib
 import math
 import random
+import types
+import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
@@ -22,7 +25,7 @@ from optuna.distributions import (
     FloatDistribution,
     IntDistribution,
 )
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from kompaktor.api.run import MAX_CURVE, PrunerSpec, TrialContext, TrialPoint
 from kompaktor.api.run import curve_stride as epochs_per_point
@@ -67,8 +70,9 @@ class SpaceParam(StageParams):
     )
     type: Literal["float", "int", "categorical"] | None = Field(
         None,
-        description="Inferred when left out: categorical with choices, int when low, high "
-        "(and step) are integers, float otherwise.",
+        description="Inferred when left out: categorical with choices, else the type of the "
+        "target's param (int or float); for a param of neither type, int when low, high (and "
+        "step) are integers, float otherwise.",
     )
 
     @model_validator(mode="after")
@@ -101,12 +105,20 @@ class SpaceParam(StageParams):
             raise ValueError(f"choices must be strings, numbers, booleans or null (got {bad[0]!r})")
         return self
 
+    #: The kind of number the target's param is (set by HpoParams from its field's type).
+    _field_kind: Literal["float", "int"] | None = PrivateAttr(None)
+
     @property
     def kind(self) -> Literal["float", "int", "categorical"]:
+        """categorical for choices; else as `type` says, or as the target's param is typed (an
+        int param searched on integers, a float one on floats however its ends are written),
+        or, for a param of neither type, as the numbers are written."""
         if self.type is not None:
             return self.type
         if self.choices is not None:
             return "categorical"
+        if self._field_kind is not None:
+            return self._field_kind
         ints = all(isinstance(v, int) for v in (self.low, self.high, self.step) if v is not None)
         return "int" if ints else "float"
 
@@ -200,6 +212,18 @@ class HpoParams(StageParams):
         return value
 
     @model_validator(mode="after")
+    def _kinds_from_target(self) -> HpoParams:
+        """Each range over an int or float param of the target searches that kind of number
+        (`check` refuses an int param's range with ends or a step that are not integers)."""
+        from kompaktor.stages.base import registry
+
+        stage = registry().get(self.target)
+        if stage is not None:
+            for key, space in self.space.items():
+                space._field_kind = _number_kind(_params_model(stage), key)
+        return self
+
+    @model_validator(mode="after")
     def _sampler_fits(self) -> HpoParams:
         if self.sampler == "cmaes" and len(self.objectives) > 1:
             raise ValueError(
@@ -256,6 +280,7 @@ def check(params: HpoParams, plan: PlanContext | None = None) -> None:
                     f"params.{where}.{key}: {params.target} has no param {key!r} "
                     f"(its params: {known})"
                 )
+    _check_kinds(params, target)
     for key in params.base:
         if _canonical_name(target.Params, key) in {
             _canonical_name(target.Params, k) for k in params.space
@@ -267,11 +292,8 @@ def check(params: HpoParams, plan: PlanContext | None = None) -> None:
                 raise ValueError(f"params.space.{key}: a grid search needs step or choices")
         if grid_size(distributions(params)) > MAX_GRID:
             raise ValueError(f"params.space: the grid has more than {MAX_GRID} points")
-    first = _first_point(params)
-    points = [_validated(params, target, first)]
-    for key, values in _extremes(params).items():
-        for value in values:  # every end of a range and every choice must work
-            points.append(_validated(params, target, {**first, key: value}))
+    # every end of a range and every choice must work
+    points = [point for _, _, point in _trial_points(params)]
     _check_pruner(params, target)
     if plan is not None:
         if plan.input_format not in target.accepts:
@@ -305,6 +327,40 @@ def _extremes(params: HpoParams) -> dict[str, list[Any]]:
             assert isinstance(dist, IntDistribution | FloatDistribution)
             ends[key] = [dist.low, dist.high]  # high as Optuna adjusts it to the step
     return ends
+
+
+def _number_kind(model: type[StageParams], key: str) -> Literal["float", "int"] | None:
+    """int or float when the model's param `key` is of that type (or that type or None)."""
+    field = model.model_fields.get(_canonical_name(model, key))
+    if field is None:
+        return None
+    kind = field.annotation
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        rest = [a for a in typing.get_args(kind) if a is not type(None)]
+        kind = rest[0] if len(rest) == 1 else None
+    return "int" if kind is int else "float" if kind is float else None
+
+
+def _check_kinds(params: HpoParams, target: type[Stage[Any]]) -> None:
+    """A range over an int param needs integer ends and step; a float param is no int range."""
+    for key, space in params.space.items():
+        field_kind = _number_kind(_params_model(target), key)
+        if space.choices is not None or space.type == "categorical" or field_kind is None:
+            continue
+        if field_kind == "float" and space.type == "int":
+            continue  # integers are floats: a search on whole numbers is the user's choice
+        if field_kind == "int" and space.type == "float":
+            raise ValueError(
+                f"params.space.{key}: {params.target}'s {key} is an integer; drop type: float"
+            )
+        if field_kind == "int":
+            for end in ("low", "high", "step"):
+                value = getattr(space, end)
+                if value is not None and not float(value).is_integer():
+                    raise ValueError(
+                        f"params.space.{key}.{end}: {params.target}'s {key} is an integer, "
+                        f"so the range needs integer low, high and step (got {value})"
+                    )
 
 
 def _check_pruner(params: HpoParams, target: type[Stage[Any]]) -> None:
@@ -424,6 +480,74 @@ def _describe(params: HpoParams, target: str, error: ValidationError) -> list[st
 # ---- the search -----------------------------------------------------------------------------
 
 
+#: Samplers whose next point depends on how earlier trials scored.
+LEARNING_SAMPLERS = ("tpe", "gp", "cmaes", "nsga2")
+
+
+def history_end(params: HpoParams, number: int) -> int:
+    """Trial `number` sees the trials numbered below this as finished: number - parallelism + 1.
+
+    What a trial sees must not depend on which runs happened to finish first, so it is fixed by
+    the trial's number: the trials at least `parallelism` places before it (which must have
+    finished before it starts: `ready`); the ones in between are shown to it as running.
+    """
+    return number - params.parallelism + 1
+
+
+def waits(params: HpoParams) -> bool:
+    """Whether a trial waits for the trials it sees (`history_end`): it does when its point
+    (a learning sampler) or its pruning context (a pruner) depends on how they ended."""
+    return params.sampler in LEARNING_SAMPLERS or params.pruner != "none"
+
+
+def ready(params: HpoParams, records: Sequence[TrialRecord], number: int) -> bool:
+    """Trial `number` may be proposed: every trial it sees as finished has finished."""
+    if not waits(params):
+        return True
+    end = history_end(params, number)
+    return all(r.state in _FINISHED for r in records if r.number < end)
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """The sampler seed of trial `number`: a function of the search seed and the number only."""
+    digest = hashlib.sha256(f"kompaktor-hpo/{seed}/{number}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def propose_trial(
+    params: HpoParams,
+    records: Sequence[TrialRecord],
+    number: int,
+    seed: int,
+    *,
+    metric_name: str = "accuracy",
+) -> dict[str, Any] | None:
+    """Trial `number`'s point (None when the budget or the grid is spent).
+
+    Deterministic whatever the timing: the point depends on the seed, the number, the points of
+    the trials numbered below it and the outcomes of those below `history_end` only (the caller
+    checks `ready` first; the others are shown as running, so parallel trials spread apart).
+    """
+    if number >= params.trials:
+        return None
+    earlier = sorted((r for r in records if r.number < number), key=lambda r: r.number)
+    spaces = distributions(params)
+    taken = [r.params for r in earlier]
+    if params.sampler == "grid":
+        points = _grid(spaces, taken, 1, seed)
+        return points[0] if points else None
+    end = history_end(params, number) if params.sampler in LEARNING_SAMPLERS else 0
+    observed = [_observed(r) if r.number < end else Observed(r.params, "Running") for r in earlier]
+    own = trial_seed(seed, number)
+    directions = maximize(params, metric_name)
+    if params.sampler == "cmaes":
+        return cma.propose(spaces, observed, 1, own, directions[0])[0]
+    population = _population(params)
+    sampler = sampler_for(params.sampler, own, startup=_startup(params), population=population)
+    study = rebuild(spaces, observed, directions, sampler, population=population)
+    return ask(study, spaces, 1, taken)[0]
+
+
 def propose(
     params: HpoParams,
     records: Sequence[TrialRecord],
@@ -432,29 +556,20 @@ def propose(
     *,
     metric_name: str = "accuracy",
 ) -> list[dict[str, Any]]:
-    """Up to `count` new points (fewer when the budget or the grid runs out).
-
-    Deterministic: the study is rebuilt from `records` alone and its sampler seeded with
-    seed + len(records). Pending/Running records count against the budget and are shown to the
-    sampler as running, so parallel proposals do not pile onto one point.
+    """Up to `count` new points, for the trials numbered len(records) on (fewer when the
+    budget or the grid runs out): each is `propose_trial`'s, the ones before it in the batch
+    shown as running, so a batch gives the points the same trials get one at a time.
     """
-    count = min(count, params.trials - len(records))
-    if count <= 0:
-        return []
-    spaces = distributions(params)
-    taken = [r.params for r in records]
-    if params.sampler == "grid":
-        return _grid(spaces, taken, count, seed)
-    observed = [_observed(r) for r in records]
-    directions = maximize(params, metric_name)
-    if params.sampler == "cmaes":
-        return cma.propose(spaces, observed, count, seed + len(records), directions[0])
-    population = _population(params)
-    sampler = sampler_for(
-        params.sampler, seed + len(records), startup=_startup(params), population=population
-    )
-    study = rebuild(spaces, observed, directions, sampler, population=population)
-    return ask(study, spaces, count, taken)
+    working = list(records)
+    points: list[dict[str, Any]] = []
+    for _ in range(max(0, min(count, params.trials - len(records)))):
+        number = len(working)
+        point = propose_trial(params, working, number, seed, metric_name=metric_name)
+        if point is None:
+            break
+        points.append(point)
+        working.append(TrialRecord(stage="", number=number, params=point, state="Running"))
+    return points
 
 
 def _grid(
@@ -644,14 +759,16 @@ def trial_context(
     params: HpoParams, records: Sequence[TrialRecord], number: int, *, metric_name: str
 ) -> TrialContext | None:
     """What trial `number` is started with when the search prunes: the pruner, the curve
-    stride, and the finished trials numbered below it (newest first up to MAX_CONTEXT_BYTES)."""
+    stride, and the finished trials it sees (numbered below `history_end`: which trials finished
+    first must not change what prunes it), newest first up to MAX_CONTEXT_BYTES."""
     spec = pruner_spec(params)
     if spec is None:
         return None
+    end = history_end(params, number)
     history: list[TrialPoint] = []
     size = 0
     for record in sorted(records, key=lambda r: -r.number):
-        if record.number >= number or record.state not in ("Complete", "Pruned"):
+        if record.number >= end or record.state not in ("Complete", "Pruned"):
             continue
         if record.state == "Pruned" and not record.curve:
             continue
@@ -678,11 +795,29 @@ def trial_context(
 # ---- the stage ------------------------------------------------------------------------------
 
 
-def _first_trial(params: HpoParams) -> tuple[Stage[Any], StageParams]:
-    """The target stage and the params of one trial, which stand for every trial's output."""
+def _trial_points(params: HpoParams) -> list[tuple[str | None, Any, StageParams]]:
+    """The target's params at the points `check` validates: the first point, and the first
+    point with each end of each range and each choice in turn (key, value; None for the first
+    point): the points that stand for every trial's output."""
     target = _target_stage(params)
-    point = _params_model(target).model_validate(trial_params(params, _first_point(params)))
-    return target(), point
+    first = _first_point(params)
+    points: list[tuple[str | None, Any, StageParams]] = [
+        (None, None, _validated(params, target, first))
+    ]
+    for key, values in _extremes(params).items():
+        for value in values:
+            points.append((key, value, _validated(params, target, {**first, key: value})))
+    return points
+
+
+def _least_accepted(formats: set[ModelFormat]) -> ModelFormat:
+    """Of several formats the winner may have, the one the fewest stage types take: a later
+    stage that takes it takes the others too (pt2 and torchscript go wherever onnx goes), so
+    validation refuses a later stage that cannot take every possible winner."""
+    from kompaktor.stages.base import registry
+
+    stages = registry().values()
+    return min(sorted(formats), key=lambda f: sum(f in s.accepts for s in stages))
 
 
 class HpoStage(Stage[HpoParams]):
@@ -697,12 +832,25 @@ class HpoStage(Stage[HpoParams]):
     sparse_layers: ClassVar[SparseLayers] = "run"  # its trials see them (train fine-tunes them)
 
     def output_format(self, input_format: ModelFormat, params: HpoParams) -> ModelFormat:
-        target, point = _first_trial(params)
-        return target.output_format(input_format, point)
+        """The trials' common output format; when the space gives several (quantize's mode:
+        bf16 writes pt2, static onnx), the one the fewest stages take, so that a later stage
+        that cannot take every possible winner is refused before the search runs."""
+        stage = _target_stage(params)()
+        formats = {
+            stage.output_format(input_format, point) for _, _, point in _trial_points(params)
+        }
+        return formats.pop() if len(formats) == 1 else _least_accepted(formats)
 
     def output_precision(self, input_precision: Precision, params: HpoParams) -> Precision:
-        target, point = _first_trial(params)
-        return target.output_precision(input_precision, point)
+        """The trials' common output precision; when they differ, the first that differs from
+        the input's (the winner may be quantized: a later stage must allow for it)."""
+        stage = _target_stage(params)()
+        precisions = [
+            stage.output_precision(input_precision, point) for _, _, point in _trial_points(params)
+        ]
+        if len(set(precisions)) == 1:
+            return precisions[0]
+        return next(p for p in precisions if p != input_precision)
 
     def check(self, params: HpoParams, plan: PlanContext) -> None:
         check(params, plan)

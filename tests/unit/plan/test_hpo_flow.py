@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from kompaktor.api.run import RunRecord
 from kompaktor.api.spec import OptimizationJobSpec
 from kompaktor.api.status import OptimizationJobStatus, OutputRef
@@ -197,3 +199,85 @@ def test_the_stage_result_is_recorded_for_the_cache() -> None:
     (write,) = kinds(result, WriteRecord)
     assert write.record.type == "hpo"
     assert write.record.metrics["trials"] == 2
+
+
+def search_job(sampler: str, trials: int, parallelism: int) -> JobContext:
+    """A one-stage search over train's lr and batch size with `sampler`."""
+    params: dict[str, Any] = {
+        "target": "train",
+        "sampler": sampler,
+        "trials": trials,
+        "parallelism": parallelism,
+        "base": {"epochs": 1},
+        "space": {
+            "lr": {"low": 1e-4, "high": 1e-1, "log": True},
+            "batchSize": {"low": 16, "high": 128, "step": 16},
+        },
+    }
+    spec = OptimizationJobSpec.model_validate(
+        {
+            "model": {"uri": "file:///m/model.pt2"},
+            "dataset": {"uri": "sklearn:digits"},
+            "objective": {"metric": "accuracy", "maxDrop": 0.5},
+            "seed": 11,
+            "stages": [{"name": "tune", "type": "hpo", "params": params}],
+        }
+    )
+    return JobContext(name="h", spec=spec, artifacts_uri="file:///art", generation=1)
+
+
+def drive(job: JobContext, order: str) -> OptimizationJobStatus:
+    """Run the search to the end, finishing the running trials in `order`: all at once, or one
+    at a time, the lowest or the highest trial number first."""
+
+    def metric(params: dict[str, Any]) -> float:
+        return 0.9 - abs(float(params["lr"]) - 0.01) - int(params["batchSize"]) / 10_000
+
+    result = answer_probes(
+        job, step(job, OptimizationJobStatus(), [InputsProbed("sha256:m", "sha256:d")], T0)
+    )
+    for _ in range(100):
+        if result.status.phase in ("Succeeded", "Failed"):
+            return result.status
+        runs = sorted(kinds(result, EnsureRun), key=lambda e: e.request.trial or 0)
+        assert runs, "the search stalled"
+        if order == "lowest":
+            runs = runs[:1]
+        elif order == "highest":
+            runs = runs[-1:]
+        observations = [
+            RunSucceeded(
+                e.request.run_id,
+                RunRecord(
+                    type="train",
+                    output=OutputRef(
+                        uri=f"file:///art/{e.request.run_id}/model.pt2", digest=e.request.run_id
+                    ),
+                    format="pt2",
+                    metrics={"metric": metric(e.request.params), "referenceMetric": 0.9},
+                ),
+            )
+            for e in runs
+        ]
+        result = answer_probes(job, step(job, result.status, observations, T0))
+    raise AssertionError("the search did not finish")
+
+
+@pytest.mark.parametrize(
+    ("sampler", "trials", "parallelism"), [("random", 4, 2), ("tpe", 8, 3), ("cmaes", 8, 2)]
+)
+def test_the_same_search_gives_the_same_trials_whatever_order_runs_finish_in(
+    sampler: str, trials: int, parallelism: int
+) -> None:
+    """Parallel trials finish in whatever order they do: the trial points and the winner depend
+    on the job and its seed only (they once depended on which runs were drawn together)."""
+    job = search_job(sampler, trials, parallelism)
+    outcomes = []
+    for order in ("all", "lowest", "highest"):
+        status = drive(job, order)
+        assert status.phase == "Succeeded", status.message
+        assert [t.number for t in status.trials] == list(range(trials))
+        stage = status.stages[0]
+        assert stage.output is not None
+        outcomes.append(([t.params for t in status.trials], stage.output.uri))
+    assert outcomes[0] == outcomes[1] == outcomes[2]
