@@ -67,21 +67,23 @@ def answer_probes(job: JobContext, result: StepResult) -> StepResult:
 
 def succeed(job: JobContext, result: StepResult, metric_of: Any) -> StepResult:
     runs = kinds(result, EnsureRun)
-    observations = [
-        RunSucceeded(
-            e.request.run_id,
-            RunRecord(
-                type="train",
-                output=OutputRef(
-                    uri=f"file:///art/{e.request.run_id}/model.pt2", digest=e.request.run_id
-                ),
-                format="pt2",
-                metrics={"metric": metric_of(e.request.params["lr"]), "referenceMetric": 0.9},
-            ),
-        )
-        for e in runs
-    ]
+    observations = [finished(e, metric_of(e.request.params["lr"])) for e in runs]
     return answer_probes(job, step(job, result.status, observations, T0))
+
+
+def finished(run: EnsureRun, metric: float) -> RunSucceeded:
+    """The run succeeded with this metric (its output named and digested by its run id)."""
+    rid = run.request.run_id
+    output = OutputRef(uri=f"file:///art/{rid}/model.pt2", digest=rid)
+    return RunSucceeded(
+        rid,
+        RunRecord(
+            type="train",
+            output=output,
+            format="pt2",
+            metrics={"metric": metric, "referenceMetric": 0.9},
+        ),
+    )
 
 
 def test_trials_run_in_parallel_and_the_best_wins() -> None:
@@ -245,20 +247,7 @@ def drive(job: JobContext, order: str) -> OptimizationJobStatus:
             runs = runs[:1]
         elif order == "highest":
             runs = runs[-1:]
-        observations = [
-            RunSucceeded(
-                e.request.run_id,
-                RunRecord(
-                    type="train",
-                    output=OutputRef(
-                        uri=f"file:///art/{e.request.run_id}/model.pt2", digest=e.request.run_id
-                    ),
-                    format="pt2",
-                    metrics={"metric": metric(e.request.params), "referenceMetric": 0.9},
-                ),
-            )
-            for e in runs
-        ]
+        observations = [finished(e, metric(e.request.params)) for e in runs]
         result = answer_probes(job, step(job, result.status, observations, T0))
     raise AssertionError("the search did not finish")
 
