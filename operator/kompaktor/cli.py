@@ -33,7 +33,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from kompaktor.api.jobfile import load_job_file
     from kompaktor.display import result_lines, stage_table, summary
     from kompaktor.executors.local import LocalExecutor
-    from kompaktor.local import LocalRun, localize, termination_interrupts
+    from kompaktor.interrupts import termination_interrupts
+    from kompaktor.local import LocalRun, localize
     from kompaktor.stages import validate_job
 
     job_path = Path(args.job).resolve()

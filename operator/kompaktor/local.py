@@ -9,11 +9,9 @@ next step, and the run fails only after STATUS_GRACE_SECONDS of failed writes.
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -236,21 +234,3 @@ def interrupted(status: OptimizationJobStatus) -> OptimizationJobStatus:
             "message": "interrupted: run the same command to resume",
         }
     )
-
-
-@contextlib.contextmanager
-def termination_interrupts() -> Iterator[None]:
-    """SIGTERM and SIGHUP (`timeout`, `kill`, a closed terminal) interrupt like Ctrl-C, so the
-    run stops its stages (each in a session of its own, which the signal does not reach) and
-    leaves its status resumable instead of orphaning them."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    caught = (signal.SIGTERM, signal.SIGHUP)
-    previous = [signal.signal(signum, interrupt) for signum in caught]
-    try:
-        yield
-    finally:
-        for signum, handler in zip(caught, previous, strict=True):
-            signal.signal(signum, handler)

@@ -30,8 +30,6 @@ from kompaktor.api.run import EXIT_FAILED, EXIT_INVALID, EXIT_OK, LOG_FILE, RunF
 from kompaktor.errors import JobSpecError, KompaktorError, StageError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from kompaktor.data import Dataset
     from kompaktor.models import LoadedModel, ModelFormat
     from kompaktor.stages.base import Curve, StageContext, StageResult
@@ -140,6 +138,7 @@ def main_stage(args: argparse.Namespace) -> int:
     SIGTERM and SIGHUP (a pod deleted or evicted, `kompaktor run` stopping its stages) and
     Ctrl-C stop the run as a retryable failure (exit 1, reason Interrupted) after its cleanup
     has run: a multipart upload under way is aborted, the temporary folder removed."""
+    from kompaktor.interrupts import termination_interrupts
     from kompaktor.stages.outputs import write_termination_message
 
     try:
@@ -158,11 +157,8 @@ def main_stage(args: argparse.Namespace) -> int:
             input_digest=args.input_digest,
             reference_digest=args.reference_digest,
         )
-        restore = _signals_interrupt()
-        try:
+        with termination_interrupts():
             record = run_stage(request)
-        finally:
-            restore()
     except StageRunError as error:
         write_termination_message(error.failure.model_dump_json(by_alias=True))
         print(f"error: {error.failure.message}", file=sys.stderr)
@@ -181,34 +177,6 @@ def main_stage(args: argparse.Namespace) -> int:
     write_termination_message(record.summary())
     print(record.model_dump_json(by_alias=True, indent=2))
     return EXIT_OK
-
-
-def _signals_interrupt() -> Callable[[], None]:
-    """Make SIGTERM and SIGHUP raise KeyboardInterrupt, as `kompaktor run` does
-    (kompaktor.local.termination_interrupts), so the run unwinds through its cleanup instead of
-    dying where it stands; returns what puts the previous handlers back. Only the first signal
-    raises: a second one must not cut that cleanup short (SIGKILL is there for a stuck one)."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None  # signal handlers can only be set from the main thread
-    raised = False
-
-    def interrupt(signum: int, frame: object) -> None:
-        nonlocal raised
-        if not raised:
-            raised = True
-            raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    caught = (signal.SIGTERM, signal.SIGHUP)
-    previous = [signal.signal(signum, interrupt) for signum in caught]
-
-    def restore() -> None:
-        for signum, handler in zip(caught, previous, strict=True):
-            signal.signal(signum, handler)
-
-    return restore
 
 
 def _leave_interrupted(output: str, failure: RunFailure) -> None:
