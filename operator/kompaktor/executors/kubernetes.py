@@ -251,42 +251,48 @@ SLOW_WAITING = frozenset(
 )
 
 
+def _stage_state(pod: Obj | None) -> Obj:
+    """The stage container's state (`running`, `terminated`, `waiting`), {} if not reported."""
+    for container in (pod or {}).get("status", {}).get("containerStatuses") or []:
+        if container.get("name") == CONTAINER:
+            return dict(container.get("state") or {})
+    return {}
+
+
+def _timeout(job: Obj) -> float | None:
+    limit = (job.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_TIMEOUT)
+    return None if limit is None else float(limit)
+
+
 def ran_seconds(pods: Sequence[Obj], now: datetime) -> float:
     """How long the run's stage container ran (so far, while it runs); 0 if it never started."""
-    pod = _last_pod(pods)
-    for container in (pod or {}).get("status", {}).get("containerStatuses") or []:
-        if container.get("name") != CONTAINER:
-            continue
-        state = container.get("state") or {}
-        span = state.get("terminated") or state.get("running") or {}
-        if span.get("startedAt"):
-            end = parse_iso(str(span["finishedAt"])) if span.get("finishedAt") else now
-            return max((end - parse_iso(str(span["startedAt"]))).total_seconds(), 0.0)
-    return 0.0
+    state = _stage_state(_last_pod(pods))
+    span = state.get("terminated") or state.get("running") or {}
+    if not span.get("startedAt"):
+        return 0.0
+    end = parse_iso(str(span["finishedAt"])) if span.get("finishedAt") else now
+    return max((end - parse_iso(str(span["startedAt"]))).total_seconds(), 0.0)
 
 
 def time_left(job: Obj, pods: Sequence[Obj], now: datetime) -> float | None:
     """Seconds until the running stage container reaches the stage's timeout (≤ 0: it has);
     None without a timeout or a running container. The timeout counts the stage's own time,
     as `kompaktor run` does, not the pod's scheduling and image pull."""
-    limit = (job.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_TIMEOUT)
+    limit = _timeout(job)
     if limit is None:
         return None
     for pod in pods:
-        for container in pod.get("status", {}).get("containerStatuses") or []:
-            running = (container.get("state") or {}).get("running") or {}
-            if container.get("name") == CONTAINER and running.get("startedAt"):
-                ran = (now - parse_iso(str(running["startedAt"]))).total_seconds()
-                return float(limit) - ran
+        running = _stage_state(pod).get("running") or {}
+        if running.get("startedAt"):
+            return limit - (now - parse_iso(str(running["startedAt"]))).total_seconds()
     return None
 
 
 def overran(job: Obj, pods: Sequence[Obj], now: datetime) -> RunFailed | None:
     """A run whose stage container has run longer than the stage's timeout."""
-    rid, left = run_id_of(job), time_left(job, pods, now)
-    if rid is None or left is None or left > 0 or finished(job):
+    rid, limit, left = run_id_of(job), _timeout(job), time_left(job, pods, now)
+    if rid is None or limit is None or left is None or left > 0 or finished(job):
         return None
-    limit = float((job.get("metadata", {}).get("annotations") or {})[ANNOTATION_TIMEOUT])
     return RunFailed(rid, "DeadlineExceeded", f"ran longer than {limit:.0f}s ({_name(job)})")
 
 
