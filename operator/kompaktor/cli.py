@@ -71,7 +71,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         console.print(stage_table(job.metadata.name, status))
         for line in result_lines(status):
             console.print(line)
-        console.print(f"artifacts: {ctx.artifacts_uri}   logs: {logs}")
+        logs_here = executor.logs_for(ctx.artifacts_uri)
+        # soft_wrap: the paths stay whole on one line, to be copied
+        console.print(f"artifacts: {ctx.artifacts_uri}   logs: {logs_here}", soft_wrap=True)
     return 0 if status.phase == "Succeeded" else EXIT_FAILED
 
 

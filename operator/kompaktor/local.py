@@ -23,9 +23,11 @@ from kompaktor.api.spec import OptimizationJob, OptimizationJobSpec, StageSpec
 from kompaktor.api.status import OptimizationJobStatus
 from kompaktor.artifacts import ArtifactError, open_store
 from kompaktor.engine import reconcile
+from kompaktor.errors import JobSpecError
 from kompaktor.executors.local import LocalExecutor
 from kompaktor.plan import CancelRun, EnsureRun, JobContext, Observation, Requeue
 from kompaktor.plan.keys import file_uri, map_model_refs
+from kompaktor.stages.validate import uri_problem
 
 STATUS_KEY = "jobs/{name}/status.json"
 IDLE_WAKE_SECONDS = 1.0
@@ -67,6 +69,8 @@ def localize(job: OptimizationJob, job_dir: Path, artifacts: str | None) -> JobC
         _absolute_model_files(stage, job_dir).model_copy(update={"pool": None, "pools": None})
         for stage in spec.stages
     ]
+    if artifacts is not None and (problem := uri_problem(artifacts)) is not None:
+        raise JobSpecError(f"--artifacts: {problem}")  # spec.artifacts.uri is validate_job's
     root = artifacts or spec.artifacts.uri or str(job_dir / "artifacts")
     resolved: OptimizationJobSpec = spec.model_copy(
         update={"model": model, "dataset": dataset, "stages": stages}

@@ -69,6 +69,10 @@ def test_human_output_has_the_table(demo: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "OptimizationJob digits-cnn: Succeeded" in done.stderr
     assert "speedup at batch 1" in done.stderr
+    # the logs it names are this artifact root's own, the stages' logs among them
+    logs = Path(done.stderr.rsplit("logs: ", 1)[1].splitlines()[0])
+    assert logs.parent == demo.parent / ".kompaktor" / "digits-cnn"
+    assert any(logs.glob("*.log")), sorted(logs.iterdir())
 
 
 def _edit(job: Path, target: Path, change: Any) -> Path:
@@ -165,7 +169,7 @@ def test_an_interrupt_stops_cleanly_and_a_rerun_resumes(
     assert [t for t in status.get("trials", []) if t["state"] == "Running"] == []
     if signum != signal.SIGINT:
         return  # resuming does not depend on the signal; one full rerun is enough
-    interrupted = {log: log.read_text() for log in logs.glob("*.log") if log.stat().st_size}
+    interrupted = {log: log.read_text() for log in logs.rglob("*.log") if log.stat().st_size}
     code, summary, err = run_json(demo, "--artifacts", str(artifacts), "--logs", str(logs))
     assert code == 0, err
     assert summary["phase"] == "Succeeded"
@@ -177,7 +181,7 @@ def test_an_interrupt_stops_cleanly_and_a_rerun_resumes(
 
 
 def _logged(logs: Path) -> bool:
-    return any(log.stat().st_size for log in logs.glob("*.log"))
+    return any(log.stat().st_size for log in logs.rglob("*.log"))
 
 
 def _children(pid: int) -> list[int]:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from kompaktor.api.jobfile import load_job_file
 from kompaktor.api.status import OptimizationJobStatus, TrialRecord
+from kompaktor.errors import JobSpecError
 from kompaktor.executors.local import LocalExecutor
 from kompaktor.local import LocalRun, localize
 from tests.unit.api.test_jobfile import GOOD
@@ -34,3 +37,21 @@ def test_a_rerun_counts_restored_trials_as_spent_by_the_run_that_made_them(tmp_p
         ("Pending", 120.0, 0.5),  # run again: its figures are replaced when it finishes
     ]
     assert restored.energy_joules is None
+
+
+@pytest.mark.parametrize(
+    ("flag", "problem"),
+    [
+        ("htp://bucket/runs", "htp://bucket/runs: unsupported URI scheme 'htp'"),
+        ("s3://b/runs", "invalid S3 URI 's3://b/runs': want s3://<bucket>[/<prefix>]"),
+    ],
+)
+def test_a_bad_artifacts_flag_is_refused_naming_the_flag(
+    tmp_path: Path, flag: str, problem: str
+) -> None:
+    """It failed at the first status write, with a message that did not say which setting."""
+    job_path = tmp_path / "job.yaml"
+    job_path.write_text(GOOD)
+    with pytest.raises(JobSpecError) as caught:
+        localize(load_job_file(job_path), job_path.parent, flag)
+    assert str(caught.value).startswith(f"--artifacts: {problem}")

@@ -33,7 +33,7 @@ class FlakyStore:
     def put_bytes(self, key: str, data: bytes) -> None:
         if self.down:
             self.failed += 1
-            raise ArtifactError(f"cannot upload to s3://b/{key}: S3 endpoint unreachable")
+            raise ArtifactError(f"cannot upload to s3://bucket/{key}: S3 endpoint unreachable")
         self.puts.append(data)
 
 
@@ -83,7 +83,7 @@ def scripted(
 def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     job_path = tmp_path / "job.yaml"
     job_path.write_text(GOOD)
-    ctx = localize(load_job_file(job_path), job_path.parent, "s3://b/prefix")
+    ctx = localize(load_job_file(job_path), job_path.parent, "s3://bucket/prefix")
     store, clock, executor = FlakyStore(), Clock(), IdleExecutor()
     monkeypatch.setattr(local, "open_store", lambda uri: store)
 
@@ -113,7 +113,7 @@ def test_a_short_outage_is_a_warning_and_the_run_finishes(
     assert [b"tick 0" in setup.store.puts[0], b"tick 5" in setup.store.puts[1]] == [True, True]
     assert b'"phase": "Succeeded"' in setup.store.puts[-1]
     err = capsys.readouterr().err
-    assert err.count("warning: cannot write s3://b/prefix/jobs/demo/status.json") == 1
+    assert err.count("warning: cannot write s3://bucket/prefix/jobs/demo/status.json") == 1
     assert "the stages go on" in err and "written again" in err
 
 
@@ -146,8 +146,8 @@ def test_a_final_status_that_cannot_be_written_says_where_the_results_are(setup:
     with pytest.raises(ArtifactError) as caught:
         run.run()
     message = str(caught.value)
-    assert "ended Failed and its stages' outputs are in s3://b/prefix" in message
-    assert "s3://b/prefix/jobs/demo/status.json" in message
+    assert "ended Failed and its stages' outputs are in s3://bucket/prefix" in message
+    assert "s3://bucket/prefix/jobs/demo/status.json" in message
     assert setup.clock.now == pytest.approx(1 + STATUS_GRACE_SECONDS)
 
 
@@ -163,7 +163,7 @@ def test_an_interrupt_during_an_outage_still_stops_the_run(
     monkeypatch.setattr(setup.executor, "poll", interrupt)
     with pytest.raises(KeyboardInterrupt):
         run.run()
-    assert "cannot write s3://b/prefix/jobs/demo/status.json on the way out" in (
+    assert "cannot write s3://bucket/prefix/jobs/demo/status.json on the way out" in (
         capsys.readouterr().err
     )
     assert setup.executor.shut_down

@@ -8,7 +8,14 @@ from kompaktor.artifacts.file import FileStore
 from kompaktor.artifacts.hashing import digest_bytes, digest_file
 from kompaktor.artifacts.s3 import S3Store
 from kompaktor.artifacts.s3_config import S3Settings
-from kompaktor.artifacts.uri import fetch, local_path, open_store, publish, split_uri
+from kompaktor.artifacts.uri import (
+    fetch,
+    fetch_digest,
+    local_path,
+    open_store,
+    publish,
+    split_uri,
+)
 
 __all__ = [
     "ArtifactError",
@@ -20,6 +27,7 @@ __all__ = [
     "digest_bytes",
     "digest_file",
     "fetch",
+    "fetch_digest",
     "local_path",
     "open_store",
     "publish",

@@ -91,8 +91,14 @@ class ArtifactStore(ABC):
         """Like `put_file`, for data already in memory (small JSON, metrics)."""
 
     @abstractmethod
+    def download(self, key: str, dest: Path) -> str:
+        """Download to `dest` (created atomically, parents made), verifying the digest; return
+        the digest of what was written, computed as it streamed, so no caller reads it again."""
+
     def get_file(self, key: str, dest: Path) -> Path:
         """Download to `dest` (created atomically, parents made), verifying the digest."""
+        self.download(key, dest)
+        return dest
 
     @abstractmethod
     def get_bytes(self, key: str) -> bytes:

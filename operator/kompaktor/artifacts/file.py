@@ -189,7 +189,7 @@ class FileStore(ArtifactStore):
 
     # -- reads -----------------------------------------------------------------------------
 
-    def get_file(self, key: str, dest: Path) -> Path:
+    def download(self, key: str, dest: Path) -> str:
         path = self._path(key)
         expected = self.digest(key)
         try:
@@ -202,7 +202,7 @@ class FileStore(ArtifactStore):
             tmp.replace(dest)
         except OSError as exc:
             raise ArtifactError(f"cannot copy {self.uri(key)} to {dest}: {exc}") from exc
-        return dest
+        return got
 
     def get_bytes(self, key: str) -> bytes:
         path = self._path(key)

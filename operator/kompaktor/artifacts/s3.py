@@ -30,7 +30,7 @@ from kompaktor.artifacts.base import (
 from kompaktor.artifacts.file import atomic_writer
 from kompaktor.artifacts.hashing import CHUNK_SIZE, PREFIX, digest_bytes, digest_file, is_digest
 from kompaktor.artifacts.s3_config import S3Settings, make_client
-from kompaktor.artifacts.s3_errors import error_code, translate
+from kompaktor.artifacts.s3_errors import S3_FAILURES, error_code, translate
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -81,16 +81,19 @@ class S3Store(ArtifactStore):
         check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    def _error(self, exc: Exception, action: str, key: str) -> ArtifactError:
+        return translate(
+            exc, action=action, uri=self.uri(key), endpoint=self.settings.endpoint_label
+        )
+
     def _call(self, action: str, key: str, fn: Callable[[], T]) -> T:
         """Run one S3 operation, turning any failure into an `ArtifactError` naming the URI."""
         try:
             return fn()
         except ArtifactError:
             raise
-        except (BotoCoreError, ClientError, OSError) as exc:
-            raise translate(
-                exc, action=action, uri=self.uri(key), endpoint=self.settings.endpoint_url
-            ) from exc
+        except S3_FAILURES as exc:
+            raise self._error(exc, action, key) from exc
 
     def _head(self, key: str, action: str) -> dict[str, Any] | None:
         """HEAD the object, or None when it is absent (a missing bucket is still an error)."""
@@ -99,22 +102,17 @@ class S3Store(ArtifactStore):
             return dict(self.client.head_object(Bucket=self.bucket, Key=full))
         except ClientError as exc:
             if error_code(exc) not in {"404", "NoSuchKey", "NotFound"}:
-                raise translate(
-                    exc, action=action, uri=self.uri(key), endpoint=self.settings.endpoint_url
-                ) from exc
+                raise self._error(exc, action, key) from exc
         except BotoCoreError as exc:
-            raise translate(
-                exc, action=action, uri=self.uri(key), endpoint=self.settings.endpoint_url
-            ) from exc
-        # HEAD cannot say whether the key or the whole bucket is missing; ask the bucket.
-        try:
-            self.client.head_bucket(Bucket=self.bucket)
-        except (BotoCoreError, ClientError) as exc:
-            if isinstance(exc, ClientError) and error_code(exc) in {"404", "NotFound"}:
-                exc.response.setdefault("Error", {})["Code"] = "NoSuchBucket"
-            raise translate(
-                exc, action=action, uri=self.uri(key), endpoint=self.settings.endpoint_url
-            ) from exc
+            raise self._error(exc, action, key) from exc
+        # A HEAD reply has no body, so it cannot say whether the key or the bucket is missing,
+        # nor whether the server speaks S3 at all (any web server answers 404): a listing's
+        # reply carries S3's error code (NoSuchBucket), which a server that is not S3 lacks.
+        self._call(
+            action,
+            key,
+            lambda: self.client.list_objects_v2(Bucket=self.bucket, Prefix=full, MaxKeys=1),
+        )
         return None
 
     @staticmethod
@@ -190,10 +188,8 @@ class S3Store(ArtifactStore):
         except BaseException as exc:
             with suppress(BotoCoreError, ClientError):  # best effort; lifecycle rules do the rest
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
-            if isinstance(exc, BotoCoreError | ClientError | OSError):
-                raise translate(
-                    exc, action="upload to", uri=self.uri(key), endpoint=self.settings.endpoint_url
-                ) from exc
+            if isinstance(exc, S3_FAILURES):
+                raise self._error(exc, "upload to", key) from exc
             raise
 
     def _upload_parts(
@@ -247,10 +243,10 @@ class S3Store(ArtifactStore):
         self._check(key, self._recorded_digest(resp["Metadata"]), digest_bytes(data), resp["ETag"])
         return data
 
-    def get_file(self, key: str, dest: Path) -> Path:
+    def download(self, key: str, dest: Path) -> str:
         full = self._key(key)
 
-        def download() -> tuple[Path, str, dict[str, Any]]:
+        def stream() -> tuple[Path, str]:
             resp = self.client.get_object(Bucket=self.bucket, Key=full)
             h = hashlib.sha256()
             with atomic_writer(dest) as (f, tmp):
@@ -259,15 +255,15 @@ class S3Store(ArtifactStore):
                     f.write(chunk)
                 got = PREFIX + h.hexdigest()
                 self._check(key, self._recorded_digest(resp["Metadata"]), got, resp["ETag"])
-            return tmp, got, dict(resp)
+            return tmp, got
 
-        tmp, _, _ = self._call("download", key, download)
+        tmp, got = self._call("download", key, stream)
         try:
             tmp.replace(dest)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise ArtifactError(f"cannot write {dest}: {exc.strerror or exc}") from exc
-        return dest
+        return got
 
     def exists(self, key: str) -> bool:
         return self._head(key, "look up") is not None

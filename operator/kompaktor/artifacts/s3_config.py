@@ -18,9 +18,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
+from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url
 
 from kompaktor.artifacts.base import ArtifactError
 
@@ -33,6 +35,17 @@ MAX_PARTS = 10_000
 #: Attempts per S3 call, the first included: ~23 s of backoff (see above) rides out a short
 #: outage; each attempt against a black-holed endpoint also waits its connect timeout.
 DEFAULT_MAX_ATTEMPTS = 11
+#: Where an endpoint comes from, in the order `from_env` looks; the explicit one is the
+#: operator's configuration (`s3EndpointUrl`, also the Helm value `config.s3EndpointUrl`).
+ENDPOINT_ENV = ("KOMPAKTOR_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+EXPLICIT_SOURCE = "s3EndpointUrl (operator config)"
+ENDPOINT_EXAMPLE = (
+    "http(s)://host[:port], e.g. http://minio.example:9000 or https://s3.eu-west-1.amazonaws.com"
+)
+
+
+class S3EndpointError(ArtifactError):
+    """The configured S3 endpoint is not a usable URL: a configuration error no retry mends."""
 
 
 def _env_number(name: str, default: float, *, minimum: float) -> float:
@@ -54,6 +67,8 @@ class S3Settings:
     endpoint from hanging a stage for minutes."""
 
     endpoint_url: str | None = None
+    #: The setting `endpoint_url` came from, named in errors about it.
+    endpoint_source: str = "endpoint_url"
     #: In total, the first try included (botocore: total_max_attempts).
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     connect_timeout: float = 5.0
@@ -61,21 +76,29 @@ class S3Settings:
     multipart_threshold: int = 8 * MIB
     max_concurrency: int = 4
 
+    def __post_init__(self) -> None:
+        """Refuse a malformed endpoint here, naming its setting: botocore raises a bare
+        ValueError (or a vague error at the first call) that does not say where it came from."""
+        if self.endpoint_url is not None:
+            check_endpoint(self.endpoint_url, self.endpoint_source)
+
+    @property
+    def endpoint_label(self) -> str | None:
+        """The endpoint and the setting it came from, for messages."""
+        if self.endpoint_url is None:
+            return None
+        return f"{self.endpoint_url} (from {self.endpoint_source})"
+
     @classmethod
     def from_env(cls, endpoint_url: str | None = None) -> S3Settings:
         """Settings from the environment; an explicit `endpoint_url` wins over it."""
-        endpoint = (
-            endpoint_url
-            or os.environ.get("KOMPAKTOR_S3_ENDPOINT_URL")
-            or os.environ.get("AWS_ENDPOINT_URL_S3")
-            or os.environ.get("AWS_ENDPOINT_URL")
-            or None
-        )
+        endpoint, source = _endpoint_setting(endpoint_url)
         d = cls()
         t = _env_number("KOMPAKTOR_S3_TIMEOUT", 0, minimum=0.1) or None
         return replace(
             d,
             endpoint_url=endpoint,
+            endpoint_source=source,
             max_attempts=int(_env_number("KOMPAKTOR_S3_MAX_ATTEMPTS", d.max_attempts, minimum=1)),
             connect_timeout=t or d.connect_timeout,
             read_timeout=t or d.read_timeout,
@@ -93,6 +116,50 @@ class S3Settings:
         """Part size for a `total`-byte upload: the threshold, grown to stay within 10k parts."""
         size = max(self.multipart_threshold, MIN_PART_SIZE)
         return max(size, -(-total // MAX_PARTS))
+
+
+def _endpoint_setting(explicit: str | None) -> tuple[str | None, str]:
+    """The endpoint to use and the name of the setting that gave it."""
+    if explicit:
+        return explicit, EXPLICIT_SOURCE
+    for name in ENDPOINT_ENV:
+        if value := os.environ.get(name):
+            return value, name
+    return None, ENDPOINT_ENV[0]
+
+
+def check_endpoint(url: str, source: str) -> None:
+    """Raise `S3EndpointError` naming `source` unless `url` is an http(s) URL with a host."""
+    problem = _endpoint_problem(url)
+    if problem is not None:
+        raise S3EndpointError(
+            f"{source}={url!r} is not a valid S3 endpoint: {problem}; want {ENDPOINT_EXAMPLE}"
+        )
+
+
+def _endpoint_problem(url: str) -> str | None:
+    """What is wrong with `url` as an endpoint, or None."""
+    if url != url.strip():
+        return "it has spaces or a line break around it"
+    try:
+        parts = urlsplit(url)
+    except ValueError as error:  # an unclosed IPv6 bracket
+        return str(error)
+    if "://" not in url:
+        return "it has no scheme"
+    if parts.scheme not in ("http", "https"):
+        return f"scheme {parts.scheme!r} is not http or https"
+    if not parts.hostname:
+        return "it has no host"
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        return f"port {url.rsplit(':', 1)[-1].split('/', 1)[0]!r} is not a number from 1 to 65535"
+    if not (is_valid_endpoint_url(url) or is_valid_ipv6_endpoint_url(url)):
+        return f"{parts.hostname!r} is not a valid host name"
+    return None
 
 
 def make_client(settings: S3Settings) -> S3Client:

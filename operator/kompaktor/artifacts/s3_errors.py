@@ -31,15 +31,40 @@ _DENIED = {
 }
 
 
+#: What an S3 call raises when it fails, all of which `translate` explains.
+S3_FAILURES = (BotoCoreError, ClientError, OSError)
+#: Requests whose error replies have no body, so botocore's code is the bare HTTP status.
+_BODILESS = {"HeadObject", "HeadBucket"}
+
+
 def error_code(exc: ClientError) -> str:
     """The S3 error code ('NoSuchKey', '404', ...) of a client error."""
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _not_s3(exc: ClientError) -> str | None:
+    """The status and content type of an error reply that is not S3's, else None.
+
+    S3 (and MinIO, Ceph, moto) answer every failed request that has a reply body with an XML
+    error code; a web server or proxy that is not S3 answers with a page, which botocore can
+    only turn into the bare HTTP status ('404').
+    """
+    if exc.operation_name in _BODILESS or not error_code(exc).isdigit():
+        return None
+    meta = exc.response.get("ResponseMetadata", {})
+    content_type = meta.get("HTTPHeaders", {}).get("content-type", "none")
+    return f"HTTP {meta.get('HTTPStatusCode', error_code(exc))}, Content-Type {content_type}"
 
 
 def translate(exc: Exception, *, action: str, uri: str, endpoint: str | None) -> ArtifactError:
     """An `ArtifactError` for `exc`, raised while trying to `action` (a verb phrase) `uri`."""
     where = endpoint or "the default AWS endpoint"
     if isinstance(exc, ClientError):
+        if (reply := _not_s3(exc)) is not None:
+            return ArtifactError(
+                f"cannot {action} {uri}: the endpoint {where} did not answer as S3 ({reply}): "
+                "point it at the S3 API of the store (MinIO, Ceph, AWS)"
+            )
         code = error_code(exc)
         if code == "NoSuchBucket":
             bucket = uri.removeprefix("s3://").split("/", 1)[0]

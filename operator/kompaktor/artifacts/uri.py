@@ -10,6 +10,7 @@ from urllib.parse import unquote, urlsplit
 
 from kompaktor.artifacts.base import ArtifactError, ArtifactRef, ArtifactStore
 from kompaktor.artifacts.file import FileStore
+from kompaktor.artifacts.hashing import digest_file
 from kompaktor.artifacts.s3 import S3Store, parse_s3_uri
 from kompaktor.artifacts.s3_config import S3Settings
 
@@ -65,13 +66,33 @@ def fetch(uri: str, dest_dir: Path, *, endpoint_url: str | None = None) -> Path:
 
     Downloads land in `dest_dir/<name>` and are digest-checked.
     """
-    path = local_path(uri)
+    path = _local_file(uri)
     if path is not None:
-        if not path.is_file():
-            raise ArtifactError(f"no artifact at {uri}")
         return path
     store, name = split_uri(uri, endpoint_url=endpoint_url)
     return store.get_file(name, dest_dir / name)
+
+
+def fetch_digest(uri: str, dest_dir: Path, *, endpoint_url: str | None = None) -> tuple[Path, str]:
+    """`fetch`, and the file's "sha256:<hex>": a download's is the one taken while it streamed,
+    so a multi-gigabyte model is read once, not downloaded and then hashed again."""
+    path = _local_file(uri)
+    if path is not None:
+        try:
+            return path, digest_file(path)
+        except OSError as exc:
+            raise ArtifactError(f"cannot read {uri}: {exc.strerror or exc}") from exc
+    store, name = split_uri(uri, endpoint_url=endpoint_url)
+    dest = dest_dir / name
+    return dest, store.download(name, dest)
+
+
+def _local_file(uri: str) -> Path | None:
+    """The file a local URI names (ArtifactError if there is none); None for remote URIs."""
+    path = local_path(uri)
+    if path is not None and not path.is_file():
+        raise ArtifactError(f"no artifact at {uri}")
+    return path
 
 
 def publish(

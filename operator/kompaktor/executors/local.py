@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -21,6 +23,9 @@ from kompaktor.errors import KompaktorError
 from kompaktor.plan import Observation, RunFailed, RunRequest, RunStarted, RunSucceeded
 
 POLL_INTERVAL = 0.1
+#: In each artifact root's logs folder: the root's URI, which the folder's name only abbreviates.
+ROOT_FILE = "ARTIFACTS"
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @dataclass
@@ -34,7 +39,11 @@ class _Process:
 
 
 class LocalExecutor:
-    """Subprocesses keyed by run id; `logs_dir` keeps every run's stderr after it ends."""
+    """Subprocesses keyed by run id; `logs_dir` keeps every run's stderr after it ends, in a
+    folder per artifact root. Run ids follow from the job alone, so runs of one job to two roots
+    (`--artifacts A`, then or meanwhile `--artifacts B`) share ids: in one folder they appended
+    to each other's logs and read each other's termination messages (a run in A could be
+    reported with B's result)."""
 
     def __init__(self, logs_dir: Path, *, threads_per_run: int | None = None) -> None:
         self.logs_dir = logs_dir
@@ -48,18 +57,31 @@ class LocalExecutor:
     def running(self) -> list[RunRequest]:
         return [p.request for p in self._running.values()]
 
-    def log_path(self, run_id: str) -> Path:
-        return self.logs_dir / f"{run_id}.log"
+    def logs_for(self, artifacts_uri: str) -> Path:
+        """The folder of the logs of runs whose outputs go under `artifacts_uri`: its last
+        name and a digest of the whole URI, with the URI in ROOT_FILE for a reader."""
+        root = artifacts_uri.rstrip("/")
+        name = _SAFE.sub("_", root.rsplit("/", 1)[-1].rsplit(":", 1)[-1]) or "root"
+        folder = self.logs_dir / f"{name}-{hashlib.sha256(root.encode()).hexdigest()[:8]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        marker = folder / ROOT_FILE
+        if not marker.exists():
+            marker.write_text(root + "\n")
+        return folder
+
+    def log_path(self, request: RunRequest) -> Path:
+        """Where the run's output goes: beside the logs of its artifact root's other runs."""
+        return self.logs_for(artifacts_root(request.output_uri)) / f"{request.run_id}.log"
 
     def ensure(self, request: RunRequest) -> None:
         if request.run_id in self._running or request.run_id in self._finished:
             return
-        message_path = self.logs_dir / f"{request.run_id}.termination"
+        log_path = self.log_path(request)
+        message_path = log_path.with_suffix(".termination")
         message_path.unlink(missing_ok=True)
         env = dict(os.environ, KOMPAKTOR_TERMINATION_LOG=str(message_path))
         if self.threads_per_run:
             env["OMP_NUM_THREADS"] = str(self.threads_per_run)
-        log_path = self.log_path(request.run_id)
         # Appended: a run resumed after an interrupt gets the same id, and the interrupted
         # attempt's log is what says how far it got.
         log = log_path.open("ab")
@@ -143,6 +165,12 @@ class LocalExecutor:
             return RunFailed(
                 run_id, "StageCrashed", f"exit code {code}: {tail}", retryable=code != EXIT_INVALID
             )
+
+
+def artifacts_root(output_uri: str) -> str:
+    """The artifact root of a run's output URI, `<root>/runs/<name>` (plan.keys.output_uri)."""
+    root, runs, _ = output_uri.rstrip("/").rpartition("/runs/")
+    return root if runs else output_uri
 
 
 def _record(message: str, request: RunRequest) -> RunRecord:

@@ -347,20 +347,31 @@ def _fetch(uri: str, dest: Path) -> Path:
     return fetch(uri, dest)
 
 
+def _fetch_digest(uri: str, dest: Path) -> tuple[Path, str]:
+    """A model's local file and its digest, taken as it downloads: the digest check costs no
+    second read of a multi-gigabyte model."""
+    from kompaktor.artifacts import fetch_digest
+
+    dest.mkdir(parents=True, exist_ok=True)
+    return fetch_digest(uri, dest)
+
+
 def _load_inputs(
     request: StageRequest, work: Path, log: RunLog
 ) -> tuple[LoadedModel, LoadedModel, Dataset]:
     """Input and reference load separately: a stage may change its input module in place."""
-    from kompaktor.artifacts import ArtifactError, digest_file
+    from kompaktor.artifacts import ArtifactError
     from kompaktor.data import load_dataset
     from kompaktor.models import load_model
 
-    fetched: dict[str, Path] = {}  # the reference is often the input: fetched once
+    # The reference is often the input: fetched (and hashed) once.
+    fetched: dict[str, tuple[Path, str]] = {}
 
     def load(what: str, uri: str, expected: str | None) -> LoadedModel:
-        path = fetched.get(uri) or _fetch(uri, work / what)
-        fetched[uri] = path
-        if expected is not None and (found := digest_file(path)) != expected:
+        if uri not in fetched:
+            fetched[uri] = _fetch_digest(uri, work / what)
+        path, found = fetched[uri]
+        if expected is not None and found != expected:
             raise _InvalidInputError(
                 f"the {what} model {uri} is not the one this run was planned with: its sha256 "
                 f"is {found}, the plan's {expected}. It was replaced or corrupted after it was "
@@ -502,12 +513,15 @@ def _classify(stage_type: str, error: BaseException) -> tuple[RunFailure, int]:
     """reason, retryable, exit code: only failures a retry might fix are retryable."""
     from kompaktor.artifacts import ArtifactError
     from kompaktor.artifacts.base import DigestMismatchError
+    from kompaktor.artifacts.s3_config import S3EndpointError
 
     message = str(error)
     if isinstance(error, JobSpecError):
         reason, retryable, code = "InvalidParams", False, EXIT_INVALID
     elif isinstance(error, _InvalidInputError | DigestMismatchError):  # no retry mends these
         reason, retryable, code = "InvalidInput", False, EXIT_INVALID
+    elif isinstance(error, S3EndpointError):  # a malformed endpoint setting: nor this
+        reason, retryable, code = "ArtifactError", False, EXIT_INVALID
     elif isinstance(error, ArtifactError):
         reason, retryable, code = "ArtifactError", True, EXIT_FAILED
     elif isinstance(error, KompaktorError):
