@@ -21,6 +21,9 @@ from kompaktor.surgery.graph import fetch_tensor
 
 aten = torch.ops.aten
 _LINEAR, _CONV = aten.linear.default, aten.conv2d.default
+#: conv2d with padding "same" or "valid": a string, so another overload.
+_CONV_NAMED_PADDING = aten.conv2d.padding
+_CONVS = frozenset({_CONV, _CONV_NAMED_PADDING})
 
 
 @dataclass(frozen=True)
@@ -73,12 +76,12 @@ def factorize(
     ValueError naming the layer when an explicit `rank` exceeds its full rank."""
     report = []
     for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target not in (_LINEAR, _CONV):
+        if node.op != "call_function" or (node.target != _LINEAR and node.target not in _CONVS):
             continue
         weight_node = node.args[1]
         if not (isinstance(weight_node, fx.Node) and weight_node.op == "get_attr"):
             continue
-        if node.target == _CONV and _arg(node, 6, "groups", 1) != 1:
+        if node.target in _CONVS and _arg(node, 6, "groups", 1) != 1:
             continue
         if len(weight_node.users) != 1:
             continue  # a tied weight stays whole
@@ -123,7 +126,7 @@ def _rewrite(
     prefix = f"{owner_path}." if owner_path else ""
     delattr(owner, leaf)
     owner.register_parameter(f"{leaf}_low", nn.Parameter(first.contiguous()))
-    if node.target == _CONV:
+    if node.target in _CONVS:
         second = second[:, :, None, None]
     owner.register_parameter(f"{leaf}_up", nn.Parameter(second.contiguous()))
     graph = gm.graph
@@ -135,12 +138,14 @@ def _rewrite(
         else:
             spatial: tuple[Any, ...] = (
                 _arg(node, 3, "stride", [1, 1]),
-                _arg(node, 4, "padding", [0, 0]),
+                _arg(node, 4, "padding", [0, 0] if node.target == _CONV else "valid"),
                 _arg(node, 5, "dilation", [1, 1]),
             )
-            hidden = graph.call_function(_CONV, (node.args[0], low, None, *spatial, 1))
+            conv = _CONV if node.target == _CONV else _CONV_NAMED_PADDING  # same overload
+            hidden = graph.call_function(conv, (node.args[0], low, None, *spatial, 1))
     bias = _arg(node, 2, "bias", None)
     pointwise: tuple[Any, ...] = () if node.target == _LINEAR else ([1, 1], [0, 0], [1, 1], 1)
+    node.target = _LINEAR if node.target == _LINEAR else _CONV  # the 1×1 conv pads nothing
     node.args = (hidden, up, bias, *pointwise)
     node.kwargs = {}
     graph.erase_node(weight_node)

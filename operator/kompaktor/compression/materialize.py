@@ -68,10 +68,9 @@ def materialize(gm: fx.GraphModule) -> list[str]:
 def materialized_copy(module: nn.Module) -> tuple[nn.Module, list[str]]:
     """A copy with every computed weight folded, and the folded paths; `module` itself (and no
     paths) when there is nothing to fold. The original keeps its encoding, so a shared model
-    saves small, while inference decodes once instead of on every call. (A later stage that
-    trains a saved shared model trains its biases and norms, not its codebooks: the decoding
-    reads them through a dtype view, which has no gradient; the compress stage fine-tunes the
-    codebooks before it saves.)"""
+    saves small, while inference decodes once instead of on every call. (A stage that trains
+    a shared model trains the original, codebooks included: folded, the weights would train
+    freely and stop being shared.)"""
     if not isinstance(module, fx.GraphModule) or not _computes_weights(module):
         return module, []
     copied = copy.deepcopy(module)

@@ -139,8 +139,8 @@ def train_codebooks(
     """Run `train(module)` with each shared weight parametrized as `codebook[indices]`, so only
     the codebooks (and, with `train_others`, the parameters no layer shares: biases, norm
     scales, skipped layers) learn; then store each weight as its trained `codebook[indices]`
-    again (a float parameter, at most k values) and return the trained codebooks. In place;
-    every parameter's `requires_grad` is as before afterwards."""
+    again (a float parameter, at most k values, no gradient) and return the trained codebooks.
+    In place; every parameter's `requires_grad` is as before afterwards."""
     names = dict(module.named_parameters())
     paths = [parameter_path(names, item.layer) for item in shared]
     trainable = {param: param.requires_grad for param in module.parameters()}
@@ -163,6 +163,7 @@ def train_codebooks(
         ]
     finally:
         for owner, leaf in registered:
+            _codebook(owner, leaf).grad = None  # the weight keeps the tensor, not its shape
             parametrize.remove_parametrizations(owner, leaf, leave_parametrized=True)
         for param, required in trainable.items():
             param.requires_grad_(required)

@@ -186,6 +186,21 @@ def export_program(
         return torch.export.export(module, examples, dynamic_shapes=_dynamic_batch(examples))
 
 
+#: Node metadata torch.export records for debugging only: where each node was traced, and the
+#: nodes of earlier graphs it came from, which nests one level deeper each time a loaded model
+#: is exported again. Kept, they grow the file with every stage that saves the model again
+#: (a small weight-shared model's .pt2 by a quarter after one re-export).
+_DEBUG_METADATA = ("stack_trace", "from_node")
+
+
+def _without_debug_metadata(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """`program` without `_DEBUG_METADATA` on its nodes. In place."""
+    for node in program.graph.nodes:
+        for key in _DEBUG_METADATA:
+            node.meta.pop(key, None)
+    return program
+
+
 def save_torch(module: nn.Module, example_inputs: tuple[torch.Tensor, ...], path: Path) -> Path:
     """Export as .pt2 (torch.export) or TorchScript, by `path`'s extension; returns the path.
 
@@ -196,7 +211,7 @@ def save_torch(module: nn.Module, example_inputs: tuple[torch.Tensor, ...], path
         return save_onnx(module, example_inputs, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "pt2":
-        torch.export.save(export_program(module, example_inputs), path)
+        torch.export.save(_without_debug_metadata(export_program(module, example_inputs)), path)
         return path
     set_eval(module)
     with quiet_torch():

@@ -4,10 +4,12 @@ Low-rank rewrites the exported graph so the model really holds fewer parameters 
 fewer multiply-adds; weight sharing leaves each layer with at most `clusters` distinct values
 and stores it that way: a k-entry codebook and packed integer indices (4 bits each for k ≤ 16),
 gathered into the float weight on each call (`kompaktor.compression.codebook`), so the saved
-model really is smaller. It is not faster: the layers still compute in float. Its fine-tuning
-trains the codebooks with the indices fixed (`kompaktor.compression.sharing.train_codebooks`),
-so the model stays exactly shared, and is kept only if it does not lower the job's metric on
-the validation rows (`details.fineTune` says which model was kept).
+model really is smaller; a layer too small for that to pay for its decoding graph keeps its
+float weight, still with `clusters` values (`details.storedDense`). It is not faster: the
+layers still compute in float. Its fine-tuning trains the codebooks with the indices fixed
+(`kompaktor.compression.sharing.train_codebooks`), so the model stays exactly shared, and is
+kept only if it does not lower the job's metric on the validation rows (`details.fineTune`
+says which model was kept).
 """
 
 from __future__ import annotations
@@ -139,7 +141,7 @@ def _lowrank(ctx: StageContext[CompressParams], module: nn.Module) -> StageResul
 
 def _weightsharing(ctx: StageContext[CompressParams], module: nn.Module) -> StageResult:
     from kompaktor.compression import share_weights
-    from kompaktor.compression.codebook import encode
+    from kompaktor.compression.codebook import encode, worth_encoding
     from kompaktor.compression.sharing import sharable_weights
     from kompaktor.surgery import as_graph_module, stored_elements
     from kompaktor.surgery.batches import sample
@@ -159,22 +161,27 @@ def _weightsharing(ctx: StageContext[CompressParams], module: nn.Module) -> Stag
     tuning: dict[str, Any] = {}
     if p.fine_tune_epochs:
         shared, tuning = _tune_codebooks(ctx, gm, shared)
-    encoded = encode(gm, shared)
+    worth = [worth_encoding(s) for s in shared]
+    encoded = encode(gm, [s for s, w in zip(shared, worth, strict=True) if w])
+    dense = [s for s, w in zip(shared, worth, strict=True) if not w]
     count = sum(s.indices.numel() for s in shared)
     codebook_bytes = sum(e.stored_bytes for e in encoded.values())
+    dense_bytes = sum(s.indices.numel() * s.codebook.element_size() for s in dense)
     metrics = {
         "parametersBefore": float(before_elements),
         "parametersAfter": float(stored_elements(gm)),
         "clusters": float(p.clusters),
-        "bitsPerWeight": 8 * codebook_bytes / count,
+        "bitsPerWeight": 8 * (codebook_bytes + dense_bytes) / count,
         "sharedWeights": float(count),
         "codebookBytes": float(codebook_bytes),
+        "layersStoredDense": float(len(dense)),
         "storedBytesBefore": float(before_bytes),
         "storedBytesAfter": float(stored_bytes(gm)),
     }
     details = {
         "clusters": {s.layer: len(s.codebook) for s in shared},
-        "indexBits": {s.layer: e.bits for s, e in zip(shared, encoded.values(), strict=True)},
+        "indexBits": {path.removesuffix(".weight"): e.bits for path, e in encoded.items()},
+        "storedDense": [s.layer for s in dense],
         "codebooks": {s.layer: [round(float(v), 8) for v in s.codebook] for s in shared},
     }
     if tuning:
@@ -183,7 +190,34 @@ def _weightsharing(ctx: StageContext[CompressParams], module: nn.Module) -> Stag
         f"compress: weightsharing: {len(shared)} layers, {metrics['bitsPerWeight']:.2f} bits "
         f"per weight; stored tensors {before_bytes} -> {metrics['storedBytesAfter']:.0f} bytes"
     )
+    if dense:
+        ctx.log(_dense_note(dense, bool(encoded)))
     return StageResult(module=gm, metrics=metrics, details=details)
+
+
+def _dense_note(dense: list[Shared], any_encoded: bool) -> str:
+    """What the log says of layers stored as floats: which, why, and what it means."""
+    from kompaktor.compression.codebook import decoding_overhead, index_bits
+
+    names = ", ".join(s.layer for s in dense)
+    first = dense[0].codebook
+    graph = decoding_overhead(index_bits(len(first)), first.dtype)
+    why = (
+        f"a codebook and indices, with the graph that decodes them (≈{graph} bytes a layer in "
+        "the .pt2), would take more room than the layer's float weights"
+    )
+    if not any_encoded:
+        return (
+            f"compress: weightsharing: warning: the model will not get smaller: no layer "
+            f"({names}) is large enough: {why}. Each holds at most params.clusters values but "
+            "stays stored as floats. Weight sharing shrinks layers of a few thousand weights "
+            "or more; to shrink this model, use quantize instead"
+        )
+    return (
+        f"compress: weightsharing: {len(dense)} small layer(s) ({names}) stored as floats, "
+        f"each with at most params.clusters values: {why}. A later stage trains them as "
+        "free weights"
+    )
 
 
 def _tune_codebooks(
