@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import secrets
 import ssl
 from pathlib import Path
@@ -24,6 +25,11 @@ from kompaktor.errors import JobSpecError, KompaktorError
 CONFIG_ENV = "KOMPAKTOR_CONFIG"
 PRIORITY_ENV = "KOMPAKTOR_PEERING_PRIORITY"
 DEFAULT_IMAGE = "ghcr.io/kompaktor/kompaktor:latest"
+#: A DNS subdomain of at least two labels (the webhook's name adds a third), at most 236
+#: characters (253 with the `optimizationjobs.` prefix).
+WEBHOOK_CONFIGURATION_NAME = re.compile(
+    r"(?=.{1,236}$)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)+"
+)
 
 
 class Toleration(ApiModel):
@@ -121,6 +127,23 @@ class AdmissionConfig(ApiModel):
         description="The Service the webhook configuration names; unset: the server's own "
         "https://address:port URL (for development).",
     )
+    configuration_name: str | None = Field(
+        default=None,
+        description="The ValidatingWebhookConfiguration kopf keeps (its webhook is "
+        "`optimizationjobs.<name>`): one per operator, so that two installs in a cluster do not "
+        "overwrite each other's. Unset: `<peering.name>.kompaktor.io`.",
+    )
+
+    @model_validator(mode="after")
+    def _configuration_name_valid(self) -> AdmissionConfig:
+        name = self.configuration_name
+        if name is not None and not WEBHOOK_CONFIGURATION_NAME.fullmatch(name):
+            raise ValueError(
+                f"admission.configurationName: {name!r} is not a lowercase DNS name of two or "
+                "more dot-separated parts (e.g. kompaktor-ml.kompaktor.io), as the API server "
+                "wants for the webhook's name, optimizationjobs.<configurationName>"
+            )
+        return self
 
     @model_validator(mode="after")
     def _certificate_named(self) -> AdmissionConfig:

@@ -65,6 +65,11 @@ app.kubernetes.io/component: operator
 {{- default (printf "%s-tls" (include "kompaktor.webhookName" .)) .Values.admission.secretName }}
 {{- end }}
 
+{{/* The webhook configurations kopf keeps: one per release. */}}
+{{- define "kompaktor.webhookConfigurationName" -}}
+{{- default (printf "%s.kompaktor.io" (include "kompaktor.fullname" .)) .Values.admission.configurationName }}
+{{- end }}
+
 {{- define "kompaktor.webhookCertDir" -}}
 /etc/kompaktor-webhook
 {{- end }}
@@ -165,6 +170,7 @@ admission:
   certFile: {{ printf "%s/tls.crt" $dir | quote }}
   keyFile: {{ printf "%s/tls.key" $dir | quote }}
   caFile: {{ printf "%s/ca.crt" $dir | quote }}
+  configurationName: {{ include "kompaktor.webhookConfigurationName" . | quote }}
   service:
     name: {{ include "kompaktor.webhookName" . | quote }}
     namespace: {{ .Release.Namespace | quote }}

@@ -99,12 +99,16 @@ class TrialPoint(ApiModel):
 
 
 class PrunerSpec(ApiModel):
-    """An Optuna pruner and its options (the hpo stage's params, as the trial needs them)."""
+    """An Optuna pruner and its options (the hpo stage's params, as the trial needs them).
+
+    Steps count curve points from 1, the resource a trial has used: `warmup_steps` points come
+    before the first judged one, a rung at `min_resource` judges a trial after that many points,
+    and `max_resource` is the most points any trial of the search reports."""
 
     name: Literal["median", "percentile", "successiveHalving", "hyperband"]
     startup_trials: int = Field(5, ge=0)
     warmup_steps: int = Field(0, ge=0)
-    percentile: float = Field(50.0, ge=0, le=100)
+    percentile: float = Field(25.0, ge=0, le=100)
     min_resource: int = Field(1, ge=1)
     reduction_factor: int = Field(3, ge=2)
     max_resource: int = Field(MAX_CURVE, ge=1)
@@ -121,6 +125,13 @@ class TrialContext(ApiModel):
     number: int = Field(ge=0)
     maximize: bool = True
     stride: int = Field(1, ge=1)
+    points: int | None = Field(
+        None,
+        ge=1,
+        description="The curve points this trial reports (default: the pruner's maxResource). "
+        "The last is never judged: training is over there, and a stop would only discard a "
+        "finished run.",
+    )
     pruner: PrunerSpec
     history: list[TrialPoint] = Field(default_factory=list)
 

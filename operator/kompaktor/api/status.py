@@ -42,10 +42,20 @@ class RunSlot(StatusModel):
         description="Digest of (input digest, stage type, params, dataset): the cache key.",
     )
     attempts: int = Field(default=0, description="Runs started for the current key.")
+    interrupted: int | None = Field(
+        default=None,
+        description="Of attempts, those a suspension (spec.suspend) stopped: they do not "
+        "count against retries.",
+    )
     cached: bool = Field(default=False, description="The output was reused from an earlier run.")
     pool: str | None = None
     node: str | None = None
     start_time: str | None = None
+    attempt_start_time: str | None = Field(
+        default=None,
+        description="When the current attempt was seen placed on a node: a run whose Job was "
+        "deleted is paid for from then when no pod is left to say how long it ran.",
+    )
     completion_time: str | None = None
     next_retry_time: str | None = None
     output: OutputRef | None = None

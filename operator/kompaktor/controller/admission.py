@@ -8,8 +8,10 @@ Reconcile still checks: a job admitted before a configuration change is caught t
 
 Only a new spec is judged (CREATE, or an UPDATE that changes `spec`): deletions, status,
 metadata and finalizer updates, and anything on an object being deleted are always admitted, so
-an invalid job can still be cleaned up. The handler is registered in `handlers`; kopf's HTTPS
-server serves it and keeps the ValidatingWebhookConfiguration (`MANAGED`) up to date.
+an invalid job can still be cleaned up. Only jobs in the namespaces this operator watches are
+judged: another operator, with its own pools, may look after the others. The handler is
+registered in `handlers`; kopf's HTTPS server serves it and keeps the
+ValidatingWebhookConfiguration (`configuration_name`) up to date.
 """
 
 from __future__ import annotations
@@ -17,20 +19,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping
+from fnmatch import fnmatchcase
 from typing import Any
 
 import kopf
 from pydantic import ValidationError
 
 from kompaktor.api.messages import describe_errors
-from kompaktor.api.spec import OptimizationJobSpec
+from kompaktor.api.spec import GROUP, OptimizationJobSpec
 from kompaktor.config import AdmissionConfig, OperatorConfig, check_pools
 from kompaktor.errors import JobSpecError, KompaktorError
 from kompaktor.stages.validate import validate_job
 
-#: The ValidatingWebhookConfiguration kopf creates and patches (and the webhooks' name suffix).
-MANAGED = "kompaktor.io"
-#: The handler's id: the webhook is `optimizationjobs.kompaktor.io`, its path `/optimizationjobs`.
+#: The handler's id: the webhook is `optimizationjobs.<configuration_name>`, its path
+#: `/optimizationjobs`.
 WEBHOOK_ID = "optimizationjobs"
 #: What the API server answers a refused request with (Unprocessable Entity, as for a bad field).
 REFUSED = 422
@@ -59,6 +61,20 @@ def problems(
     return found
 
 
+def configuration_name(config: OperatorConfig) -> str:
+    """The ValidatingWebhookConfiguration kopf creates and patches (and its webhook's name
+    suffix): one per operator, named after it, so two installs in a cluster keep their own."""
+    return config.admission.configuration_name or f"{config.peering.name}.{GROUP}"
+
+
+def watched(config: OperatorConfig, namespace: str) -> bool:
+    """Whether this operator looks after `namespace`: one of `namespaces` (names or globs).
+
+    kopf's webhook configuration has no namespaceSelector, so the API server asks about every
+    namespace; a job outside the watched ones is another operator's to judge, or no one's."""
+    return not config.namespaces or any(fnmatchcase(namespace, p) for p in config.namespaces)
+
+
 def admit(
     body: Mapping[str, Any] | None,
     config: OperatorConfig,
@@ -76,6 +92,8 @@ def admit(
     meta = body.get("metadata") or {}
     if meta.get("deletionTimestamp"):
         return  # being deleted: kopf must be able to remove its finalizer
+    if not watched(config, meta.get("namespace") or ""):
+        return  # not ours: its own operator (and its configuration) judges it
     spec = body.get("spec")
     if operation == "UPDATE" and old is not None and old.get("spec") == spec:
         return  # metadata, annotations, finalizers: the spec was admitted (or predates this)
@@ -161,4 +179,4 @@ def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
         settings.admission.server = webhook_server(config.admission)
     except KompaktorError as error:
         raise kopf.PermanentError(str(error)) from None
-    settings.admission.managed = MANAGED
+    settings.admission.managed = configuration_name(config)

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from kompaktor.api.messages import describe_errors
 from kompaktor.api.spec import OptimizationJobSpec
-from kompaktor.api.status import OptimizationJobStatus
+from kompaktor.api.status import OptimizationJobStatus, RunSlot
 from kompaktor.config import OperatorConfig, check_pools
 from kompaktor.controller.kube import Kube, cr_path, jobs_path, pods_path
 from kompaktor.engine import reconcile
@@ -36,7 +36,7 @@ from kompaktor.plan import (
 )
 from kompaktor.plan.conditions import conditions_for
 from kompaktor.plan.keys import run_id
-from kompaktor.plan.machine import iso
+from kompaktor.plan.machine import iso, parse_iso
 
 #: With runs in flight, look again at least this often even if no event arrives.
 ACTIVE_POLL_SECONDS = 30.0
@@ -58,16 +58,17 @@ class Pass:
     status: OptimizationJobStatus | None = None
 
 
-def active_runs(status: OptimizationJobStatus) -> dict[str, str | None]:
-    """Run id -> the node already recorded, for every run the status says is in flight."""
-    runs: dict[str, str | None] = {}
+def active_runs(status: OptimizationJobStatus) -> dict[str, tuple[str, RunSlot] | None]:
+    """Run id -> its stage's name and run, for every run the status says is in flight (None
+    for an HPO trial)."""
+    runs: dict[str, tuple[str, RunSlot] | None] = {}
     for stage in status.stages:
         for run in stage.runs():  # a stage on several pools: each pool's run
             if run.phase == "Running" and run.key and stage.type != "hpo":
-                runs[run_id(stage.name, run.key, run.attempts)] = run.node
+                runs[run_id(stage.name, run.key, run.attempts)] = (stage.name, run)
     for trial in status.trials:
         if trial.state == "Running" and trial.key:
-            runs[run_id(trial.stage, trial.key, trial.attempts, trial.number)] = "trial"
+            runs[run_id(trial.stage, trial.key, trial.attempts, trial.number)] = None
     return runs
 
 
@@ -86,10 +87,13 @@ def observe(
     pods: Sequence[Mapping[str, Any]],
     now: datetime,
     start_timeout: float,
+    owner: str,
 ) -> list[Observation]:
     """Facts about in-flight runs only, so outcomes already recorded are never fed twice.
 
-    A run whose pod cannot start is reported failed (its Job is then deleted by the pass)."""
+    A run whose pod cannot start is reported failed (its Job is then deleted by the pass), and
+    so is a stage run whose Job someone deleted (`k8s.JOB_LOST`): recreating it silently would
+    hide it, and let a Job deleted again and again run for ever."""
     active = active_runs(status)
     by_run = pods_by_run(pods)
     found: list[Observation] = []
@@ -97,16 +101,39 @@ def observe(
         rid = k8s.run_id_of(job)
         if rid is None or rid not in active:
             continue
-        mine = by_run.get(rid, [])
-        if active[rid] is None and (start := k8s.started(job, mine)) is not None:
+        mine, slot = by_run.get(rid, []), active[rid]
+        if slot is not None and slot[1].node is None and (start := k8s.started(job, mine)):
             found.append(start)
-        result = k8s.outcome(job, mine)
+        result = k8s.outcome(job, mine) or k8s.deleting(job)
         result = result or k8s.stuck(job, mine, now, start_timeout) or k8s.overran(job, mine, now)
-        if isinstance(result, RunFailed):  # a failed attempt is paid for by its time
-            result = replace(result, duration_seconds=k8s.ran_seconds(mine, now))
         if result is not None:
-            found.append(result)
+            found.append(_paid(result, mine, slot, now))
+    listed = {k8s.run_id_of(job) for job in jobs}
+    for rid, slot in active.items():
+        # A run placed on a node had its Job: one not listed now was deleted. (Without a node
+        # the Job may not have been created yet: the status is written before the Job is.)
+        if slot is not None and slot[1].node is not None and rid not in listed:
+            name, _ = slot
+            lost = k8s.lost(rid, name, k8s.job_name(owner, rid))
+            found.append(_paid(lost, by_run.get(rid, []), slot, now))
     return found
+
+
+def _paid(
+    result: Observation,
+    pods: Sequence[Mapping[str, Any]],
+    slot: tuple[str, RunSlot] | None,
+    now: datetime,
+) -> Observation:
+    """A failed attempt with the time it ran, which it is paid for: its container's, or since
+    it was placed when its pods are gone (a deleted Job takes them along)."""
+    if not isinstance(result, RunFailed):
+        return result
+    seconds = k8s.ran_seconds(pods, now)
+    since = slot[1].attempt_start_time if slot is not None else None
+    if not seconds and since is not None:
+        seconds = max((now - parse_iso(since)).total_seconds(), 0.0)
+    return replace(result, duration_seconds=seconds)
 
 
 def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
@@ -164,9 +191,10 @@ class Reconciler:
             self.kube.list(pods_path(namespace), selector),
         )
         timeout = self.config.pod_start_timeout_seconds
-        observations = observe(status, jobs, pods, now, timeout)
+        observations = observe(status, jobs, pods, now, timeout, name)
         result = await asyncio.to_thread(reconcile, ctx, status, observations, now)
         await self._write_status(namespace, name, raw_status, result.status)
+        self._report_lost(obj, observations)
         done = await self._act(obj, namespace, result, jobs)
         # Runs reported failed while still active (pods that cannot start): the outcome is in
         # the status already, so their Jobs go and a retry gets a Job of its own.
@@ -201,6 +229,7 @@ class Reconciler:
             generation=generation,
             default_pool=self.config.default_pool_name,
             pool_prices=self.config.prices,
+            pool_watts={pool.name: pool.watts for pool in self.config.pools},
             retry_base_seconds=self.config.retry_base_seconds,
         )
 
@@ -228,6 +257,14 @@ class Reconciler:
         patch = status_patch(old, status.dump())
         if patch:
             await self.kube.patch_status(cr_path(namespace, name), patch)
+
+    def _report_lost(self, obj: Mapping[str, Any], observations: Sequence[Observation]) -> None:
+        """A Warning event for each run whose Job was deleted under it (after the status says
+        so, so that a pass run again does not say it twice)."""
+        for found in observations:
+            if isinstance(found, RunFailed) and found.reason == k8s.JOB_LOST:
+                text = f"{found.message}; it counts as a failed attempt (retries follow the stage)"
+                self.emit(obj, "Warning", k8s.JOB_LOST, text)
 
     async def _delete_runs(
         self, namespace: str, jobs: Sequence[Mapping[str, Any]], run_ids: Set[str]

@@ -325,6 +325,24 @@ def stuck(job: Obj, pods: Sequence[Obj], now: datetime, timeout: float) -> RunFa
     return None
 
 
+#: The reason of a run whose Job someone deleted before it ended (the operator deletes only
+#: Jobs of runs it has already recorded as done).
+JOB_LOST = "StageJobLost"
+
+
+def lost(rid: str, stage: str, job: str) -> RunFailed:
+    """A run whose Job `job` was deleted while it ran: a failed attempt, retried as any."""
+    return RunFailed(rid, JOB_LOST, f"Job {job} of stage {stage} was deleted before its run ended")
+
+
+def deleting(job: Obj) -> RunFailed | None:
+    """A Job being deleted before it finished (a foreground deletion waits for its pods)."""
+    rid, meta = run_id_of(job), job.get("metadata", {})
+    if rid is None or finished(job) or not meta.get("deletionTimestamp"):
+        return None
+    return lost(rid, str((meta.get("labels") or {}).get(LABEL_STAGE, "?")), _name(job))
+
+
 #: Job conditions that mean it ends on its own (its pods may be gone already).
 ENDING = frozenset({"FailureTarget", "SuccessCriteriaMet"})
 #: Job status counters of pods it has (had): any of them set means a pod did exist.

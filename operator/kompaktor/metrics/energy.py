@@ -7,7 +7,8 @@ machine drew while the work ran, which is what a stage pod owning its node costs
 
 Estimate: `watts × cpu_seconds / cpu_count`, i.e. the pool's `watts` is the node's draw with
 every core busy and an idle core costs nothing. Without `KOMPAKTOR_POOL_WATTS` (or with 0) we
-assume `DEFAULT_WATTS_PER_CORE` per core, so the estimate is 10 J per CPU-second.
+assume `DEFAULT_WATTS_PER_CORE` per core, so the estimate is 10 J per CPU-second. A failed
+attempt leaves no reading: the plan estimates it from the time it ran (`attempt_joules`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,26 @@ def pool_watts() -> float:
     except ValueError:
         watts = 0.0
     return watts if watts > 0 else DEFAULT_WATTS_PER_CORE * cpu_count()
+
+
+def estimate_joules(watts: float, cpu_seconds: float, cores: int) -> float:
+    """The estimate where nothing measures: `watts` is the draw with all `cores` busy, and an
+    idle core costs nothing."""
+    return watts * cpu_seconds / cores
+
+
+def attempt_joules(watts: float | None, seconds: float) -> float:
+    """A failed attempt's estimate from the `seconds` its container or process ran: it left no
+    reading, so its CPU time is unknown and it is taken as busy on every core (an upper bound).
+    A pool with no `watts` (None or 0) counts as one core at DEFAULT_WATTS_PER_CORE."""
+    return estimate_joules(watts or DEFAULT_WATTS_PER_CORE, seconds, 1)
+
+
+def joint_method(first: EnergyMethod | None, second: EnergyMethod | None) -> EnergyMethod | None:
+    """The method of a sum of two figures: theirs when they agree, else `estimate`."""
+    if first is None or second is None or first == second:
+        return first or second
+    return "estimate"
 
 
 def process_cpu_seconds() -> float:
@@ -194,7 +215,7 @@ class EnergyMeter:
             parts["rapl"] = sum(d.total_uj for d in self._rapl) / 1e6
         else:
             watts = self._watts if self._watts is not None else pool_watts()
-            parts["estimate"] = watts * cpu / cpu_count()
+            parts["estimate"] = estimate_joules(watts, cpu, cpu_count())
         if self._gpu is not None:
             parts["nvml"] = self._gpu.joules()
         method: EnergyMethod = (

@@ -25,6 +25,7 @@ from kompaktor.api.status import (
     TrialRecord,
 )
 from kompaktor.errors import JobSpecError
+from kompaktor.metrics.energy import attempt_joules, joint_method
 from kompaktor.plan import trials as trial_flow
 from kompaktor.plan.conditions import conditions_for
 from kompaktor.plan.keys import file_uri, map_model_refs, output_uri, run_id, run_key
@@ -69,6 +70,8 @@ class JobContext:
     namespace: str | None = None
     default_pool: str | None = None
     pool_prices: Mapping[str, float] = field(default_factory=dict)
+    #: Each pool's full-load draw, for the energy of failed attempts (they leave no reading).
+    pool_watts: Mapping[str, float] = field(default_factory=dict)
     retry_base_seconds: float = 10.0
 
 
@@ -176,6 +179,16 @@ class _Step:
         """USD for `seconds` on `pool` (a run, or a failed attempt)."""
         return seconds / 3600.0 * self.ctx.pool_prices.get(pool or "", 0.0)
 
+    def failed_attempt(self, run: RunSlot, seconds: float) -> dict[str, Any]:
+        """A run's cost and energy with a failed attempt that ran `seconds` added: both follow
+        the time it ran, as it left no record (see `attempt_joules`)."""
+        joules = attempt_joules(self.ctx.pool_watts.get(run.pool or ""), seconds)
+        return {
+            "cost_usd": (run.cost_usd or 0.0) + self.paid(seconds, run.pool),
+            "energy_joules": (run.energy_joules or 0.0) + joules,
+            "energy_method": joint_method(run.energy_method, "estimate"),
+        }
+
     def request(
         self,
         index: int,
@@ -275,11 +288,11 @@ class _Step:
     def on_cache(self, obs: CacheProbed) -> None:
         for index, rec in enumerate(self.stages):
             for at, run in self.slots(index):
-                if run.phase == "Pending" and run.key == obs.key and run.attempts == 0:
+                if run.phase == "Pending" and run.key == obs.key:
                     if obs.record is not None:
                         self.stage_done(at, obs.record, cached=True)
-                    else:
-                        self.update_slot(at, phase="Running", attempts=1, start_time=self.stamp)
+                    else:  # a first attempt, or the next one after a suspension
+                        self.start_attempt(at, run.attempts + 1)
                         self.event("StageStarted", f"{self.named(at)} ({rec.type}) started")
                     return
         for index, trial in enumerate(self.trials):
@@ -295,10 +308,25 @@ class _Step:
                     )
                 return
 
+    def start_attempt(self, at: Slot, attempt: int) -> None:
+        """Run `attempt` of a slot. Its node is the new attempt's, not learnt yet: a recorded
+        node says the attempt's Job existed (see the controller's lost-Job check)."""
+        run = self.slot(at)
+        self.update_slot(
+            at,
+            phase="Running",
+            attempts=attempt,
+            start_time=run.start_time or self.stamp,
+            next_retry_time=None,
+            node=None,
+            attempt_start_time=None,
+        )
+
     def on_started(self, obs: RunStarted) -> None:
         at = self._stage_by_run(obs.run_id)
         if at is not None:
-            self.update_slot(at, node=obs.node, pool=obs.pool or self.slot(at).pool)
+            pool = obs.pool or self.slot(at).pool
+            self.update_slot(at, node=obs.node, pool=pool, attempt_start_time=self.stamp)
 
     def on_succeeded(self, rid: str, record: RunRecord) -> None:
         at = self._stage_by_run(rid)
@@ -317,6 +345,10 @@ class _Step:
         index = at[0]
         rec, run = self.stages[index], self.slot(at)
         pool = run.pool or self.pool_for(self.spec.stages[index])
+        # A cached record's energy was its original run's, counted then; the estimates of
+        # failed attempts before it stay.
+        ran = 0.0 if cached else record.energy_joules
+        before = run.energy_joules
         why = self.gate(record)
         self.update_slot(
             at,
@@ -329,8 +361,8 @@ class _Step:
             pool=pool,
             node=record.node or run.node,
             cost_usd=(run.cost_usd or 0.0) + (0.0 if cached else self.cost(record, pool)),
-            energy_joules=0.0 if cached else record.energy_joules,
-            energy_method=record.energy_method,
+            energy_joules=None if before is None and ran is None else (before or 0) + (ran or 0),
+            energy_method=joint_method(run.energy_method, record.energy_method),
             message=why,
         )
         named = self.named(at)
@@ -347,12 +379,10 @@ class _Step:
             run, named = self.slot(at), self.named(at)
             retries = self.spec.stages[at[0]].retries
             message = f"{obs.reason}: {obs.message}"
-            paid = self.paid(obs.duration_seconds, run.pool)
-            self.update_slot(at, cost_usd=(run.cost_usd or 0.0) + paid)
-            if obs.retryable and run.attempts <= retries:
-                delay = min(
-                    self.ctx.retry_base_seconds * 2 ** (run.attempts - 1), MAX_BACKOFF_SECONDS
-                )
+            self.update_slot(at, **self.failed_attempt(run, obs.duration_seconds))
+            failed = run.attempts - (run.interrupted or 0)  # suspended attempts spend no retry
+            if obs.retryable and failed <= retries:
+                delay = min(self.ctx.retry_base_seconds * 2 ** (failed - 1), MAX_BACKOFF_SECONDS)
                 retry_at = iso(self.now + timedelta(seconds=delay))
                 self.update_slot(at, phase="Retrying", next_retry_time=retry_at, message=message)
                 self.event(
@@ -368,12 +398,15 @@ class _Step:
         if tindex is not None:
             trial = self.trials[tindex]
             stage = self.spec.stages[self.spec.stage_index(trial.stage)]
-            cost = round(self.paid(obs.duration_seconds, self.pool_for(stage)), 6)
+            pool = self.pool_for(stage)
+            cost = round(self.paid(obs.duration_seconds, pool), 6)
+            joules = attempt_joules(self.ctx.pool_watts.get(pool or ""), obs.duration_seconds)
             self.trials[tindex] = trial.model_copy(
                 update={
                     "state": "Failed",
                     "message": f"{obs.reason}: {obs.message}",
                     "cost_usd": cost,
+                    "energy_joules": round(joules, 1),
                 }
             )
 
@@ -544,9 +577,7 @@ class _Step:
             case "Retrying":
                 due = parse_iso(run.next_retry_time) if run.next_retry_time else self.now
                 if self.now >= due:
-                    self.update_slot(
-                        at, phase="Running", attempts=run.attempts + 1, next_retry_time=None
-                    )
+                    self.start_attempt(at, run.attempts + 1)
                     self.actions.append(EnsureRun(request(run.attempts + 1)))
                 else:
                     self.actions.append(Requeue((due - self.now).total_seconds()))
@@ -594,7 +625,9 @@ class _Step:
             record = trial_flow.stage_record(params, outcome, out, self.spec)
             self.actions.append(WriteRecord(out, record))
             self.stage_done((index, None), record, cached=False)
-            self.update_stage(index, cost_usd=sum(t.cost_usd or 0.0 for t in outcome.records))
+            # The stage spent what its trials did; its message says why the winner won.
+            why = self.stages[index].message or record.details["selection"]
+            self.update_stage(index, message=why, **trial_flow.spent(outcome.records))
         elif outcome.failure is not None:
             self.update_stage(
                 index, phase="Failed", message=outcome.failure, completion_time=self.stamp
@@ -651,6 +684,27 @@ class _Step:
                     if rec.type != "hpo":
                         self.cancel_run(rec.name, run, why)
                     self.update_slot(at, phase="Cancelled")
+        self.cancel_trials_in_flight()
+
+    def suspend(self, why: str) -> None:
+        """Stop the runs in flight so that resuming goes on where they were: a stopped run is
+        Pending again with its attempts kept (its cache is probed, then its next attempt runs),
+        and the attempt cut short is `interrupted`, not failed, so it spends no retry. A stage
+        waiting to retry keeps waiting; an hpo stage rebuilds its trials from status."""
+        for index, rec in enumerate(self.stages):
+            for at, run in self.slots(index):
+                if run.phase != "Running":
+                    continue
+                if rec.type == "hpo":
+                    self.update_slot(at, phase="Pending", attempts=0)
+                    continue
+                self.cancel_run(rec.name, run, why)
+                self.update_slot(at, phase="Pending", interrupted=(run.interrupted or 0) + 1)
+        self.cancel_trials_in_flight()
+        self.trials = [t for t in self.trials if t.message != "cancelled"]
+
+    def cancel_trials_in_flight(self) -> None:
+        """Stop running trials; they and the pending ones end Failed, `cancelled`."""
         for index, trial in enumerate(self.trials):
             if trial.state in ("Running", "Pending"):
                 if trial.key and trial.state == "Running":
@@ -708,6 +762,7 @@ def summed(rec: StageStatus, runs: list[PoolRun]) -> StageStatus:
             "pools": runs,
             "phase": phase,
             "attempts": sum(run.attempts for run in runs),
+            "interrupted": sum(run.interrupted or 0 for run in runs) or None,
             "cached": bool(runs) and all(run.cached for run in runs),
             "output": first.output,
             "metrics": first.metrics,
@@ -721,21 +776,6 @@ def summed(rec: StageStatus, runs: list[PoolRun]) -> StageStatus:
             "message": "; ".join(problems) or None,
         }
     )
-
-
-def _restartable(rec: StageStatus) -> StageStatus:
-    """A stage (or pool run) cancelled by suspending, ready to run again on resume."""
-    if rec.pools is not None:
-        runs = [
-            run.model_copy(update={"phase": "Pending", "attempts": 0})
-            if run.phase == "Cancelled"
-            else run
-            for run in rec.pools
-        ]
-        return summed(rec, runs)
-    if rec.phase == "Cancelled":
-        return rec.model_copy(update={"phase": "Pending", "attempts": 0})
-    return rec
 
 
 def result_of(stages: Sequence[StageStatus]) -> JobResult | None:
@@ -800,9 +840,7 @@ def step(
         work.finish()
         return _finish(work)
     if ctx.spec.suspend:
-        work.cancel_active("the job is suspended (spec.suspend)")
-        work.stages = [_restartable(s) for s in work.stages]
-        work.trials = [t for t in work.trials if t.message != "cancelled"]
+        work.suspend("the job is suspended (spec.suspend)")
         work.finish()
         since = status.suspend_time if status.phase == "Suspended" else work.stamp
         work.status = work.status.model_copy(update={"phase": "Suspended", "suspend_time": since})

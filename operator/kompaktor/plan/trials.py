@@ -67,7 +67,7 @@ def context(
     params: hpo.HpoParams, records: list[TrialRecord], trial: TrialRecord, metric: str
 ) -> dict[str, Any] | None:
     """The `--trial` context a trial starts with when the search prunes (else None)."""
-    found = hpo.trial_context(params, records, trial.number, metric_name=metric)
+    found = hpo.trial_context(params, records, trial.number, trial.params, metric_name=metric)
     return None if found is None else found.model_dump(by_alias=True, mode="json")
 
 
@@ -96,9 +96,7 @@ def advance(
         else r
         for r in records
     ]
-    baseline = next(
-        (r.metrics["referenceMetric"] for r in scored if "referenceMetric" in r.metrics), None
-    )
+    baseline = _baseline(scored)
     best = hpo.select_best(
         params, scored, metric_name=metric, baseline=baseline, max_drop=spec.objective.max_drop
     )
@@ -138,23 +136,41 @@ def advance(
     return HpoOutcome(params.target, scored)
 
 
+def spent(records: list[TrialRecord]) -> dict[str, float]:
+    """What an hpo stage spent: its trials' cost and energy, restored trials' included."""
+    return {
+        "cost_usd": sum(r.cost_usd or 0.0 for r in records),
+        "energy_joules": sum(r.energy_joules or 0.0 for r in records),
+    }
+
+
+def _baseline(records: list[TrialRecord]) -> float | None:
+    """The input model's test metric, as the trials measured it (None before any did)."""
+    return next(
+        (r.metrics["referenceMetric"] for r in records if "referenceMetric" in r.metrics), None
+    )
+
+
 def stage_record(
     params: hpo.HpoParams, outcome: HpoOutcome, output_uri: str, spec: OptimizationJobSpec
 ) -> RunRecord:
-    """The HPO stage's own result: the chosen trial's output, stored under the stage's key."""
+    """The HPO stage's own result: the chosen trial's output, stored under the stage's key,
+    with the metrics and details the in-process search reports."""
     best = outcome.best
     assert best is not None and best.output is not None
-    finished = [r for r in outcome.records if r.state == "Complete"]
+    details = hpo.result_details(
+        params,
+        outcome.records,
+        best,
+        metric_name=spec.objective.metric,
+        baseline=_baseline(outcome.records),
+        max_drop=spec.objective.max_drop,
+    )
     return RunRecord(
         type="hpo",
         params={"target": params.target, "bestParams": best.params},
         output=best.output,
         format=format_of(best.output.uri),
-        metrics={**best.metrics, "bestTrial": float(best.number), "trials": float(len(finished))},
-        details={
-            "bestTrial": best.number,
-            "bestParams": best.params,
-            "trials": hpo.trials_report(outcome.records),
-            "outputUri": output_uri,
-        },
+        metrics={**best.metrics, **hpo.result_metrics(outcome.records, best)},
+        details={**details, "outputUri": output_uri},
     )

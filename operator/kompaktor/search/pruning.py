@@ -8,6 +8,11 @@ trials; successive halving and Hyperband also keep per-rung marks on every trial
 history is replayed point by point through the same pruner, which sets those marks exactly as
 a live study would have. The study name is fixed because Hyperband picks a trial's bracket from
 the study name and the trial number.
+
+Steps count curve points from 1 (the resource a trial has used, as Optuna's rungs expect), and
+no trial is judged at its last point: its training is over there, so a stop saves nothing and
+would only throw a finished run away. Every rung therefore falls before a trial's last point,
+so a bad trial is stopped while epochs are still left to save.
 """
 
 from __future__ import annotations
@@ -24,14 +29,17 @@ _STATEFUL = ("successiveHalving", "hyperband")
 
 
 def make_pruner(spec: PrunerSpec) -> optuna.pruners.BasePruner:
-    """The Optuna pruner a `PrunerSpec` names (steps are curve points, counted from 0)."""
-    if spec.name == "median":
-        return optuna.pruners.MedianPruner(
-            n_startup_trials=spec.startup_trials, n_warmup_steps=spec.warmup_steps
-        )
-    if spec.name == "percentile":
+    """The Optuna pruner a `PrunerSpec` names (steps are curve points, counted from 1).
+
+    Median and percentile judge a step once `warmup_steps` points came before it. Hyperband's
+    most patient bracket starts its rungs at `max_resource`; it gets one point less than the
+    most a trial reports, so that bracket too can stop a trial before its last point.
+    """
+    if spec.name in ("median", "percentile"):
         return optuna.pruners.PercentilePruner(
-            spec.percentile, n_startup_trials=spec.startup_trials, n_warmup_steps=spec.warmup_steps
+            50.0 if spec.name == "median" else spec.percentile,
+            n_startup_trials=spec.startup_trials,
+            n_warmup_steps=spec.warmup_steps + 1,
         )
     if spec.name == "successiveHalving":
         return optuna.pruners.SuccessiveHalvingPruner(
@@ -40,7 +48,7 @@ def make_pruner(spec: PrunerSpec) -> optuna.pruners.BasePruner:
     if spec.name == "hyperband":
         return optuna.pruners.HyperbandPruner(
             min_resource=spec.min_resource,
-            max_resource=max(spec.max_resource, spec.min_resource),
+            max_resource=max(spec.max_resource - 1, spec.min_resource),
             reduction_factor=spec.reduction_factor,
         )
     raise ValueError(f"no Optuna pruner named {spec.name!r}")
@@ -78,14 +86,14 @@ def _final(point: TrialPoint) -> float | None:
 def _frozen(point: TrialPoint) -> optuna.trial.FrozenTrial:
     state = TrialState.COMPLETE if point.state == "Complete" else TrialState.PRUNED
     return optuna.trial.create_trial(
-        state=state, value=_final(point), intermediate_values=dict(enumerate(point.curve))
+        state=state, value=_final(point), intermediate_values=dict(enumerate(point.curve, 1))
     )
 
 
 def _replay(study: optuna.Study, point: TrialPoint) -> None:
     """Run a finished trial's curve through the pruner again, for the marks it leaves."""
     trial = study.ask()
-    for step, value in enumerate(point.curve):
+    for step, value in enumerate(point.curve, 1):
         trial.report(value, step)
         trial.should_prune()
     if point.state == "Complete":
@@ -96,7 +104,7 @@ def _replay(study: optuna.Study, point: TrialPoint) -> None:
 
 class TrialPruner:
     """This trial inside the rebuilt study: `report(value)` adds a point and answers whether
-    the pruner stops the trial there."""
+    the pruner stops the trial there (never at its last point)."""
 
     def __init__(self, context: TrialContext) -> None:
         self.study = rebuild_for_pruning(context)
@@ -104,10 +112,11 @@ class TrialPruner:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             self.trial = self.study.ask()
         assert self.trial.number == context.number
+        self.last = context.points or context.pruner.max_resource
         self.steps = 0
 
     def report(self, value: float) -> bool:
         """Report the next curve point; True when the pruner prunes the trial here."""
-        self.trial.report(value, self.steps)
         self.steps += 1
-        return bool(self.trial.should_prune())
+        self.trial.report(value, self.steps)
+        return self.steps < self.last and bool(self.trial.should_prune())

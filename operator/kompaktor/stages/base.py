@@ -172,6 +172,11 @@ class Stage(ABC, Generic[P]):
             return "torchscript"
         return self.produces or input_format
 
+    def format_cause(self, input_format: ModelFormat, params: P, output: ModelFormat) -> str | None:
+        """For a refusal by the next stage: which of the params make this stage write `output`
+        models, when its output format depends on a choice it makes (None: it does not)."""
+        return None
+
     def output_precision(self, input_precision: Precision, params: P) -> Precision:
         """How the output's weights are stored: as the input's unless the stage quantizes
         (train, prune, … keep a bf16 model bf16)."""

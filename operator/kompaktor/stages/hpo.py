@@ -165,12 +165,16 @@ class HpoParams(StageParams):
     pruner: Literal["none", "median", "percentile", "successiveHalving", "hyperband"] = Field(
         "none",
         description="Stop unpromising trials early, judged on their validation curve (one point "
-        "per training epoch; targets train and prune): median (worse than the median of "
-        "complete trials at the same point), percentile (outside the best `percentile` %), "
-        "successiveHalving or hyperband (keep the best 1/reductionFactor at each rung).",
+        "per training epoch; targets train, prune and distill), never at a trial's last point: "
+        "median (worse than the median of complete trials at the same point), percentile "
+        "(outside the best `percentile` %), successiveHalving or hyperband (keep the best "
+        "1/reductionFactor at each rung).",
     )
-    startup_trials: int = Field(
-        5, ge=0, description="median, percentile: trials that complete before any is pruned."
+    startup_trials: int | None = Field(
+        None,
+        ge=0,
+        description="median, percentile: trials that complete before any is pruned (default: "
+        "a quarter of `trials`, 2 to 5).",
     )
     warmup_steps: int = Field(
         0,
@@ -185,7 +189,10 @@ class HpoParams(StageParams):
         "complete trials at the same point; prune the rest.",
     )
     min_resource: int = Field(
-        1, ge=1, description="successiveHalving, hyperband: curve points before the first rung."
+        1,
+        ge=1,
+        description="successiveHalving, hyperband: curve points a trial reports before the "
+        "first rung judges it (fewer than a trial reports).",
     )
     reduction_factor: int = Field(
         3,
@@ -385,11 +392,29 @@ def _check_pruner(params: HpoParams, target: type[Stage[Any]]) -> None:
             f"params.pruner: target {params.target} reports no per-epoch validation curve to "
             f"prune on (pruning works with target {able}); use pruner: none"
         )
+    _check_pruner_steps(params)
+
+
+def _check_pruner_steps(params: HpoParams) -> None:
+    """A trial's last curve point is never judged (its training is over), so the pruner must
+    get to judge a point before it: otherwise it could never save an epoch."""
     points = curve_points(params)
-    if params.pruner in ("successiveHalving", "hyperband") and params.min_resource > points:
+    if points < 2:
         raise ValueError(
-            f"params.minResource: {params.min_resource} is more than the {points} curve "
-            f"points a trial reports at most"
+            f"params.pruner: a {params.target} trial reports at most {points} validation point "
+            f"(one per training epoch) and the last is never judged, so nothing could be "
+            f"stopped early; train for 2 or more epochs or use pruner: none"
+        )
+    if params.pruner in ("successiveHalving", "hyperband") and params.min_resource >= points:
+        raise ValueError(
+            f"params.minResource: {params.min_resource} puts the first rung at or after the "
+            f"last of the {points} curve points a trial reports, where nothing is left to "
+            f"stop; use at most {points - 1}"
+        )
+    if params.pruner in ("median", "percentile") and params.warmup_steps >= points - 1:
+        raise ValueError(
+            f"params.warmupSteps: {params.warmup_steps} leaves no curve point to judge before "
+            f"the last of the {points} a trial reports; use at most {points - 2}"
         )
 
 
@@ -413,8 +438,18 @@ def curve_stride(params: HpoParams) -> int:
 
 def curve_points(params: HpoParams) -> int:
     """The most curve points a trial reports (Hyperband's maximum resource)."""
-    epochs = max_epochs(params)
-    return max(1, -(-epochs // epochs_per_point(epochs)))
+    return max(1, max_epochs(params) // curve_stride(params))
+
+
+def trial_curve_points(params: HpoParams, suggested: Mapping[str, Any]) -> int:
+    """The curve points the trial at this point reports: one every `curve_stride` epochs of
+    its own (a searched epochs gives trials of different lengths)."""
+    target = _target_stage(params)
+    try:
+        model = _params_model(target).model_validate(trial_params(params, suggested))
+    except ValidationError:
+        return curve_points(params)
+    return max(1, min(MAX_CURVE, target().epochs(model) // curve_stride(params)))
 
 
 def _target_stage(params: HpoParams) -> type[Stage[Any]]:
@@ -673,6 +708,13 @@ def no_winner(records: Sequence[TrialRecord], metric: str, max_drop: float | Non
     )
 
 
+#: The status figure each `select` rule other than best-metric ranks the eligible trials by.
+SELECT_KEYS: dict[str, str] = {
+    "fastest-within-drop": "latencyMs",
+    "smallest-within-drop": "sizeBytes",
+}
+
+
 def select_best(
     params: HpoParams,
     records: Sequence[TrialRecord],
@@ -690,22 +732,108 @@ def select_best(
     never becomes it later (the plan keeps only the leader's output in status).
     """
     sign = 1.0 if higher_is_better(metric_name) else -1.0
+    eligible = _eligible(params, records, metric_name, baseline, max_drop)
+    if not eligible:
+        return None
+    key = SELECT_KEYS.get(params.select)
+    if key is not None:
+        return min(eligible, key=lambda rv: (rv[0].metrics[key], -sign * rv[1], rv[0].number))[0]
+    return min(eligible, key=lambda rv: (-sign * rv[1], rv[0].number))[0]
+
+
+def _eligible(
+    params: HpoParams,
+    records: Sequence[TrialRecord],
+    metric_name: str,
+    baseline: float | None,
+    max_drop: float,
+) -> list[tuple[TrialRecord, float]]:
+    """The complete trials `select` chooses among, each with the figure it is ranked by: within
+    `max_drop` of the input model, and measured on what the rule ranks by."""
+    key = SELECT_KEYS.get(params.select)
     eligible = []
     for r in records:
         figure = ranked(r)
-        if r.state == "Complete" and figure is not None:
-            value, own = figure
-            if within_drop(value, baseline if own is None else own, max_drop, metric_name):
-                eligible.append((r, value))
-    if params.select != "best-metric":
-        key = "latencyMs" if params.select == "fastest-within-drop" else "sizeBytes"
-        eligible = [(r, v) for r, v in eligible if key in r.metrics]
-        if not eligible:
-            return None
-        return min(eligible, key=lambda rv: (rv[0].metrics[key], -sign * rv[1], rv[0].number))[0]
-    if not eligible:
-        return None
-    return min(eligible, key=lambda rv: (-sign * rv[1], rv[0].number))[0]
+        if r.state != "Complete" or figure is None or (key is not None and key not in r.metrics):
+            continue
+        value, own = figure
+        if within_drop(value, baseline if own is None else own, max_drop, metric_name):
+            eligible.append((r, value))
+    return eligible
+
+
+def selection_reason(
+    params: HpoParams,
+    records: Sequence[TrialRecord],
+    best: TrialRecord,
+    *,
+    metric_name: str,
+    baseline: float | None,
+    max_drop: float,
+) -> str:
+    """Why `best` won, in words: the rule, the figure it won by, among which trials, and (for
+    several objectives) whether it is on the Pareto set."""
+    count = len(_eligible(params, records, metric_name, baseline, max_drop))
+    among = (
+        f"the {count} complete trials"
+        if math.isinf(max_drop)
+        else f"the {count} complete trials within maxDrop {max_drop:g} of the input model"
+    )
+    key = SELECT_KEYS.get(params.select)
+    if key is None:
+        rows = "validation" if "valMetric" in best.metrics else "test"
+        figure = ranked(best)
+        value = "" if figure is None else f" ({figure[0]:.4g})"
+        won = f"the best {metric_name} on {rows} rows{value}"
+    else:
+        won = f"the lowest {key} ({best.metrics[key]:.4g})"
+    reason = f"trial {best.number} has {won} of {among} (select: {params.select})"
+    if len(params.objectives) < 2:
+        return reason
+    front = [r.number for r in pareto_set(params, records, metric_name=metric_name)]
+    place = "on" if best.number in front else "not on"
+    return f"{reason}; it is {place} the Pareto set of {len(front)} trials {front}"
+
+
+def result_metrics(records: Sequence[TrialRecord], best: TrialRecord) -> dict[str, float]:
+    """The search's own figures in the stage's metrics (plan-run and in-process alike)."""
+    counts = {s: sum(r.state == s for r in records) for s in _FINISHED}
+    return {
+        "bestTrial": float(best.number),
+        "trials": float(counts["Complete"]),
+        "prunedTrials": float(counts["Pruned"]),
+        "failedTrials": float(counts["Failed"]),
+    }
+
+
+def result_details(
+    params: HpoParams,
+    records: Sequence[TrialRecord],
+    best: TrialRecord,
+    *,
+    metric_name: str,
+    baseline: float | None,
+    max_drop: float,
+) -> dict[str, Any]:
+    """The stage's result details (plan-run and in-process alike): the winner and why, every
+    trial, and for several objectives the Pareto set (number, params, values by objective)."""
+    details: dict[str, Any] = {
+        "bestTrial": best.number,
+        "bestParams": best.params,
+        "selection": selection_reason(
+            params, records, best, metric_name=metric_name, baseline=baseline, max_drop=max_drop
+        ),
+    }
+    if len(params.objectives) > 1:
+        details["paretoSet"] = [
+            {
+                "number": r.number,
+                "params": r.params,
+                "values": dict(zip(params.objectives, r.values or [], strict=True)),
+            }
+            for r in pareto_set(params, records, metric_name=metric_name)
+        ]
+    return {**details, "trials": trials_report(records)}
 
 
 def ranked(record: TrialRecord) -> tuple[float, float | None] | None:
@@ -725,11 +853,20 @@ def pruner_spec(params: HpoParams) -> PrunerSpec | None:
     """What a trial needs to rebuild the pruner (None: no pruning)."""
     if params.pruner == "none":
         return None
+    options = {option: getattr(params, option) for option in PRUNER_OPTIONS}
     return PrunerSpec(
         name=params.pruner,
         max_resource=curve_points(params),
-        **{option: getattr(params, option) for option in PRUNER_OPTIONS},
+        **{**options, "startup_trials": startup_trials(params)},
     )
+
+
+def startup_trials(params: HpoParams) -> int:
+    """Complete trials a median or percentile pruner waits for: as set, else a quarter of the
+    budget, 2 to 5 (Optuna's 5 would leave a small search nothing to prune)."""
+    if params.startup_trials is not None:
+        return params.startup_trials
+    return min(5, max(2, params.trials // 4))
 
 
 def trials_report(records: Sequence[TrialRecord]) -> list[dict[str, Any]]:
@@ -756,11 +893,17 @@ def trial_key_params(params: HpoParams, suggested: Mapping[str, Any]) -> dict[st
 
 
 def trial_context(
-    params: HpoParams, records: Sequence[TrialRecord], number: int, *, metric_name: str
+    params: HpoParams,
+    records: Sequence[TrialRecord],
+    number: int,
+    suggested: Mapping[str, Any],
+    *,
+    metric_name: str,
 ) -> TrialContext | None:
-    """What trial `number` is started with when the search prunes: the pruner, the curve
-    stride, and the finished trials it sees (numbered below `history_end`: which trials finished
-    first must not change what prunes it), newest first up to MAX_CONTEXT_BYTES."""
+    """What trial `number` (at point `suggested`) is started with when the search prunes: the
+    pruner, the curve stride, its own curve length, and the finished trials it sees (numbered
+    below `history_end`: which trials finished first must not change what prunes it), newest
+    first up to MAX_CONTEXT_BYTES."""
     spec = pruner_spec(params)
     if spec is None:
         return None
@@ -787,6 +930,7 @@ def trial_context(
         number=number,
         maximize=maximize(params, metric_name)[0],
         stride=curve_stride(params),
+        points=trial_curve_points(params, suggested),
         pruner=spec,
         history=sorted(history, key=lambda p: p.number),
     )
@@ -840,6 +984,34 @@ class HpoStage(Stage[HpoParams]):
             stage.output_format(input_format, point) for _, _, point in _trial_points(params)
         }
         return formats.pop() if len(formats) == 1 else _least_accepted(formats)
+
+    def format_cause(
+        self, input_format: ModelFormat, params: HpoParams, output: ModelFormat
+    ) -> str | None:
+        """The searched params whose values decide that the target writes `output` models: the
+        search may pick any of them (None when no searched value changes the format)."""
+        stage = _target_stage(params)()
+        formats: dict[str, list[tuple[Any, ModelFormat]]] = {}
+        for key, value, point in _trial_points(params):
+            if key is not None:
+                formats.setdefault(key, []).append(
+                    (value, stage.output_format(input_format, point))
+                )
+        leads = {
+            key: [value for value, made in pairs if made == output]
+            for key, pairs in formats.items()
+            if len({made for _, made in pairs}) > 1
+        }
+        leads = {key: values for key, values in leads.items() if values}
+        if not leads:
+            return None
+        return "; ".join(
+            f"params.space.{key}: {', '.join(map(str, values))} (of "
+            f"{', '.join(map(str, _extremes(params)[key]))}) "
+            f"{'makes' if len(values) == 1 else 'make'} {params.target} write {output} models, "
+            f"and the search may pick {'it' if len(values) == 1 else 'any of them'}"
+            for key, values in leads.items()
+        )
 
     def output_precision(self, input_precision: Precision, params: HpoParams) -> Precision:
         """The trials' common output precision; when they differ, the first that differs from

@@ -23,11 +23,12 @@ from kompaktor.stages.hpo import (
     is_done,
     no_winner,
     propose,
+    result_details,
+    result_metrics,
     select_best,
     trial_context,
     trial_params,
     trial_values,
-    trials_report,
 )
 
 
@@ -56,32 +57,22 @@ def run_search(ctx: StageContext[HpoParams]) -> StageResult:
             if path is not None:
                 paths[record.number] = path
     max_drop = math.inf if ctx.max_drop is None else ctx.max_drop
-    best = select_best(
-        p,
-        records,
-        metric_name=ctx.metric,
-        baseline=reference.get("referenceMetric"),
-        max_drop=max_drop,
-    )
+    baseline = reference.get("referenceMetric")
+    best = select_best(p, records, metric_name=ctx.metric, baseline=baseline, max_drop=max_drop)
     if best is None:
         raise StageError(f"hpo: {no_winner(records, ctx.metric, ctx.max_drop)}")
-    counts = {s: sum(r.state == s for r in records) for s in ("Complete", "Pruned", "Failed")}
-    ctx.log(f"hpo: trial {best.number} wins with {best.params}")
+    details = result_details(
+        p, records, best, metric_name=ctx.metric, baseline=baseline, max_drop=max_drop
+    )
+    ctx.log(f"hpo: {details['selection']}, params {best.params}")
+    for trial in details.get("paretoSet", []):
+        ctx.log(f"hpo: Pareto set: trial {trial['number']} {trial['values']} {trial['params']}")
     path = paths[best.number]
     return StageResult(
         path=path,
         output_format=format_of(path),
-        metrics={
-            "bestTrial": float(best.number),
-            "trials": float(counts["Complete"]),
-            "prunedTrials": float(counts["Pruned"]),
-            "failedTrials": float(counts["Failed"]),
-        },
-        details={
-            "bestTrial": best.number,
-            "bestParams": best.params,
-            "trials": trials_report(records),
-        },
+        metrics=result_metrics(records, best),
+        details=details,
     )
 
 
@@ -127,7 +118,7 @@ def _trial(
         params = parse_params(
             target.type, trial_params(p, point), where=f"stage (hpo): trial {number}"
         )
-        context = trial_context(p, before, number, metric_name=ctx.metric)
+        context = trial_context(p, before, number, point, metric_name=ctx.metric)
         curve = trial_curve(context if target.reports_curve else None, ctx.metric, log)
         log(f"{target.type} with {point}")
         seed_everything(ctx.seed)

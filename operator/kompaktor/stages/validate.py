@@ -125,8 +125,10 @@ def validate_job(spec: OptimizationJobSpec) -> list[StageParams]:
     precision: Precision = "float32"
     quantized_by: str | None = None
     earlier: list[str] = []
+    made_by: str | None = None  # which choice of the stage before gives model_format
     for index, stage in enumerate(spec.stages):
         where = stage.where(index)
+        cause, made_by = made_by, None
         try:
             params = parse_params(stage.type, stage.params, where)
         except JobSpecError as error:
@@ -144,6 +146,10 @@ def validate_job(spec: OptimizationJobSpec) -> list[StageParams]:
                 problems.append(
                     f"{where}: cannot take {model_format} models (it needs {accepted}; "
                     f"the stage before it or spec.model.uri gives {model_format})"
+                    if cause is None
+                    else f"{where}: cannot take {model_format} models (it needs {accepted}), "
+                    f"and {cause}; keep only choices that give "
+                    f"{' or '.join(sorted(impl.accepts))} models"
                 )
             plan = PlanContext(
                 stage.name,
@@ -159,7 +165,10 @@ def validate_job(spec: OptimizationJobSpec) -> list[StageParams]:
                 problems.append(f"{where}: {error}")
                 model_format = None  # what it would output is unknown too
             else:
-                model_format = impl.output_format(model_format, params)
+                output = impl.output_format(model_format, params)
+                reason = impl.format_cause(model_format, params, output)
+                made_by = None if reason is None else f"{where}: {reason}"
+                model_format = output
                 output_precision = impl.output_precision(precision, params)
                 if output_precision != precision:
                     precision, quantized_by = output_precision, stage.name

@@ -24,6 +24,8 @@ pytestmark = pytest.mark.cluster
 SERVICE = {"name": "kompaktor-webhook", "namespace": "kompaktor-system", "port": 443}
 WEBHOOKS = "admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
 MUTATING = "admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
+#: The webhook configurations' name: the operator's (peering) name, `kompaktor` here.
+CONFIGURATION = "kompaktor.kompaktor.io"
 BAD_PARAMS = "stage 'prune' (spec.stages[1], prune): params.sparsity: must be in (0, 1) (got 1.5)"
 
 
@@ -156,8 +158,8 @@ async def test_the_webhook_refuses_a_bad_job_with_the_stage_and_the_field(
         await cluster.start_operator()
 
         def configured() -> dict[str, Any] | None:
-            found = cluster.emulator.get_live(WEBHOOKS, None, "kompaktor.io")
-            mutating = cluster.emulator.get_live(MUTATING, None, "kompaktor.io")
+            found = cluster.emulator.get_live(WEBHOOKS, None, CONFIGURATION)
+            mutating = cluster.emulator.get_live(MUTATING, None, CONFIGURATION)
             return found if found and found.get("webhooks") and mutating else None
 
         try:
@@ -166,9 +168,9 @@ async def test_the_webhook_refuses_a_bad_job_with_the_stage_and_the_field(
             raise AssertionError(f"{error}\n{cluster.operator_logs()}") from None
 
         # kopf also creates an empty mutating configuration (the chart's RBAC allows it).
-        assert not cluster.emulator.get_live(MUTATING, None, "kompaktor.io").get("webhooks")
+        assert not cluster.emulator.get_live(MUTATING, None, CONFIGURATION).get("webhooks")
         (webhook,) = webhook_config["webhooks"]
-        assert webhook["name"] == "optimizationjobs.kompaktor.io"
+        assert webhook["name"] == f"optimizationjobs.{CONFIGURATION}"
         assert webhook["failurePolicy"] == "Ignore"
         (rule,) = webhook["rules"]
         assert rule["apiGroups"] == ["kompaktor.io"] and rule["resources"] == ["optimizationjobs"]

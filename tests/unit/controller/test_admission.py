@@ -131,6 +131,38 @@ def test_status_and_metadata_updates_of_an_invalid_job_are_admitted() -> None:
     admit(BAD, CONFIG, operation="UPDATE", old=BAD, subresource="status")
 
 
+# ----------------------------------------------------------------- whose jobs are judged
+
+
+def test_only_jobs_in_the_watched_namespaces_are_judged() -> None:
+    """The webhook refused jobs in every namespace, with this operator's pools, also those
+    another operator (another release, its own pools) looks after."""
+    scoped = CONFIG.model_copy(update={"namespaces": ["ml", "team-*"]})
+    elsewhere = job(BAD["spec"], namespace="other")
+    admit(elsewhere, scoped)
+    admit(elsewhere, scoped, operation="UPDATE", old=GOOD)
+    for namespace in ("ml", "team-a"):
+        assert refusal(job(BAD["spec"], namespace=namespace), scoped) == BAD_PARAMS
+    assert refusal(elsewhere, CONFIG) == BAD_PARAMS  # watching the whole cluster
+
+
+def test_the_webhook_configuration_is_named_after_the_operator() -> None:
+    """It was `kompaktor.io` for every install: two releases overwrote each other's."""
+    assert admission.configuration_name(OperatorConfig()) == "kompaktor.kompaktor.io"
+    release = parse_config({"peering": {"name": "ml-kompaktor"}})
+    assert admission.configuration_name(release) == "ml-kompaktor.kompaktor.io"
+    named = parse_config({"admission": {"configurationName": "ml.example.com"}})
+    assert admission.configuration_name(named) == "ml.example.com"
+
+
+@pytest.mark.parametrize(
+    "name", ["kompaktor", "Kompaktor.io", "-a.io", "a..io", ("a" * 60 + ".") * 4 + "io"]
+)
+def test_a_configuration_name_the_api_server_refuses_is_refused_at_start(name: str) -> None:
+    with pytest.raises(KompaktorError, match=r"admission\.configurationName: .*two or more"):
+        parse_config({"admission": {"configurationName": name}})
+
+
 # ----------------------------------------------------------------- the kopf handler
 
 

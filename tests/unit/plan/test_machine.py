@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -307,7 +308,59 @@ class TestBudgetAndControl:
         resumed = reprobed(ctx(generation=3), paused.status)
         (probe,) = kinds(resumed, ProbeCache)
         running = step(ctx(generation=3), resumed.status, [CacheProbed(probe.key, None)], T0)
-        assert only_run(running).request.attempt == 1
+        again = only_run(running).request
+        # The next attempt, under a run id (Job, process) of its own: the stopped one's is gone.
+        assert again.attempt == 2 and again.run_id != run.run_id
+        assert running.status.stages[0].interrupted == 1
+
+    def test_suspend_and_resume_keep_the_attempts_a_stage_has_used(self) -> None:
+        """Attempts went back to 0 on suspend/resume: suspending gave a stage its retries back."""
+        job = ctx()  # train: retries 1
+        first = only_run(result := started(job)).request
+        failed = step(job, result.status, [RunFailed(first.run_id, "OOMKilled", "137")], T0)
+        later = T0 + timedelta(minutes=1)
+        second = only_run(retrying := step(job, failed.status, [], later)).request
+        assert second.attempt == 2
+        paused = step(ctx(spec(suspend=True), generation=2), retrying.status, [], later)
+        assert CancelRun(second.run_id) in paused.actions
+        assert paused.status.stages[0].attempts == 2
+        resumed = reprobed(ctx(generation=3), paused.status)
+        (probe,) = kinds(resumed, ProbeCache)
+        running = step(ctx(generation=3), resumed.status, [CacheProbed(probe.key, None)], later)
+        third = only_run(running).request
+        assert third.attempt == 3
+        crash = RunFailed(third.run_id, "OOMKilled", "137")
+        final = step(ctx(generation=3), running.status, [crash], later)
+        assert final.status.stages[0].phase == "Failed"  # its one retry was spent before
+        assert final.status.phase == "Failed" and not kinds(final, EnsureRun)
+
+    def test_an_attempt_a_suspension_stopped_spends_no_retry(self) -> None:
+        job = ctx()  # train: retries 1
+        first = only_run(result := started(job)).request
+        paused = step(ctx(spec(suspend=True), generation=2), result.status, [], T0)
+        assert CancelRun(first.run_id) in paused.actions
+        resumed = reprobed(ctx(generation=3), paused.status)
+        (probe,) = kinds(resumed, ProbeCache)
+        running = step(ctx(generation=3), resumed.status, [CacheProbed(probe.key, None)], T0)
+        second = only_run(running).request
+        crash = RunFailed(second.run_id, "OOMKilled", "137")
+        failed = step(ctx(generation=3), running.status, [crash], T0)
+        assert failed.status.stages[0].phase == "Retrying"
+        assert failed.status.stages[0].next_retry_time == "2026-11-23T12:00:10Z"  # 1st backoff
+
+    def test_a_stage_waiting_to_retry_waits_through_a_suspension(self) -> None:
+        job = ctx()
+        first = only_run(result := started(job)).request
+        failed = step(job, result.status, [RunFailed(first.run_id, "OOMKilled", "137")], T0)
+        paused = step(ctx(spec(suspend=True), generation=2), failed.status, [], T0)
+        assert not kinds(paused, CancelRun)
+        assert paused.status.stages[0].phase == "Retrying"
+        later = T0 + timedelta(minutes=5)
+        asked = step(ctx(generation=3), paused.status, [], later)
+        resumed = step(
+            ctx(generation=3), asked.status, [InputsProbed("sha256:in", "sha256:data")], later
+        )
+        assert only_run(resumed).request.attempt == 2
 
     def test_time_suspended_does_not_count_against_max_duration(self) -> None:
         """A job suspended past its budget failed with BudgetExceeded the moment it resumed."""
@@ -447,6 +500,50 @@ class TestBudgetAndControl:
         retry = only_run(later).request
         done = step(job, later.status, [RunSucceeded(retry.run_id, record("train", "d1"))], T0)
         assert done.status.stages[0].cost_usd == pytest.approx(0.05 + 0.01)
+
+    def test_a_failed_attempt_uses_energy_for_the_time_it_ran(self) -> None:
+        """Failed attempts were paid for in cost but counted no energy."""
+        job = replace(ctx(), pool_watts={"cpu": 100.0})
+        run = only_run(result := started(job)).request
+        crash = RunFailed(run.run_id, "Evicted", "node drained", duration_seconds=50.0)
+        failed = step(job, result.status, [crash], T0)
+        stage = failed.status.stages[0]
+        assert stage.energy_joules == pytest.approx(5000.0)  # 100 W for 50 s
+        assert stage.energy_method == "estimate"
+        assert failed.status.energy_joules == pytest.approx(5000.0)
+        later = step(job, failed.status, [], T0 + timedelta(seconds=11))
+        retry = only_run(later).request
+        measured = record("train", "d1").model_copy(update={"energy_method": "nvml"})
+        done = step(job, later.status, [RunSucceeded(retry.run_id, measured)], T0)
+        stage = done.status.stages[0]
+        assert stage.energy_joules == pytest.approx(5005.0)  # the attempt's and the run's
+        assert stage.energy_method == "estimate"  # part of it is estimated
+        assert done.status.energy_joules == pytest.approx(5005.0)
+
+    def test_a_failed_hpo_trial_uses_energy_for_the_time_it_ran(self) -> None:
+        search = {
+            "name": "h",
+            "type": "hpo",
+            "params": {"target": "train", "sampler": "random", "trials": 1,
+                       "space": {"lr": {"low": 1e-4, "high": 1e-2}}},
+        }  # fmt: skip
+        job = replace(ctx(spec(stages=[search])), pool_watts={"cpu": 100.0})
+        result = started(job)
+        while probes := kinds(result, ProbeCache):
+            result = step(job, result.status, [CacheProbed(p.key, None) for p in probes], T0)
+        trial = only_run(result).request
+        crash = RunFailed(trial.run_id, "OOMKilled", "137", duration_seconds=50.0)
+        failed = step(job, result.status, [crash], T0)
+        (record,) = failed.status.trials
+        assert record.state == "Failed" and record.energy_joules == pytest.approx(5000.0)
+        assert failed.status.energy_joules == pytest.approx(5000.0)
+
+    def test_a_pool_without_watts_estimates_one_core(self) -> None:
+        job = ctx()  # no watts configured
+        run = only_run(result := started(job)).request
+        crash = RunFailed(run.run_id, "Evicted", "node drained", duration_seconds=50.0)
+        stage = step(job, result.status, [crash], T0).status.stages[0]
+        assert stage.energy_joules == pytest.approx(500.0)  # DEFAULT_WATTS_PER_CORE for 50 s
 
     def test_runs_an_edit_replaces_stay_paid_for(self) -> None:
         """costUSD summed the stages in status only: an edit that re-keyed a stage dropped

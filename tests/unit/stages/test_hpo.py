@@ -18,6 +18,7 @@ from kompaktor.stages.hpo import (
     is_done,
     pareto_set,
     propose,
+    result_details,
     select_best,
     trial_params,
     trial_values,
@@ -171,6 +172,25 @@ def test_nsga2_pareto_set_and_selection_rules() -> None:
     # mse: lower is better, and the drop bound flips
     assert select_best(p, records, metric_name="mse", baseline=0.9, max_drop=0.04).number == 2  # type: ignore[union-attr]
 
+    # the result names the Pareto set (values by objective) and says why the winner won
+    details = result_details(p, records, records[0], metric_name="accuracy", baseline=0.955,
+                             max_drop=0.02)  # fmt: skip
+    assert [(t["number"], t["values"]) for t in details["paretoSet"]] == [
+        (0, {"metric": 0.95, "latency": 9.0}),
+        (1, {"metric": 0.94, "latency": 4.0}),
+        (2, {"metric": 0.90, "latency": 1.0}),
+    ]
+    assert details["selection"] == (
+        "trial 0 has the best accuracy on test rows (0.95) of the 2 complete trials within "
+        "maxDrop 0.02 of the input model (select: best-metric); it is on the Pareto set of 3 "
+        "trials [0, 1, 2]"
+    )
+    single = result_details(params(), records, records[0], metric_name="accuracy",
+                            baseline=None, max_drop=float("inf"))  # fmt: skip
+    assert "paretoSet" not in single
+    assert single["selection"].startswith("trial 0 has the best accuracy on test rows (0.95) "
+                                          "of the 4 complete trials (select")  # fmt: skip
+
 
 def test_trial_params_and_values() -> None:
     p = params(base={"method": "magnitude", "fineTuneEpochs": 0}, objectives=["metric", "size"])
@@ -301,9 +321,18 @@ def test_trials_are_valued_and_ranked_by_the_validation_metric_not_the_test_spli
         ),
         ({"pruner": "median", "percentile": 10}, "params.percentile: only used with pruner"),
         ({"reductionFactor": 2}, "params.reductionFactor: only used with pruner"),
+        (  # a rung at the last point could only discard a finished run
+            {"pruner": "hyperband", "minResource": 3, "base": {"epochs": 3}},
+            "params.minResource: 3 puts the first rung at or after the last of the 3 curve "
+            "points a trial reports, where nothing is left to stop; use at most 2",
+        ),
         (
-            {"pruner": "hyperband", "minResource": 5, "base": {"epochs": 3}},
-            "params.minResource: 5 is more than the 3 curve points",
+            {"pruner": "median", "warmupSteps": 2, "base": {"epochs": 3}},
+            "params.warmupSteps: 2 leaves no curve point to judge before the last of the 3",
+        ),
+        (
+            {"pruner": "successiveHalving", "base": {"epochs": 1}},
+            "params.pruner: a train trial reports at most 1 validation point",
         ),
     ],
 )

@@ -64,3 +64,30 @@ def test_mixed_outputs_give_the_format_fewest_stages_take_and_a_quantized_precis
     p = HpoParams.model_validate(spec(["bf16", "fp16", "static"]).stages[0].params)
     assert HpoStage().output_format("pt2", p) == "onnx"
     assert HpoStage().output_precision("float32", p) == "bf16"
+
+
+def test_the_refusal_names_the_hpo_stage_the_search_param_and_the_values_behind_it() -> None:
+    with pytest.raises(JobSpecError) as error:
+        validate_job(spec(["bf16", "fp16", "static"], TRAIN))
+    assert str(error.value) == (
+        "stage 'ft' (spec.stages[1], train): cannot take onnx models (it needs pt2, "
+        "torchscript), and stage 'tune' (spec.stages[0], hpo): params.space.mode: fp16, static "
+        "(of bf16, fp16, static) make quantize write onnx models, and the search may pick any "
+        "of them; keep only choices that give pt2 or torchscript models"
+    )
+    two = spec(["static", "bf16"], TRAIN).model_dump(by_alias=True)
+    two["stages"][0]["params"]["space"]["calibrationSamples"] = {"low": 16, "high": 64}
+    del two["stages"][0]["params"]["base"]["calibrationSamples"]
+    with pytest.raises(JobSpecError) as error:  # only the param that decides the format
+        validate_job(OptimizationJobSpec.model_validate(two))
+    assert "params.space.mode: static (of static, bf16) makes quantize write onnx" in str(
+        error.value
+    )
+    assert "calibrationSamples" not in str(error.value)
+
+
+def test_a_format_no_search_param_chooses_is_refused_as_before() -> None:
+    with pytest.raises(JobSpecError) as error:
+        validate_job(spec(["fp16"], TRAIN))
+    assert "params.space" not in str(error.value)
+    assert "the stage before it or spec.model.uri gives onnx" in str(error.value)

@@ -31,6 +31,7 @@ from kompaktor.stages.hpo import (
     HpoParams,
     distributions,
     propose,
+    pruner_spec,
     trial_context,
 )
 
@@ -88,8 +89,8 @@ def test_successive_halving_replays_rung_marks_from_the_curves() -> None:
     """Rung marks are not in the records; without replaying them nobody would compete."""
     pruned = TrialPoint(number=3, state="Pruned", curve=[0.2, 0.25])
     done = [*history([GOOD, GOOD, [0.7] * 6]), pruned]
-    sha = context(done, name="successiveHalving", minResource=1, reductionFactor=2)
-    # rung 0 closes at point 1: 0.3 is not in the top half of (0.88, 0.88, 0.7, 0.25, 0.3)
+    sha = context(done, name="successiveHalving", minResource=2, reductionFactor=2)
+    # rung 0 judges point 2: 0.3 is not in the top half of (0.88, 0.88, 0.7, 0.25, 0.3)
     assert run_curve(sha, [0.2, 0.3, 0.9, 0.9]) == [0.2, 0.3]
     assert run_curve(sha, GOOD[:4]) == GOOD[:4]
     # the replayed study holds the marks a live study would have left
@@ -142,15 +143,15 @@ def test_trial_context_is_bounded_and_keeps_the_newest_trials() -> None:
                     values=[0.9], curve=[round(v, 4) for v in curve])
         for n in range(999)
     ]  # fmt: skip
-    found = trial_context(p, records, 999, metric_name="accuracy")
+    found = trial_context(p, records, 999, {"lr": 1e-3}, metric_name="accuracy")
     assert found is not None
     assert found.stride == 4  # 100 epochs, at most 25 points
-    assert found.pruner.max_resource == 25
+    assert found.pruner.max_resource == found.points == 25
     text = json.dumps(found.model_dump(by_alias=True, mode="json"), separators=(",", ":"))
     assert len(text) <= MAX_CONTEXT_BYTES + 512
     numbers = [h.number for h in found.history]
     assert numbers == sorted(numbers) and numbers[-1] == 998 and len(numbers) < 999
-    assert trial_context(p.model_copy(update={"pruner": "none"}), records, 999,
+    assert trial_context(p.model_copy(update={"pruner": "none"}), records, 999, {"lr": 1e-3},
                          metric_name="accuracy") is None  # fmt: skip
 
 
@@ -299,3 +300,66 @@ def test_every_pruner_name_builds(pruner: str) -> None:
     found = TrialPruner(TrialContext(number=0, pruner=spec))
     assert isinstance(found.study.pruner, optuna.pruners.BasePruner)
     assert found.report(0.5) is False  # nothing to compare against yet
+
+
+# ---- every pruner stops a bad trial before its last point ------------------------------------
+
+
+def spec_for(pruner: str, epochs: int = 4, **options: Any) -> PrunerSpec:
+    """The pruner an hpo stage with these params hands its trials (its defaults filled in)."""
+    p = HpoParams.model_validate(
+        {"target": "train", "trials": 20, "pruner": pruner, "base": {"epochs": epochs},
+         "space": {"lr": {"low": 1e-4, "high": 1e-1, "log": True}}, **options}
+    )  # fmt: skip
+    found = pruner_spec(p)
+    assert found is not None
+    return found
+
+
+@pytest.mark.parametrize(
+    ("pruner", "options"),
+    [
+        ("median", {}),
+        ("percentile", {}),
+        ("successiveHalving", {}),
+        ("hyperband", {}),
+        ("median", {"startupTrials": 4, "warmupSteps": 2}),
+        ("percentile", {"percentile": 50.0, "warmupSteps": 1}),
+        ("successiveHalving", {"minResource": 3, "reductionFactor": 2}),
+        ("hyperband", {"minResource": 2, "reductionFactor": 2}),
+    ],
+)
+def test_every_pruner_stops_a_bad_trial_before_its_last_point(
+    pruner: str, options: dict[str, Any]
+) -> None:
+    """Steps counted from 0 put Hyperband's patient bracket, and successive halving's rung at
+    minResource 3 of 4 points, on the last point: a bad trial ran to its end, then was
+    thrown away as pruned."""
+    spec = spec_for(pruner, **options)
+    good = history([[0.80 + 0.002 * n, 0.88, 0.92, 0.94 + 0.001 * n] for n in range(12)])
+    bad = [0.1, 0.1, 0.1, 0.1]
+    for number in range(12, 20):  # trials in every Hyperband bracket
+        ctx = TrialContext(number=number, points=4, pruner=spec, history=good)
+        assert len(run_curve(ctx, bad)) < len(bad), (number, spec)
+        best = [0.9, 0.95, 0.97, 0.99]
+        assert run_curve(ctx, best) == best  # the best trial runs to its end
+
+
+def test_no_trial_is_judged_at_its_last_point() -> None:
+    """There training is over: a stop saves nothing and would discard a finished run."""
+    done = history([GOOD[:2]] * 4)
+    sha = TrialContext(
+        number=4, points=2, history=done,
+        pruner=PrunerSpec(name="successiveHalving", minResource=2, reductionFactor=2),
+    )  # fmt: skip
+    assert run_curve(sha, [0.1, 0.1]) == [0.1, 0.1]  # its rung is its last point
+    longer = sha.model_copy(update={"points": 3})  # a searched epochs: this trial runs longer
+    assert run_curve(longer, [0.1, 0.1, 0.1]) == [0.1, 0.1]
+
+
+def test_default_startup_trials_follow_the_budget() -> None:
+    def startup(trials: int, **options: Any) -> int:
+        return spec_for("median", **options, trials=trials).startup_trials
+
+    assert [startup(n) for n in (4, 8, 12, 20, 300)] == [2, 2, 3, 5, 5]
+    assert startup(300, startupTrials=1) == 1
