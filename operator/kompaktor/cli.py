@@ -7,10 +7,15 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kompaktor import __version__
 from kompaktor.errors import JobSpecError, KompaktorError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from kompaktor.api.status import OptimizationJobStatus
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -69,12 +74,44 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(summary(job.metadata.name, status, ctx.artifacts_uri), indent=2))
     else:
         console.print(stage_table(job.metadata.name, status))
-        for line in result_lines(status):
-            console.print(line)
+        searches = _search_details(status, ctx.artifacts_uri, console)
+        for line in result_lines(status, searches, metric=job.spec.objective.metric):
+            console.print(line, markup=False)  # params and messages may hold [brackets]
         logs_here = executor.logs_for(ctx.artifacts_uri)
         # soft_wrap: the paths stay whole on one line, to be copied
         console.print(f"artifacts: {ctx.artifacts_uri}   logs: {logs_here}", soft_wrap=True)
     return 0 if status.phase == "Succeeded" else EXIT_FAILED
+
+
+def _search_details(
+    status: OptimizationJobStatus, artifacts_uri: str, console: Console
+) -> dict[str, dict[str, Any]]:
+    """Each finished hpo stage's result details (its Pareto set, its winner), from the record
+    in the store: the status keeps a stage's figures, not its search's; the record is there
+    for a cached stage too. One that cannot be read is a warning: the run's outcome stands."""
+    from pydantic import ValidationError
+
+    from kompaktor.artifacts import ArtifactError
+    from kompaktor.plan.keys import output_uri
+    from kompaktor.stages.outputs import OutputPrefix
+
+    found: dict[str, dict[str, Any]] = {}
+    for stage in status.stages:
+        if stage.type != "hpo" or stage.phase != "Succeeded" or stage.key is None:
+            continue
+        prefix = output_uri(artifacts_uri, stage.type, stage.key)
+        try:
+            record = OutputPrefix(prefix).cached()
+        except (ArtifactError, ValidationError) as error:
+            console.print(
+                f"warning: stage {stage.name}: its Pareto set is not shown, {prefix}/result.json "
+                f"cannot be read: {error}",
+                markup=False,
+            )
+            continue
+        if record is not None:
+            found[stage.name] = record.details
+    return found
 
 
 def _cmd_init(args: argparse.Namespace) -> int:

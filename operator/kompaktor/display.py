@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -60,7 +61,16 @@ def stage_table(name: str, status: OptimizationJobStatus) -> Table:
     return table
 
 
-def result_lines(status: OptimizationJobStatus) -> list[str]:
+def result_lines(
+    status: OptimizationJobStatus,
+    searches: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    metric: str = "metric",
+) -> list[str]:
+    """What the run gave, after the table: the output and its figures, each multi-objective
+    search's Pareto set (`searches`: hpo stage name -> its result details; `metric`: the
+    job's objective metric, which names the metric objective), cost and energy, and why the
+    job ended as it did."""
     lines = []
     result = status.result
     if result is not None and status.phase == "Succeeded":
@@ -71,6 +81,8 @@ def result_lines(status: OptimizationJobStatus) -> list[str]:
             lines.append(f"speedup at batch 1: {result.speedup:.2f}x")
         if result.size_ratio is not None:
             lines.append(f"size: {result.size_ratio:.3f}x of the input model")
+    for stage, details in (searches or {}).items():
+        lines += pareto_lines(stage, details, metric)
     if status.cost_usd is not None or status.energy_joules is not None:
         lines.append(
             f"cost: {status.cost_usd or 0:.4f} USD, energy: {status.energy_joules or 0:.1f} J"
@@ -78,6 +90,44 @@ def result_lines(status: OptimizationJobStatus) -> list[str]:
     if status.message:
         lines.append(f"reason: {status.message}")
     return lines
+
+
+#: Most Pareto-set trials listed after the table (the stage's result.json has them all).
+MAX_PARETO_LINES = 10
+
+
+def pareto_lines(stage: str, details: Mapping[str, Any], metric: str) -> list[str]:
+    """A multi-objective search's Pareto set, one trial a line (objective values, params), the
+    selected trial marked `*`; nothing for one objective, whose winner the table shows."""
+    front: list[dict[str, Any]] = details.get("paretoSet") or []
+    if not front:
+        return []
+    best = details.get("bestTrial")
+    size = f"{len(front)} trial{'s' if len(front) > 1 else ''}"
+    rows = f", {metric} on {details['metricRows']} rows" if "metricRows" in details else ""
+    where = "" if any(t["number"] == best for t in front) else ", which is not on it"
+    lines = [f"{stage}: Pareto set of {size}{rows} (* selected: trial {best}{where})"]
+    for trial in front[:MAX_PARETO_LINES]:
+        mark = "*" if trial["number"] == best else " "
+        values = ", ".join(_objective(k, v, metric) for k, v in trial["values"].items())
+        params = ", ".join(f"{k}={_param(v)}" for k, v in trial["params"].items())
+        lines.append(f"  {mark} trial {trial['number']}: {values}; {params}")
+    if len(front) > MAX_PARETO_LINES:
+        lines.append(f"    and {len(front) - MAX_PARETO_LINES} more in the stage's result.json")
+    return lines
+
+
+def _objective(name: str, value: float, metric: str) -> str:
+    """An objective's value with its name and unit (the metric objective by the job's metric)."""
+    if name == "latency":
+        return f"latency {value:.3f} ms"
+    if name == "size":
+        return f"size {_size(value)}"
+    return f"{metric} {value:.4f}"
+
+
+def _param(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def summary(name: str, status: OptimizationJobStatus, artifacts: str) -> dict[str, Any]:

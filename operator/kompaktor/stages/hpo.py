@@ -781,10 +781,9 @@ def selection_reason(
     )
     key = SELECT_KEYS.get(params.select)
     if key is None:
-        rows = "validation" if "valMetric" in best.metrics else "test"
         figure = ranked(best)
         value = "" if figure is None else f" ({figure[0]:.4g})"
-        won = f"the best {metric_name} on {rows} rows{value}"
+        won = f"the best {metric_name} on {metric_rows(best)} rows{value}"
     else:
         won = f"the lowest {key} ({best.metrics[key]:.4g})"
     reason = f"trial {best.number} has {won} of {among} (select: {params.select})"
@@ -816,7 +815,8 @@ def result_details(
     max_drop: float,
 ) -> dict[str, Any]:
     """The stage's result details (plan-run and in-process alike): the winner and why, every
-    trial, and for several objectives the Pareto set (number, params, values by objective)."""
+    trial, and for several objectives the Pareto set (number, params, values by objective)
+    and the rows its metric values were measured on (`metricRows`)."""
     details: dict[str, Any] = {
         "bestTrial": best.number,
         "bestParams": best.params,
@@ -833,7 +833,14 @@ def result_details(
             }
             for r in pareto_set(params, records, metric_name=metric_name)
         ]
+        if "metric" in params.objectives:
+            details["metricRows"] = metric_rows(best)
     return {**details, "trials": trials_report(records)}
+
+
+def metric_rows(record: TrialRecord) -> Literal["validation", "test"]:
+    """The rows a trial's metric objective was valued on (`ranked`, `trial_values`)."""
+    return "validation" if "valMetric" in record.metrics else "test"
 
 
 def ranked(record: TrialRecord) -> tuple[float, float | None] | None:

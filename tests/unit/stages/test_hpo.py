@@ -180,6 +180,7 @@ def test_nsga2_pareto_set_and_selection_rules() -> None:
         (1, {"metric": 0.94, "latency": 4.0}),
         (2, {"metric": 0.90, "latency": 1.0}),
     ]
+    assert details["metricRows"] == "test"  # the records have no valMetric
     assert details["selection"] == (
         "trial 0 has the best accuracy on test rows (0.95) of the 2 complete trials within "
         "maxDrop 0.02 of the input model (select: best-metric); it is on the Pareto set of 3 "
