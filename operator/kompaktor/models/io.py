@@ -3,7 +3,9 @@
 - `.pt2`: torch.export with a dynamic batch dimension, loaded only once `check_pt2_archive`
   finds nothing in it that torch would unpickle unsafely. The loaded `module` is
   `ExportedProgram.module()`, a GraphModule whose parameters train with any optimizer and which
-  re-exports; it refuses `.train()`/`.eval()` (use `kompaktor.training.set_training`).
+  re-exports; it refuses `.train()`/`.eval()` (use `kompaktor.training.set_training`). A saved
+  file holds zero example inputs, never the rows it was traced with, and saving a loaded model
+  again gives a file of the same size.
 - `.pt`: TorchScript through torch.jit (never pickle).
 - `.onnx`: one self-contained file (no external-data side file), checked by onnx.checker; there is
   no torch module, ONNX stages and predictors work on the file.
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils import _pytree as pytree
 
 from kompaktor.errors import KompaktorError
 from kompaktor.models.formats import format_of
@@ -191,14 +194,78 @@ def export_program(
 #: is exported again. Kept, they grow the file with every stage that saves the model again
 #: (a small weight-shared model's .pt2 by a quarter after one re-export).
 _DEBUG_METADATA = ("stack_trace", "from_node")
+#: The prefix torch.export gives each `nn_module_stack` key. Exporting a loaded model again
+#: prefixes the keys its nodes carry once more ("L__self__L__self__0"): without collapsing
+#: them, each load→save round trip grew the file by a few bytes per node.
+_ROOT_KEY = "L__self__"
 
 
-def _without_debug_metadata(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
-    """`program` without `_DEBUG_METADATA` on its nodes. In place."""
+def _without_debug_metadata(program: torch.export.ExportedProgram) -> None:
+    """Drop `_DEBUG_METADATA` from `program`'s nodes. In place."""
     for node in program.graph.nodes:
         for key in _DEBUG_METADATA:
             node.meta.pop(key, None)
+
+
+def _collapsed_module_keys(program: torch.export.ExportedProgram) -> None:
+    """Give each `nn_module_stack` key one root prefix, as a first export does. In place.
+    A node whose keys would collide once collapsed keeps them as they are."""
+    for node in program.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if not stack:
+            continue
+        collapsed = {_ROOT_KEY + _strip_root_keys(key): value for key, value in stack.items()}
+        if len(collapsed) == len(stack):
+            node.meta["nn_module_stack"] = collapsed
+
+
+def _strip_root_keys(key: str) -> str:
+    """`key` without its root prefixes, however many re-exports added."""
+    while key.startswith(_ROOT_KEY):
+        key = key.removeprefix(_ROOT_KEY)
+    return key
+
+
+#: Rows of each stored example input: the fewest that show the batch dimension is dynamic.
+STORED_EXAMPLE_ROWS = 2
+
+
+def _without_example_data(program: torch.export.ExportedProgram) -> None:
+    """Store zero examples instead of the ones exported with. In place.
+
+    torch.export.save keeps a program's example inputs in the file, and callers export with
+    rows of the user's dataset (tracing needs real shapes and dtypes; a stage may need real
+    values): a shipped model must not carry training or test data. Zeros keep integer inputs
+    in range (token ids indexing an embedding), so the stored examples still run; a fixed
+    row count keeps the file's size independent of how many rows the caller traced with."""
+    if program.example_inputs is not None:
+        program.example_inputs = pytree.tree_map_only(
+            torch.Tensor, _zero_example, program.example_inputs
+        )
+
+
+def _zero_example(tensor: torch.Tensor) -> torch.Tensor:
+    """Zeros of `tensor`'s dtype and row shape, `STORED_EXAMPLE_ROWS` rows."""
+    if tensor.dim() == 0:
+        return torch.zeros_like(tensor)
+    return torch.zeros((STORED_EXAMPLE_ROWS, *tensor.shape[1:]), dtype=tensor.dtype)
+
+
+def _for_saving(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """`program` as it should be stored: no dataset values, and no metadata that grows the
+    file each time a loaded model is saved again. In place."""
+    _without_debug_metadata(program)
+    _collapsed_module_keys(program)
+    _without_example_data(program)
     return program
+
+
+def _write_pt2(program: torch.export.ExportedProgram, path: Path) -> None:
+    """torch.export.save through an open file: given a path, torch names the archive's root
+    folder after the file, so the same model's size and digest changed with its file name
+    (a stage's unchanged model.pt2 grew past an input named m.pt2)."""
+    with path.open("wb") as file:
+        torch.export.save(program, file)
 
 
 def save_torch(module: nn.Module, example_inputs: tuple[torch.Tensor, ...], path: Path) -> Path:
@@ -211,7 +278,7 @@ def save_torch(module: nn.Module, example_inputs: tuple[torch.Tensor, ...], path
         return save_onnx(module, example_inputs, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "pt2":
-        torch.export.save(_without_debug_metadata(export_program(module, example_inputs)), path)
+        _write_pt2(_for_saving(export_program(module, example_inputs)), path)
         return path
     set_eval(module)
     with quiet_torch():

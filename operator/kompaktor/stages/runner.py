@@ -501,7 +501,8 @@ def write_model(
 
 
 def example_inputs(dataset: Dataset, rows: int = 8) -> tuple[Any, ...]:
-    """A few test rows (at least 2, so export keeps the batch dimension dynamic)."""
+    """A few test rows to trace with (at least 2, so export keeps the batch dimension
+    dynamic); `save_torch` stores zeros of their shape in the file, never the rows."""
     from kompaktor.training import as_tensors
 
     test = dataset.inputs("test")

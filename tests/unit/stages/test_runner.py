@@ -89,10 +89,9 @@ def test_a_compression_that_cannot_shrink_the_file_says_so_in_the_log(
     record = RunRecord.model_validate_json((out / RESULT_FILE).read_text())
     m, log = record.metrics, (out / LOG_FILE).read_text()
     assert record.details["storedDense"] == ["0", "2"]
-    assert m["sizeBytes"] <= m["sizeBytesInput"] + 1024  # the runner saves 8 example rows, not 4
+    assert m["sizeBytes"] <= m["sizeBytesInput"]
     assert "compress: weightsharing: warning: the model will not get smaller" in log
-    grew = m["sizeBytes"] > m["sizeBytesInput"]
-    assert ("warning: compress made the model larger" in log) == grew
+    assert "warning: compress made the model larger" not in log
 
 
 def test_finished_run_is_reused_not_rerun(
