@@ -12,7 +12,9 @@ from kompaktor.api.spec import ApiModel
 JobPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Cancelled", "Suspended"]
 StagePhase = Literal["Pending", "Running", "Retrying", "Succeeded", "Failed", "Cancelled"]
 TrialState = Literal["Pending", "Running", "Complete", "Failed", "Pruned"]
-ConditionType = Literal["Ready", "Progressing", "Degraded"]
+#: Kubebuilder's Ready/Progressing/Degraded, and kstatus's abnormal-true Reconciling/Stalled
+#: (what Flux's health checks read: without Stalled a failed job is "in progress" to them).
+ConditionType = Literal["Ready", "Progressing", "Degraded", "Reconciling", "Stalled"]
 EnergyMethod = Literal["nvml", "rapl", "estimate"]
 
 #: Significant digits of a trial's metrics in status.
@@ -54,7 +56,13 @@ class RunSlot(StatusModel):
     attempt_start_time: str | None = Field(
         default=None,
         description="When the current attempt was seen placed on a node: a run whose Job was "
-        "deleted is paid for from then when no pod is left to say how long it ran.",
+        "deleted, or that a suspension stopped, is paid for from then when no pod is left to "
+        "say how long it ran.",
+    )
+    job_uid: str | None = Field(
+        default=None,
+        description="The uid of the current attempt's Job once the operator saw it: a Job "
+        "missing after that was deleted under the run (before, it may not exist yet).",
     )
     completion_time: str | None = None
     next_retry_time: str | None = None
@@ -119,6 +127,16 @@ class TrialRecord(StatusModel):
     cost_usd: float | None = Field(default=None, alias="costUSD")
     energy_joules: float | None = None
     message: str | None = None
+    attempt_start_time: str | None = Field(
+        default=None,
+        description="While it runs: when its pod was seen placed on a node (what a deleted Job "
+        "or a suspension pays for).",
+    )
+    job_uid: str | None = Field(
+        default=None,
+        description="While it runs: the uid of its Job once seen (a Job missing after that "
+        "was deleted).",
+    )
 
 
 class JobResult(StatusModel):

@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
 import kopf
 
 from kompaktor.api.spec import GROUP, PLURAL, VERSION
 from kompaktor.config import load_config
-from kompaktor.controller import admission
+from kompaktor.controller import admission, legacy_webhook
 from kompaktor.controller.cleanup import delete_artifacts, deletes_artifacts
 from kompaktor.controller.kube import Kube
 from kompaktor.controller.reconciler import Reconciler
@@ -39,6 +39,8 @@ class Runtime:
         self.connection: kopf.ConnectionInfo | None = None
         self._kube: Kube | None = None
         self._wake: dict[tuple[str, str], asyncio.Event] = {}
+        self.logged_in = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def kube(self) -> Kube:
@@ -63,7 +65,23 @@ class Runtime:
         if event is not None:
             event.set()
 
+    def after_login(self, work: Callable[[Kube], Awaitable[None]]) -> None:
+        """Run `work` with the API client once kopf has logged in (start-up handlers run
+        before it does)."""
+
+        async def run() -> None:
+            await self.logged_in.wait()
+            await work(self.kube)
+
+        task = asyncio.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._kube is not None:
             await self._kube.close()
             self._kube = None
@@ -81,7 +99,7 @@ def runtime(memo: Any) -> Runtime:
 
 
 @kopf.on.startup()
-async def _startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+async def _startup(settings: kopf.OperatorSettings, memo: Any, logger: Log, **_: Any) -> None:
     rt = runtime(memo)
     peering = rt.config.peering
     settings.peering.name = peering.name
@@ -99,6 +117,8 @@ async def _startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None
     settings.posting.level = logging.WARNING  # only our own events, not every log line
     settings.watching.server_timeout = 300
     admission.configure(settings, rt.config)
+    if legacy_webhook.applies(rt.config):
+        rt.after_login(lambda kube: legacy_webhook.retire(kube, rt.config, logger))
 
 
 @kopf.on.cleanup()
@@ -107,9 +127,13 @@ async def _cleanup(memo: Any, **_: Any) -> None:
 
 
 @kopf.on.login()
-def _login(memo: Any, **kwargs: Any) -> kopf.ConnectionInfo | None:
+async def _login(memo: Any, **kwargs: Any) -> kopf.ConnectionInfo | None:
+    """async: kopf runs a sync handler in a thread, and `logged_in` is the loop's."""
     info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
-    runtime(memo).connection = info
+    rt = runtime(memo)
+    rt.connection = info
+    if info is not None:
+        rt.logged_in.set()
     return info
 
 

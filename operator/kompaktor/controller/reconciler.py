@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from kompaktor.api.messages import describe_errors
 from kompaktor.api.spec import OptimizationJobSpec
-from kompaktor.api.status import OptimizationJobStatus, RunSlot
+from kompaktor.api.status import OptimizationJobStatus
 from kompaktor.config import OperatorConfig, check_pools
 from kompaktor.controller.kube import Kube, cr_path, jobs_path, pods_path
 from kompaktor.engine import reconcile
@@ -32,6 +32,7 @@ from kompaktor.plan import (
     Observation,
     Requeue,
     RunFailed,
+    RunStarted,
     StepResult,
 )
 from kompaktor.plan.conditions import conditions_for
@@ -42,6 +43,10 @@ from kompaktor.plan.machine import iso, parse_iso
 ACTIVE_POLL_SECONDS = 30.0
 #: While a pod is still pending, look again this often (it may be stuck: see `k8s.stuck`).
 PENDING_POLL_SECONDS = 5.0
+#: What a StageJobLost event says follows, for a stage's run and for an HPO trial (the plan
+#: retries no trial: the search goes on with the others).
+STAGE_RUN_LOST = "it counts as a failed attempt (retries follow the stage)"
+TRIAL_LOST = "the trial counts as failed and the search goes on without it"
 #: Status keys other writers own (kopf's progress); never removed by our patches.
 FOREIGN_STATUS_KEYS = frozenset({"kopf"})
 
@@ -58,17 +63,44 @@ class Pass:
     status: OptimizationJobStatus | None = None
 
 
-def active_runs(status: OptimizationJobStatus) -> dict[str, tuple[str, RunSlot] | None]:
-    """Run id -> its stage's name and run, for every run the status says is in flight (None
-    for an HPO trial)."""
-    runs: dict[str, tuple[str, RunSlot] | None] = {}
+@dataclass(frozen=True)
+class InFlight:
+    """A run the status says is in flight: a stage's (or one pool's) run, or an HPO trial."""
+
+    stage: str
+    trial: int | None
+    #: Its Job's uid, once a pass saw the Job.
+    job_uid: str | None
+    #: When its pod was seen placed (`attempt_start_time`).
+    placed: str | None
+    #: The node it was placed on (stage runs; a status written before Job uids were kept).
+    node: str | None = None
+
+    @property
+    def had_job(self) -> bool:
+        """Whether its Job is known to have existed: the status is written before the Job is
+        created, so until a pass has seen it, a missing Job may just not be created yet."""
+        return bool(self.job_uid or self.placed or self.node)
+
+    def learns(self, seen: RunStarted) -> bool:
+        """Whether `seen` tells the status something new: the Job's uid, or its placement."""
+        return bool((seen.job_uid and not self.job_uid) or (seen.node and not self.placed))
+
+
+def active_runs(status: OptimizationJobStatus) -> dict[str, InFlight]:
+    """Run id -> what the status holds of it, for every run the status says is in flight."""
+    runs: dict[str, InFlight] = {}
     for stage in status.stages:
         for run in stage.runs():  # a stage on several pools: each pool's run
             if run.phase == "Running" and run.key and stage.type != "hpo":
-                runs[run_id(stage.name, run.key, run.attempts)] = (stage.name, run)
+                rid = run_id(stage.name, run.key, run.attempts)
+                runs[rid] = InFlight(
+                    stage.name, None, run.job_uid, run.attempt_start_time, run.node
+                )
     for trial in status.trials:
         if trial.state == "Running" and trial.key:
-            runs[run_id(trial.stage, trial.key, trial.attempts, trial.number)] = None
+            rid = run_id(trial.stage, trial.key, trial.attempts, trial.number)
+            runs[rid] = InFlight(trial.stage, trial.number, trial.job_uid, trial.attempt_start_time)
     return runs
 
 
@@ -92,8 +124,8 @@ def observe(
     """Facts about in-flight runs only, so outcomes already recorded are never fed twice.
 
     A run whose pod cannot start is reported failed (its Job is then deleted by the pass), and
-    so is a stage run whose Job someone deleted (`k8s.JOB_LOST`): recreating it silently would
-    hide it, and let a Job deleted again and again run for ever."""
+    so is a run (a stage's or an HPO trial's) whose Job someone deleted (`k8s.JOB_LOST`):
+    recreating it silently would hide it, and let a Job deleted again and again run for ever."""
     active = active_runs(status)
     by_run = pods_by_run(pods)
     found: list[Observation] = []
@@ -101,38 +133,31 @@ def observe(
         rid = k8s.run_id_of(job)
         if rid is None or rid not in active:
             continue
-        mine, slot = by_run.get(rid, []), active[rid]
-        if slot is not None and slot[1].node is None and (start := k8s.started(job, mine)):
-            found.append(start)
+        mine, run = by_run.get(rid, []), active[rid]
+        if (seen := k8s.started(job, mine)) is not None and run.learns(seen):
+            found.append(seen)
         result = k8s.outcome(job, mine) or k8s.deleting(job)
         result = result or k8s.stuck(job, mine, now, start_timeout) or k8s.overran(job, mine, now)
         if result is not None:
-            found.append(_paid(result, mine, slot, now))
+            found.append(_paid(result, mine, run, now))
     listed = {k8s.run_id_of(job) for job in jobs}
-    for rid, slot in active.items():
-        # A run placed on a node had its Job: one not listed now was deleted. (Without a node
-        # the Job may not have been created yet: the status is written before the Job is.)
-        if slot is not None and slot[1].node is not None and rid not in listed:
-            name, _ = slot
-            lost = k8s.lost(rid, name, k8s.job_name(owner, rid))
-            found.append(_paid(lost, by_run.get(rid, []), slot, now))
+    for rid, run in active.items():
+        if run.had_job and rid not in listed:
+            lost = k8s.lost(rid, run.stage, k8s.job_name(owner, rid), run.trial)
+            found.append(_paid(lost, by_run.get(rid, []), run, now))
     return found
 
 
 def _paid(
-    result: Observation,
-    pods: Sequence[Mapping[str, Any]],
-    slot: tuple[str, RunSlot] | None,
-    now: datetime,
+    result: Observation, pods: Sequence[Mapping[str, Any]], run: InFlight, now: datetime
 ) -> Observation:
     """A failed attempt with the time it ran, which it is paid for: its container's, or since
     it was placed when its pods are gone (a deleted Job takes them along)."""
     if not isinstance(result, RunFailed):
         return result
     seconds = k8s.ran_seconds(pods, now)
-    since = slot[1].attempt_start_time if slot is not None else None
-    if not seconds and since is not None:
-        seconds = max((now - parse_iso(since)).total_seconds(), 0.0)
+    if not seconds and run.placed is not None:
+        seconds = max((now - parse_iso(run.placed)).total_seconds(), 0.0)
     return replace(result, duration_seconds=seconds)
 
 
@@ -194,7 +219,7 @@ class Reconciler:
         observations = observe(status, jobs, pods, now, timeout, name)
         result = await asyncio.to_thread(reconcile, ctx, status, observations, now)
         await self._write_status(namespace, name, raw_status, result.status)
-        self._report_lost(obj, observations)
+        self._report_lost(obj, observations, status)
         done = await self._act(obj, namespace, result, jobs)
         # Runs reported failed while still active (pods that cannot start): the outcome is in
         # the status already, so their Jobs go and a retry gets a Job of its own.
@@ -258,13 +283,20 @@ class Reconciler:
         if patch:
             await self.kube.patch_status(cr_path(namespace, name), patch)
 
-    def _report_lost(self, obj: Mapping[str, Any], observations: Sequence[Observation]) -> None:
+    def _report_lost(
+        self,
+        obj: Mapping[str, Any],
+        observations: Sequence[Observation],
+        status: OptimizationJobStatus,
+    ) -> None:
         """A Warning event for each run whose Job was deleted under it (after the status says
-        so, so that a pass run again does not say it twice)."""
+        so, so that a pass run again does not say it twice), saying what follows."""
+        active = active_runs(status)
         for found in observations:
             if isinstance(found, RunFailed) and found.reason == k8s.JOB_LOST:
-                text = f"{found.message}; it counts as a failed attempt (retries follow the stage)"
-                self.emit(obj, "Warning", k8s.JOB_LOST, text)
+                trial = found.run_id in active and active[found.run_id].trial is not None
+                then = TRIAL_LOST if trial else STAGE_RUN_LOST
+                self.emit(obj, "Warning", k8s.JOB_LOST, f"{found.message}; {then}")
 
     async def _delete_runs(
         self, namespace: str, jobs: Sequence[Mapping[str, Any]], run_ids: Set[str]

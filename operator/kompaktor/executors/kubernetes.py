@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -171,14 +172,19 @@ def _terminated(pods: Sequence[Obj]) -> Obj | None:
 
 
 def started(job: Obj, pods: Sequence[Obj]) -> RunStarted | None:
-    """The run's pod was scheduled: where it runs (for status and cost)."""
+    """What the run's Job says of it: its uid (the Job exists), and where its pod was
+    scheduled, if it was (for status and cost)."""
     rid = run_id_of(job)
+    if rid is None:
+        return None
+    uid = job.get("metadata", {}).get("uid")
+    seen = RunStarted(rid, job_uid=str(uid) if uid else None)
     for pod in pods:
         node = pod.get("spec", {}).get("nodeName")
-        if rid and node:
+        if node:
             pool = (pod.get("metadata", {}).get("labels") or {}).get(LABEL_POOL)
-            return RunStarted(rid, node=node, pool=pool)
-    return None
+            return replace(seen, node=node, pool=pool)
+    return seen
 
 
 def outcome(job: Obj, pods: Sequence[Obj]) -> Observation | None:
@@ -330,9 +336,11 @@ def stuck(job: Obj, pods: Sequence[Obj], now: datetime, timeout: float) -> RunFa
 JOB_LOST = "StageJobLost"
 
 
-def lost(rid: str, stage: str, job: str) -> RunFailed:
-    """A run whose Job `job` was deleted while it ran: a failed attempt, retried as any."""
-    return RunFailed(rid, JOB_LOST, f"Job {job} of stage {stage} was deleted before its run ended")
+def lost(rid: str, stage: str, job: str, trial: int | str | None = None) -> RunFailed:
+    """A run whose Job `job` was deleted while it ran (an HPO trial's: `trial` is its number):
+    a failed attempt, as if it had crashed."""
+    run = f"stage {stage}" if trial is None else f"trial {trial} of stage {stage}"
+    return RunFailed(rid, JOB_LOST, f"Job {job} of {run} was deleted before its run ended")
 
 
 def deleting(job: Obj) -> RunFailed | None:
@@ -340,7 +348,8 @@ def deleting(job: Obj) -> RunFailed | None:
     rid, meta = run_id_of(job), job.get("metadata", {})
     if rid is None or finished(job) or not meta.get("deletionTimestamp"):
         return None
-    return lost(rid, str((meta.get("labels") or {}).get(LABEL_STAGE, "?")), _name(job))
+    labels = meta.get("labels") or {}
+    return lost(rid, str(labels.get(LABEL_STAGE, "?")), _name(job), labels.get(LABEL_TRIAL))
 
 
 #: Job conditions that mean it ends on its own (its pods may be gone already).

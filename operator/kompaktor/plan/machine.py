@@ -179,15 +179,44 @@ class _Step:
         """USD for `seconds` on `pool` (a run, or a failed attempt)."""
         return seconds / 3600.0 * self.ctx.pool_prices.get(pool or "", 0.0)
 
-    def failed_attempt(self, run: RunSlot, seconds: float) -> dict[str, Any]:
-        """A run's cost and energy with a failed attempt that ran `seconds` added: both follow
-        the time it ran, as it left no record (see `attempt_joules`)."""
-        joules = attempt_joules(self.ctx.pool_watts.get(run.pool or ""), seconds)
+    def attempt_price(self, pool: str | None, seconds: float) -> tuple[float, float]:
+        """USD and joules of an attempt that ran `seconds` on `pool` and left no record (it
+        failed, or the plan stopped it): both follow the time it ran (see `attempt_joules`)."""
+        joules = attempt_joules(self.ctx.pool_watts.get(pool or ""), seconds)
+        return self.paid(seconds, pool), joules
+
+    def with_attempt(self, run: RunSlot, seconds: float) -> dict[str, Any]:
+        """A run's cost and energy with such an attempt that ran `seconds` added."""
+        cost, joules = self.attempt_price(run.pool, seconds)
         return {
-            "cost_usd": (run.cost_usd or 0.0) + self.paid(seconds, run.pool),
+            "cost_usd": (run.cost_usd or 0.0) + cost,
             "energy_joules": (run.energy_joules or 0.0) + joules,
             "energy_method": joint_method(run.energy_method, "estimate"),
         }
+
+    def ran(self, since: str | None) -> float:
+        """Seconds since an attempt was seen placed (`attempt_start_time`); 0 if it never was."""
+        return 0.0 if since is None else max((self.now - parse_iso(since)).total_seconds(), 0.0)
+
+    def stopped(self, run: RunSlot) -> dict[str, Any]:
+        """What a running attempt the plan stops (a suspension, the job's end) adds to its run:
+        the time since it was placed, paid for as a failed attempt is, so stopping work never
+        hides what it spent from costUSD and maxCostUSD. Nothing when it was never placed."""
+        if run.phase != "Running" or run.attempt_start_time is None:
+            return {}
+        return self.with_attempt(run, self.ran(run.attempt_start_time))
+
+    def trial_pool(self, trial: TrialRecord) -> str | None:
+        """The pool a trial runs on: its hpo stage's."""
+        return self.pool_for(self.spec.stages[self.spec.stage_index(trial.stage)])
+
+    def trial_ended(self, trial: TrialRecord, seconds: float | None, **update: Any) -> TrialRecord:
+        """`trial` done running: what only a running trial keeps goes (records stay compact),
+        and an attempt that left no record and ran `seconds` is paid for (None: it left one)."""
+        if seconds is not None:
+            cost, joules = self.attempt_price(self.trial_pool(trial), seconds)
+            update = {"cost_usd": round(cost, 6), "energy_joules": round(joules, 1), **update}
+        return trial.model_copy(update={"attempt_start_time": None, "job_uid": None, **update})
 
     def request(
         self,
@@ -301,16 +330,21 @@ class _Step:
                     # A cache hit costs nothing now, as a cached stage: its record's energy
                     # was the original run's, and counted then.
                     done = trial_flow.complete(trial, obs.record)
-                    self.trials[index] = done.model_copy(update={"energy_joules": 0.0})
-                else:
+                    self.trials[index] = self.trial_ended(done, None, energy_joules=0.0)
+                else:  # its Job and placement are learnt anew (a resumed local run's too)
                     self.trials[index] = trial.model_copy(
-                        update={"state": "Running", "attempts": 1}
+                        update={
+                            "state": "Running",
+                            "attempts": 1,
+                            "attempt_start_time": None,
+                            "job_uid": None,
+                        }
                     )
                 return
 
     def start_attempt(self, at: Slot, attempt: int) -> None:
-        """Run `attempt` of a slot. Its node is the new attempt's, not learnt yet: a recorded
-        node says the attempt's Job existed (see the controller's lost-Job check)."""
+        """Run `attempt` of a slot. Its Job and node are the new attempt's, not learnt yet: a
+        recorded one says the attempt's Job existed (see the controller's lost-Job check)."""
         run = self.slot(at)
         self.update_slot(
             at,
@@ -320,13 +354,33 @@ class _Step:
             next_retry_time=None,
             node=None,
             attempt_start_time=None,
+            job_uid=None,
         )
 
     def on_started(self, obs: RunStarted) -> None:
+        """Record what is new of a running attempt: its Job's uid, its placement (once)."""
         at = self._stage_by_run(obs.run_id)
         if at is not None:
-            pool = obs.pool or self.slot(at).pool
-            self.update_slot(at, node=obs.node, pool=pool, attempt_start_time=self.stamp)
+            run = self.slot(at)
+            changes = self.learnt(obs, run.job_uid, run.attempt_start_time)
+            if "attempt_start_time" in changes:
+                changes |= {"node": obs.node, "pool": obs.pool or run.pool}
+            self.update_slot(at, **changes)
+            return
+        tindex = self._trial_by_run(obs.run_id)
+        if tindex is not None:
+            trial = self.trials[tindex]
+            changes = self.learnt(obs, trial.job_uid, trial.attempt_start_time)
+            self.trials[tindex] = trial.model_copy(update=changes)
+
+    def learnt(self, obs: RunStarted, job_uid: str | None, placed: str | None) -> dict[str, Any]:
+        """The fields `obs` sets that are not set yet: the Job's uid, when it was placed."""
+        changes: dict[str, Any] = {}
+        if obs.job_uid and not job_uid:
+            changes["job_uid"] = obs.job_uid
+        if obs.node and not placed:
+            changes["attempt_start_time"] = self.stamp
+        return changes
 
     def on_succeeded(self, rid: str, record: RunRecord) -> None:
         at = self._stage_by_run(rid)
@@ -336,10 +390,10 @@ class _Step:
         tindex = self._trial_by_run(rid)
         if tindex is not None:
             trial = self.trials[tindex]
-            pool = self.pool_for(self.spec.stages[self.spec.stage_index(trial.stage)])
             done = trial_flow.complete(trial, record)
-            cost = round(self.cost(record, pool), 6)  # compact: hundreds of trials in status
-            self.trials[tindex] = done.model_copy(update={"cost_usd": cost})
+            # compact: hundreds of trials in status
+            cost = round(self.cost(record, self.trial_pool(trial)), 6)
+            self.trials[tindex] = self.trial_ended(done, None, cost_usd=cost)
 
     def stage_done(self, at: Slot, record: RunRecord, *, cached: bool) -> None:
         index = at[0]
@@ -379,7 +433,7 @@ class _Step:
             run, named = self.slot(at), self.named(at)
             retries = self.spec.stages[at[0]].retries
             message = f"{obs.reason}: {obs.message}"
-            self.update_slot(at, **self.failed_attempt(run, obs.duration_seconds))
+            self.update_slot(at, **self.with_attempt(run, obs.duration_seconds))
             failed = run.attempts - (run.interrupted or 0)  # suspended attempts spend no retry
             if obs.retryable and failed <= retries:
                 delay = min(self.ctx.retry_base_seconds * 2 ** (failed - 1), MAX_BACKOFF_SECONDS)
@@ -396,18 +450,11 @@ class _Step:
             return
         tindex = self._trial_by_run(obs.run_id)
         if tindex is not None:
-            trial = self.trials[tindex]
-            stage = self.spec.stages[self.spec.stage_index(trial.stage)]
-            pool = self.pool_for(stage)
-            cost = round(self.paid(obs.duration_seconds, pool), 6)
-            joules = attempt_joules(self.ctx.pool_watts.get(pool or ""), obs.duration_seconds)
-            self.trials[tindex] = trial.model_copy(
-                update={
-                    "state": "Failed",
-                    "message": f"{obs.reason}: {obs.message}",
-                    "cost_usd": cost,
-                    "energy_joules": round(joules, 1),
-                }
+            self.trials[tindex] = self.trial_ended(
+                self.trials[tindex],
+                obs.duration_seconds,
+                state="Failed",
+                message=f"{obs.reason}: {obs.message}",
             )
 
     def fail(self, message: str) -> None:
@@ -513,6 +560,8 @@ class _Step:
         if old is not None and old.type != "hpo":
             for _, run in self.slots(index):
                 self.cancel_run(old.name, run, "the spec or its inputs changed")
+                if run.phase == "Running":
+                    self.replaced(*self.attempt_price(run.pool, self.ran(run.attempt_start_time)))
             self.replaced(old.cost_usd, old.energy_joules)
         if old is not None:
             self.cancel_trials(old.name)
@@ -542,13 +591,12 @@ class _Step:
         )
 
     def cancel_trials(self, stage: str) -> None:
+        """Drop the trials of a re-keyed stage: those in flight stopped, all still paid for."""
         for trial in self.trials:
             if trial.stage == stage:
+                if trial.state in ("Running", "Pending"):
+                    trial = self.stop_trial(trial)
                 self.replaced(trial.cost_usd, trial.energy_joules)
-        for trial in self.trials:
-            if trial.stage == stage and trial.state == "Running" and trial.key:
-                rid = run_id(trial.stage, trial.key, trial.attempts, trial.number)
-                self.actions.append(CancelRun(rid))
         self.trials = [t for t in self.trials if t.stage != stage]
 
     def drive_stage(
@@ -683,14 +731,16 @@ class _Step:
                 if run.phase in ("Pending", "Running", "Retrying"):  # Pending: never reached
                     if rec.type != "hpo":
                         self.cancel_run(rec.name, run, why)
-                    self.update_slot(at, phase="Cancelled")
+                    self.update_slot(at, phase="Cancelled", **self.stopped(run))
         self.cancel_trials_in_flight()
 
     def suspend(self, why: str) -> None:
         """Stop the runs in flight so that resuming goes on where they were: a stopped run is
         Pending again with its attempts kept (its cache is probed, then its next attempt runs),
         and the attempt cut short is `interrupted`, not failed, so it spends no retry. A stage
-        waiting to retry keeps waiting; an hpo stage rebuilds its trials from status."""
+        waiting to retry keeps waiting; an hpo stage rebuilds its trials from status. What the
+        stopped attempts ran is paid for: a stopped run's in its cost, a dropped trial's in
+        `replaced_*`."""
         for index, rec in enumerate(self.stages):
             for at, run in self.slots(index):
                 if run.phase != "Running":
@@ -699,20 +749,29 @@ class _Step:
                     self.update_slot(at, phase="Pending", attempts=0)
                     continue
                 self.cancel_run(rec.name, run, why)
-                self.update_slot(at, phase="Pending", interrupted=(run.interrupted or 0) + 1)
+                interrupted = (run.interrupted or 0) + 1
+                self.update_slot(at, phase="Pending", interrupted=interrupted, **self.stopped(run))
         self.cancel_trials_in_flight()
+        for trial in self.trials:
+            if trial.message == "cancelled":
+                self.replaced(trial.cost_usd, trial.energy_joules)
         self.trials = [t for t in self.trials if t.message != "cancelled"]
 
     def cancel_trials_in_flight(self) -> None:
         """Stop running trials; they and the pending ones end Failed, `cancelled`."""
-        for index, trial in enumerate(self.trials):
-            if trial.state in ("Running", "Pending"):
-                if trial.key and trial.state == "Running":
-                    rid = run_id(trial.stage, trial.key, trial.attempts, trial.number)
-                    self.actions.append(CancelRun(rid))
-                self.trials[index] = trial.model_copy(
-                    update={"state": "Failed", "message": "cancelled"}
-                )
+        self.trials = [
+            self.stop_trial(t) if t.state in ("Running", "Pending") else t for t in self.trials
+        ]
+
+    def stop_trial(self, trial: TrialRecord) -> TrialRecord:
+        """A trial in flight, ended Failed `cancelled`: a running one's run is stopped and paid
+        for the time since it was placed (as a stopped stage run is)."""
+        ran = None
+        if trial.key and trial.state == "Running":
+            rid = run_id(trial.stage, trial.key, trial.attempts, trial.number)
+            self.actions.append(CancelRun(rid))
+            ran = self.ran(trial.attempt_start_time) if trial.attempt_start_time else None
+        return self.trial_ended(trial, ran, state="Failed", message="cancelled")
 
     def spent(self) -> float:
         """USD so far: every stage run plus every HPO trial (an HPO stage only sums its trials)."""

@@ -36,9 +36,13 @@ class CacheProbed:
 
 @dataclass(frozen=True)
 class RunStarted:
+    """A run's Job was seen (`job_uid`), or its pod placed on `node`: whichever is new."""
+
     run_id: str
     node: str | None = None
     pool: str | None = None
+    #: The uid of the run's Job (batch Jobs only): once recorded, a Job missing was deleted.
+    job_uid: str | None = None
 
 
 @dataclass(frozen=True)

@@ -216,3 +216,72 @@ async def test_the_webhook_refuses_a_bad_job_with_the_stage_and_the_field(
             going["metadata"]["deletionTimestamp"] = "2024-01-01T00:00:00Z"
             finalizer = admission_review("UPDATE", going, old=bad)
             assert (await post(finalizer))["allowed"] is True
+
+
+def legacy_configuration(service: dict[str, Any]) -> dict[str, Any]:
+    """What kopf wrote for releases before admission.configurationName: a name, no labels."""
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": "kompaktor.io"},
+        "webhooks": [{
+            "name": "optimizationjobs.kompaktor.io",
+            "clientConfig": {"service": {**service, "path": "/optimizationjobs"}},
+            "rules": [{"apiGroups": ["kompaktor.io"], "apiVersions": ["v1alpha1"],
+                       "resources": ["optimizationjobs"], "operations": ["CREATE", "UPDATE"]}],
+            "failurePolicy": "Ignore", "sideEffects": "None",
+            "admissionReviewVersions": ["v1", "v1beta1"],
+        }],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("ours", [True, False], ids=["this operator's", "another's"])
+async def test_the_configuration_an_earlier_release_left_goes_if_it_calls_this_operator(
+    tmp_path: Path, ours: bool
+) -> None:
+    """An upgrade left `kompaktor.io` behind, calling the webhook a second time for every job.
+    One that calls another Service may serve an operator not upgraded yet: it stays, and the
+    log says how to delete it."""
+    _, cert, key = make_certificates(tmp_path)
+    config = operator_config(tmp_path) | {
+        "admission": {
+            "enabled": True, "address": "127.0.0.1", "port": free_port(),
+            "certFile": str(cert), "keyFile": str(key), "service": SERVICE,
+        }
+    }  # fmt: skip
+    async with Cluster(tmp_path, config) as cluster:
+        calls = SERVICE if ours else {**SERVICE, "namespace": "team-b"}
+        cluster.emulator.create(WEBHOOKS, legacy_configuration(calls))
+        cluster.emulator.create(MUTATING, {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration", "metadata": {"name": "kompaktor.io"},
+        })  # fmt: skip
+        operator = await cluster.start_operator()
+
+        def logged(text: str) -> bool:
+            return text in operator.log_path.read_text(errors="replace")
+
+        if ours:
+            await cluster.wait_for(
+                lambda: not cluster.emulator.get_live(WEBHOOKS, None, "kompaktor.io")
+                and not cluster.emulator.get_live(MUTATING, None, "kompaktor.io"),
+                60, "the old configurations to go",
+            )  # fmt: skip
+            await cluster.wait_for(lambda: logged("Deleted the webhook configurations"), 10)
+        else:
+            command = (
+                "delete it: kubectl delete "
+                "validatingwebhookconfiguration,mutatingwebhookconfiguration kompaktor.io"
+            )
+            await cluster.wait_for(lambda: logged(command), 60, "the warning")
+            assert logged("calls service team-b/kompaktor-webhook, not this operator")
+            assert cluster.emulator.get_live(WEBHOOKS, None, "kompaktor.io")
+            assert cluster.emulator.get_live(MUTATING, None, "kompaktor.io")
+        # its own configuration is kopf's as before
+        own = await cluster.wait_for(
+            lambda: (cluster.emulator.get_live(WEBHOOKS, None, CONFIGURATION) or {}).get(
+                "webhooks"
+            ),
+            60, "its own",
+        )  # fmt: skip
+        assert own[0]["name"] == f"optimizationjobs.{CONFIGURATION}"

@@ -30,6 +30,7 @@ from kompaktor.plan import (
     ProbeInputs,
     Requeue,
     RunFailed,
+    RunStarted,
     RunSucceeded,
     StepResult,
     step,
@@ -920,3 +921,132 @@ def test_runs_carry_the_digests_they_were_planned_with() -> None:
     (probe,) = kinds(done, ProbeCache)
     bench = only_run(step(job, done.status, [CacheProbed(probe.key, None)], T0)).request
     assert (bench.input_digest, bench.reference_digest) == ("d1", "sha256:in")
+
+
+SEARCH = {
+    "name": "h",
+    "type": "hpo",
+    "params": {"target": "train", "sampler": "random", "trials": 1,
+               "space": {"lr": {"low": 1e-4, "high": 1e-2}}},
+}  # fmt: skip
+LATER = T0 + timedelta(seconds=100)
+
+
+def trial_running(job: JobContext) -> StepResult:
+    """From nothing to the search's one trial running."""
+    result = started(job)
+    while probes := kinds(result, ProbeCache):
+        result = step(job, result.status, [CacheProbed(p.key, None) for p in probes], T0)
+    return result
+
+
+def suspended(job: JobContext, suspend: bool = True, generation: int = 2) -> JobContext:
+    return replace(
+        job, spec=job.spec.model_copy(update={"suspend": suspend}), generation=generation
+    )
+
+
+class TestStoppedAttemptsArePaidFor:
+    """An attempt the plan stops ran since it was placed: cpu costs 0.001 USD/s here, 100 W."""
+
+    def test_the_attempt_a_suspension_stops_counts_against_max_cost(self) -> None:
+        """Suspending paid nothing for the attempt it cut short, so suspend/resume cycles hid
+        spending from maxCostUSD."""
+        job = replace(ctx(spec(budget={"maxCostUSD": 0.05})), pool_watts={"cpu": 100.0})
+        run = only_run(result := started(job)).request
+        placed = step(job, result.status, [RunStarted(run.run_id, "node-1", "cpu")], T0)
+        paused = step(suspended(job), placed.status, [], LATER)
+        stage = paused.status.stages[0]
+        assert (stage.phase, stage.interrupted) == ("Pending", 1)
+        assert stage.cost_usd == pytest.approx(0.1) and paused.status.cost_usd == pytest.approx(0.1)
+        assert stage.energy_joules == pytest.approx(10_000.0) and stage.energy_method == "estimate"
+        still = step(suspended(job), paused.status, [], LATER + timedelta(hours=1))
+        assert still.status.cost_usd == pytest.approx(0.1)  # paid once
+        resumed = step(suspended(job, False, 3), still.status, [], LATER + timedelta(hours=1))
+        assert resumed.status.phase == "Failed" and "maxCostUSD" in (resumed.status.message or "")
+
+    def test_an_attempt_never_placed_costs_nothing(self) -> None:
+        run = only_run(result := started(job := ctx())).request
+        paused = step(suspended(job), result.status, [], LATER)
+        assert CancelRun(run.run_id) in paused.actions
+        assert paused.status.stages[0].cost_usd is None and not paused.status.cost_usd
+
+    def test_trials_a_suspension_drops_stay_paid_for(self) -> None:
+        job = replace(ctx(spec(stages=[SEARCH])), pool_watts={"cpu": 100.0})
+        trial = only_run(result := trial_running(job)).request
+        seen = RunStarted(trial.run_id, "node-1", "cpu", job_uid="u1")
+        placed = step(job, result.status, [seen], T0)
+        paused = step(suspended(job), placed.status, [], LATER)
+        assert CancelRun(trial.run_id) in paused.actions and paused.status.trials == []
+        assert paused.status.replaced_cost_usd == pytest.approx(0.1)
+        assert paused.status.replaced_energy_joules == pytest.approx(10_000.0)
+        assert paused.status.cost_usd == pytest.approx(0.1)
+
+    def test_the_job_failing_pays_for_the_attempt_it_stops(self) -> None:
+        job = ctx(spec(budget={"maxDuration": "1m"}))
+        run = only_run(result := started(job)).request
+        placed = step(job, result.status, [RunStarted(run.run_id, "node-1")], T0)
+        late = step(job, placed.status, [], T0 + timedelta(minutes=2))
+        assert late.status.phase == "Failed" and late.status.stages[0].phase == "Cancelled"
+        assert late.status.stages[0].cost_usd == pytest.approx(0.12)
+        assert late.status.cost_usd == pytest.approx(0.12)
+
+    def test_an_edit_that_stops_a_run_keeps_its_time_paid_for(self) -> None:
+        job = ctx()
+        run = only_run(result := started(job)).request
+        placed = step(job, result.status, [RunStarted(run.run_id, "node-1")], T0)
+        edited = spec(stages=[{"name": "train", "type": "train", "params": {"epochs": 2}}])
+        asked = step(ctx(edited, generation=2), placed.status, [], LATER)
+        again = step(
+            ctx(edited, 2), asked.status, [InputsProbed("sha256:in", "sha256:data")], LATER
+        )
+        assert CancelRun(run.run_id) in again.actions
+        assert again.status.replaced_cost_usd == pytest.approx(0.1)
+        assert again.status.cost_usd == pytest.approx(0.1)
+
+
+class TestJobsSeen:
+    """The plan keeps the uid of the Job a pass saw for the attempt in flight: with it, a
+    missing Job was deleted; without, it may not be created yet."""
+
+    def test_a_run_keeps_its_jobs_uid_and_a_retry_starts_without_it(self) -> None:
+        """A retry that kept the failed attempt's uid would be called lost before its own Job
+        was created."""
+        job = ctx()
+        run = only_run(result := started(job)).request
+        seen = step(job, result.status, [RunStarted(run.run_id, job_uid="u1")], T0)
+        stage = seen.status.stages[0]
+        assert (stage.job_uid, stage.node, stage.attempt_start_time) == ("u1", None, None)
+        on_node = RunStarted(run.run_id, "node-1", "cpu", job_uid="u1")
+        placed = step(job, seen.status, [on_node], T0 + timedelta(seconds=5))
+        again = step(job, placed.status, [on_node], LATER)  # placed once
+        stage = again.status.stages[0]
+        assert (stage.node, stage.attempt_start_time) == ("node-1", "2026-11-23T12:00:05Z")
+        failed = step(job, again.status, [RunFailed(run.run_id, "Evicted", "drained")], LATER)
+        retry = step(job, failed.status, [], LATER + timedelta(seconds=11))
+        stage = retry.status.stages[0]
+        assert stage.attempts == 2 and only_run(retry).request.attempt == 2
+        assert (stage.job_uid, stage.node, stage.attempt_start_time) == (None, None, None)
+
+    def test_a_trial_keeps_its_job_and_placement_only_while_it_runs(self) -> None:
+        job = ctx(spec(stages=[SEARCH]))
+        trial = only_run(result := trial_running(job)).request
+        seen = RunStarted(trial.run_id, "node-1", "cpu", job_uid="u1")
+        placed = step(job, result.status, [seen], T0)
+        (running,) = placed.status.trials
+        assert (running.job_uid, running.attempt_start_time) == ("u1", "2026-11-23T12:00:00Z")
+        done = step(job, placed.status, [RunSucceeded(trial.run_id, record("train", "d1"))], T0)
+        (finished,) = done.status.trials
+        assert finished.state == "Complete"
+        assert (finished.job_uid, finished.attempt_start_time) == (None, None)
+
+    def test_a_lost_trial_is_a_failed_trial_paid_for_the_time_it_ran(self) -> None:
+        job = replace(ctx(spec(stages=[SEARCH])), pool_watts={"cpu": 100.0})
+        trial = only_run(result := trial_running(job)).request
+        message = "Job x of trial 0 of stage h was deleted before its run ended"
+        lost = RunFailed(trial.run_id, "StageJobLost", message, duration_seconds=100.0)
+        failed = step(job, result.status, [lost], T0)
+        (record_,) = failed.status.trials
+        assert (record_.state, record_.message) == ("Failed", f"StageJobLost: {message}")
+        assert record_.cost_usd == pytest.approx(0.1)
+        assert record_.energy_joules == pytest.approx(10_000.0)
