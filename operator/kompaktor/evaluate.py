@@ -6,9 +6,13 @@ compare honestly.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,6 +27,9 @@ if TYPE_CHECKING:
 
 METRICS = ("accuracy", "fidelity", "mse")
 EVAL_BATCH = 512
+#: A lock file that runs sharing a machine hold while they time a model (`timing_lock`);
+#: `kompaktor run` names one per artifact root for its stage processes (executors/local.py).
+TIMING_LOCK_ENV = "KOMPAKTOR_TIMING_LOCK"
 
 
 def predict_all(
@@ -263,3 +270,29 @@ def measure_latency(
         p99_ms=float(p99),
         throughput=float(batch_size / (ms.mean() / 1e3)),
     )
+
+
+@contextmanager
+def timing_lock() -> Iterator[float | None]:
+    """Hold the exclusive lock `KOMPAKTOR_TIMING_LOCK` names while the caller times a model, so
+    processes sharing it (`kompaktor run`'s parallel HPO trials) never time at once and no
+    trial's figure is set by a sibling's timing. Yields the seconds waited for the lock; None
+    when no lock is named (timing starts at once)."""
+    path = os.environ.get(TIMING_LOCK_ENV)
+    if not path:
+        yield None
+        return
+    asked = time.monotonic()
+    try:
+        handle = Path(path).open("a")  # noqa: SIM115 (closed by the `with` below)
+    except OSError as error:
+        raise KompaktorError(
+            f"{TIMING_LOCK_ENV}={path}: cannot open the timing lock ({error.strerror}): "
+            "point it at a file in a writable folder, or unset it to time without a lock"
+        ) from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield time.monotonic() - asked
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

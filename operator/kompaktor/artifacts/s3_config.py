@@ -29,9 +29,11 @@ from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ProfileNotFound
 from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url
 
 from kompaktor.artifacts.base import ArtifactError
+from kompaktor.artifacts.s3_errors import AWS_FILES, S3ConfigError, profile_error
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -51,7 +53,7 @@ ENDPOINT_EXAMPLE = (
 )
 
 
-class S3EndpointError(ArtifactError):
+class S3EndpointError(S3ConfigError):
     """The configured S3 endpoint is not a usable URL: a configuration error no retry mends."""
 
 
@@ -216,10 +218,7 @@ def _aws_environment() -> str:
     secrets stay out of the key, and a rotated key file or a test's new env var shows."""
     names = sorted(n for n in os.environ if n.startswith("AWS_") or n in _PROXY_ENV)
     parts = [f"{name}={os.environ[name]}" for name in names]
-    for variable, default in (
-        ("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"),
-        ("AWS_CONFIG_FILE", "~/.aws/config"),
-    ):
+    for variable, default in AWS_FILES:
         parts.append(f"{variable}:{_file_version(os.environ.get(variable) or default)}")
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
@@ -247,5 +246,8 @@ def _new_client(settings: S3Settings) -> S3Client:
         response_checksum_validation="when_required",
         max_pool_connections=max(10, settings.max_concurrency * 2),
     )
-    session = boto3.session.Session()
-    return session.client("s3", endpoint_url=settings.endpoint_url, config=config)
+    try:
+        session = boto3.session.Session()
+        return session.client("s3", endpoint_url=settings.endpoint_url, config=config)
+    except ProfileNotFound as error:  # AWS_PROFILE naming a profile no file defines
+        raise profile_error(error) from None

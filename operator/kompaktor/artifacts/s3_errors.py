@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import botocore.session
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -12,12 +16,21 @@ from botocore.exceptions import (
     HTTPClientError,
     NoCredentialsError,
     PartialCredentialsError,
+    ProfileNotFound,
     ReadTimeoutError,
     ResponseStreamingError,
     SSLError,
 )
 
 from kompaktor.artifacts.base import ArtifactError
+
+#: The variables botocore takes the profile's name from, the first one set winning.
+PROFILE_ENV = ("AWS_DEFAULT_PROFILE", "AWS_PROFILE")
+#: The files botocore reads profiles (and credentials) from: each file's variable and default.
+AWS_FILES = (
+    ("AWS_CONFIG_FILE", "~/.aws/config"),
+    ("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"),
+)
 
 _MISSING_KEY = {"NoSuchKey", "404", "NotFound"}
 _DENIED = {
@@ -29,6 +42,42 @@ _DENIED = {
     "ExpiredToken",
     "InvalidToken",
 }
+
+
+class S3ConfigError(ArtifactError):
+    """An S3 setting that cannot work (a malformed endpoint, a missing profile): a
+    configuration error no retry mends."""
+
+
+def profile_error(exc: ProfileNotFound) -> S3ConfigError:
+    """botocore's bare "The config profile (x) could not be found", naming the variable that
+    named the profile, the files profiles are read from and the profiles they define."""
+    profile = exc.kwargs.get("profile", "")
+    variable = next((name for name in PROFILE_ENV if name in os.environ), "the profile")
+    files = " and ".join(_profile_file(name, default) for name, default in AWS_FILES)
+    return S3ConfigError(
+        f"{variable}={profile!r} names an AWS profile that is not defined: profiles are read "
+        f"from {files}, which define: {_defined_profiles()}; add a [profile {profile}] section "
+        f"to the config file (or [{profile}] to the credentials file), set {variable} to a "
+        "defined profile, or unset it"
+    )
+
+
+def _profile_file(variable: str, default: str) -> str:
+    """A profile file as a message names it: its path, where the path came from, if it is gone."""
+    value = os.environ.get(variable)
+    path = Path(value or default).expanduser()
+    source = f"from {variable}" if value else f"the default; {variable} is unset"
+    return f"{path} ({source}{'' if path.is_file() else ', no such file'})"
+
+
+def _defined_profiles() -> str:
+    """The profiles the files define, as botocore reads them; "none" for none or unreadable."""
+    try:
+        names = botocore.session.Session().available_profiles
+    except BotoCoreError:  # a file botocore cannot parse
+        names = []
+    return ", ".join(sorted(names)) or "none"
 
 
 #: What an S3 call raises when it fails, all of which `translate` explains.

@@ -25,6 +25,9 @@ from kompaktor.plan import Observation, RunFailed, RunRequest, RunStarted, RunSu
 POLL_INTERVAL = 0.1
 #: In each artifact root's logs folder: the root's URI, which the folder's name only abbreviates.
 ROOT_FILE = "ARTIFACTS"
+#: Beside it: the lock the root's runs hold while they time a model (KOMPAKTOR_TIMING_LOCK,
+#: kompaktor.evaluate.timing_lock), so parallel HPO trials time one at a time.
+TIMING_LOCK_FILE = "timing.lock"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -79,7 +82,11 @@ class LocalExecutor:
         log_path = self.log_path(request)
         message_path = log_path.with_suffix(".termination")
         message_path.unlink(missing_ok=True)
-        env = dict(os.environ, KOMPAKTOR_TERMINATION_LOG=str(message_path))
+        env = dict(
+            os.environ,
+            KOMPAKTOR_TERMINATION_LOG=str(message_path),
+            KOMPAKTOR_TIMING_LOCK=str(log_path.parent / TIMING_LOCK_FILE),
+        )
         if self.threads_per_run:
             env["OMP_NUM_THREADS"] = str(self.threads_per_run)
         # Appended: a run resumed after an interrupt gets the same id, and the interrupted

@@ -251,12 +251,14 @@ PRUNER_OPTIONS: dict[str, tuple[str, ...]] = {
 #: Most bytes of finished trials a trial's context carries (a command-line argument).
 MAX_CONTEXT_BYTES = 64 * 1024
 #: The only metrics a trial keeps: enough to rank, gate and report it, small enough for 300 trials.
+#: latencyLockWaitSeconds, where present, says its latency was timed with no sibling timing.
 TRIAL_METRICS = (
     "metric",
     "valMetric",
     "referenceMetric",
     "referenceValMetric",
     "latencyMs",
+    "latencyLockWaitSeconds",
     "sizeBytes",
     "parameters",
 )

@@ -18,6 +18,7 @@ import os
 import socket
 import sys
 import tempfile
+import time
 import traceback
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -450,34 +451,64 @@ def output_metrics(
     if has_rows(dataset, "val"):
         metrics["valMetric"] = metric(name, predictor, dataset, "val", reference=against)
     if "latencyMs" not in stage_metrics:
-        metrics["latencyMs"] = batch1_latency_ms(output, dataset)
+        metrics.update(batch1_latency(output, dataset).metrics())
     return metrics
 
 
+@dataclass(frozen=True)
+class Batch1Latency:
+    """A batch-1 p50 and how it was taken (one row, one thread, under the timing lock or not)."""
+
+    p50_ms: float
+    #: Seconds spent waiting for the timing lock; None when no lock was named.
+    lock_wait_seconds: float | None
+    #: When the timing ran, lock held (seconds since the epoch: comparable across processes).
+    started: float
+    ended: float
+
+    def metrics(self) -> dict[str, float]:
+        """latencyMs and how it was measured: a record says whether sibling runs could time
+        beside it (latencyLockWaitSeconds only where a lock kept them out)."""
+        figures = {"latencyMs": self.p50_ms, "latencyBatch": 1.0, "latencyThreads": 1.0}
+        if self.lock_wait_seconds is not None:
+            figures["latencyLockWaitSeconds"] = self.lock_wait_seconds
+        return figures
+
+
 def batch1_latency_ms(model: LoadedModel, dataset: Dataset) -> float:
+    """`batch1_latency`'s p50, for a stage that reports latency itself (quantize)."""
+    return batch1_latency(model, dataset).p50_ms
+
+
+def batch1_latency(model: LoadedModel, dataset: Dataset) -> Batch1Latency:
     """The p50 latency of one test row at a time on one thread, as the benchmark stage
     defaults to: stable on a shared node, and what an HPO latency objective should compare.
-    The caller's thread count comes back after (an in-process HPO trial goes on training on
-    all of them)."""
+    Only the timing holds the timing lock (`kompaktor run`'s trials time one at a time, train
+    side by side). The caller's thread count comes back after (an in-process HPO trial goes on
+    training on all of them)."""
     import torch
 
-    from kompaktor.evaluate import measure_latency
+    from kompaktor.evaluate import measure_latency, timing_lock
     from kompaktor.models import predictor_for
 
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        latency = measure_latency(
-            predictor_for(model, threads=1),
-            dataset.inputs("test"),
-            1,
-            warmup=LATENCY_WARMUP,
-            iterations=LATENCY_ITERATIONS,
-            min_seconds=LATENCY_SECONDS,
-        )
+        predictor = predictor_for(model, threads=1)
+        with timing_lock() as waited:
+            started = time.time()
+            latency = measure_latency(
+                predictor,
+                dataset.inputs("test"),
+                1,
+                warmup=LATENCY_WARMUP,
+                iterations=LATENCY_ITERATIONS,
+                min_seconds=LATENCY_SECONDS,
+            )
+            ended = time.time()
     finally:
         torch.set_num_threads(threads)
-    return latency.p50_ms
+    return Batch1Latency(latency.p50_ms, waited, started, ended)
 
 
 def write_model(
@@ -514,14 +545,14 @@ def _classify(stage_type: str, error: BaseException) -> tuple[RunFailure, int]:
     """reason, retryable, exit code: only failures a retry might fix are retryable."""
     from kompaktor.artifacts import ArtifactError
     from kompaktor.artifacts.base import DigestMismatchError
-    from kompaktor.artifacts.s3_config import S3EndpointError
+    from kompaktor.artifacts.s3_errors import S3ConfigError
 
     message = str(error)
     if isinstance(error, JobSpecError):
         reason, retryable, code = "InvalidParams", False, EXIT_INVALID
     elif isinstance(error, _InvalidInputError | DigestMismatchError):  # no retry mends these
         reason, retryable, code = "InvalidInput", False, EXIT_INVALID
-    elif isinstance(error, S3EndpointError):  # a malformed endpoint setting: nor this
+    elif isinstance(error, S3ConfigError):  # a malformed endpoint, a missing profile: nor these
         reason, retryable, code = "ArtifactError", False, EXIT_INVALID
     elif isinstance(error, ArtifactError):
         reason, retryable, code = "ArtifactError", True, EXIT_FAILED
