@@ -1,13 +1,34 @@
-"""status.conditions in the Kubebuilder style: Ready / Progressing / Degraded."""
+"""status.conditions: Kubebuilder's Ready / Progressing / Degraded, and kstatus's abnormal-true
+Reconciling / Stalled, which Flux's health checks read (without Stalled, a failed job was "in
+progress" to them until their timeout)."""
 
 from __future__ import annotations
 
 import re
 
-from kompaktor.api.status import Condition, ConditionType, OptimizationJobStatus
+from kompaktor.api.status import (
+    Condition,
+    ConditionType,
+    JobPhase,
+    OptimizationJobStatus,
+    StageStatus,
+)
 
 #: `Reason: text` (a run's failure, BudgetExceeded, InvalidSpec), after a pool run's prefix.
 _REASON = re.compile(r"^(?:pool [^:]+: )?([A-Z][A-Za-z]+):")
+
+_PHASE_REASON: dict[JobPhase, str] = {
+    "Pending": "Pending",
+    "Running": "StageRunning",
+    "Succeeded": "Succeeded",
+    "Failed": "Failed",
+    "Cancelled": "Cancelled",
+    "Suspended": "Suspended",
+}
+#: Phases the operator works on by itself.
+_WORKING: tuple[JobPhase, ...] = ("Pending", "Running")
+#: Phases that only an edit of the spec moves on from (kstatus's Stalled).
+_STALLED: tuple[JobPhase, ...] = ("Failed", "Cancelled")
 
 
 def set_condition(
@@ -31,35 +52,53 @@ def set_condition(
 
 def conditions_for(status: OptimizationJobStatus, now: str) -> list[Condition]:
     """Conditions that follow from the phase and message of a status."""
-    phase, message = status.phase, status.message or ""
-    reason = {
-        "Pending": "Pending",
-        "Running": "StageRunning",
-        "Succeeded": "Succeeded",
-        "Failed": "Failed",
-        "Cancelled": "Cancelled",
-        "Suspended": "Suspended",
-    }[phase]
+    phase, plain = status.phase, status.message or ""
+    reason = _PHASE_REASON[phase]
+    working = phase in _WORKING
+    retrying = next((s for s in status.stages if s.phase == "Retrying"), None)
+    why = _trouble_reason(status) or reason
+    trouble = plain or (_retry_message(retrying) if retrying else "")
+    conds = list(status.conditions)
+    conds = set_condition(conds, "Ready", phase == "Succeeded", reason, plain, now)
+    conds = set_condition(conds, "Progressing", working, reason, plain, now)
+    progress = _progress_message(status, trouble) if working else ""
+    conds = set_condition(conds, "Reconciling", working, reason, progress, now)
+    conds = _abnormal(conds, "Degraded", phase == "Failed" or bool(retrying), why, trouble, now)
+    return _abnormal(conds, "Stalled", phase in _STALLED, why, trouble, now)
+
+
+def _abnormal(
+    conditions: list[Condition],
+    type_: ConditionType,
+    value: bool,
+    reason: str,
+    message: str,
+    now: str,
+) -> list[Condition]:
+    """A condition that is True only when something is wrong: it then says what, else nothing."""
+    if value:
+        return set_condition(conditions, type_, True, reason, message, now)
+    return set_condition(conditions, type_, False, "AsExpected", "", now)
+
+
+def _trouble_reason(status: OptimizationJobStatus) -> str | None:
+    """The reason the job's message gives, else that of its failed or retrying stage."""
     troubled = next((s for s in status.stages if s.phase in ("Failed", "Retrying")), None)
     stage_reason = _reason(troubled.message) if troubled and troubled.message else None
-    degraded_reason = _reason(message) or stage_reason or reason
-    if not message and troubled is not None and troubled.phase == "Retrying":
-        message = f"stage {troubled.name} is retrying: {troubled.message or 'its run failed'}"
-    conds = list(status.conditions)
-    conds = set_condition(conds, "Ready", phase == "Succeeded", reason, status.message or "", now)
-    conds = set_condition(
-        conds, "Progressing", phase in ("Pending", "Running"), reason, status.message or "", now
-    )
-    degraded = phase == "Failed" or any(s.phase == "Retrying" for s in status.stages)
-    conds = set_condition(
-        conds,
-        "Degraded",
-        degraded,
-        degraded_reason if degraded else "AsExpected",
-        message if degraded else "",
-        now,
-    )
-    return conds
+    return _reason(status.message or "") or stage_reason
+
+
+def _retry_message(stage: StageStatus) -> str:
+    return f"stage {stage.name} is retrying: {stage.message or 'its run failed'}"
+
+
+def _progress_message(status: OptimizationJobStatus, trouble: str) -> str:
+    """What a job still at work is doing, for the tools that wait on Reconciling."""
+    if trouble:
+        return trouble
+    if status.phase == "Pending":
+        return "digesting the input model and dataset"
+    return f"stage {status.stage} is running" if status.stage else "planning the stages"
 
 
 def _reason(message: str) -> str | None:
