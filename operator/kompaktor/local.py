@@ -2,9 +2,10 @@
 
 The same plan and stage command as in the cluster; only the executor differs. Status is
 saved beside the artifacts whenever a step changes it, so an interrupted run resumes where it
-stopped (finished stages and HPO trials come back from the cache). A store that cannot take the
-status for a while (an S3 outage) is a warning while stages run: the write is retried on the
-next step, and the run fails only after STATUS_GRACE_SECONDS of failed writes.
+stopped (finished stages and HPO trials come back from the cache), its spending kept. A
+store that cannot take the status for a while (an S3 outage) is a warning while stages run: the
+write is retried on the next step, and the run fails only after STATUS_GRACE_SECONDS of failed
+writes.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,13 +21,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from kompaktor.api.spec import OptimizationJob, OptimizationJobSpec, StageSpec
-from kompaktor.api.status import OptimizationJobStatus
+from kompaktor.api.status import OptimizationJobStatus, TrialRecord
 from kompaktor.artifacts import ArtifactError, open_store
 from kompaktor.engine import reconcile
 from kompaktor.errors import JobSpecError
 from kompaktor.executors.local import LocalExecutor
-from kompaktor.plan import CancelRun, EnsureRun, JobContext, Observation, Requeue
+from kompaktor.plan import CancelRun, EnsureRun, JobContext, Observation, Requeue, step
 from kompaktor.plan.keys import file_uri, map_model_refs
+from kompaktor.plan.machine import TERMINAL
 from kompaktor.stages.validate import uri_problem
 
 STATUS_KEY = "jobs/{name}/status.json"
@@ -37,6 +39,7 @@ STATUS_GRACE_SECONDS = 60.0
 #: Pause between tries of the final status write.
 STATUS_RETRY_SECONDS = 2.0
 FINAL_PHASES = ("Succeeded", "Failed", "Cancelled", "Suspended")
+INTERRUPTED = "interrupted: run the same command to resume"
 
 
 def _absolute(uri: str, base: Path) -> str:
@@ -102,7 +105,11 @@ class LocalRun:
         return STATUS_KEY.format(name=self.ctx.name)
 
     def load_status(self) -> OptimizationJobStatus:
-        """Earlier trials survive (the study is rebuilt from them); stages re-probe the cache."""
+        """Earlier trials survive (the study is rebuilt from them); stages re-probe the cache.
+        The trials count 0 here, as a cached stage does: what they cost is the saved totals'.
+        A finished job runs afresh, so a fully cached rerun spends nothing; an unfinished one
+        (interrupted, or killed) goes on, and what it spent stays in its totals (`replaced_*`:
+        its stages are made anew), the time its interrupted runs ran included."""
         store = open_store(self.ctx.artifacts_uri)
         if not store.exists(self._status_key):
             return OptimizationJobStatus()
@@ -110,15 +117,14 @@ class LocalRun:
             saved = OptimizationJobStatus.model_validate_json(store.get_bytes(self._status_key))
         except ValidationError:
             return OptimizationJobStatus()
-        # A run reports what it spends: the finished trials it restores were paid for by the
-        # run that made them (as a cached stage costs nothing), so they count 0 here.
-        trials = [
-            t.model_copy(update={"state": "Pending", "attempts": 0})
-            if t.state == "Running"
-            else t.model_copy(update={"cost_usd": 0.0, "energy_joules": 0.0})
-            for t in saved.trials
-        ]
-        return OptimizationJobStatus(trials=trials)
+        trials = [_restored(t) for t in saved.trials]
+        if saved.phase in TERMINAL:
+            return OptimizationJobStatus(trials=trials)
+        return OptimizationJobStatus(
+            trials=trials,
+            replaced_cost_usd=saved.cost_usd,
+            replaced_energy_joules=saved.energy_joules,
+        )
 
     def save_status(self, status: OptimizationJobStatus) -> None:
         """Write the status file unless it already says this; ArtifactError if it cannot."""
@@ -207,7 +213,7 @@ class LocalRun:
                 _warn(f"{self._status_uri} not updated on the way out: the store is failing")
             else:
                 try:
-                    self.save_status(interrupted(status))
+                    self.save_status(interrupted(self.ctx, status, datetime.now(UTC)))
                 except ArtifactError as error:
                     _warn(f"cannot write {self._status_uri} on the way out: {error}")
             raise
@@ -219,22 +225,22 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
-def interrupted(status: OptimizationJobStatus) -> OptimizationJobStatus:
-    """What an interrupted run leaves in its status file: nothing Running (nothing runs any
-    more), the job Suspended with how to resume it."""
-    stages = [
-        s.model_copy(update={"phase": "Pending"}) if s.phase in ("Running", "Retrying") else s
-        for s in status.stages
-    ]
-    trials = [
-        t.model_copy(update={"state": "Pending"}) if t.state == "Running" else t
-        for t in status.trials
-    ]
-    return status.model_copy(
-        update={
-            "phase": "Suspended",
-            "stages": stages,
-            "trials": trials,
-            "message": "interrupted: run the same command to resume",
-        }
-    )
+def _restored(trial: TrialRecord) -> TrialRecord:
+    """A saved trial as a rerun starts from: figures 0, one in flight to run again as the
+    same run (its log goes on where the interrupted one's stopped)."""
+    update: dict[str, Any] = {"cost_usd": 0.0, "energy_joules": 0.0}
+    if trial.state in ("Running", "Pending"):
+        update |= {"state": "Pending", "attempts": 0}
+    return trial.model_copy(update=update)
+
+
+def interrupted(
+    ctx: JobContext, status: OptimizationJobStatus, now: datetime
+) -> OptimizationJobStatus:
+    """What an interrupted run leaves in its status file: the plan's suspension, with how to
+    resume. So nothing is Running, and each stopped run is paid for the time it ran, as a
+    suspended job's are (the resumed run carries that on); a finished job stays as it is."""
+    if status.phase in TERMINAL:
+        return status
+    held = replace(ctx, spec=ctx.spec.model_copy(update={"suspend": True}))
+    return step(held, status, [], now).status.model_copy(update={"message": INTERRUPTED})

@@ -180,17 +180,24 @@ class OptimizationJobStatus(StatusModel):
     cost_usd: float | None = Field(
         default=None,
         alias="costUSD",
-        description="What the job's runs cost since it started (or was edited after it "
-        "finished): the stages' and trials' below, and the replaced ones'.",
+        description="What the job's runs have cost: the stages' and trials' below, and the "
+        "replaced ones'. It never goes down.",
     )
     energy_joules: float | None = None
     replaced_cost_usd: float | None = Field(
         default=None,
         alias="replacedCostUSD",
-        description="Of costUSD, what runs cost that an edit or a cancellation has since "
-        "replaced in stages and trials.",
+        description="Of costUSD, what runs cost that are no longer in stages and trials: "
+        "an edit replaced them or dropped their pool, a suspension stopped them, or an "
+        "interrupted `kompaktor run` ran them before it was resumed.",
     )
     replaced_energy_joules: float | None = None
+    cost_before_rerun_usd: float | None = Field(
+        default=None,
+        alias="costBeforeRerunUSD",
+        description="Of costUSD, what the job had spent when an edit last ran it again after it "
+        "finished: maxCostUSD counts the rest, as maxDuration counts from the new startTime.",
+    )
     message: str | None = None
     conditions: list[Condition] = Field(default_factory=list)
 

@@ -335,7 +335,7 @@ class _Step:
                     self.trials[index] = trial.model_copy(
                         update={
                             "state": "Running",
-                            "attempts": 1,
+                            "attempts": trial.attempts + 1,  # after a suspension: a new Job
                             "attempt_start_time": None,
                             "job_uid": None,
                         }
@@ -473,6 +473,7 @@ class _Step:
             self.actions.append(ProbeInputs(self.spec.model.uri, self.spec.dataset.uri, files))
             return
         input_digest, input_uri = self.status.input_digest, self.spec.model.uri
+        self.drop_removed_stages()
         blocked = False
         for index, stage in enumerate(self.spec.stages):
             if blocked:
@@ -540,7 +541,7 @@ class _Step:
             runs.append(kept.pop((pool, key), None) or PoolRun(pool=pool, key=key))
         for left in kept.values():
             if left is not None:
-                self.cancel_run(rec.name, left, f"pool {left.pool} is no longer named")
+                self.drop_run(rec.name, left, f"pool {left.pool} is no longer named")
         if runs != rec.pools:
             self.stages[index] = summed(rec, runs)
         return self.stages[index]
@@ -551,20 +552,36 @@ class _Step:
             self.actions.append(CancelRun(rid))
             self.event("StageCancelled", f"stage {name}: run {rid} stopped: {why}")
 
+    def drop_run(self, name: str, run: RunSlot, why: str) -> None:
+        """A run that leaves status (an edit re-keyed its stage or no longer names its pool):
+        stopped if it runs, and all it spent, the attempt in flight too, kept in `replaced_*`
+        so that costUSD and maxCostUSD still count it."""
+        self.cancel_run(name, run, why)
+        paid = run.model_copy(update=self.stopped(run))
+        self.replaced(paid.cost_usd, paid.energy_joules)
+
+    def drop_stage(self, old: StageStatus, index: int, why: str) -> None:
+        """A stage record that leaves status: its runs (an hpo stage's are its trials)."""
+        if old.type != "hpo":
+            for _, run in self.slots(index):
+                self.drop_run(old.name, run, why)
+        self.cancel_trials(old.name)
+
+    def drop_removed_stages(self) -> None:
+        """Records of stages an edit took off the end of the list go, paid for: one left over
+        kept the job from ever finishing (it waited for a stage no longer named)."""
+        for index in range(len(self.stages) - 1, len(self.spec.stages) - 1, -1):
+            self.drop_stage(self.stages[index], index, "the stage is no longer in the spec")
+            del self.stages[index]
+
     def reset_stage(
         self, index: int, stage: StageSpec, *, key: str | None, input_digest: str | None = None
     ) -> StageStatus:
         old = self.stages[index] if index < len(self.stages) else None
         if old is not None and old.key == key and old.name == stage.name and key is None:
             return old
-        if old is not None and old.type != "hpo":
-            for _, run in self.slots(index):
-                self.cancel_run(old.name, run, "the spec or its inputs changed")
-                if run.phase == "Running":
-                    self.replaced(*self.attempt_price(run.pool, self.ran(run.attempt_start_time)))
-            self.replaced(old.cost_usd, old.energy_joules)
         if old is not None:
-            self.cancel_trials(old.name)
+            self.drop_stage(old, index, "the spec or its inputs changed")
         fresh = StageStatus(
             name=stage.name,
             type=stage.type,
@@ -738,8 +755,8 @@ class _Step:
         """Stop the runs in flight so that resuming goes on where they were: a stopped run is
         Pending again with its attempts kept (its cache is probed, then its next attempt runs),
         and the attempt cut short is `interrupted`, not failed, so it spends no retry. A stage
-        waiting to retry keeps waiting; an hpo stage rebuilds its trials from status. What the
-        stopped attempts ran is paid for: a stopped run's in its cost, a dropped trial's in
+        waiting to retry keeps waiting; an hpo stage goes on from its trials in status. What
+        the stopped attempts ran is paid for: a stopped run's in its cost, a trial's in
         `replaced_*`."""
         for index, rec in enumerate(self.stages):
             for at, run in self.slots(index):
@@ -751,11 +768,18 @@ class _Step:
                 self.cancel_run(rec.name, run, why)
                 interrupted = (run.interrupted or 0) + 1
                 self.update_slot(at, phase="Pending", interrupted=interrupted, **self.stopped(run))
-        self.cancel_trials_in_flight()
-        for trial in self.trials:
-            if trial.message == "cancelled":
-                self.replaced(trial.cost_usd, trial.energy_joules)
-        self.trials = [t for t in self.trials if t.message != "cancelled"]
+        self.trials = [
+            self.paused_trial(t) if t.state in ("Running", "Pending") else t for t in self.trials
+        ]
+
+    def paused_trial(self, trial: TrialRecord) -> TrialRecord:
+        """A trial in flight that a suspension stops: Pending again with its number and params,
+        so the search goes on as it would have (dropped, its number went to the next trial
+        proposed, twice over when a later one had finished, and it never ran). What it spent
+        goes to `replaced_*`: its next attempt's figures are its own."""
+        stopped = self.stop_trial(trial)
+        self.replaced(stopped.cost_usd, stopped.energy_joules)
+        return self.trial_ended(trial, None, state="Pending", cost_usd=None, energy_joules=None)
 
     def cancel_trials_in_flight(self) -> None:
         """Stop running trials; they and the pending ones end Failed, `cancelled`."""
@@ -789,10 +813,12 @@ class _Step:
                 self.event("BudgetExceeded", self.status.message or "", warning=True)
                 return
             self.actions.append(Requeue((deadline - self.now).total_seconds()))
-        spent = self.spent()
+        spent = self.spent() - (self.status.cost_before_rerun_usd or 0.0)
         if budget.max_cost_usd is not None and spent > budget.max_cost_usd:
+            since = " since the edit that ran it again" if self.status.cost_before_rerun_usd else ""
             self.fail(
-                f"BudgetExceeded: cost {spent:.2f} USD is over maxCostUSD {budget.max_cost_usd}"
+                f"BudgetExceeded: cost {spent:.2f} USD{since} is over maxCostUSD "
+                f"{budget.max_cost_usd}; raise spec.budget.maxCostUSD to run on"
             )
             self.event("BudgetExceeded", self.status.message or "", warning=True)
 
@@ -872,24 +898,7 @@ def step(
             update={"input_digest": None, "dataset_digest": None, "model_file_digests": None}
         )
     if new_generation and status.phase in TERMINAL:
-        # A finished job that is edited runs again: its time budget starts over, and stages
-        # that failed or were cancelled are tried again (the edit may have raised retries or
-        # changed the pool; a run that failed the gate is cached and judged again, unrun).
-        stages = [
-            StageStatus(name=s.name, type=s.type) if s.phase in ("Failed", "Cancelled") else s
-            for s in status.stages
-        ]
-        status = status.model_copy(
-            update={
-                "phase": "Running",
-                "message": None,
-                "start_time": None,
-                "completion_time": None,
-                "replaced_cost_usd": None,
-                "replaced_energy_joules": None,
-                "stages": stages,
-            }
-        )
+        status = rerun(status)
     work = _Step(ctx, status, now)
     try:
         params = validate_job(ctx.spec)
@@ -919,6 +928,39 @@ def step(
         work.run(params)
     work.finish()
     return _finish(work)
+
+
+def rerun(status: OptimizationJobStatus) -> OptimizationJobStatus:
+    """A finished job that is edited runs again. Both budgets start over: maxDuration from a
+    new startTime, maxCostUSD from what the job had spent (`cost_before_rerun_usd`). Stages that
+    failed or were cancelled are tried again (the edit may have raised retries or changed the
+    pool; a run that failed the gate is cached and judged again, unrun), their spending kept
+    in `replaced_*`: costUSD is all the job spent, and never goes down."""
+    again = ("Failed", "Cancelled")
+    dropped = [s for s in status.stages if s.phase in again and s.type != "hpo"]
+    return status.model_copy(
+        update={
+            "phase": "Running",
+            "message": None,
+            "start_time": None,
+            "completion_time": None,
+            "replaced_cost_usd": _total(status.replaced_cost_usd, [s.cost_usd for s in dropped]),
+            "replaced_energy_joules": _total(
+                status.replaced_energy_joules, [s.energy_joules for s in dropped]
+            ),
+            "cost_before_rerun_usd": status.cost_usd,
+            "stages": [
+                StageStatus(name=s.name, type=s.type) if s.phase in again else s
+                for s in status.stages
+            ],
+        }
+    )
+
+
+def _total(base: float | None, parts: Sequence[float | None]) -> float | None:
+    """`base` plus `parts`, None while all are None (status leaves unset figures out)."""
+    known = [x for x in (base, *parts) if x is not None]
+    return sum(known) if known else None
 
 
 def _finish(work: _Step) -> StepResult:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from kompaktor.plan import (
     ProbeInputs,
     Requeue,
     RunFailed,
+    RunRequest,
     RunStarted,
     RunSucceeded,
     StepResult,
@@ -971,16 +972,37 @@ class TestStoppedAttemptsArePaidFor:
         assert CancelRun(run.run_id) in paused.actions
         assert paused.status.stages[0].cost_usd is None and not paused.status.cost_usd
 
-    def test_trials_a_suspension_drops_stay_paid_for(self) -> None:
+    def test_trials_a_suspension_stops_stay_paid_for_and_run_again(self) -> None:
         job = replace(ctx(spec(stages=[SEARCH])), pool_watts={"cpu": 100.0})
         trial = only_run(result := trial_running(job)).request
         seen = RunStarted(trial.run_id, "node-1", "cpu", job_uid="u1")
         placed = step(job, result.status, [seen], T0)
         paused = step(suspended(job), placed.status, [], LATER)
-        assert CancelRun(trial.run_id) in paused.actions and paused.status.trials == []
+        assert CancelRun(trial.run_id) in paused.actions
+        (kept,) = paused.status.trials
+        assert (kept.number, kept.state, kept.cost_usd, kept.job_uid) == (0, "Pending", None, None)
         assert paused.status.replaced_cost_usd == pytest.approx(0.1)
         assert paused.status.replaced_energy_joules == pytest.approx(10_000.0)
         assert paused.status.cost_usd == pytest.approx(0.1)
+        again = only_run(settled(suspended(job, False, 3), paused.status, [], LATER)).request
+        assert (again.trial, again.params) == (0, trial.params)
+        # a Job of its own: the stopped attempt's may still be going away
+        assert again.run_id == trial.run_id.replace("-a1", "-a2")
+
+    def test_a_resumed_search_runs_the_trials_it_stopped_under_their_numbers(self) -> None:
+        """A stopped trial was dropped: the next proposal took its number, twice over when a
+        later trial had finished (two trials numbered 1), and it never ran."""
+        two = {**SEARCH, "params": {**SEARCH["params"], "trials": 3, "parallelism": 2}}
+        job = ctx(spec(stages=[two]))
+        result = trial_running(job)
+        first, second = (e.request for e in kinds(result, EnsureRun))
+        done = step(job, result.status, [RunSucceeded(second.run_id, record("train", "d1"))], T0)
+        paused = step(suspended(job), done.status, [], LATER)
+        resumed = settled(suspended(job, False, 3), paused.status, [], LATER)
+        numbers = [(t.number, t.state) for t in resumed.status.trials]
+        assert numbers == [(0, "Running"), (1, "Complete"), (2, "Running")]
+        runs = {e.request.trial: e.request.params for e in kinds(resumed, EnsureRun)}
+        assert runs[0] == first.params
 
     def test_the_job_failing_pays_for_the_attempt_it_stops(self) -> None:
         job = ctx(spec(budget={"maxDuration": "1m"}))
@@ -1050,3 +1072,167 @@ class TestJobsSeen:
         assert (record_.state, record_.message) == ("Failed", f"StageJobLost: {message}")
         assert record_.cost_usd == pytest.approx(0.1)
         assert record_.energy_joules == pytest.approx(10_000.0)
+
+
+class TestSpendingStaysCounted:
+    """costUSD and energyJoules are what the job spent: no edit, pool removal or rerun takes
+    any of it away (cpu 3.6 USD/h, arm 1.8, gpu unpriced; no watts set: 10 W)."""
+
+    def test_a_pool_an_edit_drops_stays_paid_for(self) -> None:
+        """Its run left status.stages[].pools[] and its cost and energy left the totals; a
+        running one was stopped unpaid."""
+        job = pools_job(["cpu", "arm", "gpu"])
+        missed = settled(job, at_benchmark(job).status, [], T0)
+        cpu, arm, gpu = (ensure.request for ensure in kinds(missed, EnsureRun))
+        seen = [RunStarted(r.run_id, "node-1", r.pool) for r in (cpu, arm, gpu)]
+        placed = step(job, missed.status, seen, T0)
+        ran = step(job, placed.status, [RunSucceeded(arm.run_id, bench_record(4.0))], T0)
+        assert ran.status.cost_usd == pytest.approx(0.015)  # train 10 s on cpu, arm 10 s
+        moved = pools_job(["gpu", "edge"], generation=2)
+        asked = step(moved, ran.status, [], LATER)
+        again = step(moved, asked.status, [InputsProbed("sha256:in", "sha256:data")], LATER)
+        assert CancelRun(cpu.run_id) in again.actions
+        assert [p.pool for p in again.status.stages[1].pools or []] == ["gpu", "edge"]
+        # arm's run (0.005 USD, 5 J) and cpu's 100 s until the edit (0.1 USD, 1000 J)
+        assert again.status.replaced_cost_usd == pytest.approx(0.105)
+        assert again.status.replaced_energy_joules == pytest.approx(1005.0)
+        assert again.status.cost_usd == pytest.approx(0.115)
+        assert again.status.energy_joules == pytest.approx(1010.0)
+
+    def test_a_stage_an_edit_removes_from_the_end_goes_paid_for(self) -> None:
+        """Its record stayed in status and the job waited for it forever, Running."""
+        job = pools_job(["cpu"])
+        missed = settled(job, at_benchmark(job).status, [], T0)
+        bench = only_run(missed).request
+        placed = step(job, missed.status, [RunStarted(bench.run_id, "node-1", "cpu")], T0)
+        shorter = replace(job, spec=spec(stages=job.spec.stages[:1]), generation=2)
+        asked = step(shorter, placed.status, [], LATER)
+        again = step(shorter, asked.status, [InputsProbed("sha256:in", "sha256:data")], LATER)
+        assert again.status.phase == "Succeeded"
+        assert [s.name for s in again.status.stages] == ["train"]
+        assert CancelRun(bench.run_id) in again.actions
+        assert again.status.cost_usd == pytest.approx(0.01 + 0.1)
+
+    def test_an_edit_of_a_failed_job_keeps_its_spending_and_a_fresh_cost_budget(self) -> None:
+        """The rerun dropped the failed stage's attempts and the replaced runs from costUSD;
+        maxCostUSD still counts from the rerun."""
+        budget = {"maxCostUSD": 0.15}
+        job = ctx(spec(budget=budget))
+        run = only_run(result := started(job)).request
+        crash = RunFailed(run.run_id, "Boom", "x", retryable=False, duration_seconds=100.0)
+        failed = step(job, result.status, [crash], T0)
+        assert failed.status.phase == "Failed" and failed.status.cost_usd == pytest.approx(0.1)
+        edited = ctx(spec(budget=budget, seed=1), generation=2)
+        again = reprobed(edited, failed.status)
+        assert again.status.phase == "Running"
+        assert again.status.cost_usd == pytest.approx(0.1)
+        assert again.status.energy_joules == pytest.approx(1000.0)
+        assert again.status.cost_before_rerun_usd == pytest.approx(0.1)
+        (probe,) = kinds(again, ProbeCache)
+        rerun = step(edited, again.status, [CacheProbed(probe.key, None)], T0)
+        retry = only_run(rerun).request
+        crash = RunFailed(retry.run_id, "Boom", "x", duration_seconds=100.0)
+        costly = step(edited, rerun.status, [crash], T0)  # 0.2 in all, 0.1 since the rerun
+        assert costly.status.cost_usd == pytest.approx(0.2)
+        assert costly.status.phase == "Running", costly.status.message
+        crash = RunFailed(retry.run_id.replace("-a1", "-a2"), "Boom", "x", duration_seconds=60)
+        later = step(edited, costly.status, [], T0 + timedelta(seconds=11))
+        over = step(edited, later.status, [crash], T0 + timedelta(seconds=11))
+        assert over.status.phase == "Failed"
+        assert "cost 0.16 USD since the edit that ran it again is over maxCostUSD 0.15" in (
+            over.status.message or ""
+        )
+
+
+@dataclass(frozen=True)
+class Scripted:
+    """The spec a scripted sequence has reached: each change is a new generation."""
+
+    epochs: int = 1
+    pools: tuple[str, ...] = ("cpu", "arm")
+    bench: bool = True
+    suspend: bool = False
+    generation: int = 1
+
+    def job(self) -> JobContext:
+        stages: list[dict[str, Any]] = [
+            {"name": "train", "type": "train", "params": {"epochs": self.epochs}, "retries": 1}
+        ]
+        if self.bench:
+            stages.append({"name": "bench", "type": "benchmark", "pools": list(self.pools)})
+        return JobContext(
+            name="demo",
+            spec=spec(stages=stages, suspend=self.suspend),
+            artifacts_uri="file:///art",
+            generation=self.generation,
+            default_pool="cpu",
+            pool_prices={"cpu": 3.6, "arm": 1.8, "gpu": 7.2},
+            pool_watts={"cpu": 100.0, "gpu": 300.0},
+            retry_base_seconds=10,
+        )
+
+    def edited(self, **changes: Any) -> Scripted:
+        return replace(self, generation=self.generation + 1, **changes)
+
+    def moved(self, move: str) -> Scripted:
+        """The spec after `move`, or this one when the move edits nothing."""
+        others = [p for p in ("cpu", "arm", "gpu") if p not in self.pools]
+        edits: dict[str, dict[str, Any]] = {
+            "suspend": {"suspend": True},
+            "resume": {"suspend": False},
+            "edit": {"epochs": self.epochs + 1},
+            "drop-pool": {"pools": self.pools[:-1]} if len(self.pools) > 1 else {},
+            "add-pool": {"pools": (*self.pools, others[0])} if others else {},
+            "drop-stage": {"bench": not self.bench},
+        }
+        return self.edited(**edits[move]) if edits.get(move) else self
+
+
+def settled(
+    job: JobContext, status: OptimizationJobStatus, obs: list[Observation], now: datetime
+) -> StepResult:
+    """A step, then its probes answered (the inputs as ever, every cache a miss)."""
+    result = step(job, status, obs, now)
+    while probes := kinds(result, ProbeInputs) + kinds(result, ProbeCache):
+        answers: list[Observation] = [
+            InputsProbed("sha256:in", "sha256:data")
+            if isinstance(p, ProbeInputs)
+            else CacheProbed(p.key, None)
+            for p in probes
+        ]
+        result = step(job, result.status, answers, now)
+    return result
+
+
+def observed(move: str, runs: list[RunRequest]) -> list[Observation]:
+    """What the executor reports for `move` about the runs in flight."""
+    if not runs:
+        return []
+    first = runs[0]
+    outcomes: dict[str, list[Observation]] = {
+        "place": [RunStarted(r.run_id, "node-1", r.pool) for r in runs],
+        "ok": [RunSucceeded(first.run_id, record(first.stage_type, f"d-{first.run_id}"))],
+        "fail": [RunFailed(first.run_id, "Boom", "x", duration_seconds=20.0)],
+        "fatal": [RunFailed(first.run_id, "Boom", "x", retryable=False, duration_seconds=20.0)],
+    }
+    return outcomes.get(move, [])
+
+
+MOVES = ["place", "ok", "fail", "fatal", "tick", "suspend", "resume", "edit", "drop-pool",
+         "add-pool", "drop-stage"]  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from(MOVES), max_size=16))
+def test_cost_and_energy_never_go_down(script: list[str]) -> None:
+    """Whatever runs, fails, retries, is suspended, resumed or edited (a pool or a stage
+    dropped too), what the job spent stays in costUSD and energyJoules."""
+    spec_now, now = Scripted(), T0
+    result = settled(spec_now.job(), OptimizationJobStatus(), [], now)
+    for move in script:
+        before = result.status
+        runs = [e.request for e in kinds(result, EnsureRun)]
+        spec_now, now = spec_now.moved(move), now + timedelta(seconds=7)
+        result = settled(spec_now.job(), before, observed(move, runs), now)
+        assert (result.status.cost_usd or 0.0) >= (before.cost_usd or 0.0) - 1e-9, move
+        assert (result.status.energy_joules or 0.0) >= (before.energy_joules or 0.0) - 1e-6, move
