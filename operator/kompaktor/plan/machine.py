@@ -890,7 +890,11 @@ def step(
     """Advance the job by what was observed; say what should happen next."""
     new_generation = status.observed_generation != ctx.generation
     if status.phase in TERMINAL and not new_generation:
-        return StepResult(status)
+        # Nothing to run; the conditions still follow the phase, so a job that finished under
+        # an older operator gains the ones added since (kstatus's Stalled for Flux).
+        return StepResult(
+            status.model_copy(update={"conditions": conditions_for(status, iso(now))})
+        )
     if new_generation:
         # An edit is when a model replaced under the same URI can be noticed: the inputs are
         # digested again, so keys follow what the edited job reads, not what it read before.

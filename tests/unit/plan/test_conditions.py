@@ -138,3 +138,17 @@ def test_reconciling_keeps_its_transition_time_while_the_job_runs() -> None:
     later = step(job, first, [], T0 + timedelta(seconds=30)).status
     since = condition(first, "Reconciling").last_transition_time
     assert since is not None and condition(later, "Reconciling").last_transition_time == since
+
+
+def test_a_job_that_failed_under_an_older_operator_gains_stalled_on_the_next_pass() -> None:
+    failed = OptimizationJobStatus.model_validate(PHASES["failed"]["status"])
+    old = [c for c in failed.conditions if c.type in ("Ready", "Progressing", "Degraded")]
+    before = failed.model_copy(update={"conditions": old})
+    assert kstatus(cluster_object(before))[0] == "InProgress"
+    after = step(ctx(), before, [], T0 + timedelta(hours=1)).status
+    assert kstatus(cluster_object(after))[0] == "Failed"
+    # the conditions it had keep their transition times; only the new ones are stamped now
+    assert condition(after, "Ready") == condition(before, "Ready")
+    assert after.model_copy(update={"conditions": []}) == before.model_copy(
+        update={"conditions": []}
+    )
