@@ -6,13 +6,9 @@ compare honestly.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,26 +17,28 @@ from kompaktor.data import Dataset, Split
 from kompaktor.data.dataset import SPLITS, input_names
 from kompaktor.errors import KompaktorError
 from kompaktor.models import LoadedModel, Predictor
+from kompaktor.timing_lock import TIMING_LOCK_ENV as TIMING_LOCK_ENV
+from kompaktor.timing_lock import timing_lock as timing_lock
+from kompaktor.timing_lock import working
 
 if TYPE_CHECKING:
     import torch
 
 METRICS = ("accuracy", "fidelity", "mse")
 EVAL_BATCH = 512
-#: A lock file that runs sharing a machine hold while they time a model (`timing_lock`);
-#: `kompaktor run` names one per artifact root for its stage processes (executors/local.py).
-TIMING_LOCK_ENV = "KOMPAKTOR_TIMING_LOCK"
 
 
 def predict_all(
     predictor: Predictor, inputs: tuple[np.ndarray, ...], batch_size: int = EVAL_BATCH
 ) -> np.ndarray:
-    """The predictor's outputs for all rows, in batches (bounded memory, same result)."""
+    """The predictor's outputs for all rows, in batches (bounded memory, same result), pausing
+    between batches while a sibling run times a model (`kompaktor.timing_lock`)."""
     rows = len(inputs[0])
-    outs = [
-        predictor(*(a[start : start + batch_size] for a in inputs))
-        for start in range(0, rows, batch_size)
-    ]
+    outs = []
+    with working() as checkpoint:
+        for start in range(0, rows, batch_size):
+            checkpoint()
+            outs.append(predictor(*(a[start : start + batch_size] for a in inputs)))
     return np.concatenate(outs, axis=0)
 
 
@@ -270,29 +268,3 @@ def measure_latency(
         p99_ms=float(p99),
         throughput=float(batch_size / (ms.mean() / 1e3)),
     )
-
-
-@contextmanager
-def timing_lock() -> Iterator[float | None]:
-    """Hold the exclusive lock `KOMPAKTOR_TIMING_LOCK` names while the caller times a model, so
-    processes sharing it (`kompaktor run`'s parallel HPO trials) never time at once and no
-    trial's figure is set by a sibling's timing. Yields the seconds waited for the lock; None
-    when no lock is named (timing starts at once)."""
-    path = os.environ.get(TIMING_LOCK_ENV)
-    if not path:
-        yield None
-        return
-    asked = time.monotonic()
-    try:
-        handle = Path(path).open("a")  # noqa: SIM115 (closed by the `with` below)
-    except OSError as error:
-        raise KompaktorError(
-            f"{TIMING_LOCK_ENV}={path}: cannot open the timing lock ({error.strerror}): "
-            "point it at a file in a writable folder, or unset it to time without a lock"
-        ) from None
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield time.monotonic() - asked
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

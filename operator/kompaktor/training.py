@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from kompaktor.data import Dataset
+from kompaktor.timing_lock import paused_seconds, working
 
 Optimizer = Literal["adam", "adamw", "sgd"]
 #: loss_fn(module, inputs, targets): inputs is a tuple with one tensor per model input.
@@ -104,6 +105,13 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.
     return chunks
 
 
+def _step(opt: torch.optim.Optimizer, objective: torch.Tensor) -> None:
+    """One optimizer step on `objective`'s gradients."""
+    opt.zero_grad(set_to_none=True)
+    torch.autograd.backward(objective)
+    opt.step()
+
+
 def fit(
     module: nn.Module,
     dataset: Dataset,
@@ -126,6 +134,8 @@ def fit(
     `on_epoch(epoch, mean_loss)` runs after each epoch (epoch counts from 1) with the module in
     eval mode, so it may evaluate it; the mean is the task (or `loss_fn`) loss without the L1
     term. When it returns True, training stops there (an HPO pruner's verdict).
+    Under a timing lock (`kompaktor.timing_lock`) training pauses between batches while a
+    sibling run times a model, so its figure is not set by this run's training.
     """
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ValueError("fit: epochs and batch_size must be >= 1 and lr > 0")
@@ -136,28 +146,32 @@ def fit(
     compute_loss = loss_fn or task_loss(dataset.task)
     params = [p for p in module.parameters() if p.requires_grad]
     opt = make_optimizer(params, optimizer, lr, weight_decay, momentum)
+    paused = paused_seconds()
     set_training(module, True)
     try:
-        for epoch in range(1, epochs + 1):
-            total, rows = 0.0, 0
-            for index in _batches(len(y), batch_size, generator):
-                loss = compute_loss(module, tuple(t[index] for t in x), y[index])
-                opt.zero_grad(set_to_none=True)
-                torch.autograd.backward(loss + l1 * l1_norm(params) if l1 > 0 else loss)
-                opt.step()
-                total += float(loss.detach()) * len(index)
-                rows += len(index)
-            mean = total / max(rows, 1)
-            if log is not None:
-                log(f"epoch {epoch}/{epochs}: loss {mean:.4f}")
-            if on_epoch is not None:
-                set_training(module, False)
-                stop = on_epoch(epoch, mean)
-                set_training(module, True)
-                if stop:
-                    break
+        with working() as checkpoint:  # lets go of the lock before the caller times the model
+            for epoch in range(1, epochs + 1):
+                total, rows = 0.0, 0
+                for index in _batches(len(y), batch_size, generator):
+                    checkpoint()  # pauses here while a sibling run times a model
+                    loss = compute_loss(module, tuple(t[index] for t in x), y[index])
+                    _step(opt, loss + l1 * l1_norm(params) if l1 > 0 else loss)
+                    total += float(loss.detach()) * len(index)
+                    rows += len(index)
+                mean = total / max(rows, 1)
+                if log is not None:
+                    log(f"epoch {epoch}/{epochs}: loss {mean:.4f}")
+                if on_epoch is not None:
+                    set_training(module, False)
+                    stop = on_epoch(epoch, mean)
+                    set_training(module, True)
+                    if stop:
+                        break
     finally:
         set_training(module, False)
+    paused = paused_seconds() - paused
+    if paused and log is not None:
+        log(f"paused {paused:.2f} s in all while sibling runs timed their models")
     return module
 
 

@@ -55,9 +55,13 @@ class RunRecord(ApiModel):
         default_factory=dict,
         description=(
             "Always: metric (output, test split), inputMetric, referenceMetric (the job's input "
-            "model), sizeBytes, parameters, latencyMs (batch 1 p50); valMetric and "
-            "referenceValMetric (the same on validation rows) when there are any; plus the "
-            "technique's own."
+            "model), sizeBytes, parameters, latencyMs (p50: batch 1, one thread, unless the "
+            "stage timed it itself) with latencyBatch and latencyThreads (what it was timed "
+            "with; quantize, timing its own at batch 1, one thread, records neither); valMetric "
+            "and referenceValMetric (the same on validation rows) when there are any; "
+            "latencyLockWaitSeconds (seconds waited for the timing lock, which keeps sibling "
+            "runs from timing or training meanwhile) when a lock was named (kompaktor run; "
+            "quantize records none); plus the technique's own."
         ),
     )
     details: dict[str, Any] = Field(default_factory=dict)

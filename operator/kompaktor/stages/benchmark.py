@@ -3,6 +3,8 @@
 Both models run in the same process, on the same batches, in alternating blocks (and the
 order flips every block), so drift in clock speed or noisy neighbours hits both alike and the
 speedup is a fair ratio. Energy is metered per block and attributed to the model that ran it.
+Under `kompaktor run` the timing holds the artifact root's timing lock (`kompaktor.timing_lock`),
+so no sibling run times or trains meanwhile.
 Exported torch models run with their weights as arguments (`kompaktor.models.lifted`), so the
 figures are the models', not torch's per-call Python framing around them.
 The output is the input, unchanged: a benchmark only measures.
@@ -23,6 +25,7 @@ from kompaktor.metrics import EnergyMeter
 from kompaktor.metrics.hardware import describe
 from kompaktor.models import Predictor
 from kompaktor.stages.base import SparseLayers, Stage, StageContext, StageParams, StageResult
+from kompaktor.timing_lock import timing_lock
 
 MODELS = ("input", "reference")
 
@@ -133,14 +136,15 @@ class BenchmarkStage(Stage[BenchmarkParams]):
         sample = ctx.dataset.inputs("test")
         table: dict[str, dict[str, Any]] = {name: {"batches": {}} for name in MODELS}
         method = "estimate"
-        for size in p.batch_sizes:
-            ctx.log(f"timing batch size {size}: {p.iterations} calls per model")
-            tallies = time_side_by_side(
-                predictors, make_batch(sample, size), iterations=p.iterations, warmup=p.warmup
-            )
-            for name, tally in tallies.items():
-                table[name]["batches"][str(size)] = tally.row(size)
-                method = tally.method
+        with timing_lock() as waited:  # `kompaktor run`: no sibling times or trains meanwhile
+            for size in p.batch_sizes:
+                ctx.log(f"timing batch size {size}: {p.iterations} calls per model")
+                tallies = time_side_by_side(
+                    predictors, make_batch(sample, size), iterations=p.iterations, warmup=p.warmup
+                )
+                for name, tally in tallies.items():
+                    table[name]["batches"][str(size)] = tally.row(size)
+                    method = tally.method
         against = predictors["reference"] if ctx.metric == "fidelity" else None
         for name, model in models.items():
             table[name]["sizeBytes"] = model_size_bytes(model)
@@ -149,6 +153,9 @@ class BenchmarkStage(Stage[BenchmarkParams]):
                 ctx.metric, predictors[name], ctx.dataset, "test", reference=against
             )
         metrics = headline(table, p.batch_sizes)
+        metrics.update(latencyBatch=float(p.batch_sizes[0]), latencyThreads=float(p.threads))
+        if waited is not None:
+            metrics["latencyLockWaitSeconds"] = waited
         details = {
             "models": table,
             "metric": ctx.metric,

@@ -1,8 +1,9 @@
 """Runs that share a timing lock (KOMPAKTOR_TIMING_LOCK) time their output one at a time.
 
 `kompaktor run` runs hpo trials as parallel processes: each timed its model while its siblings
-timed theirs beside it on the same cores, so latency objectives ranked trials by noise. Only the
-timing holds the lock (training is not serialized); a run with no lock named times at once.
+timed theirs beside it on the same cores, so latency objectives ranked trials by noise. A timing
+holds the lock exclusively (training and evaluation hold it shared and pause for it:
+test_timing_lock_turnstile.py); a run with no lock named times at once.
 """
 
 from __future__ import annotations
