@@ -60,8 +60,10 @@ class RunRecord(ApiModel):
             "with; quantize, timing its own at batch 1, one thread, records neither); valMetric "
             "and referenceValMetric (the same on validation rows) when there are any; "
             "latencyLockWaitSeconds (seconds waited for the timing lock, which keeps sibling "
-            "runs from timing or training meanwhile) when a lock was named (kompaktor run; "
-            "quantize records none); plus the technique's own."
+            "runs from timing or training meanwhile) and pausedForTimingSeconds (seconds this "
+            "run's training, evaluation or calibration paused for sibling runs' timings) when "
+            "a lock was named (kompaktor run; quantize records no wait of its own); plus the "
+            "technique's own."
         ),
     )
     details: dict[str, Any] = Field(default_factory=dict)

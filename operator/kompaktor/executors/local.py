@@ -25,8 +25,9 @@ from kompaktor.plan import Observation, RunFailed, RunRequest, RunStarted, RunSu
 POLL_INTERVAL = 0.1
 #: In each artifact root's logs folder: the root's URI, which the folder's name only abbreviates.
 ROOT_FILE = "ARTIFACTS"
-#: Beside it: the lock the root's runs hold while they time a model (KOMPAKTOR_TIMING_LOCK,
-#: kompaktor.evaluate.timing_lock), so parallel HPO trials time one at a time.
+#: Beside it: the lock the root's runs hold exclusively while they time a model and shared while
+#: they train or evaluate (KOMPAKTOR_TIMING_LOCK, kompaktor.timing_lock), so a parallel HPO
+#: trial times alone.
 TIMING_LOCK_FILE = "timing.lock"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 

@@ -7,7 +7,7 @@ into an error the user can act on.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +67,9 @@ def check_calibration_shapes(
 
 
 class CalibrationReader(CalibrationDataReader):  # type: ignore[misc]
-    """Feeds the first `samples` rows of each input, `batch_size` rows at a time."""
+    """Feeds the first `samples` rows of each input, `batch_size` rows at a time; calls
+    `checkpoint` before each batch, where calibration pauses while a sibling run times a model
+    (ONNX Runtime runs each batch as it is fed)."""
 
     def __init__(
         self,
@@ -75,7 +77,9 @@ class CalibrationReader(CalibrationDataReader):  # type: ignore[misc]
         arrays: Sequence[np.ndarray],
         samples: int,
         batch_size: int = 32,
+        checkpoint: Callable[[], None] = lambda: None,
     ) -> None:
+        self._checkpoint = checkpoint
         first = inputs[0][1][0] if inputs and inputs[0][1] else None
         step = first if isinstance(first, int) and first > 0 else batch_size  # a fixed batch
         rows = min(samples, len(arrays[0]))
@@ -90,4 +94,5 @@ class CalibrationReader(CalibrationDataReader):  # type: ignore[misc]
         )
 
     def get_next(self) -> dict[str, np.ndarray] | None:
+        self._checkpoint()
         return next(self._batches, None)

@@ -330,6 +330,7 @@ def _static(ctx: StageContext[QuantizeParams], source: Path, target: Path) -> No
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
     from kompaktor.quant import CalibrationReader, onnx_inputs
+    from kompaktor.timing_lock import working
 
     p = ctx.params
     arrays = [np.asarray(x) for x in ctx.dataset.inputs("train")]
@@ -341,17 +342,18 @@ def _static(ctx: StageContext[QuantizeParams], source: Path, target: Path) -> No
         "entropy": CalibrationMethod.Entropy,
     }
     prepared = _pre_process(source, ctx.work_dir / "prepared.onnx")
-    quantize_static(
-        str(prepared),
-        str(target),
-        CalibrationReader(inputs, arrays, p.calibration_samples),
-        quant_format=QuantFormat.QDQ if p.format == "QDQ" else QuantFormat.QOperator,
-        per_channel=p.per_channel,
-        activation_type=_int_type(p.activation_type),
-        weight_type=_int_type(p.weight_type),
-        calibrate_method=methods[p.calibration_method],
-        extra_options={"ActivationSymmetric": p.activation_type == "int8"},
-    )
+    with working() as checkpoint:
+        quantize_static(
+            str(prepared),
+            str(target),
+            CalibrationReader(inputs, arrays, p.calibration_samples, checkpoint=checkpoint),
+            quant_format=QuantFormat.QDQ if p.format == "QDQ" else QuantFormat.QOperator,
+            per_channel=p.per_channel,
+            activation_type=_int_type(p.activation_type),
+            weight_type=_int_type(p.weight_type),
+            calibrate_method=methods[p.calibration_method],
+            extra_options={"ActivationSymmetric": p.activation_type == "int8"},
+        )
 
 
 def _check_shapes(

@@ -245,9 +245,11 @@ def _execute(request: StageRequest, work: Path, out: OutputPrefix, log: RunLog) 
     from kompaktor.stages.base import StageContext, registry
     from kompaktor.stages.sparse_layers import run_with_sparse_layers
     from kompaktor.stages.validate import parse_params
+    from kompaktor.timing_lock import TIMING_LOCK_ENV, paused_seconds
     from kompaktor.training import seed_everything
 
     started = _now()
+    paused_before = paused_seconds()
     with EnergyMeter() as meter:
         params = parse_params(request.type, request.params, where=f"stage ({request.type})")
         stage = registry()[request.type]()
@@ -286,6 +288,8 @@ def _execute(request: StageRequest, work: Path, out: OutputPrefix, log: RunLog) 
         path, model_format = write_model(result, dataset, work, request.type)
         metrics = output_metrics(request.metric, path, reference, dataset, result.metrics)
         metrics.update(before, sizeBytesInput=float(model_size_bytes(model)))
+        if os.environ.get(TIMING_LOCK_ENV):
+            metrics["pausedForTimingSeconds"] = round(paused_seconds() - paused_before, 3)
         if request.type in SHRINKING and metrics["sizeBytes"] > metrics["sizeBytesInput"]:
             grown = f"{metrics['sizeBytesInput']:.0f} -> {metrics['sizeBytes']:.0f} bytes"
             log(f"warning: {request.type} made the model larger ({grown}): on a small model "
@@ -483,9 +487,9 @@ def batch1_latency_ms(model: LoadedModel, dataset: Dataset) -> float:
 def batch1_latency(model: LoadedModel, dataset: Dataset) -> Batch1Latency:
     """The p50 latency of one test row at a time on one thread, as the benchmark stage
     defaults to: stable on a shared node, and what an HPO latency objective should compare.
-    Only the timing holds the timing lock (`kompaktor run`'s trials time one at a time, train
-    side by side). The caller's thread count comes back after (an in-process HPO trial goes on
-    training on all of them)."""
+    The timing holds the timing lock exclusively (`kompaktor run`'s sibling runs neither time
+    nor train meanwhile: `kompaktor.timing_lock`). The caller's thread count comes back after
+    (an in-process HPO trial goes on training on all of them)."""
     import torch
 
     from kompaktor.evaluate import measure_latency, timing_lock

@@ -126,6 +126,8 @@ def test_a_run_records_how_its_latency_was_measured(
     assert metrics["latencyMs"] > 0
     assert metrics["latencyBatch"] == 1 and metrics["latencyThreads"] == 1
     assert ("latencyLockWaitSeconds" in metrics) is locked
+    assert ("pausedForTimingSeconds" in metrics) is locked  # nothing else held it: 0
+    assert metrics.get("pausedForTimingSeconds", 0.0) < 1.0
     assert (tmp_path / "timing.lock").exists() is locked
 
 

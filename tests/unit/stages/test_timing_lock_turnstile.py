@@ -26,6 +26,7 @@ from torch import nn
 from kompaktor.data import Dataset
 from kompaktor.errors import KompaktorError
 from kompaktor.evaluate import predict_all
+from kompaktor.quant import CalibrationReader
 from kompaktor.stages.base import StageContext
 from kompaktor.stages.benchmark import BenchmarkParams, BenchmarkStage
 from kompaktor.timing_lock import TIMING_LOCK_ENV, TURNSTILE_SUFFIX, YIELD_SECONDS
@@ -226,6 +227,20 @@ def test_evaluation_waits_for_a_siblings_timing(lock: Path, tmp_path: Path) -> N
     predict_all(predictor, (np.zeros((5, 3), dtype=np.float32),), batch_size=2)
     _, started, ended = finish(timer)
     assert len(calls) == 3 and min(calls) >= ended > started
+
+
+def test_calibration_passes_a_checkpoint_before_each_batch() -> None:
+    """Static quantization feeds ONNX Runtime batch by batch through this reader, inside
+    `working()`: a checkpoint before each batch is where calibration pauses for a sibling's
+    timing (the checkpoint's pausing is tested with real processes above)."""
+    events: list[str] = []
+    rows = np.zeros((5, 3), dtype=np.float32)
+    reader = CalibrationReader(
+        [("x", ["batch", 3])], [rows], 5, 2, checkpoint=lambda: events.append("checkpoint")
+    )
+    while reader.get_next() is not None:
+        events.append("batch")
+    assert events == ["checkpoint", "batch"] * 3 + ["checkpoint"]
 
 
 def test_a_lock_that_cannot_be_opened_fails_training_naming_the_variable(
