@@ -2,7 +2,7 @@
 
 The same plan and stage command as in the cluster; only the executor differs. Status is
 saved beside the artifacts whenever a step changes it, so an interrupted run resumes where it
-stopped (finished stages and HPO trials come back from the cache), its spending kept. A
+stopped, as a suspended job does: its stages' attempts, its spending and the time it ran kept. A
 store that cannot take the status for a while (an S3 outage) is a warning while stages run: the
 write is retried on the next step, and the run fails only after STATUS_GRACE_SECONDS of failed
 writes.
@@ -28,7 +28,7 @@ from kompaktor.errors import JobSpecError
 from kompaktor.executors.local import LocalExecutor
 from kompaktor.plan import CancelRun, EnsureRun, JobContext, Observation, Requeue, step
 from kompaktor.plan.keys import file_uri, map_model_refs
-from kompaktor.plan.machine import TERMINAL
+from kompaktor.plan.machine import TERMINAL, parse_iso
 from kompaktor.stages.validate import uri_problem
 
 STATUS_KEY = "jobs/{name}/status.json"
@@ -105,11 +105,10 @@ class LocalRun:
         return STATUS_KEY.format(name=self.ctx.name)
 
     def load_status(self) -> OptimizationJobStatus:
-        """Earlier trials survive (the study is rebuilt from them); stages re-probe the cache.
-        The trials count 0 here, as a cached stage does: what they cost is the saved totals'.
-        A finished job runs afresh, so a fully cached rerun spends nothing; an unfinished one
-        (interrupted, or killed) goes on, and what it spent stays in its totals (`replaced_*`:
-        its stages are made anew), the time its interrupted runs ran included."""
+        """Where this run starts from. A finished job runs afresh (earlier trials survive, the
+        study is rebuilt from them; they count 0 here, as a cached stage does), so a fully
+        cached rerun spends nothing; an unfinished one (interrupted, or killed) goes on as a
+        resumed suspension does (`resumed`)."""
         store = open_store(self.ctx.artifacts_uri)
         if not store.exists(self._status_key):
             return OptimizationJobStatus()
@@ -117,14 +116,9 @@ class LocalRun:
             saved = OptimizationJobStatus.model_validate_json(store.get_bytes(self._status_key))
         except ValidationError:
             return OptimizationJobStatus()
-        trials = [_restored(t) for t in saved.trials]
         if saved.phase in TERMINAL:
-            return OptimizationJobStatus(trials=trials)
-        return OptimizationJobStatus(
-            trials=trials,
-            replaced_cost_usd=saved.cost_usd,
-            replaced_energy_joules=saved.energy_joules,
-        )
+            return OptimizationJobStatus(trials=[_restored(t) for t in saved.trials])
+        return resumed(self.ctx, saved)
 
     def save_status(self, status: OptimizationJobStatus) -> None:
         """Write the status file unless it already says this; ArtifactError if it cannot."""
@@ -226,12 +220,38 @@ def _warn(message: str) -> None:
 
 
 def _restored(trial: TrialRecord) -> TrialRecord:
-    """A saved trial as a rerun starts from: figures 0, one in flight to run again as the
-    same run (its log goes on where the interrupted one's stopped)."""
+    """A finished job's trial as its rerun starts from: figures 0 (the run that made it paid),
+    one still in flight to run again (the plan runs the ones its failure cancelled again)."""
     update: dict[str, Any] = {"cost_usd": 0.0, "energy_joules": 0.0}
     if trial.state in ("Running", "Pending"):
         update |= {"state": "Pending", "attempts": 0}
     return trial.model_copy(update=update)
+
+
+def resumed(ctx: JobContext, saved: OptimizationJobStatus) -> OptimizationJobStatus:
+    """An unfinished run's status as its resume starts from: suspended, as the interrupt left
+    it, so each stage keeps its attempts (`interrupted` ones spend no retry), its spending and
+    its backoff, stopped trials run again under their numbers, and maxDuration counts the time
+    run before, not the time between (the plan moves startTime on by it, as for any suspension).
+    A run killed before it could say so is suspended at the last moment its status records.
+    The inputs are digested again: the job file or the model may have changed meanwhile."""
+    if saved.phase != "Suspended":
+        saved = interrupted(ctx, saved, last_recorded(saved))
+    inputs = {"input_digest": None, "dataset_digest": None, "model_file_digests": None}
+    return saved.model_copy(update={**inputs, "message": None})  # no longer INTERRUPTED
+
+
+def last_recorded(status: OptimizationJobStatus) -> datetime:
+    """The latest moment `status` records: when its run was last known to be going (no time
+    after it is known to have been run, nor paid for)."""
+    runs = [*status.stages, *(run for stage in status.stages for run in stage.pools or [])]
+    stamps = [
+        status.start_time,
+        *(condition.last_transition_time for condition in status.conditions),
+        *(t for run in runs for t in (run.start_time, run.completion_time, run.attempt_start_time)),
+        *(trial.attempt_start_time for trial in status.trials),
+    ]
+    return max((parse_iso(stamp) for stamp in stamps if stamp), default=datetime.now(UTC))
 
 
 def interrupted(

@@ -133,7 +133,7 @@ def test_an_interrupt_stops_cleanly_and_a_rerun_resumes(
     """Ctrl-C, and SIGTERM (`timeout`, `kill`) alike: the running stage is stopped (it runs in
     a session of its own, which SIGTERM to the CLI does not reach: it used to train on,
     orphaned), the status file says Suspended with nothing Running, and a rerun resumes,
-    appending to the interrupted attempt's log."""
+    each stopped run going on as its next attempt, in a log of its own."""
     artifacts, logs = tmp_path / "artifacts", tmp_path / "logs"
     # A shell starts background jobs with SIGINT ignored, and an ignored signal stays ignored
     # across exec (Python then raises no KeyboardInterrupt): give the CLI a terminal's Ctrl-C
@@ -173,11 +173,16 @@ def test_an_interrupt_stops_cleanly_and_a_rerun_resumes(
     code, summary, err = run_json(demo, "--artifacts", str(artifacts), "--logs", str(logs))
     assert code == 0, err
     assert summary["phase"] == "Succeeded"
-    rerun = [log for log in interrupted if log.read_text() != interrupted[log]]
-    assert rerun, "the rerun started none of the interrupted runs again"
-    for log in rerun:
-        text = log.read_text()
-        assert text.startswith(interrupted[log]) and "started again" in text
+    assert all(log.read_text() == text for log, text in interrupted.items())
+    assert [log for log in interrupted if _next_attempt(log).exists()], (
+        "the rerun started none of the interrupted runs again"
+    )
+
+
+def _next_attempt(log: Path) -> Path:
+    """The log of the attempt after the one `log` is of (`<run>-a<attempt>.log`)."""
+    run, attempt = log.stem.rsplit("-a", 1)
+    return log.with_name(f"{run}-a{int(attempt) + 1}.log")
 
 
 def _logged(logs: Path) -> bool:

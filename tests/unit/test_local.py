@@ -48,10 +48,11 @@ def test_a_rerun_counts_restored_trials_as_spent_by_the_run_that_made_them(tmp_p
 
 def test_a_resumed_run_keeps_what_the_interrupted_one_spent(tmp_path: Path) -> None:
     """Resuming dropped the interrupted run's spending, the stopped runs' time included: it
-    stays in the totals once (the restored trials count 0, as they are in them)."""
+    stays in the totals once, where it was (the resume goes on from the saved status)."""
     restored = saved_search(tmp_path, "Suspended").load_status()
-    assert [(t.energy_joules, t.cost_usd) for t in restored.trials] == [(0.0, 0.0)] * 2
-    assert (restored.replaced_cost_usd, restored.replaced_energy_joules) == (1.0, 240.0)
+    assert [(t.energy_joules, t.cost_usd) for t in restored.trials] == [(120.0, 0.5)] * 2
+    assert (restored.cost_usd, restored.energy_joules) == (1.0, 240.0)
+    assert (restored.replaced_cost_usd, restored.replaced_energy_joules) == (None, None)
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from kompaktor.executors.local import LocalExecutor
 from kompaktor.local import LocalRun, localize
 from kompaktor.metrics.energy import DEFAULT_WATTS_PER_CORE
 from kompaktor.plan import JobContext
+from kompaktor.plan.machine import parse_iso
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "breast-cancer-mlp" / "model.pt2"
 JOB = """\
@@ -80,9 +81,7 @@ def test_an_interrupted_stage_is_paid_for_and_a_resume_keeps_it(
     interrupted_run(job, tmp_path / "logs", RUN_SECONDS)
     elapsed = time.monotonic() - began
     saved = LocalRun(job, LocalExecutor(tmp_path / "logs")).load_status()
-    status = OptimizationJobStatus.model_validate_json(
-        (tmp_path / "artifacts" / "jobs" / "stopped" / "status.json").read_text()
-    )
+    status = saved_status(tmp_path)
     (stage,) = status.stages
     assert (status.phase, stage.phase, stage.interrupted) == ("Suspended", "Pending", 1)
     assert "resume" in (status.message or "")
@@ -93,12 +92,41 @@ def test_an_interrupted_stage_is_paid_for_and_a_resume_keeps_it(
     assert stage.energy_method == "estimate"
     assert status.cost_usd == pytest.approx(stage.cost_usd, abs=1e-6)
     assert status.energy_joules == pytest.approx(stage.energy_joules, abs=1e-3)
-    assert (saved.replaced_cost_usd, saved.replaced_energy_joules) == (
-        status.cost_usd,
-        status.energy_joules,
-    )
+    assert (saved.cost_usd, saved.stages[0].cost_usd) == (status.cost_usd, stage.cost_usd)
 
     resumed = interrupted_run(job, tmp_path / "logs", 0.0)
     assert resumed[0].cost_usd == status.cost_usd
     assert resumed[0].energy_joules == status.energy_joules
     assert resumed[0].stages[0].phase == "Running"  # its next attempt, paid for on its own
+    assert resumed[0].stages[0].attempts == 2
+
+
+def test_a_resume_carries_attempts_and_the_time_run_on(job: JobContext, tmp_path: Path) -> None:
+    """A resumed run started its stages at attempt 1 again (a stage's retries came back after
+    Ctrl-C and a rerun) and its maxDuration from 0; the time between the runs is not counted."""
+    interrupted_run(job, tmp_path / "logs", RUN_SECONDS)
+    first = saved_status(tmp_path)
+    time.sleep(2.0)  # between the runs: not counted
+    began = time.monotonic()
+    interrupted_run(job, tmp_path / "logs", 0.0)
+    second_run = time.monotonic() - began
+    second = saved_status(tmp_path)
+    (stage,) = second.stages
+    assert (stage.attempts, stage.interrupted) == (2, 2)
+    logs = sorted(log.name.rsplit("-", 1)[1] for log in (tmp_path / "logs").glob("*/fit-*.log"))
+    assert logs == ["a1.log", "a2.log"]  # the resume ran the next attempt
+    # whole seconds: the time counted is the first run's and the second's, not the pause
+    counted, ran_first = run_time(second), run_time(first)
+    assert ran_first >= RUN_SECONDS - 1
+    assert ran_first <= counted <= ran_first + second_run + 1
+
+
+def saved_status(tmp_path: Path) -> OptimizationJobStatus:
+    path = tmp_path / "artifacts" / "jobs" / "stopped" / "status.json"
+    return OptimizationJobStatus.model_validate_json(path.read_text())
+
+
+def run_time(status: OptimizationJobStatus) -> float:
+    """Seconds a suspended job has run: what maxDuration counts when it resumes."""
+    assert status.start_time is not None and status.suspend_time is not None
+    return (parse_iso(status.suspend_time) - parse_iso(status.start_time)).total_seconds()

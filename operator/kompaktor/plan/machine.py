@@ -57,6 +57,8 @@ TERMINAL = ("Succeeded", "Failed", "Cancelled")
 Slot = tuple[int, int | None]
 #: Retry n waits base * 2**(n-1) seconds, capped.
 MAX_BACKOFF_SECONDS = 600.0
+#: The message of a trial the job's failure stopped: it ended Failed, but did not fail.
+CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,11 @@ def _file_refs(params: Mapping[str, Any]) -> list[tuple[str, str]]:
 
     map_model_refs(params, note)
     return found
+
+
+def cancelled(trial: TrialRecord) -> bool:
+    """Whether the job's failure stopped `trial` (it is Failed, but its run did not fail)."""
+    return trial.state == "Failed" and trial.message == CANCELLED
 
 
 def iso(moment: datetime) -> str:
@@ -658,6 +665,12 @@ class _Step:
         if rec.phase == "Failed":
             self.fail(f"stage {stage.name} failed: {rec.message}")
             return
+        # Trials the job's failure cancelled run again now it runs again (a finished local
+        # run's rerun keeps them): as failures they would count in failedTrials, in "all N
+        # trials failed" and in the sampler's history, though they never ran to an end.
+        self.trials = [
+            self.revived(t) if t.stage == stage.name and cancelled(t) else t for t in self.trials
+        ]
         mine = [t for t in self.trials if t.stage == stage.name]
         outcome = trial_flow.advance(
             params=params,
@@ -775,14 +788,19 @@ class _Step:
     def paused_trial(self, trial: TrialRecord) -> TrialRecord:
         """A trial in flight that a suspension stops: Pending again with its number and params,
         so the search goes on as it would have (dropped, its number went to the next trial
-        proposed, twice over when a later one had finished, and it never ran). What it spent
-        goes to `replaced_*`: its next attempt's figures are its own."""
-        stopped = self.stop_trial(trial)
-        self.replaced(stopped.cost_usd, stopped.energy_joules)
-        return self.trial_ended(trial, None, state="Pending", cost_usd=None, energy_joules=None)
+        proposed, twice over when a later one had finished, and it never ran)."""
+        return self.revived(self.stop_trial(trial))
+
+    def revived(self, trial: TrialRecord) -> TrialRecord:
+        """A stopped trial to run again as a new attempt: Pending with its number and params,
+        what it ran kept in `replaced_*` (its next attempt's figures are its own)."""
+        self.replaced(trial.cost_usd, trial.energy_joules)
+        update = {"state": "Pending", "message": None, "cost_usd": None, "energy_joules": None}
+        return trial.model_copy(update=update)
 
     def cancel_trials_in_flight(self) -> None:
-        """Stop running trials; they and the pending ones end Failed, `cancelled`."""
+        """Stop running trials; they and the pending ones end Failed, `cancelled` (they run
+        again if the job does: `drive_hpo`)."""
         self.trials = [
             self.stop_trial(t) if t.state in ("Running", "Pending") else t for t in self.trials
         ]
@@ -795,7 +813,7 @@ class _Step:
             rid = run_id(trial.stage, trial.key, trial.attempts, trial.number)
             self.actions.append(CancelRun(rid))
             ran = self.ran(trial.attempt_start_time) if trial.attempt_start_time else None
-        return self.trial_ended(trial, ran, state="Failed", message="cancelled")
+        return self.trial_ended(trial, ran, state="Failed", message=CANCELLED)
 
     def spent(self) -> float:
         """USD so far: every stage run plus every HPO trial (an HPO stage only sums its trials)."""
