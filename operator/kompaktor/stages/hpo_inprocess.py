@@ -16,20 +16,13 @@ from typing import Any
 from kompaktor.api.status import TrialRecord
 from kompaktor.errors import JobSpecError, StageError
 from kompaktor.stages.base import PlanContext, Stage, StageContext, StageResult
-from kompaktor.stages.hpo import (
-    TRIAL_METRICS,
-    HpoParams,
-    check,
-    is_done,
-    no_winner,
-    propose,
-    result_details,
-    result_metrics,
-    select_best,
-    trial_context,
-    trial_params,
-    trial_values,
-)
+from kompaktor.stages.hpo_checks import check
+from kompaktor.stages.hpo_params import HpoParams, trial_params
+from kompaktor.stages.hpo_proposals import is_done, propose
+from kompaktor.stages.hpo_pruning import trial_context
+from kompaktor.stages.hpo_report import result_details, result_metrics
+from kompaktor.stages.hpo_scoring import TRIAL_METRICS, trial_values
+from kompaktor.stages.hpo_winner import no_winner, select_best
 
 
 def run_search(ctx: StageContext[HpoParams]) -> StageResult:
