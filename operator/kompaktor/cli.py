@@ -218,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {error}", file=sys.stderr)
         _json_failure(args, str(error))
-        return EXIT_USAGE if isinstance(error, JobSpecError) else EXIT_FAILED
+        return EXIT_USAGE if _refused(error) else EXIT_FAILED
     except Exception as error:
         if args.debug:
             raise
@@ -228,6 +228,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         _json_failure(args, f"{type(error).__name__}: {error}")
         return EXIT_FAILED
+
+
+def _refused(error: KompaktorError) -> bool:
+    """Refused before it began, with nothing run: a job that does not validate, or a run of a
+    job already running to the same artifact root (the usage code, so a script can tell)."""
+    from kompaktor.executors.local import RunInProgressError
+
+    return isinstance(error, JobSpecError | RunInProgressError)
 
 
 def _json_failure(args: argparse.Namespace, message: str) -> None:

@@ -5,7 +5,8 @@ saved beside the artifacts whenever a step changes it, so an interrupted run res
 stopped, as a suspended job does: its stages' attempts, its spending and the time it ran kept. A
 store that cannot take the status for a while (an S3 outage) is a warning while stages run: the
 write is retried on the next step, and the run fails only after STATUS_GRACE_SECONDS of failed
-writes.
+writes. One run of a job to an artifact root goes at a time, and it first stops the stage
+processes an earlier run killed outright left going (LocalExecutor.claim).
 """
 
 from __future__ import annotations
@@ -177,7 +178,21 @@ class LocalRun:
                 self.sleep(min(STATUS_RETRY_SECONDS, self.grace_seconds - lasted))
 
     def run(self) -> OptimizationJobStatus:
-        status = self.load_status()
+        """Run the job to its end, alone: RunInProgressError while another run of it to the same
+        root goes on; the stage processes a killed run left are stopped first."""
+        stopped = self.executor.claim(self.ctx.name, self.ctx.artifacts_uri)
+        try:
+            if stopped:
+                _warn(
+                    f"stopped {len(stopped)} stage process{'es' if len(stopped) > 1 else ''} "
+                    f"left by an earlier run that was killed ({', '.join(stopped)})"
+                )
+            return self._run(self.load_status())
+        finally:
+            self.executor.shutdown()
+
+    def _run(self, status: OptimizationJobStatus) -> OptimizationJobStatus:
+        """Reconcile and act until a final phase; an interrupt leaves the status resumable."""
         observations: list[Observation] = []
         try:
             while True:
@@ -211,8 +226,6 @@ class LocalRun:
                 except ArtifactError as error:
                     _warn(f"cannot write {self._status_uri} on the way out: {error}")
             raise
-        finally:
-            self.executor.shutdown()
 
 
 def _warn(message: str) -> None:

@@ -44,6 +44,9 @@ class IdleExecutor:
         self.running: list[Any] = []
         self.shut_down = False
 
+    def claim(self, job: str, artifacts_uri: str) -> list[str]:
+        return []
+
     def ensure(self, request: object) -> None: ...
 
     def cancel(self, run_id: str) -> None: ...

@@ -1,8 +1,18 @@
-"""Runs each stage as a local subprocess of the same `kompaktor stage run` command a pod runs."""
+"""Runs each stage as a local subprocess of the same `kompaktor stage run` command a pod runs.
+
+One `kompaktor run` of a job to an artifact root at a time: `claim` takes the job's lock in the
+root's logs folder (two runs would share the status file and start each stage run twice), and
+stops the stage processes that a run killed outright (SIGKILL, power loss) left going: they run
+in sessions of their own, so that Ctrl-C reaches only `kompaktor run`, and would otherwise go on
+writing the outputs of the runs the resumed run starts again.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import json
 import os
 import re
 import signal
@@ -29,7 +39,18 @@ ROOT_FILE = "ARTIFACTS"
 #: they train or evaluate (KOMPAKTOR_TIMING_LOCK, kompaktor.timing_lock), so a parallel HPO
 #: trial times alone.
 TIMING_LOCK_FILE = "timing.lock"
+#: Beside it, per job (`<job><suffix>`): the lock a `kompaktor run` of the job holds for its whole
+#: run (the OS lets go of it when the process dies), which names its holder ...
+RUN_LOCK_SUFFIX = ".run.lock"
+#: ... and the stage processes the run started, one JSON line each: pid, start time, run id.
+PROCESSES_SUFFIX = ".processes"
+#: How long a stopped stage gets to clean up after SIGTERM (its upload, its temporary folder).
+STOP_GRACE_SECONDS = 5.0
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class RunInProgressError(KompaktorError):
+    """Another `kompaktor run` of the job to the same artifact root is going."""
 
 
 @dataclass
@@ -55,6 +76,7 @@ class LocalExecutor:
         self._running: dict[str, _Process] = {}
         self._finished: set[str] = set()
         self._events: list[Observation] = []
+        self._claims: dict[Path, int] = {}  # processes file -> descriptor of its held run lock
         logs_dir.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -72,6 +94,34 @@ class LocalExecutor:
         if not marker.exists():
             marker.write_text(root + "\n")
         return folder
+
+    def job_file(self, artifacts_uri: str, job: str, suffix: str) -> Path:
+        """The job's run lock or processes file in the root's logs folder."""
+        return self.logs_for(artifacts_uri) / f"{_SAFE.sub('_', job)}{suffix}"
+
+    def claim(self, job: str, artifacts_uri: str) -> list[str]:
+        """Hold the job's run lock for the root until `shutdown` (RunInProgressError naming the run
+        that holds it), then stop the stage processes a killed run of the job left; their run
+        ids."""
+        lock = self.job_file(artifacts_uri, job, RUN_LOCK_SUFFIX)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by stage processes
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunInProgressError(_refusal(job, artifacts_uri, lock)) from None
+        try:
+            stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"pid": os.getpid(), "started": stamp}).encode(), 0)
+            processes = self.job_file(artifacts_uri, job, PROCESSES_SUFFIX)
+            stopped = _stop_left(processes)
+            processes.write_text("")
+        except BaseException:
+            os.close(fd)
+            raise
+        self._claims[processes] = fd
+        return stopped
 
     def log_path(self, request: RunRequest) -> Path:
         """Where the run's output goes: beside the logs of its artifact root's other runs."""
@@ -104,6 +154,10 @@ class LocalExecutor:
         self._running[request.run_id] = _Process(
             request, popen, message_path, log_path, log, time.monotonic()
         )
+        processes = self.job_file(artifacts_root(request.output_uri), request.job, PROCESSES_SUFFIX)
+        with processes.open("a") as file:  # read by the next run if this one is killed
+            start = process_start_time(popen.pid)
+            file.write(json.dumps({"pid": popen.pid, "start": start, "run": request.run_id}) + "\n")
         self._events.append(RunStarted(request.run_id, socket.gethostname(), "local"))
 
     def cancel(self, run_id: str) -> None:
@@ -124,8 +178,13 @@ class LocalExecutor:
             time.sleep(min(POLL_INTERVAL, max(deadline - time.monotonic(), 0.0)))
 
     def shutdown(self) -> None:
+        """Stop the running stages, then let go of the run locks: nothing is left to stop."""
         for run_id in list(self._running):
             self.cancel(run_id)
+        for processes, fd in self._claims.items():
+            processes.unlink(missing_ok=True)
+            os.close(fd)  # closing lets go of the lock
+        self._claims.clear()
 
     def _reap(self) -> None:
         for run_id, process in list(self._running.items()):
@@ -196,14 +255,76 @@ def _tail(path: Path, lines: int = 5) -> str:
 
 
 def _stop(popen: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the run's process group, then SIGKILL if it does not go within 5 s."""
+    """SIGTERM the run's process group, then SIGKILL if it does not go within the grace."""
     if popen.poll() is not None:
         return
     try:
         os.killpg(popen.pid, signal.SIGTERM)
-        popen.wait(timeout=5)
+        popen.wait(timeout=STOP_GRACE_SECONDS)
     except subprocess.TimeoutExpired:
         os.killpg(popen.pid, signal.SIGKILL)
         popen.wait()
     except ProcessLookupError:
         pass
+
+
+def _refusal(job: str, artifacts_uri: str, lock: Path) -> str:
+    """Why a second run of the job to the root is refused, naming the run that holds it."""
+    holder: dict[str, object] = {}
+    for _ in range(20):  # the holder writes its name just after it takes the lock
+        with contextlib.suppress(OSError, ValueError):
+            holder = json.loads(lock.read_text() or "{}")
+        if holder:
+            break
+        time.sleep(0.05)
+    pid = holder.get("pid")
+    who = f"pid {pid} (started {holder.get('started')})" if pid else "(starting up)"
+    return (
+        f"job {job} is already running to {artifacts_uri.rstrip('/')}: `kompaktor run` {who} "
+        f"holds {lock}; wait for it to finish, or stop it (Ctrl-C in its terminal, or "
+        f"kill {pid or 'its pid'}) and run this command again to resume where it stopped"
+    )
+
+
+def process_start_time(pid: int) -> int | None:
+    """When the process started (clock ticks after boot, /proc/<pid>/stat), which tells it from
+    a later process given the same pid; None when it has ended (a zombie has) or there is no
+    /proc to ask (not Linux: then nothing left behind is stopped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+def _left_behind(processes: Path) -> dict[int, tuple[int, str]]:
+    """The recorded stage processes that still run: pid -> (start time, run id)."""
+    try:
+        lines = processes.read_text().splitlines()
+    except FileNotFoundError:
+        return {}
+    left: dict[int, tuple[int, str]] = {}
+    for line in lines:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            record = json.loads(line)
+            pid, start = int(record["pid"]), record["start"]
+            if start is not None and process_start_time(pid) == start:
+                left[pid] = (start, str(record["run"]))
+    return left
+
+
+def _stop_left(processes: Path) -> list[str]:
+    """Stop each recorded stage process that still runs, its process group as `_stop` does
+    (waiting by polling: they are not our children); their run ids."""
+    left = _left_behind(processes)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for pid in [pid for pid, (start, _) in left.items() if process_start_time(pid) == start]:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, sig)
+        while time.monotonic() < deadline and any(
+            process_start_time(pid) == start for pid, (start, _) in left.items()
+        ):
+            time.sleep(POLL_INTERVAL)
+    return [run_id for _, run_id in left.values()]
