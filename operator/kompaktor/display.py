@@ -9,7 +9,7 @@ from typing import Any
 from rich.table import Table
 
 from kompaktor.api.status import OptimizationJobStatus, StageStatus
-from kompaktor.plan.machine import parse_iso
+from kompaktor.plan.clock import parse_iso
 
 
 def _duration(stage: StageStatus) -> str:

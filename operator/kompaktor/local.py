@@ -28,8 +28,9 @@ from kompaktor.engine import reconcile
 from kompaktor.errors import JobSpecError
 from kompaktor.executors.local import LocalExecutor
 from kompaktor.plan import CancelRun, EnsureRun, JobContext, Observation, Requeue, step
+from kompaktor.plan.clock import parse_iso
 from kompaktor.plan.keys import file_uri, map_model_refs
-from kompaktor.plan.machine import TERMINAL, parse_iso
+from kompaktor.plan.types import TERMINAL
 from kompaktor.stages.validate import uri_problem
 
 STATUS_KEY = "jobs/{name}/status.json"

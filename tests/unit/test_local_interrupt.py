@@ -22,7 +22,7 @@ from kompaktor.executors.local import LocalExecutor
 from kompaktor.local import LocalRun, localize
 from kompaktor.metrics.energy import DEFAULT_WATTS_PER_CORE
 from kompaktor.plan import JobContext
-from kompaktor.plan.machine import parse_iso
+from kompaktor.plan.clock import parse_iso
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "breast-cancer-mlp" / "model.pt2"
 JOB = """\

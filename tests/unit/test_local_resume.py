@@ -25,7 +25,7 @@ from kompaktor.plan import (
     RunSucceeded,
     step,
 )
-from kompaktor.plan.machine import iso
+from kompaktor.plan.clock import iso
 from tests.unit.plan.test_machine import T0, kinds, record, settled
 
 JOB = """\

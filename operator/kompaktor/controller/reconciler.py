@@ -35,9 +35,9 @@ from kompaktor.plan import (
     RunStarted,
     StepResult,
 )
+from kompaktor.plan.clock import iso, parse_iso
 from kompaktor.plan.conditions import conditions_for
 from kompaktor.plan.keys import run_id
-from kompaktor.plan.machine import iso, parse_iso
 
 #: With runs in flight, look again at least this often even if no event arrives.
 ACTIVE_POLL_SECONDS = 30.0

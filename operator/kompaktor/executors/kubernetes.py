@@ -23,7 +23,7 @@ from kompaktor.config import OperatorConfig
 from kompaktor.errors import KompaktorError
 from kompaktor.executors.pods import CONTAINER, pod_spec
 from kompaktor.plan import Observation, RunFailed, RunRequest, RunStarted, RunSucceeded
-from kompaktor.plan.machine import parse_iso
+from kompaktor.plan.clock import parse_iso
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_JOB = "kompaktor.io/job"

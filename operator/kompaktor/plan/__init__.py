@@ -1,6 +1,7 @@
 """The pure pipeline plan: no kopf, no kubernetes, no I/O (DESIGN.md §1, §3)."""
 
-from kompaktor.plan.machine import JobContext, result_of, step
+from kompaktor.plan.job import result_of
+from kompaktor.plan.machine import step
 from kompaktor.plan.types import (
     Action,
     CacheProbed,
@@ -8,6 +9,7 @@ from kompaktor.plan.types import (
     EmitEvent,
     EnsureRun,
     InputsProbed,
+    JobContext,
     ModelFile,
     Observation,
     ProbeCache,

@@ -1,4 +1,4 @@
-"""What goes into the plan (observations) and what comes out (actions).
+"""What goes into the plan (the job, observations) and what comes out (actions).
 
 The plan is level-based like a Kubernetes controller: every step says which runs should be
 active (`EnsureRun`, idempotent by `RunRequest.run_id`), so an executor that restarted simply
@@ -7,11 +7,33 @@ does what the latest step asks. Observations are facts the driver saw since the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from kompaktor.api.run import RunRecord
+from kompaktor.api.spec import OptimizationJobSpec
 from kompaktor.api.status import OptimizationJobStatus
+
+#: The phases a job, a stage or a run ends in.
+TERMINAL = ("Succeeded", "Failed", "Cancelled")
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """The job as the plan sees it: spec plus what the operator or runner configured."""
+
+    name: str
+    spec: OptimizationJobSpec
+    artifacts_uri: str
+    generation: int = 1
+    namespace: str | None = None
+    default_pool: str | None = None
+    pool_prices: Mapping[str, float] = field(default_factory=dict)
+    #: Each pool's full-load draw, for the energy of failed attempts (they leave no reading).
+    pool_watts: Mapping[str, float] = field(default_factory=dict)
+    retry_base_seconds: float = 10.0
+
 
 # ---------------------------------------------------------------------------- observations
 
