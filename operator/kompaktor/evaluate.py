@@ -17,8 +17,6 @@ from kompaktor.data import Dataset, Split
 from kompaktor.data.dataset import SPLITS, input_names
 from kompaktor.errors import KompaktorError
 from kompaktor.models import LoadedModel, Predictor
-from kompaktor.timing_lock import TIMING_LOCK_ENV as TIMING_LOCK_ENV
-from kompaktor.timing_lock import timing_lock as timing_lock
 from kompaktor.timing_lock import working
 
 if TYPE_CHECKING:

@@ -492,8 +492,9 @@ def batch1_latency(model: LoadedModel, dataset: Dataset) -> Batch1Latency:
     (an in-process HPO trial goes on training on all of them)."""
     import torch
 
-    from kompaktor.evaluate import measure_latency, timing_lock
+    from kompaktor.evaluate import measure_latency
     from kompaktor.models import predictor_for
+    from kompaktor.timing_lock import timing_lock
 
     threads = torch.get_num_threads()
     try:

@@ -22,12 +22,12 @@ from kompaktor.api.run import RunRecord
 from kompaktor.api.status import TrialRecord
 from kompaktor.data import load_dataset
 from kompaktor.errors import KompaktorError
-from kompaktor.evaluate import TIMING_LOCK_ENV
 from kompaktor.executors.local import TIMING_LOCK_FILE, LocalExecutor, artifacts_root
 from kompaktor.models import load_model
 from kompaktor.plan import Observation, RunRequest, RunStarted, RunSucceeded
 from kompaktor.plan.trials import complete
 from kompaktor.stages.runner import StageRequest, batch1_latency, run_stage
+from kompaktor.timing_lock import TIMING_LOCK_ENV
 
 TRAIN = {"epochs": 1, "lr": 0.01, "batchSize": 32}
 DATASET = "sklearn:breast_cancer"
