@@ -8,11 +8,13 @@ a turnstile (a file beside it, exclusive for an instant) and takes it shared aga
 at its next pass, no work starts again until the timing ends, and a stream of workers cannot
 starve it (writer preference). With no lock named nothing is opened or locked.
 
-A process never waits for the turnstile or the exclusive lock while it holds the lock shared: a
-timing first lets go of its own process's shared hold, and work nested inside a timing, or inside
-other work, reuses what the process already holds. flock locks belong to open files, so a second
-open of the same file in one process would otherwise wait on itself. The state is per process:
-stages train, evaluate and time on one thread.
+A stage process (`kompaktor stage run`) works for its whole run, so a timing also waits for the
+stretches with no step to pause at (loading, exporting, saving): they end first. A process never
+waits for the turnstile or the exclusive lock while it holds the lock shared: a timing first lets
+go of its own process's shared hold and takes it again when it ends, and work nested inside a
+timing, or inside other work, reuses what the process already holds. flock locks belong to open
+files, so a second open of the same file in one process would otherwise wait on itself. The state
+is per process: stages train, evaluate and time on one thread.
 """
 
 from __future__ import annotations
@@ -174,3 +176,5 @@ def timing_lock() -> Iterator[float | None]:
     finally:
         os.close(lock_fd)  # closing lets go of the lock, then of the turnstile
         os.close(turnstile_fd)
+    if _hold is not None:  # the work around the timing (saving, the next load) holds it again
+        _hold.rejoin()

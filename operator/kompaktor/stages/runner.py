@@ -245,12 +245,14 @@ def _execute(request: StageRequest, work: Path, out: OutputPrefix, log: RunLog) 
     from kompaktor.stages.base import StageContext, registry
     from kompaktor.stages.sparse_layers import run_with_sparse_layers
     from kompaktor.stages.validate import parse_params
-    from kompaktor.timing_lock import TIMING_LOCK_ENV, paused_seconds
+    from kompaktor.timing_lock import TIMING_LOCK_ENV, paused_seconds, working
     from kompaktor.training import seed_everything
 
     started = _now()
     paused_before = paused_seconds()
-    with EnergyMeter() as meter:
+    # The whole run is work a sibling's timing waits for (kompaktor.timing_lock): loading,
+    # exporting and saving have no step to pause at, so they must not start during one.
+    with EnergyMeter() as meter, working():
         params = parse_params(request.type, request.params, where=f"stage ({request.type})")
         stage = registry()[request.type]()
         try:

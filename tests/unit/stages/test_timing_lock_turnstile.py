@@ -9,8 +9,10 @@ next step and stay paused until it ends. These tests use real processes and the 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -29,7 +31,14 @@ from kompaktor.evaluate import predict_all
 from kompaktor.quant import CalibrationReader
 from kompaktor.stages.base import StageContext
 from kompaktor.stages.benchmark import BenchmarkParams, BenchmarkStage
-from kompaktor.timing_lock import TIMING_LOCK_ENV, TURNSTILE_SUFFIX, YIELD_SECONDS
+from kompaktor.stages.runner import StageRequest, run_stage
+from kompaktor.timing_lock import (
+    TIMING_LOCK_ENV,
+    TURNSTILE_SUFFIX,
+    YIELD_SECONDS,
+    timing_lock,
+    working,
+)
 from kompaktor.training import fit
 
 ContextFactory = Callable[..., StageContext[Any]]
@@ -298,3 +307,52 @@ def test_benchmark_without_a_lock_records_no_wait(
     metrics = BenchmarkStage().run(stage_context(params, cancer_mlp_pt2, cancer)).metrics
     assert "latencyLockWaitSeconds" not in metrics
     assert metrics["latencyBatch"] == 4 and metrics["latencyThreads"] == 2
+
+
+def sibling_could_time(lock: Path) -> bool:
+    """Whether a sibling process could take the lock exclusively now (a second open file, so
+    this process's own shared hold counts as a sibling's)."""
+    fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def test_a_stage_run_loads_and_saves_under_the_lock(
+    lock: Path, tmp_path: Path, cancer_mlp_pt2: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loading, exporting and saving have no step to pause at: a sibling's timing waited only
+    for training and evaluation, and ran beside an export that took seconds."""
+    import kompaktor.models as models
+
+    seen: dict[str, bool] = {}
+
+    def watched(name: str, call: Callable[..., Any]) -> Callable[..., Any]:
+        def during(*args: Any, **kwargs: Any) -> Any:
+            seen.setdefault(name, sibling_could_time(lock))
+            return call(*args, **kwargs)
+
+        return during
+
+    monkeypatch.setattr(models, "load_model", watched("load", models.load_model))
+    monkeypatch.setattr(models, "save_torch", watched("save", models.save_torch))
+    train = {"epochs": 1, "lr": 0.01, "batchSize": 32}
+    request = StageRequest(type="train", input=str(cancer_mlp_pt2), dataset="sklearn:breast_cancer",
+                           output=(tmp_path / "out").as_uri(), params=train)  # fmt: skip
+    assert run_stage(request).metrics["latencyLockWaitSeconds"] >= 0
+    assert seen == {"load": False, "save": False}
+    assert sibling_could_time(lock)  # let go when the run ends
+
+
+def test_work_holds_the_lock_again_after_its_own_timing(lock: Path) -> None:
+    """What follows a timing in the same work (saving the model it timed) is work too."""
+    with working():
+        assert not sibling_could_time(lock)
+        with timing_lock():
+            assert not sibling_could_time(lock)
+        assert not sibling_could_time(lock)
+    assert sibling_could_time(lock)
