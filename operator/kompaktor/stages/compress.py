@@ -10,6 +10,10 @@ layers still compute in float. Its fine-tuning trains the codebooks with the ind
 (`kompaktor.compression.sharing.train_codebooks`), so the model stays exactly shared, and is
 kept only if it does not lower the job's metric on the validation rows (`details.fineTune`
 says which model was kept).
+
+Low-rank takes linear and conv1d/2d/3d layers, grouped convolutions group by group; each
+layer it leaves whole is in `details.ranks` with its `reason` (a depthwise convolution, a tied
+weight, params.skip, a rank that saves nothing) and in the log.
 """
 
 from __future__ import annotations
@@ -25,14 +29,17 @@ from kompaktor.stages.base import PlanContext, Stage, StageContext, StageParams,
 if TYPE_CHECKING:
     from torch import nn
 
+    from kompaktor.compression.lowrank import Factorized
     from kompaktor.compression.sharing import Shared
 
 
 class CompressParams(StageParams):
     method: Literal["lowrank", "weightsharing"] = Field(
         "lowrank",
-        description="lowrank: factorize conv/linear weights by truncated SVD; weightsharing: "
-        "cluster each layer's weights into `clusters` shared values.",
+        description="lowrank: factorize linear and conv (1-, 2-, 3-d; grouped ones group by "
+        "group) weights by truncated SVD, reporting each layer left whole and why in "
+        "details.ranks; weightsharing: cluster each layer's weights into `clusters` shared "
+        "values.",
     )
     energy: float | None = Field(
         None,
@@ -107,28 +114,20 @@ def _lowrank(ctx: StageContext[CompressParams], module: nn.Module) -> StageResul
     replaced = [f for f in layers if f.replaced]
     if not replaced:
         ctx.log("compress: no layer gets smaller at this rank rule; the model is unchanged")
+    left = [f for f in layers if not f.replaced]
+    if left:
+        reasons = "; ".join(f"{f.layer}: {f.reason}" for f in left)
+        ctx.log(f"compress: lowrank: {len(left)} layer(s) left as they are ({reasons})")
     _fine_tune(ctx, gm)
     after = stored_elements(gm)
-    total = sum(f.full_rank for f in replaced) or 1
     metrics = {
         "parametersBefore": float(before),
         "parametersAfter": float(after),
         "layersFactorized": float(len(replaced)),
-        # each layer's kept energy, weighted by its full rank
-        "energyKept": sum(f.energy_kept * f.full_rank for f in replaced) / total
-        if replaced
-        else 1.0,
+        "energyKept": _energy_kept(replaced),
     }
     details = {
-        "ranks": {
-            f.layer: {
-                "rank": f.rank,
-                "fullRank": f.full_rank,
-                "energyKept": round(f.energy_kept, 6),
-                "factorized": f.replaced,
-            }
-            for f in layers
-        },
+        "ranks": {f.layer: _rank_details(f) for f in layers},
         "rule": {"energy": energy}
         if energy is not None
         else {"ratio": p.ratio}
@@ -137,6 +136,28 @@ def _lowrank(ctx: StageContext[CompressParams], module: nn.Module) -> StageResul
     }
     ctx.log(f"compress: lowrank: {before} -> {after} parameters, {len(replaced)} layers factorized")
     return StageResult(module=gm, metrics=metrics, details=details)
+
+
+def _energy_kept(replaced: list[Factorized]) -> float:
+    """Each factorized layer's kept energy, weighted by its full rank (all groups): 1 if none."""
+    total = sum(f.full_rank * f.groups for f in replaced)
+    return sum(f.energy_kept * f.full_rank * f.groups for f in replaced) / total if total else 1.0
+
+
+def _rank_details(f: Factorized) -> dict[str, Any]:
+    """One layer in details.ranks; a layer left whole says why (`reason`), a grouped
+    convolution its `groups` (its ranks are then per group)."""
+    entry: dict[str, Any] = {
+        "rank": f.rank,
+        "fullRank": f.full_rank,
+        "energyKept": round(f.energy_kept, 6),
+        "factorized": f.replaced,
+    }
+    if f.groups > 1:
+        entry["groups"] = f.groups
+    if f.reason is not None:
+        entry["reason"] = f.reason
+    return entry
 
 
 def _weightsharing(ctx: StageContext[CompressParams], module: nn.Module) -> StageResult:

@@ -52,6 +52,17 @@ _POOLS = frozenset(
 _RESHAPES = frozenset({aten.flatten.using_ints, aten.view.default, aten.reshape.default})
 _CONV = aten.conv2d.default
 _LINEAR = aten.linear.default
+#: Per number of spatial dims: the convolution overload with numeric padding, then the one whose
+#: padding is a string ("same" or "valid").
+CONV_OVERLOADS = {
+    1: (aten.conv1d.default, aten.conv1d.padding),
+    2: (aten.conv2d.default, aten.conv2d.padding),
+    3: (aten.conv3d.default, aten.conv3d.padding),
+}
+#: Each convolution overload → its number of spatial dims.
+CONV_DIMS = {op: dims for dims, ops in CONV_OVERLOADS.items() for op in ops}
+#: The calls that multiply by a weight: what makes a graph worth rewriting, and what it costs.
+WEIGHTED_LAYERS = frozenset({_LINEAR, *CONV_DIMS})
 _BATCH_NORM = aten.batch_norm.default
 
 
@@ -82,7 +93,7 @@ def as_graph_module(module: nn.Module, example: tuple[torch.Tensor, ...]) -> fx.
     if isinstance(module, torch.jit.ScriptModule):
         raise TypeError("a TorchScript module cannot be rewritten; export the model as .pt2")
     if isinstance(module, fx.GraphModule) and any(
-        n.target in (_CONV, _LINEAR) for n in module.graph.nodes
+        n.target in WEIGHTED_LAYERS for n in module.graph.nodes
     ):
         return module
     batch = tuple({0: torch.export.Dim.AUTO} for _ in example)  # keep the batch size free
@@ -388,11 +399,12 @@ def fetch_tensor(module: nn.Module, target: str) -> torch.Tensor:
 
 
 def multiply_adds(gm: fx.GraphModule, example: tuple[torch.Tensor, ...]) -> int:
-    """Multiply-adds of the conv/linear layers for the example batch, per example."""
+    """Multiply-adds of the conv (1-, 2-, 3-d, grouped too)/linear layers for the example batch,
+    per example: each output element costs the weight's elements per filter."""
     shapes = node_shapes(gm, example)
     total = 0
     for node in gm.graph.nodes:
-        if node.target not in (_CONV, _LINEAR) or node not in shapes:
+        if node.target not in WEIGHTED_LAYERS or node not in shapes:
             continue
         weight = shapes.get(node.args[1]) if isinstance(node.args[1], fx.Node) else None
         if weight is None:
