@@ -26,6 +26,7 @@ from kompaktor.plan.types import (
     RunRequest,
     RunStarted,
 )
+from kompaktor.stages.hpo_winner import AccuracyBound
 
 #: Retry n waits base * 2**(n-1) seconds, capped.
 MAX_BACKOFF_SECONDS = 600.0
@@ -136,12 +137,12 @@ def stage_done(work: StepState, at: Slot, record: RunRecord, *, cached: bool) ->
 def gate(objective: Objective, record: RunRecord) -> str | None:
     """Why a stage output fails the objective, or None when it is inside the bound."""
     metric, baseline = record.metrics.get("metric"), record.metrics.get("referenceMetric")
-    if metric is None or baseline is None:
+    bound = AccuracyBound(objective.metric, baseline, objective.max_drop)
+    if metric is None or bound.admits(metric):
         return None
-    drop = metric - baseline if objective.metric == "mse" else baseline - metric
-    if drop <= objective.max_drop + 1e-9:
-        return None
-    direction = "above" if objective.metric == "mse" else "below"
+    assert baseline is not None  # a bound with no baseline admits everything
+    drop = bound.sign * (baseline - metric)
+    direction = "below" if bound.sign > 0 else "above"
     return (
         f"GateFailed: {objective.metric} {metric:.4f} is {drop:.4f} {direction} the input "
         f"model's {baseline:.4f} (maxDrop {objective.max_drop})"

@@ -1,11 +1,12 @@
 """hpo: search another stage's params with Optuna; each trial is one run of that stage.
 
 The plan runs the trials (as pods, in parallel) and keeps them in `status.trials`; the search
-is pure functions over those records, exported here: what to try next (`propose`), how a
-finished run scores (`trial_values`), when the search is over (`is_done`) and which trial wins
-(`select_best`). Nothing is kept between calls, so a controller restart loses nothing, and the
-same records and seed always give the same proposals. `HpoStage.run` drives the same functions
-in-process (`hpo_inprocess`) for `kompaktor stage run --type hpo`.
+is pure functions over those records, in the modules beside this one: what to try next
+(`hpo_proposals.propose`), how a finished run scores (`hpo_scoring.trial_values`), when the
+search is over (`hpo_proposals.is_done`) and which trial wins (`hpo_winner.select_best`).
+Nothing is kept between calls, so a controller restart loses nothing, and the same records and
+seed always give the same proposals. `HpoStage.run` drives the same functions in-process
+(`hpo_inprocess`) for `kompaktor stage run --type hpo`.
 
 This module is the stage type; one job a module beside it: `hpo_params` (the params model and
 search space), `hpo_fields` and `hpo_target` (the target stage's params as the search sees
@@ -29,98 +30,14 @@ from kompaktor.stages.base import (
     StageResult,
 )
 from kompaktor.stages.hpo_checks import check
-from kompaktor.stages.hpo_params import (
-    PRUNER_OPTIONS,
-    HpoParams,
-    Objective,
-    SpaceParam,
-    distributions,
-    maximize,
-    trial_params,
-)
-from kompaktor.stages.hpo_proposals import (
-    LEARNING_SAMPLERS,
-    budget,
-    history_end,
-    is_done,
-    propose,
-    propose_trial,
-    ready,
-    trial_seed,
-    waits,
-)
-from kompaktor.stages.hpo_pruning import (
-    MAX_CONTEXT_BYTES,
-    curve_points,
-    curve_stride,
-    max_epochs,
-    pruner_spec,
-    startup_trials,
-    trial_context,
-    trial_curve_points,
-    trial_key_params,
-)
-from kompaktor.stages.hpo_report import result_details, result_metrics, trials_report
-from kompaktor.stages.hpo_scoring import (
-    OBJECTIVE_METRICS,
-    TRIAL_METRICS,
-    metric_rows,
-    ranked,
-    trial_values,
-)
+from kompaktor.stages.hpo_params import HpoParams
+from kompaktor.stages.hpo_proposals import propose
+from kompaktor.stages.hpo_report import result_details
 from kompaktor.stages.hpo_target import extremes, target_stage, trial_points
-from kompaktor.stages.hpo_winner import (
-    SELECT_KEYS,
-    no_winner,
-    pareto_set,
-    select_best,
-    selection_reason,
-    within_drop,
-)
 
-__all__ = [
-    "LEARNING_SAMPLERS",
-    "MAX_CONTEXT_BYTES",
-    "OBJECTIVE_METRICS",
-    "PRUNER_OPTIONS",
-    "SELECT_KEYS",
-    "TRIAL_METRICS",
-    "HpoParams",
-    "HpoStage",
-    "Objective",
-    "SpaceParam",
-    "budget",
-    "check",
-    "curve_points",
-    "curve_stride",
-    "distributions",
-    "history_end",
-    "is_done",
-    "max_epochs",
-    "maximize",
-    "metric_rows",
-    "no_winner",
-    "pareto_set",
-    "propose",
-    "propose_trial",
-    "pruner_spec",
-    "ranked",
-    "ready",
-    "result_details",
-    "result_metrics",
-    "select_best",
-    "selection_reason",
-    "startup_trials",
-    "trial_context",
-    "trial_curve_points",
-    "trial_key_params",
-    "trial_params",
-    "trial_seed",
-    "trial_values",
-    "trials_report",
-    "waits",
-    "within_drop",
-]
+#: The stage type, and the search functions the docs name as hpo's (docs/design-notes.md); the
+#: rest of the search is imported from the module that defines it.
+__all__ = ["HpoStage", "propose", "result_details"]
 
 
 def _least_accepted(formats: set[ModelFormat]) -> ModelFormat:
@@ -135,7 +52,7 @@ def _least_accepted(formats: set[ModelFormat]) -> ModelFormat:
 
 class HpoStage(Stage[HpoParams]):
     """In a job, the plan runs an hpo stage's trials (as pods, or local processes) through the
-    functions this module exports. `kompaktor stage run --type hpo` runs the same search
+    functions of the hpo_* modules. `kompaktor stage run --type hpo` runs the same search
     in-process: trials one after another, in batches of `parallelism` proposed together as the
     plan would."""
 

@@ -9,7 +9,6 @@ batch. The winner's model is this run's output; the trial records go into result
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from kompaktor.stages.hpo_proposals import is_done, propose
 from kompaktor.stages.hpo_pruning import trial_context
 from kompaktor.stages.hpo_report import result_details, result_metrics
 from kompaktor.stages.hpo_scoring import TRIAL_METRICS, trial_values
-from kompaktor.stages.hpo_winner import no_winner, select_best
+from kompaktor.stages.hpo_winner import AccuracyBound, no_winner, select_best
 
 
 def run_search(ctx: StageContext[HpoParams]) -> StageResult:
@@ -49,14 +48,11 @@ def run_search(ctx: StageContext[HpoParams]) -> StageResult:
             records.append(record)
             if path is not None:
                 paths[record.number] = path
-    max_drop = math.inf if ctx.max_drop is None else ctx.max_drop
-    baseline = reference.get("referenceMetric")
-    best = select_best(p, records, metric_name=ctx.metric, baseline=baseline, max_drop=max_drop)
+    bound = AccuracyBound.of(ctx.metric, reference.get("referenceMetric"), ctx.max_drop)
+    best = select_best(p, records, bound)
     if best is None:
-        raise StageError(f"hpo: {no_winner(records, ctx.metric, ctx.max_drop)}")
-    details = result_details(
-        p, records, best, metric_name=ctx.metric, baseline=baseline, max_drop=max_drop
-    )
+        raise StageError(f"hpo: {no_winner(records, bound)}")
+    details = result_details(p, records, best, bound)
     ctx.log(f"hpo: {details['selection']}, params {best.params}")
     for trial in details.get("paretoSet", []):
         ctx.log(f"hpo: Pareto set: trial {trial['number']} {trial['values']} {trial['params']}")

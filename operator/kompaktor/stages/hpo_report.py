@@ -10,7 +10,7 @@ from kompaktor.api.status import TrialRecord
 from kompaktor.stages.hpo_params import HpoParams
 from kompaktor.stages.hpo_proposals import FINISHED
 from kompaktor.stages.hpo_scoring import metric_rows
-from kompaktor.stages.hpo_winner import pareto_set, selection_reason
+from kompaktor.stages.hpo_winner import AccuracyBound, pareto_set, selection_reason
 
 
 def result_metrics(records: Sequence[TrialRecord], best: TrialRecord) -> dict[str, float]:
@@ -25,13 +25,7 @@ def result_metrics(records: Sequence[TrialRecord], best: TrialRecord) -> dict[st
 
 
 def result_details(
-    params: HpoParams,
-    records: Sequence[TrialRecord],
-    best: TrialRecord,
-    *,
-    metric_name: str,
-    baseline: float | None,
-    max_drop: float,
+    params: HpoParams, records: Sequence[TrialRecord], best: TrialRecord, bound: AccuracyBound
 ) -> dict[str, Any]:
     """The stage's result details (plan-run and in-process alike): the winner and why, every
     trial, and for several objectives the Pareto set (number, params, values by objective)
@@ -39,9 +33,7 @@ def result_details(
     details: dict[str, Any] = {
         "bestTrial": best.number,
         "bestParams": best.params,
-        "selection": selection_reason(
-            params, records, best, metric_name=metric_name, baseline=baseline, max_drop=max_drop
-        ),
+        "selection": selection_reason(params, records, best, bound),
     }
     if len(params.objectives) > 1:
         details["paretoSet"] = [
@@ -50,7 +42,7 @@ def result_details(
                 "params": r.params,
                 "values": dict(zip(params.objectives, r.values or [], strict=True)),
             }
-            for r in pareto_set(params, records, metric_name=metric_name)
+            for r in pareto_set(params, records, metric_name=bound.metric)
         ]
         if "metric" in params.objectives:
             details["metricRows"] = metric_rows(best)

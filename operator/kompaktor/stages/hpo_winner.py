@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from kompaktor.api.status import TrialRecord
 from kompaktor.evaluate import higher_is_better
@@ -14,13 +15,40 @@ from kompaktor.stages.hpo_params import HpoParams, maximize
 from kompaktor.stages.hpo_scoring import metric_rows, ranked
 
 
-def within_drop(value: float, baseline: float | None, max_drop: float, metric_name: str) -> bool:
-    """The metric is no more than `max_drop` worse than the baseline (always, with none)."""
-    if baseline is None or math.isnan(baseline):
-        return True
-    if higher_is_better(metric_name):
-        return value >= baseline - max_drop - 1e-12
-    return value <= baseline + max_drop + 1e-12
+@dataclass(frozen=True)
+class AccuracyBound:
+    """The job's bound on a trial's metric: no more than `max_drop` worse than the input
+    model's `baseline` (math.inf: unbounded). One object, so that selection, its reason and
+    the no-winner message all judge and describe the same bound, in the metric's direction."""
+
+    metric: str
+    baseline: float | None
+    max_drop: float
+
+    @classmethod
+    def of(cls, metric: str, baseline: float | None, max_drop: float | None) -> AccuracyBound:
+        """The bound for a job that may give no maxDrop (None: unbounded)."""
+        return cls(metric, baseline, math.inf if max_drop is None else max_drop)
+
+    @property
+    def unbounded(self) -> bool:
+        return math.isinf(self.max_drop)
+
+    @property
+    def sign(self) -> float:
+        """1 when a higher metric is better, -1 when lower is (mse): ranks trials best first."""
+        return 1.0 if higher_is_better(self.metric) else -1.0
+
+    def admits(self, value: float, own_baseline: float | None = None) -> bool:
+        """`value` is no more than `max_drop` worse than the baseline: the trial's own (the
+        input model on the rows it was ranked on) when it has one, else the bound's; always
+        when there is none to compare with."""
+        baseline = self.baseline if own_baseline is None else own_baseline
+        if baseline is None or math.isnan(baseline):
+            return True
+        if self.sign > 0:
+            return value >= baseline - self.max_drop - 1e-12
+        return value <= baseline + self.max_drop + 1e-12
 
 
 def pareto_set(
@@ -32,7 +60,7 @@ def pareto_set(
     return [scored[i] for i in front]
 
 
-def no_winner(records: Sequence[TrialRecord], metric: str, max_drop: float | None) -> str:
+def no_winner(records: Sequence[TrialRecord], bound: AccuracyBound) -> str:
     """Why a finished search has no best trial: every trial failed (say why, once per distinct
     reason: a setup error fails them all alike), or none kept the metric within the bound."""
     failed = [r.message or "no message" for r in records if r.state == "Failed"]
@@ -43,10 +71,14 @@ def no_winner(records: Sequence[TrialRecord], metric: str, max_drop: float | Non
         return f"NoTrialSucceeded: all {len(records)} trials failed: {listed}{more}"
     complete = sum(r.state == "Complete" for r in records)
     pruned = sum(r.state == "Pruned" for r in records)
+    kept = (
+        "completed (the job sets no maxDrop: any complete trial would win)"
+        if bound.unbounded
+        else f"kept {bound.metric} within maxDrop {bound.max_drop:g} of the input model"
+    )
     return (
         f"NoTrialWithinBound: none of {len(records)} trials ({complete} complete, {pruned} "
-        f"pruned, {len(failed)} failed) kept {metric} within maxDrop {max_drop} of the input "
-        "model"
+        f"pruned, {len(failed)} failed) {kept}"
     )
 
 
@@ -58,25 +90,20 @@ SELECT_KEYS: dict[str, str] = {
 
 
 def select_best(
-    params: HpoParams,
-    records: Sequence[TrialRecord],
-    *,
-    metric_name: str,
-    baseline: float | None,
-    max_drop: float,
+    params: HpoParams, records: Sequence[TrialRecord], bound: AccuracyBound
 ) -> TrialRecord | None:
-    """The winner by `select` among complete trials within `max_drop` of the input model; None
-    when no trial is. Ties go to the better metric, then to the earlier trial.
+    """The winner by `select` among complete trials within the bound; None when no trial is.
+    Ties go to the better metric, then to the earlier trial.
 
     Trials are ranked and bounded on validation rows (`ranked`) when they have them, against
-    the input model's figure on the same rows; `baseline` stands in when a record has none.
-    A trial's standing depends on its own record only, so a trial that is not the winner now
-    never becomes it later (the plan keeps only the leader's output in status).
+    the input model's figure on the same rows; the bound's baseline stands in when a record has
+    none. A trial's standing depends on its own record only, so a trial that is not the winner
+    now never becomes it later (the plan keeps only the leader's output in status).
     """
-    sign = 1.0 if higher_is_better(metric_name) else -1.0
-    eligible = _eligible(params, records, metric_name, baseline, max_drop)
+    eligible = _eligible(params, records, bound)
     if not eligible:
         return None
+    sign = bound.sign
     key = SELECT_KEYS.get(params.select)
     if key is not None:
         return min(eligible, key=lambda rv: (rv[0].metrics[key], -sign * rv[1], rv[0].number))[0]
@@ -84,14 +111,10 @@ def select_best(
 
 
 def _eligible(
-    params: HpoParams,
-    records: Sequence[TrialRecord],
-    metric_name: str,
-    baseline: float | None,
-    max_drop: float,
+    params: HpoParams, records: Sequence[TrialRecord], bound: AccuracyBound
 ) -> list[tuple[TrialRecord, float]]:
     """The complete trials `select` chooses among, each with the figure it is ranked by: within
-    `max_drop` of the input model, and measured on what the rule ranks by."""
+    the bound, and measured on what the rule ranks by."""
     key = SELECT_KEYS.get(params.select)
     eligible = []
     for r in records:
@@ -99,38 +122,32 @@ def _eligible(
         if r.state != "Complete" or figure is None or (key is not None and key not in r.metrics):
             continue
         value, own = figure
-        if within_drop(value, baseline if own is None else own, max_drop, metric_name):
+        if bound.admits(value, own):
             eligible.append((r, value))
     return eligible
 
 
 def selection_reason(
-    params: HpoParams,
-    records: Sequence[TrialRecord],
-    best: TrialRecord,
-    *,
-    metric_name: str,
-    baseline: float | None,
-    max_drop: float,
+    params: HpoParams, records: Sequence[TrialRecord], best: TrialRecord, bound: AccuracyBound
 ) -> str:
     """Why `best` won, in words: the rule, the figure it won by, among which trials, and (for
     several objectives) whether it is on the Pareto set."""
-    count = len(_eligible(params, records, metric_name, baseline, max_drop))
+    count = len(_eligible(params, records, bound))
     among = (
         f"the {count} complete trials"
-        if math.isinf(max_drop)
-        else f"the {count} complete trials within maxDrop {max_drop:g} of the input model"
+        if bound.unbounded
+        else f"the {count} complete trials within maxDrop {bound.max_drop:g} of the input model"
     )
     key = SELECT_KEYS.get(params.select)
     if key is None:
         figure = ranked(best)
         value = "" if figure is None else f" ({figure[0]:.4g})"
-        won = f"the best {metric_name} on {metric_rows(best)} rows{value}"
+        won = f"the best {bound.metric} on {metric_rows(best)} rows{value}"
     else:
         won = f"the lowest {key} ({best.metrics[key]:.4g})"
     reason = f"trial {best.number} has {won} of {among} (select: {params.select})"
     if len(params.objectives) < 2:
         return reason
-    front = [r.number for r in pareto_set(params, records, metric_name=metric_name)]
+    front = [r.number for r in pareto_set(params, records, metric_name=bound.metric)]
     place = "on" if best.number in front else "not on"
     return f"{reason}; it is {place} the Pareto set of {len(front)} trials {front}"

@@ -12,17 +12,12 @@ import pytest
 from kompaktor.api.status import TrialRecord
 from kompaktor.errors import JobSpecError
 from kompaktor.stages.base import PlanContext
-from kompaktor.stages.hpo import (
-    HpoParams,
-    check,
-    is_done,
-    pareto_set,
-    propose,
-    result_details,
-    select_best,
-    trial_params,
-    trial_values,
-)
+from kompaktor.stages.hpo_checks import check
+from kompaktor.stages.hpo_params import HpoParams, trial_params
+from kompaktor.stages.hpo_proposals import is_done, propose
+from kompaktor.stages.hpo_report import result_details
+from kompaktor.stages.hpo_scoring import trial_values
+from kompaktor.stages.hpo_winner import AccuracyBound, pareto_set, select_best
 from kompaktor.stages.validate import parse_params
 
 SPACE = {
@@ -157,24 +152,19 @@ def test_nsga2_pareto_set_and_selection_rules() -> None:
 
     def pick(select: str) -> int | None:
         best = select_best(
-            p.model_copy(update={"select": select}),
-            records,
-            metric_name="accuracy",
-            baseline=0.955,
-            max_drop=0.02,
+            p.model_copy(update={"select": select}), records, AccuracyBound("accuracy", 0.955, 0.02)
         )
         return None if best is None else best.number
 
     assert pick("best-metric") == 0
     assert pick("fastest-within-drop") == 1
     assert pick("smallest-within-drop") == 1
-    assert select_best(p, records, metric_name="accuracy", baseline=0.99, max_drop=0.01) is None
+    assert select_best(p, records, AccuracyBound("accuracy", 0.99, 0.01)) is None
     # mse: lower is better, and the drop bound flips
-    assert select_best(p, records, metric_name="mse", baseline=0.9, max_drop=0.04).number == 2  # type: ignore[union-attr]
+    assert select_best(p, records, AccuracyBound("mse", 0.9, 0.04)).number == 2  # type: ignore[union-attr]
 
     # the result names the Pareto set (values by objective) and says why the winner won
-    details = result_details(p, records, records[0], metric_name="accuracy", baseline=0.955,
-                             max_drop=0.02)  # fmt: skip
+    details = result_details(p, records, records[0], AccuracyBound("accuracy", 0.955, 0.02))
     assert [(t["number"], t["values"]) for t in details["paretoSet"]] == [
         (0, {"metric": 0.95, "latency": 9.0}),
         (1, {"metric": 0.94, "latency": 4.0}),
@@ -186,8 +176,7 @@ def test_nsga2_pareto_set_and_selection_rules() -> None:
         "maxDrop 0.02 of the input model (select: best-metric); it is on the Pareto set of 3 "
         "trials [0, 1, 2]"
     )
-    single = result_details(params(), records, records[0], metric_name="accuracy",
-                            baseline=None, max_drop=float("inf"))  # fmt: skip
+    single = result_details(params(), records, records[0], AccuracyBound.of("accuracy", None, None))
     assert "paretoSet" not in single
     assert single["selection"].startswith("trial 0 has the best accuracy on test rows (0.95) "
                                           "of the 4 complete trials (select")  # fmt: skip
@@ -276,18 +265,14 @@ def test_trials_are_valued_and_ranked_by_the_validation_metric_not_the_test_spli
         TrialRecord(stage="tune", number=1, params={}, state="Complete",
                     metrics={"metric": 0.95, "valMetric": 0.93, "referenceValMetric": 0.92}),
     ]  # fmt: skip
-    best = select_best(params(), records, metric_name="accuracy", baseline=0.99, max_drop=0.01)
+    best = select_best(params(), records, AccuracyBound("accuracy", 0.99, 0.01))
     assert best is not None and best.number == 1
     # the bound is on validation rows too: 0.90 is 0.02 below the input model's 0.92 there
     fastest = params(select="fastest-within-drop")
     timed = [r.model_copy(update={"metrics": {**r.metrics, "latencyMs": 2.0 - r.number}})
              for r in records]  # fmt: skip
-    assert (
-        select_best(fastest, timed, metric_name="accuracy", baseline=0.0, max_drop=0.01)
-        == (timed[1])
-    )
-    assert select_best(params(), records[:1], metric_name="accuracy", baseline=0.0,
-                       max_drop=0.01) is None  # fmt: skip
+    assert select_best(fastest, timed, AccuracyBound("accuracy", 0.0, 0.01)) == (timed[1])
+    assert select_best(params(), records[:1], AccuracyBound("accuracy", 0.0, 0.01)) is None
 
 
 # ---- bad input: every message names the stage and the field, before any work ------------------

@@ -8,7 +8,8 @@ import pytest
 
 from kompaktor.api.spec import OptimizationJobSpec
 from kompaktor.errors import JobSpecError
-from kompaktor.stages.hpo import HpoParams, HpoStage
+from kompaktor.stages.hpo import HpoStage
+from kompaktor.stages.hpo_params import HpoParams
 from kompaktor.stages.validate import validate_job
 
 

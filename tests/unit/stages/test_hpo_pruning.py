@@ -26,14 +26,9 @@ from kompaktor.plan import (
 )
 from kompaktor.search import Observed, rebuild, sampler_for
 from kompaktor.search.pruning import TrialPruner
-from kompaktor.stages.hpo import (
-    MAX_CONTEXT_BYTES,
-    HpoParams,
-    distributions,
-    propose,
-    pruner_spec,
-    trial_context,
-)
+from kompaktor.stages.hpo_params import HpoParams, distributions
+from kompaktor.stages.hpo_proposals import propose
+from kompaktor.stages.hpo_pruning import MAX_CONTEXT_BYTES, pruner_spec, trial_context
 
 GOOD = [0.80, 0.88, 0.92, 0.94, 0.95, 0.95]
 

@@ -10,7 +10,9 @@ from optuna.distributions import FloatDistribution, IntDistribution
 
 from kompaktor.api.spec import OptimizationJobSpec
 from kompaktor.errors import JobSpecError
-from kompaktor.stages.hpo import HpoParams, check, propose
+from kompaktor.stages.hpo_checks import check
+from kompaktor.stages.hpo_params import HpoParams
+from kompaktor.stages.hpo_proposals import propose
 from kompaktor.stages.validate import validate_job
 
 TEACHER = {"teacher": {"uri": "file:///m/teacher.pt2"}}

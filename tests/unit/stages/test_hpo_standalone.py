@@ -18,7 +18,7 @@ from kompaktor.cli import build_parser
 from kompaktor.data import Dataset, load_dataset
 from kompaktor.models import load_model
 from kompaktor.search import Observed, rebuild, sampler_for
-from kompaktor.stages.hpo import HpoParams, distributions
+from kompaktor.stages.hpo_params import HpoParams, distributions
 from kompaktor.stages.train import TrainParams, TrainStage
 
 pytestmark = pytest.mark.slow
