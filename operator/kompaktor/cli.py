@@ -233,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _refused(error: KompaktorError) -> bool:
     """Refused before it began, with nothing run: a job that does not validate, or a run of a
     job already running to the same artifact root (the usage code, so a script can tell)."""
-    from kompaktor.executors.local import RunInProgressError
+    from kompaktor.executors.run_lock import RunInProgressError
 
     return isinstance(error, JobSpecError | RunInProgressError)
 

@@ -5,8 +5,10 @@ saved beside the artifacts whenever a step changes it, so an interrupted run res
 stopped, as a suspended job does: its stages' attempts, its spending and the time it ran kept. A
 store that cannot take the status for a while (an S3 outage) is a warning while stages run: the
 write is retried on the next step, and the run fails only after STATUS_GRACE_SECONDS of failed
-writes. One run of a job to an artifact root goes at a time, and it first stops the stage
-processes an earlier run killed outright left going (LocalExecutor.claim).
+writes. One run of a job to an artifact root goes at a time, whatever its `--logs` and on
+whichever machine (the lock is in the root), and it first stops the stage processes an earlier
+run killed outright left going (LocalExecutor.claim); a run whose lease on an S3 root another
+run took stops its stages and writes no more status.
 """
 
 from __future__ import annotations
@@ -180,7 +182,8 @@ class LocalRun:
 
     def run(self) -> OptimizationJobStatus:
         """Run the job to its end, alone: RunInProgressError while another run of it to the same
-        root goes on; the stage processes a killed run left are stopped first."""
+        root goes on, RunLeaseLostError once another took its lease; the stage processes a
+        killed run left are stopped first, and the lock is let go of however the run ends."""
         stopped = self.executor.claim(self.ctx.name, self.ctx.artifacts_uri)
         try:
             if stopped:

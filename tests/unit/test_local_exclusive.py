@@ -2,8 +2,9 @@
 
 Two runs of the same job to the same root shared the status file and the logs and started each
 stage run twice; a run killed outright (SIGKILL) left its stage processes going (each in a
-session of its own), and the resumed run started the same runs again beside them. The lock and
-the record of started processes live in the root's logs folder (LocalExecutor.claim).
+session of its own), and the resumed run started the same runs again beside them. The lock lives
+in the artifact root itself, so runs with other `--logs` are held off too; the record of started
+processes lives in the root's logs folder (LocalExecutor.claim).
 """
 
 from __future__ import annotations
@@ -22,16 +23,13 @@ from typing import Any
 
 import pytest
 
-import kompaktor.executors.local as executor_module
+import kompaktor.executors.leftovers as leftovers
 from kompaktor.api.jobfile import load_job_file
+from kompaktor.artifacts import local_path
 from kompaktor.cli import EXIT_USAGE, main
-from kompaktor.executors.local import (
-    PROCESSES_SUFFIX,
-    RUN_LOCK_SUFFIX,
-    LocalExecutor,
-    RunInProgressError,
-    process_start_time,
-)
+from kompaktor.executors.leftovers import process_start_time
+from kompaktor.executors.local import PROCESSES_SUFFIX, LocalExecutor
+from kompaktor.executors.run_lock import RUN_LOCK_KEY, RunInProgressError
 from kompaktor.local import localize
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "breast-cancer-mlp" / "model.pt2"
@@ -132,7 +130,7 @@ def test_a_live_process_of_a_killed_run_is_stopped_and_a_reused_pid_is_not(
 def test_a_left_process_that_ignores_sigterm_is_killed_after_the_grace(
     tmp_path: Path, groups: Groups, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(executor_module, "STOP_GRACE_SECONDS", 1.0)
+    monkeypatch.setattr(leftovers, "STOP_GRACE_SECONDS", 1.0)
     root = (tmp_path / "a").as_uri()
     executor = LocalExecutor(tmp_path / "logs")
     stubborn = session(groups, sys.executable, "-c", IGNORES_SIGTERM)
@@ -141,6 +139,58 @@ def test_a_left_process_that_ignores_sigterm_is_killed_after_the_grace(
     assert executor.claim("demo", root) == ["fit-a1"]
     assert stubborn.wait(timeout=10) == -signal.SIGKILL
     executor.shutdown()
+
+
+#: A `kompaktor run` of job demo as far as its lock goes: claims it with the logs folder and root
+#: its arguments name, says so, and waits to be killed.
+HOLDS_DEMO = (
+    "import sys, time; from pathlib import Path; "
+    "from kompaktor.executors.local import LocalExecutor; "
+    "LocalExecutor(Path(sys.argv[1])).claim('demo', sys.argv[2]); print(flush=True); "
+    "time.sleep(60)"
+)
+
+
+def holding_run(groups: Groups, logs: Path, root: str) -> subprocess.Popen[bytes]:
+    """A process that holds job demo's lock for `root`, logging to `logs`, once it returns."""
+    holder = session(groups, sys.executable, "-c", HOLDS_DEMO, str(logs), root)
+    assert holder.stdout is not None and holder.stdout.readline(), "the holder did not claim"
+    return holder
+
+
+def test_a_run_with_other_logs_is_refused_while_another_process_holds_the_job(
+    tmp_path: Path, groups: Groups
+) -> None:
+    """The lock is the root's: a run logging elsewhere is refused while the holder lives, and
+    takes the job at once when it dies (the OS lets go of the lock, even after SIGKILL)."""
+    root = (tmp_path / "a").as_uri()
+    holder = holding_run(groups, tmp_path / "logs", root)
+    other = LocalExecutor(tmp_path / "other-logs")
+    lock = tmp_path / "a" / "jobs" / "demo" / "run.lock"
+    with pytest.raises(RunInProgressError, match=rf"already running to {root}: `kompaktor run` "
+                       rf"pid {holder.pid} \(started 20.*\) on .* holds {lock}"):  # fmt: skip
+        other.claim("demo", root)
+    holder.kill()
+    holder.wait(timeout=10)
+    assert other.claim("demo", root) == []
+    other.shutdown()
+
+
+def test_a_killed_runs_stages_are_stopped_whatever_logs_the_next_run_has(
+    tmp_path: Path, groups: Groups
+) -> None:
+    """The lock names the processes file its holder kept, so the next run on this machine stops
+    the stages a killed run left though it logs to another folder."""
+    root = (tmp_path / "a").as_uri()
+    killed = holding_run(groups, tmp_path / "logs", root)
+    stage = session(groups, "sleep", "60")
+    record(LocalExecutor(tmp_path / "logs"), root, [(stage.pid, process_start_time(stage.pid))])
+    killed.kill()
+    killed.wait(timeout=10)
+    other = LocalExecutor(tmp_path / "other-logs")
+    assert other.claim("demo", root) == ["fit-a1"]
+    assert stage.wait(timeout=10) == -signal.SIGTERM
+    other.shutdown()
 
 
 # Jobs of `kompaktor run` that train the breast-cancer example's MLP.
@@ -159,7 +209,9 @@ def job_files(job: Path) -> tuple[Path, Path, str]:
     loaded = load_job_file(job)
     name, root = loaded.metadata.name, localize(loaded, job.parent, None).artifacts_uri
     executor = LocalExecutor(job.parent / ".kompaktor" / name)
-    lock = executor.job_file(root, name, RUN_LOCK_SUFFIX)
+    path = local_path(root)
+    assert path is not None
+    lock = path / RUN_LOCK_KEY.format(job=name)
     return lock, executor.job_file(root, name, PROCESSES_SUFFIX), root
 
 
@@ -200,17 +252,20 @@ def alive(stage: dict[str, Any]) -> bool:
 def test_the_command_refuses_a_second_run_with_the_usage_code(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Refused, as a job that does not validate is: nothing of it ran."""
+    """Refused, as a job that does not validate is: nothing of it ran. The run holding the job
+    logs to another folder (the lock was in the logs folder, so it held off only runs that
+    logged to the same one)."""
     job = job_file(tmp_path, "twice", epochs=1)
     lock, _, root = job_files(job)
-    holder = LocalExecutor(lock.parent.parent)
+    holder = LocalExecutor(tmp_path / "elsewhere")
     holder.claim("twice", root)
     try:
         assert main(["run", str(job), "--json"]) == EXIT_USAGE
     finally:
         holder.shutdown()
-    assert "job twice is already running" in json.loads(capsys.readouterr().out)["message"]
-    assert not (tmp_path / "artifacts").exists()
+    message = json.loads(capsys.readouterr().out)["message"]
+    assert f"job twice is already running to {root}" in message and str(lock) in message
+    assert [p for p in (tmp_path / "artifacts").rglob("*") if p.is_file()] == [lock]
 
 
 @pytest.mark.slow

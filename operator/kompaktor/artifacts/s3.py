@@ -3,6 +3,8 @@
 Uploads are atomic because S3 only makes an object visible when a PUT, or the Complete call of
 a multipart upload, succeeds; a failed multipart upload is aborted so no parts linger. Every
 object carries its sha256 in the `sha256` user metadata, checked again on each download.
+Conditional writes (`put_if`, `delete_if`, on the ETag `read_versioned` returns) let several
+machines share one object safely, as `kompaktor run`'s lease on a job does.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import io
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import suppress
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
@@ -39,6 +43,23 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 _META = "sha256"  # user metadata key: x-amz-meta-sha256 = <hex>
 _DELETE_BATCH = 1000  # DeleteObjects limit
+#: What a conditional request gets when the object is not as the caller last saw it: changed
+#: (412), changed by a request racing it (409, AWS), or gone (404 to an If-Match).
+_LOST_RACE = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey", "404"}
+
+
+class PreconditionFailedError(ArtifactError):
+    """A conditional write or delete found the object other than the caller last saw it: another
+    writer got there first, which no retry mends."""
+
+
+@dataclass(frozen=True)
+class Versioned:
+    """An object as `read_versioned` found it."""
+
+    data: bytes
+    etag: str  # what `put_if` and `delete_if` compare with
+    age_seconds: float  # since it was last written, by the server's clock
 
 
 def _md5_b64(data: bytes) -> str:
@@ -221,6 +242,73 @@ class S3Store(ArtifactStore):
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         return sorted(done, key=lambda p: p["PartNumber"])
+
+    # -- conditional writes ----------------------------------------------------------------
+
+    def _conditional(self, action: str, key: str, fn: Callable[[], T]) -> T:
+        """`_call`, with a lost race as `PreconditionFailedError`."""
+        try:
+            return fn()
+        except ClientError as exc:
+            if error_code(exc) in _LOST_RACE:
+                raise PreconditionFailedError(
+                    f"cannot {action} {self.uri(key)}: it changed meanwhile ({error_code(exc)})"
+                ) from exc
+            raise self._error(exc, action, key) from exc
+        except S3_FAILURES as exc:
+            raise self._error(exc, action, key) from exc
+
+    def put_if(self, key: str, data: bytes, *, etag: str | None) -> str:
+        """Write small `data` only if the object's ETag is still `etag` (None: only if there is
+        no object); its new ETag. PreconditionFailedError if another writer got there first."""
+        condition: dict[str, Any] = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+        metadata = {_META: digest_bytes(data).removeprefix(PREFIX)}
+        full = self._key(key)
+        reply = self._conditional(
+            "write",
+            key,
+            lambda: self.client.put_object(
+                Bucket=self.bucket,
+                Key=full,
+                Body=data,
+                Metadata=metadata,
+                ContentMD5=_md5_b64(data),
+                **condition,
+            ),
+        )
+        return reply["ETag"]
+
+    def delete_if(self, key: str, *, etag: str) -> None:
+        """Delete the object only if its ETag is still `etag`; PreconditionFailedError if not."""
+        full = self._key(key)
+        self._conditional(
+            "delete",
+            key,
+            lambda: self.client.delete_object(Bucket=self.bucket, Key=full, IfMatch=etag),
+        )
+
+    def read_versioned(self, key: str) -> Versioned | None:
+        """The object with its ETag and age, or None when there is none. The age is the reply's
+        Date less the object's Last-Modified, both the server's clock: no machine's clock is
+        compared with another's."""
+        full = self._key(key)
+
+        def read() -> Versioned | None:
+            try:
+                reply = self.client.get_object(Bucket=self.bucket, Key=full)
+            except ClientError as exc:
+                if error_code(exc) in {"NoSuchKey", "404"}:
+                    return None
+                raise
+            data = reply["Body"].read()
+            self._check(
+                key, self._recorded_digest(reply["Metadata"]), digest_bytes(data), reply["ETag"]
+            )
+            now = parsedate_to_datetime(reply["ResponseMetadata"]["HTTPHeaders"]["date"])
+            age = (now - reply["LastModified"]).total_seconds()
+            return Versioned(data, reply["ETag"], max(age, 0.0))
+
+        return self._call("read", key, read)
 
     # -- reads -----------------------------------------------------------------------------
 

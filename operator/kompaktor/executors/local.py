@@ -1,16 +1,12 @@
 """Runs each stage as a local subprocess of the same `kompaktor stage run` command a pod runs.
 
-One `kompaktor run` of a job to an artifact root at a time: `claim` takes the job's lock in the
-root's logs folder (two runs would share the status file and start each stage run twice), and
-stops the stage processes that a run killed outright (SIGKILL, power loss) left going: they run
-in sessions of their own, so that Ctrl-C reaches only `kompaktor run`, and would otherwise go on
-writing the outputs of the runs the resumed run starts again.
+`claim` takes the job's run lock in its artifact root (`run_lock`: one `kompaktor run` of a job
+to a root at a time, whatever its `--logs` and whichever machine) and stops the stage processes
+that a run killed outright left going on this machine (`leftovers`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -30,6 +26,14 @@ from pydantic import ValidationError
 from kompaktor.api.run import EXIT_INVALID, RESULT_FILE, RunFailure, RunRecord
 from kompaktor.artifacts import open_store
 from kompaktor.errors import KompaktorError
+from kompaktor.executors.leftovers import STOP_GRACE_SECONDS, process_start_time, stop_left
+from kompaktor.executors.run_lock import (
+    HEARTBEAT_SECONDS,
+    LEASE_EXPIRY_SECONDS,
+    RunLock,
+    left_by,
+    take_run_lock,
+)
 from kompaktor.plan import Observation, RunFailed, RunRequest, RunStarted, RunSucceeded
 
 POLL_INTERVAL = 0.1
@@ -39,18 +43,10 @@ ROOT_FILE = "ARTIFACTS"
 #: they train or evaluate (KOMPAKTOR_TIMING_LOCK, kompaktor.timing_lock), so a parallel HPO
 #: trial times alone.
 TIMING_LOCK_FILE = "timing.lock"
-#: Beside it, per job (`<job><suffix>`): the lock a `kompaktor run` of the job holds for its whole
-#: run (the OS lets go of it when the process dies), which names its holder ...
-RUN_LOCK_SUFFIX = ".run.lock"
-#: ... and the stage processes the run started, one JSON line each: pid, start time, run id.
+#: Beside it, per job (`<job><suffix>`): the stage processes a `kompaktor run` of the job started
+#: on this machine, one JSON line each: pid, start time, run id.
 PROCESSES_SUFFIX = ".processes"
-#: How long a stopped stage gets to clean up after SIGTERM (its upload, its temporary folder).
-STOP_GRACE_SECONDS = 5.0
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-class RunInProgressError(KompaktorError):
-    """Another `kompaktor run` of the job to the same artifact root is going."""
 
 
 @dataclass
@@ -70,13 +66,22 @@ class LocalExecutor:
     to each other's logs and read each other's termination messages (a run in A could be
     reported with B's result)."""
 
-    def __init__(self, logs_dir: Path, *, threads_per_run: int | None = None) -> None:
+    def __init__(
+        self,
+        logs_dir: Path,
+        *,
+        threads_per_run: int | None = None,
+        heartbeat_seconds: float = HEARTBEAT_SECONDS,
+        lease_expiry_seconds: float = LEASE_EXPIRY_SECONDS,
+    ) -> None:
         self.logs_dir = logs_dir
         self.threads_per_run = threads_per_run
+        self.heartbeat_seconds = heartbeat_seconds
+        self.lease_expiry_seconds = lease_expiry_seconds
         self._running: dict[str, _Process] = {}
         self._finished: set[str] = set()
         self._events: list[Observation] = []
-        self._claims: dict[Path, int] = {}  # processes file -> descriptor of its held run lock
+        self._claims: dict[Path, RunLock] = {}  # processes file -> the run lock held for it
         logs_dir.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -96,31 +101,29 @@ class LocalExecutor:
         return folder
 
     def job_file(self, artifacts_uri: str, job: str, suffix: str) -> Path:
-        """The job's run lock or processes file in the root's logs folder."""
+        """The job's processes file in the root's logs folder."""
         return self.logs_for(artifacts_uri) / f"{_SAFE.sub('_', job)}{suffix}"
 
     def claim(self, job: str, artifacts_uri: str) -> list[str]:
-        """Hold the job's run lock for the root until `shutdown` (RunInProgressError naming the run
-        that holds it), then stop the stage processes a killed run of the job left; their run
-        ids."""
-        lock = self.job_file(artifacts_uri, job, RUN_LOCK_SUFFIX)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by stage processes
+        """Hold the job's run lock in the root until `shutdown` (RunInProgressError naming the
+        run that holds it), then stop the stage processes a killed run of the job left on this
+        machine, in this logs folder and in the one the lock's last holder used; their run ids."""
+        processes = self.job_file(artifacts_uri, job, PROCESSES_SUFFIX)
+        lock = take_run_lock(
+            job,
+            artifacts_uri,
+            {"processes": str(processes)},
+            heartbeat=self.heartbeat_seconds,
+            expiry=self.lease_expiry_seconds,
+        )
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise RunInProgressError(_refusal(job, artifacts_uri, lock)) from None
-        try:
-            stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps({"pid": os.getpid(), "started": stamp}).encode(), 0)
-            processes = self.job_file(artifacts_uri, job, PROCESSES_SUFFIX)
-            stopped = _stop_left(processes)
+            left = [processes, *left_by(lock.previous, processes)]
+            stopped = [run_id for path in left for run_id in stop_left(path)]
             processes.write_text("")
         except BaseException:
-            os.close(fd)
+            lock.release()
             raise
-        self._claims[processes] = fd
+        self._claims[processes] = lock
         return stopped
 
     def log_path(self, request: RunRequest) -> Path:
@@ -169,8 +172,11 @@ class LocalExecutor:
         self._finished.add(run_id)
 
     def poll(self, timeout: float) -> list[Observation]:
+        """What happened to the runs; RunLeaseLostError once this run's lease is another's."""
         deadline = time.monotonic() + timeout
         while True:
+            for lock in self._claims.values():
+                lock.check()
             self._reap()
             if self._events or time.monotonic() >= deadline:
                 events, self._events = self._events, []
@@ -181,9 +187,9 @@ class LocalExecutor:
         """Stop the running stages, then let go of the run locks: nothing is left to stop."""
         for run_id in list(self._running):
             self.cancel(run_id)
-        for processes, fd in self._claims.items():
+        for processes, lock in self._claims.items():
             processes.unlink(missing_ok=True)
-            os.close(fd)  # closing lets go of the lock
+            lock.release()
         self._claims.clear()
 
     def _reap(self) -> None:
@@ -266,65 +272,3 @@ def _stop(popen: subprocess.Popen[bytes]) -> None:
         popen.wait()
     except ProcessLookupError:
         pass
-
-
-def _refusal(job: str, artifacts_uri: str, lock: Path) -> str:
-    """Why a second run of the job to the root is refused, naming the run that holds it."""
-    holder: dict[str, object] = {}
-    for _ in range(20):  # the holder writes its name just after it takes the lock
-        with contextlib.suppress(OSError, ValueError):
-            holder = json.loads(lock.read_text() or "{}")
-        if holder:
-            break
-        time.sleep(0.05)
-    pid = holder.get("pid")
-    who = f"pid {pid} (started {holder.get('started')})" if pid else "(starting up)"
-    return (
-        f"job {job} is already running to {artifacts_uri.rstrip('/')}: `kompaktor run` {who} "
-        f"holds {lock}; wait for it to finish, or stop it (Ctrl-C in its terminal, or "
-        f"kill {pid or 'its pid'}) and run this command again to resume where it stopped"
-    )
-
-
-def process_start_time(pid: int) -> int | None:
-    """When the process started (clock ticks after boot, /proc/<pid>/stat), which tells it from
-    a later process given the same pid; None when it has ended (a zombie has) or there is no
-    /proc to ask (not Linux: then nothing left behind is stopped)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces
-    return None if fields[0] in ("Z", "X") else int(fields[19])
-
-
-def _left_behind(processes: Path) -> dict[int, tuple[int, str]]:
-    """The recorded stage processes that still run: pid -> (start time, run id)."""
-    try:
-        lines = processes.read_text().splitlines()
-    except FileNotFoundError:
-        return {}
-    left: dict[int, tuple[int, str]] = {}
-    for line in lines:
-        with contextlib.suppress(ValueError, KeyError, TypeError):
-            record = json.loads(line)
-            pid, start = int(record["pid"]), record["start"]
-            if start is not None and process_start_time(pid) == start:
-                left[pid] = (start, str(record["run"]))
-    return left
-
-
-def _stop_left(processes: Path) -> list[str]:
-    """Stop each recorded stage process that still runs, its process group as `_stop` does
-    (waiting by polling: they are not our children); their run ids."""
-    left = _left_behind(processes)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for pid in [pid for pid, (start, _) in left.items() if process_start_time(pid) == start]:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, sig)
-        while time.monotonic() < deadline and any(
-            process_start_time(pid) == start for pid, (start, _) in left.items()
-        ):
-            time.sleep(POLL_INTERVAL)
-    return [run_id for _, run_id in left.values()]
