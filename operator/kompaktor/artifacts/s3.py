@@ -38,7 +38,7 @@ from kompaktor.artifacts.s3_errors import S3_FAILURES, error_code, translate
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef, PutObjectOutputTypeDef
 
 T = TypeVar("T")
 _META = "sha256"  # user metadata key: x-amz-meta-sha256 = <hex>
@@ -159,7 +159,6 @@ class S3Store(ArtifactStore):
     def _upload(
         self, key: str, src: BinaryIO, size: int, digest: str, overwrite: bool
     ) -> ArtifactRef:
-        full = self._key(key)
         if not overwrite and self._head(key, "upload to") is not None:
             # Cheap early refusal; the conditional write below closes the race.
             raise ArtifactError(f"refusing to overwrite existing artifact {self.uri(key)}")
@@ -167,18 +166,7 @@ class S3Store(ArtifactStore):
         if size < self.settings.multipart_threshold:
             data = src.read()
             extra: dict[str, Any] = {} if overwrite else {"IfNoneMatch": "*"}
-            self._call(
-                "upload to",
-                key,
-                lambda: self.client.put_object(
-                    Bucket=self.bucket,
-                    Key=full,
-                    Body=data,
-                    Metadata=metadata,
-                    ContentMD5=_md5_b64(data),
-                    **extra,
-                ),
-            )
+            self._call("upload to", key, self._put_object(key, data, metadata, extra))
         else:
             self._multipart(key, src, size, metadata, overwrite)
         return ArtifactRef(uri=self.uri(key), digest=digest, size=size)
@@ -263,20 +251,22 @@ class S3Store(ArtifactStore):
         no object); its new ETag. PreconditionFailedError if another writer got there first."""
         condition: dict[str, Any] = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
         metadata = {_META: digest_bytes(data).removeprefix(PREFIX)}
-        full = self._key(key)
-        reply = self._conditional(
-            "write",
-            key,
-            lambda: self.client.put_object(
-                Bucket=self.bucket,
-                Key=full,
-                Body=data,
-                Metadata=metadata,
-                ContentMD5=_md5_b64(data),
-                **condition,
-            ),
-        )
+        reply = self._conditional("write", key, self._put_object(key, data, metadata, condition))
         return reply["ETag"]
+
+    def _put_object(
+        self, key: str, data: bytes, metadata: dict[str, str], condition: dict[str, Any]
+    ) -> Callable[[], PutObjectOutputTypeDef]:
+        """One PUT of a small object, its MD5 for the server to check, under `condition`."""
+        full = self._key(key)
+        return lambda: self.client.put_object(
+            Bucket=self.bucket,
+            Key=full,
+            Body=data,
+            Metadata=metadata,
+            ContentMD5=_md5_b64(data),
+            **condition,
+        )
 
     def delete_if(self, key: str, *, etag: str) -> None:
         """Delete the object only if its ETag is still `etag`; PreconditionFailedError if not."""
