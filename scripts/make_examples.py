@@ -28,16 +28,19 @@ def job(name: str, model: str, dataset: str, stages: list[dict[str, object]]) ->
 
 CLUSTER_HEADER = """\
 # The digits pipeline for a cluster: inputs and artifacts in S3, GPU for the training stages,
-# the benchmark on both the CPU and the ARM pool. Upload the inputs first:
-#   aws s3 cp examples/digits-pipeline/model.pt2 s3://kompaktor-examples/digits-pipeline/
-#   aws s3 cp examples/digits-pipeline/digits.npz s3://kompaktor-examples/digits-pipeline/
-# then: kubectl apply -f examples/digits-pipeline/cluster.yaml && kubectl get oj -w
+# the benchmark on both the CPU and the ARM pool. YOUR-BUCKET is a placeholder: replace it with
+# a bucket the cluster's S3 keys can read and write. Upload the inputs first:
+#   BUCKET=...   # your bucket
+#   aws s3 cp examples/digits-pipeline/model.pt2 s3://$BUCKET/digits-pipeline/
+#   aws s3 cp examples/digits-pipeline/digits.npz s3://$BUCKET/digits-pipeline/
+# then: sed "s/YOUR-BUCKET/$BUCKET/" examples/digits-pipeline/cluster.yaml | kubectl apply -f -
 """
 GPU_STAGES = ("tune", "prune", "distill")
 
 
-def write_cluster_job(directory: Path, bucket: str = "kompaktor-examples") -> None:
-    """`cluster.yaml` beside `job.yaml`: the same job, with S3 URIs and pools."""
+def write_cluster_job(directory: Path, bucket: str = "YOUR-BUCKET") -> None:
+    """`cluster.yaml` beside `job.yaml`: the same job, with S3 URIs and pools; the bucket is a
+    placeholder users replace, so nothing is written to a bucket that is not theirs."""
     document = copy.deepcopy(digits_job(full=True, name="digits-pipeline"))  # shared stages
     spec = document["spec"]
     root = f"s3://{bucket}/{directory.name}"

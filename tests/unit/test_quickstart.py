@@ -70,3 +70,21 @@ def test_refuses_to_overwrite_an_existing_job(quickstart: Path) -> None:
     with pytest.raises(KompaktorError, match="already exists"):
         init_digits(quickstart.parent)
     assert quickstart.read_text() == before
+
+
+@pytest.mark.slow
+def test_progress_reports_every_epoch_and_file_and_leaves_the_model_alone(
+    tmp_path: Path,
+) -> None:
+    """Init trained for a minute or more in silence; the report must not change the weights,
+    so the demo stays the model the README's figures were measured on."""
+    lines: list[str] = []
+    reported = init_digits(tmp_path / "reported", epochs=2, progress=lines.append)
+    silent = init_digits(tmp_path / "silent", epochs=2)
+    epochs = [line.strip() for line in lines if "validation accuracy" in line]
+    assert [line.split(":")[0] for line in epochs] == ["epoch 1/2", "epoch 2/2"]
+    assert all(0.5 < float(line.split("accuracy ")[1].split()[0]) <= 1.0 for line in epochs)
+    for name in ("digits.npz", "model.pt2", "job.yaml"):
+        assert any(line.startswith(f"writing {reported.parent / name}") for line in lines)
+    model = "model.pt2"
+    assert (reported.parent / model).read_bytes() == (silent.parent / model).read_bytes()
