@@ -16,8 +16,12 @@ def run_key_for(
     work: StepState, stage: StageSpec, params: dict[str, Any], input_digest: str, pool: str | None
 ) -> str:
     """The run's cache key. A stage that measures its hardware (a benchmark) is keyed by
-    its pool too: another pool's figures are not this one's."""
-    if pool is not None and registry()[stage.type].multi_pool:
+    its pool too: another pool's figures are not this one's; one that chooses by the job's
+    maxDrop (quantize's `fallback: auto`) by maxDrop: a tighter bound is another output."""
+    impl = registry()[stage.type]()
+    if impl.chooses_by_max_drop(impl.Params.model_validate(params)):
+        params = {**params, "maxDrop": work.spec.objective.max_drop}
+    if pool is not None and impl.multi_pool:
         params = {**params, "pool": pool}
     return run_key(
         input_digest=input_digest,
@@ -63,4 +67,5 @@ def run_request(
         trial_context=trial_context,
         input_digest=work.stages[index].input_digest,
         reference_digest=work.status.input_digest,
+        max_drop=spec.objective.max_drop,
     )

@@ -122,6 +122,8 @@ class RunRequest:
     #: The sha256 digests the plan keyed the run by: the stage checks the files it fetches.
     input_digest: str | None = None
     reference_digest: str | None = None
+    #: The job's objective.maxDrop, for the stages that choose by it (`--max-drop`).
+    max_drop: float | None = None
 
     def command(self) -> list[str]:
         """The stage command line, the same for a local process and a pod."""
@@ -134,6 +136,8 @@ class RunRequest:
             extra += ["--input-digest", self.input_digest]
         if self.reference_digest is not None:
             extra += ["--reference-digest", self.reference_digest]
+        if self.max_drop is not None:
+            extra += ["--max-drop", repr(self.max_drop)]
         return [
             "kompaktor",
             "stage",

@@ -11,6 +11,8 @@ int8 model from those weights.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterator
+
 import torch
 from torch import fx, nn
 from torch.nn.utils import parametrize
@@ -58,24 +60,43 @@ class _ActFakeQuant(nn.Module):
         return torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 255)
 
 
-def fake_quantize(gm: fx.GraphModule) -> int:
-    """Insert fake quantization around every conv/linear call; returns how many layers."""
-    count = 0
+def layer_names(gm: fx.GraphModule) -> list[str]:
+    """The module path of each conv/linear layer fake quantization would quantize (its
+    weight's name without `.weight`, as the ONNX export names the layer too)."""
+    return [_name(target) for _, _, target in _layers(gm)]
+
+
+def _layers(gm: fx.GraphModule) -> Iterator[tuple[fx.Node, fx.Node, str]]:
+    """Each conv/linear call on a computed input with a stored weight: the call, its input
+    and the weight's attribute path."""
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target not in _LAYERS:
             continue
-        weight = node.args[1]
-        if not (isinstance(weight, fx.Node) and weight.op == "get_attr"):
+        source, weight = node.args[0], node.args[1]
+        if isinstance(source, fx.Node) and isinstance(weight, fx.Node) and weight.op == "get_attr":
+            yield node, source, str(weight.target)
+
+
+def _name(target: str) -> str:
+    return target.removesuffix(".weight")
+
+
+def fake_quantize(gm: fx.GraphModule, keep_float: Collection[str] = ()) -> int:
+    """Insert fake quantization around every conv/linear call but those `keep_float` names
+    (by `layer_names`); returns how many layers."""
+    count = 0
+    for node, source, target in _layers(gm):
+        if _name(target) in keep_float:
             continue
-        owner_path, _, leaf = str(weight.target).rpartition(".")
+        owner_path, _, leaf = target.rpartition(".")
         owner = gm.get_submodule(owner_path) if owner_path else gm
         if not parametrize.is_parametrized(owner, leaf):
             parametrize.register_parametrization(owner, leaf, _WeightFakeQuant())
         name = f"{_PREFIX}{count}"
         gm.add_submodule(name, _ActFakeQuant())
         with gm.graph.inserting_before(node):
-            quantized = gm.graph.call_module(name, (node.args[0],))
-        node.replace_input_with(node.args[0], quantized)
+            quantized = gm.graph.call_module(name, (source,))
+        node.replace_input_with(source, quantized)
         count += 1
     gm.recompile()
     return count

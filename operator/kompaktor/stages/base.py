@@ -189,6 +189,11 @@ class Stage(ABC, Generic[P]):
         """The checks that need no plan, made by `kompaktor stage run` before it loads anything;
         raise ValueError with the field."""
 
+    def chooses_by_max_drop(self, params: P) -> bool:
+        """Whether the output depends on the job's maxDrop (quantize's `fallback: auto` keeps
+        layers float until it is met): the plan then keys its runs by maxDrop too."""
+        return False
+
     def epochs(self, params: P) -> int:
         """Training epochs a run with these params reports curve points for (0: none)."""
         return 0

@@ -6,11 +6,16 @@ tools write QDQ (or QOperator) graphs its CPU kernels execute in int8. Torch inp
 to ONNX first; QAT fine-tunes with fake quantization in PyTorch before that export, then
 calibrates like `static`, so every int8 mode ends in the same kind of file. ONNX Runtime has no
 bfloat16 CPU kernels, so bf16 stays in PyTorch (oneDNN; `kompaktor.quant.bfloat16`).
+
+int8 can keep layers in float: those `exclude` names (`kompaktor.quant.layers`), and with
+`fallback: auto` the most sensitive ones until the job's maxDrop holds on validation rows
+(`kompaktor.quant.fallback`), so a model int8 hurts too much still gets mostly int8.
 """
 
 from __future__ import annotations
 
 import copy
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -30,6 +35,9 @@ from kompaktor.stages.base import (
 )
 
 if TYPE_CHECKING:
+    from kompaktor.data import Split
+    from kompaktor.quant.fallback import Fallback, Judge
+    from kompaktor.quant.layers import Layer
     from kompaktor.quant.trial import TrialError
 
 IntType = Literal["int8", "uint8"]
@@ -61,6 +69,22 @@ class QuantizeParams(StageParams):
     qat_epochs: int = Field(2, ge=1, description="qat: epochs of fake-quant fine-tuning.")
     lr: float = Field(1e-4, gt=0, description="qat: fine-tuning learning rate.")
     batch_size: int = Field(64, ge=1, description="qat: fine-tuning batch size.")
+    exclude: list[str] = Field(
+        default_factory=list,
+        description="int8 modes: layers kept in float, as glob patterns on layer names (the "
+        "torch module path, e.g. classifier.0, for torch models; the weight's name without "
+        ".weight, or the ONNX node name, for ONNX models). A pattern matching no layer is an "
+        "error that lists the layer names.",
+    )
+    fallback: Literal["none", "auto"] = Field(
+        "none",
+        description="int8 modes: auto keeps the layers int8 hurts most in float, one at a time, "
+        "until the metric on validation rows is within the job's objective.maxDrop; none "
+        "quantizes every layer not in exclude.",
+    )
+    max_fallback_layers: int = Field(
+        8, ge=1, description="fallback auto: at most this many layers beyond exclude in float."
+    )
 
 
 class QuantizeStage(Stage[QuantizeParams]):
@@ -75,7 +99,14 @@ class QuantizeStage(Stage[QuantizeParams]):
     def output_precision(self, input_precision: Precision, params: QuantizeParams) -> Precision:
         return "bf16" if params.mode == "bf16" else "fp16" if params.mode == "fp16" else "int8"
 
+    def preflight(self, params: QuantizeParams) -> None:
+        _refuse_layer_choice(params)
+
+    def chooses_by_max_drop(self, params: QuantizeParams) -> bool:
+        return params.fallback == "auto"
+
     def check(self, params: QuantizeParams, plan: PlanContext) -> None:
+        _refuse_layer_choice(params)
         if plan.input_precision != "float32":
             # Every such chain was tried: ONNX Runtime's quantizers and the fp16 converter fail
             # on quantized graphs (or on bf16 tensors) or leave them as they were.
@@ -111,6 +142,9 @@ class QuantizeStage(Stage[QuantizeParams]):
         }
         if p.mode != "bf16":
             metrics |= _runtime_and_quantization(ctx, source, target)
+        if "floatLayers" in details:
+            floating = float(len(details["floatLayers"]))
+            metrics |= {"layersFloat": floating, "layersInt8": details["layers"] - floating}
         return StageResult(
             path=target,
             output_format=self.output_format(ctx.model.format, p),
@@ -120,6 +154,20 @@ class QuantizeStage(Stage[QuantizeParams]):
 
 
 _Written = tuple[Path, Path, dict[str, Any]]  # the fp32 source, the quantized file, details
+_INT8_MODES = ("dynamic", "static", "qat")
+
+
+def _refuse_layer_choice(params: QuantizeParams) -> None:
+    """Layers kept in float only mean something when the rest become int8."""
+    if params.mode in _INT8_MODES:
+        return
+    chosen = "exclude" if params.exclude else "fallback" if params.fallback != "none" else None
+    if chosen is not None:
+        raise ValueError(
+            f"params.{chosen}: keeps layers in float among int8 ones, but mode {params.mode} "
+            "quantizes no layer to int8; remove params.exclude and params.fallback, or use "
+            "mode static, dynamic or qat"
+        )
 
 
 def _runtime_and_quantization(
@@ -148,10 +196,10 @@ def _to_onnx(ctx: StageContext[QuantizeParams]) -> _Written:
     if p.mode == "fp16":
         _fp16(source, target)
     elif p.mode == "dynamic":
-        _dynamic(source, target, p)
+        details |= _int8(ctx, source, target)
         details |= {"perChannel": p.per_channel, "weightType": p.weight_type}
     else:
-        _static(ctx, source, target)
+        details |= _int8(ctx, source, target)
         details |= {
             "perChannel": p.per_channel,
             "format": p.format,
@@ -309,7 +357,7 @@ def _qat(ctx: StageContext[QuantizeParams], module: Any, example: tuple[Any, ...
         gm = as_graph_module(copy.deepcopy(module), example)
     except TypeError as error:
         raise StageError(f"quantize: params.mode: qat: {error}") from None
-    layers = fake_quantize(gm)
+    layers = fake_quantize(gm, _qat_float_layers(ctx, gm))
     ctx.log(f"quantize: qat: fake-quantizing {layers} layers for {p.qat_epochs} epochs")
     trained = fit(
         gm,
@@ -326,7 +374,165 @@ def _qat(ctx: StageContext[QuantizeParams], module: Any, example: tuple[Any, ...
     return gm.eval()
 
 
-def _static(ctx: StageContext[QuantizeParams], source: Path, target: Path) -> None:
+def _int8(ctx: StageContext[QuantizeParams], source: Path, target: Path) -> dict[str, Any]:
+    """Quantize `source` to int8 at `target`, the layers params.exclude names (and, with
+    fallback auto, the most sensitive ones) left float; the layer facts for details."""
+    from kompaktor.quant import onnx_inputs
+    from kompaktor.quant.layers import onnx_layers
+
+    if ctx.params.mode != "dynamic":
+        _check_shapes(ctx, onnx_inputs(source))
+    prepared = _pre_process(source, ctx.work_dir / "prepared.onnx")
+    layers = onnx_layers(prepared)
+    fixed = _excluded(ctx, layers)
+    write = _writer(ctx, prepared)
+    details: dict[str, Any] = {"layers": len(layers)}
+    if ctx.params.fallback == "auto" and ctx.max_drop is None:
+        ctx.log("quantize: params.fallback: auto: this run has no maxDrop; quantizing as none")
+    if ctx.params.fallback == "none" or ctx.max_drop is None:
+        write(fixed, target)
+        floating = [layer.name for layer in fixed]
+    else:
+        outcome = _fall_back(ctx, layers, fixed, prepared, write)
+        shutil.copyfile(outcome.chosen.path, target)
+        shutil.rmtree(outcome.chosen.path.parent)  # every model tried
+        floating = list(outcome.chosen.excluded)
+        details["fallback"] = outcome.details()
+    if floating:
+        ctx.log(f"quantize: kept {len(floating)} of {len(layers)} layers float: "
+                f"{', '.join(floating)}")  # fmt: skip
+    return details | {"floatLayers": floating}
+
+
+def _excluded(ctx: StageContext[QuantizeParams], layers: Sequence[Layer]) -> list[Layer]:
+    """The layers params.exclude names; StageError listing the layer names for a pattern that
+    names none."""
+    from kompaktor.quant.layers import matching
+
+    try:
+        return matching(layers, ctx.params.exclude, "quantize: params.exclude")
+    except ValueError as error:
+        raise StageError(str(error)) from None
+
+
+_Write = Callable[[Sequence["Layer"], Path], None]
+
+
+def _writer(ctx: StageContext[QuantizeParams], prepared: Path) -> _Write:
+    """Writes `prepared` quantized as params say, the given layers float."""
+
+    def write(excluded: Sequence[Layer], target: Path) -> None:
+        nodes = [name for layer in excluded for name in layer.nodes()]
+        if ctx.params.mode == "dynamic":
+            _dynamic(prepared, target, ctx.params, nodes)
+        else:
+            _static(ctx, prepared, target, nodes)
+
+    return write
+
+
+def _fall_back(
+    ctx: StageContext[QuantizeParams],
+    layers: Sequence[Layer],
+    fixed: Sequence[Layer],
+    prepared: Path,
+    write: _Write,
+) -> Fallback:
+    """The fallback search on validation rows; StageError when no model it tried is within
+    maxDrop."""
+    from kompaktor.quant.fallback import search
+    from kompaktor.quant.sensitivity import noise_to_signal
+
+    assert ctx.max_drop is not None
+    judge, rows = _judge(ctx, ctx.max_drop)
+    folder = ctx.work_dir / "fallback"
+    folder.mkdir(exist_ok=True)
+    written: dict[frozenset[str], Path] = {}
+
+    def quantize(excluded: Sequence[Layer]) -> Path:
+        key = frozenset(layer.node for layer in excluded)
+        if key not in written:
+            written[key] = folder / f"{len(written)}.onnx"
+            write(excluded, written[key])
+        return written[key]
+
+    calibration = _calibration_rows(ctx)
+    outcome = search(
+        layers,
+        fixed,
+        quantize,
+        judge,
+        ctx.params.max_fallback_layers,
+        lambda some: noise_to_signal(prepared, some, calibration, ctx.params.per_channel),
+        ctx.log,
+    )
+    if not outcome.within:
+        raise StageError(_no_fallback(ctx, outcome, len(layers), len(fixed), rows))
+    chosen = outcome.chosen
+    ctx.log(f"quantize: fallback: {ctx.metric} {chosen.metric:.4f} on {rows} rows is within "
+            f"maxDrop {ctx.max_drop:g} with {len(chosen.excluded)} of {len(layers)} layers float, "
+            "the most sensitive ones")  # fmt: skip
+    return outcome
+
+
+def _judge(ctx: StageContext[QuantizeParams], max_drop: float) -> tuple[Judge, str]:
+    """Scores on validation rows (train rows without a val split; never test rows, which the
+    gate judges) against the job's input model on the same rows, in the metric's direction."""
+    from kompaktor.evaluate import has_rows, higher_is_better, metric
+    from kompaktor.models import LoadedModel, predictor_for
+    from kompaktor.quant.fallback import Judge
+
+    rows: Split = "val" if has_rows(ctx.dataset, "val") else "train"
+    reference = predictor_for(ctx.reference)
+    against = reference if ctx.metric == "fidelity" else None
+    baseline = metric(ctx.metric, reference, ctx.dataset, rows, reference=against)
+    sign = 1.0 if higher_is_better(ctx.metric) else -1.0
+
+    def score(path: Path) -> float:
+        model = predictor_for(LoadedModel("onnx", path, None))
+        return metric(ctx.metric, model, ctx.dataset, rows, reference=against)
+
+    return Judge(score, lambda value: sign * (baseline - value), max_drop), rows
+
+
+def _calibration_rows(ctx: StageContext[QuantizeParams]) -> list[np.ndarray]:
+    """The training rows static quantization calibrates on (the proxy's float pass)."""
+    samples = ctx.params.calibration_samples
+    return [np.asarray(x)[:samples] for x in ctx.dataset.inputs("train")]
+
+
+def _no_fallback(
+    ctx: StageContext[QuantizeParams], outcome: Fallback, layers: int, fixed: int, rows: str
+) -> str:
+    best, tried = outcome.best, len(outcome.chosen.excluded)
+    why = (
+        f"params.maxFallbackLayers ({ctx.params.max_fallback_layers}) stopped the search at "
+        f"{tried - fixed} layers float beyond params.exclude: raise it, "
+        if tried < layers
+        else f"int8 cannot meet maxDrop for this model, even with all {layers} layers float: "
+    )
+    return (
+        f"quantize: params.fallback: auto: no model tried keeps {ctx.metric} on {rows} rows "
+        f"within maxDrop {ctx.max_drop:g} of the input model; the best was {best.metric:.4f} "
+        f"({best.drop:.4f} worse) with {len(best.excluded)} of {layers} layers float "
+        f"({', '.join(best.excluded) or 'none'}); {why}allow a larger "
+        "objective.maxDrop, or use another params.mode (fp16 keeps accuracy)"
+    )
+
+
+def _qat_float_layers(ctx: StageContext[QuantizeParams], gm: Any) -> set[str]:
+    """The layers params.exclude names, by module path: no fake quantization trains them (the
+    ONNX calibration afterwards keeps them float by the same names)."""
+    from kompaktor.quant.fakequant import layer_names
+    from kompaktor.quant.layers import Layer
+
+    layers = [Layer(name, name) for name in layer_names(gm)]
+    return {layer.name for layer in _excluded(ctx, layers)}
+
+
+def _static(
+    ctx: StageContext[QuantizeParams], prepared: Path, target: Path, nodes: list[str]
+) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
     from kompaktor.quant import CalibrationReader, onnx_inputs
@@ -334,14 +540,12 @@ def _static(ctx: StageContext[QuantizeParams], source: Path, target: Path) -> No
 
     p = ctx.params
     arrays = [np.asarray(x) for x in ctx.dataset.inputs("train")]
-    inputs = onnx_inputs(source)
-    _check_shapes(ctx, inputs)
+    inputs = onnx_inputs(prepared)
     methods = {
         "minmax": CalibrationMethod.MinMax,
         "percentile": CalibrationMethod.Percentile,
         "entropy": CalibrationMethod.Entropy,
     }
-    prepared = _pre_process(source, ctx.work_dir / "prepared.onnx")
     with working() as checkpoint:
         quantize_static(
             str(prepared),
@@ -352,6 +556,7 @@ def _static(ctx: StageContext[QuantizeParams], source: Path, target: Path) -> No
             activation_type=_int_type(p.activation_type),
             weight_type=_int_type(p.weight_type),
             calibrate_method=methods[p.calibration_method],
+            nodes_to_exclude=nodes,
             extra_options={"ActivationSymmetric": p.activation_type == "int8"},
         )
 
@@ -372,12 +577,15 @@ def _check_shapes(
         raise StageError(str(error)) from None
 
 
-def _dynamic(source: Path, target: Path, p: QuantizeParams) -> None:
+def _dynamic(prepared: Path, target: Path, p: QuantizeParams, nodes: list[str]) -> None:
     from onnxruntime.quantization import quantize_dynamic
 
-    prepared = _pre_process(source, target.with_name("prepared.onnx"))
     quantize_dynamic(
-        str(prepared), str(target), per_channel=p.per_channel, weight_type=_int_type(p.weight_type)
+        str(prepared),
+        str(target),
+        per_channel=p.per_channel,
+        weight_type=_int_type(p.weight_type),
+        nodes_to_exclude=nodes,
     )
 
 

@@ -917,7 +917,10 @@ def test_runs_carry_the_digests_they_were_planned_with() -> None:
     result = started(job)
     first = only_run(result).request
     assert first.input_digest == first.reference_digest == "sha256:in"
-    assert first.command()[-4:-2] == ["--input-digest", "sha256:in"]
+    command = first.command()
+    at = command.index("--input-digest")
+    digests = ["--input-digest", "sha256:in", "--reference-digest", "sha256:in"]
+    assert command[at : at + 4] == digests
     done = step(job, result.status, [RunSucceeded(first.run_id, record("train", "d1"))], T0)
     (probe,) = kinds(done, ProbeCache)
     bench = only_run(step(job, done.status, [CacheProbed(probe.key, None)], T0)).request
@@ -1236,3 +1239,22 @@ def test_cost_and_energy_never_go_down(script: list[str]) -> None:
         result = settled(spec_now.job(), before, observed(move, runs), now)
         assert (result.status.cost_usd or 0.0) >= (before.cost_usd or 0.0) - 1e-9, move
         assert (result.status.energy_joules or 0.0) >= (before.energy_joules or 0.0) - 1e-6, move
+
+
+def test_runs_carry_the_jobs_max_drop_and_quantize_auto_is_keyed_by_it() -> None:
+    """quantize's `fallback: auto` keeps layers float until the job's maxDrop is met: the bound
+    must reach the stage, and a tighter bound is another output, not the cached one."""
+    auto = {"mode": "dynamic", "fallback": "auto"}
+
+    def first_run(max_drop: float, params: dict[str, Any]) -> RunRequest:
+        job = ctx(spec(stages=[{"name": "q", "type": "quantize", "params": params}],
+                       objective={"metric": "accuracy", "maxDrop": max_drop}))  # fmt: skip
+        return only_run(started(job)).request
+
+    loose, tight = first_run(0.05, auto), first_run(0.01, auto)
+    assert loose.max_drop == 0.05 and tight.max_drop == 0.01
+    command = tight.command()
+    assert command[command.index("--max-drop") + 1] == "0.01"
+    assert loose.key != tight.key
+    plain = {"mode": "dynamic"}
+    assert first_run(0.05, plain).key == first_run(0.01, plain).key  # its output ignores it
