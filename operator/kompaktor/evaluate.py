@@ -6,6 +6,7 @@ compare honestly.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -232,6 +233,21 @@ def make_batch(sample: tuple[np.ndarray, ...], batch_size: int) -> tuple[np.ndar
     return tuple(np.ascontiguousarray(a[rows]) for a in sample)
 
 
+def time_calls(call: Callable[[], object], *, calls: int, seconds: float = 0.0) -> list[float]:
+    """Seconds taken by each of at least `calls` calls of `call`, going on until the timed calls
+    add up to `seconds`: a fast model gets as much sampling as a slow one, so its percentiles
+    are as stable (the sum counts call time only, so loop overhead cannot cut sampling short)."""
+    times_ns: list[int] = []
+    total_ns, wanted_ns = 0, math.ceil(seconds * 1e9)
+    while len(times_ns) < calls or total_ns < wanted_ns:
+        start = time.perf_counter_ns()
+        call()
+        elapsed = time.perf_counter_ns() - start
+        times_ns.append(elapsed)
+        total_ns += elapsed
+    return [t / 1e9 for t in times_ns]
+
+
 def measure_latency(
     predictor: Predictor,
     sample: tuple[np.ndarray, ...],
@@ -243,21 +259,16 @@ def measure_latency(
 ) -> Latency:
     """Time `predictor` on a batch built from `sample` rows; percentiles over iterations.
 
-    Runs at least `iterations` calls and keeps going until `min_seconds` have passed, so fast
-    models get enough samples for a stable p99.
+    Runs at least `iterations` calls and keeps going until `min_seconds` of calls are timed
+    (`time_calls`), so fast models get enough samples for a stable p99.
     """
     if batch_size < 1 or iterations < 1:
         raise ValueError("batch_size and iterations must be ≥ 1")
     batch = make_batch(sample, batch_size)
     for _ in range(warmup):
         predictor(*batch)
-    times_ns: list[int] = []
-    deadline = time.perf_counter_ns() + int(min_seconds * 1e9)
-    while len(times_ns) < iterations or time.perf_counter_ns() < deadline:
-        start = time.perf_counter_ns()
-        predictor(*batch)
-        times_ns.append(time.perf_counter_ns() - start)
-    ms = np.asarray(times_ns, dtype=np.float64) / 1e6
+    seconds = time_calls(lambda: predictor(*batch), calls=iterations, seconds=min_seconds)
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
     p50, p95, p99 = np.percentile(ms, [50, 95, 99])
     return Latency(
         batch_size=batch_size,
