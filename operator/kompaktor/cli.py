@@ -15,6 +15,7 @@ from kompaktor.errors import JobSpecError, KompaktorError
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from kompaktor.api.spec import OptimizationJob
     from kompaktor.api.status import OptimizationJobStatus
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -32,11 +33,12 @@ def command_line_uri(value: str | None) -> str | None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from contextlib import nullcontext
+
     from rich.live import Live
 
     from kompaktor.api.jobfile import load_job_file
-    from kompaktor.display import result_lines, stage_table, summary
+    from kompaktor.display import ProgressLines, stage_table, summary
     from kompaktor.executors.local import LocalExecutor
     from kompaktor.interrupts import termination_interrupts
     from kompaktor.local import LocalRun, localize
@@ -44,25 +46,33 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     job_path = Path(args.job).resolve()
     job = load_job_file(job_path)
-    validate_job(job.spec)
+    validate_job(job.spec, job_path.parent)
     ctx = localize(job, job_path.parent, command_line_uri(args.artifacts))
     logs = Path(args.logs) if args.logs else job_path.parent / ".kompaktor" / job.metadata.name
-    console = Console(stderr=True)
-    if not console.is_terminal:
-        console = Console(stderr=True, width=120)
+    console = _console(stderr=True)  # progress and warnings; the outcome goes to stdout
     try:
         executor = LocalExecutor(logs)
     except OSError as error:  # a job in a read-only folder: its default logs folder is there
         raise KompaktorError(
             f"cannot write stage logs to {logs}: {error.strerror}; choose a folder with --logs"
         ) from None
-    quiet = args.json or not console.is_terminal
-    with Live(console=console, transient=True, auto_refresh=False, redirect_stdout=False) as live:
+    name, metric = job.metadata.name, job.spec.objective.metric
+    # A terminal gets a live table; a file or a pipe, which a table redrawn in place would
+    # leave empty until the end, gets one line per event as it happens.
+    live = (
+        Live(console=console, transient=True, auto_refresh=False, redirect_stdout=False)
+        if console.is_terminal
+        else None
+    )
+    events = ProgressLines(metric)
+    with live or nullcontext():
 
         def show(status: Any, running: list[Any]) -> None:
-            if quiet:
+            if live is not None:
+                live.update(stage_table(name, status, metric), refresh=True)
                 return
-            live.update(stage_table(job.metadata.name, status), refresh=True)
+            for line in events(status):
+                print(line, file=sys.stderr, flush=True)
 
         try:
             with termination_interrupts():
@@ -71,16 +81,38 @@ def _cmd_run(args: argparse.Namespace) -> int:
             console.print("interrupted: running stages stopped; run the same command to resume")
             return EXIT_INTERRUPTED
     if args.json:
-        print(json.dumps(summary(job.metadata.name, status, ctx.artifacts_uri), indent=2))
+        print(json.dumps(summary(name, status, ctx.artifacts_uri), indent=2))
     else:
-        console.print(stage_table(job.metadata.name, status))
-        searches = _search_details(status, ctx.artifacts_uri, console)
-        for line in result_lines(status, searches, metric=job.spec.objective.metric):
-            console.print(line, markup=False)  # params and messages may hold [brackets]
         logs_here = executor.logs_for(ctx.artifacts_uri)
-        # soft_wrap: the paths stay whole on one line, to be copied
-        console.print(f"artifacts: {ctx.artifacts_uri}   logs: {logs_here}", soft_wrap=True)
+        _print_outcome(job, status, ctx.artifacts_uri, logs_here, console)
     return 0 if status.phase == "Succeeded" else EXIT_FAILED
+
+
+def _console(*, stderr: bool) -> Console:
+    """A rich console on stderr or stdout; 120 columns wide where it is not a terminal (a file,
+    a pipe), whose width rich cannot know."""
+    from rich.console import Console
+
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=120)
+
+
+def _print_outcome(
+    job: OptimizationJob, status: OptimizationJobStatus, artifacts: str, logs: Path, warn: Console
+) -> None:
+    """The run's outcome on stdout, as any command's result (`> result.txt`, `| less` get it):
+    the stage table, what the run gave, where its files are. Warnings go to `warn` (stderr)."""
+    from kompaktor.display import result_lines, stage_table
+
+    out = _console(stderr=False)
+    objective = job.spec.objective
+    out.print(stage_table(job.metadata.name, status, objective.metric))
+    searches = _search_details(status, artifacts, warn)
+    lines = result_lines(status, searches, metric=objective.metric, max_drop=objective.max_drop)
+    # markup off: params and messages may hold [brackets]; soft_wrap: a fact, a path, stays
+    # whole on its line, to be read or copied
+    for line in [*lines, f"artifacts: {artifacts}   logs: {logs}"]:
+        out.print(line, markup=False, soft_wrap=True)
 
 
 def _search_details(
@@ -114,11 +146,31 @@ def _search_details(
     return found
 
 
+def invoked_as(argv0: str) -> list[str]:
+    """The words that start this command, for hints such as init's `next:` line: a fresh
+    clone's `.venv/bin/kompaktor` is not on PATH, so a bare `kompaktor` would not run."""
+    import shutil
+
+    path = Path(argv0)
+    if path.suffix == ".py":  # `python -m kompaktor.cli`
+        return [sys.executable, "-m", "kompaktor.cli"]
+    found = shutil.which(path.name)
+    if argv0 == path.name or (found is not None and Path(found).resolve() == path.resolve()):
+        return [path.name]
+    return [argv0]
+
+
 def _cmd_init(args: argparse.Namespace) -> int:
+    import shlex
+
     from kompaktor.quickstart import init_digits
 
-    job = init_digits(Path(args.directory), full=not args.simple)
-    print(f"wrote {job}\nnext: kompaktor run {job}")
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    directory = Path(args.directory)
+    job = init_digits(directory, full=not args.simple, force=args.force, progress=progress)
+    print(f"wrote {job}\nnext: {shlex.join([*invoked_as(sys.argv[0]), 'run', str(job)])}")
     return 0
 
 
@@ -126,8 +178,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from kompaktor.api.jobfile import load_job_file
     from kompaktor.stages import validate_job
 
-    job = load_job_file(Path(args.job))
-    validate_job(job.spec)
+    path = Path(args.job)
+    job = load_job_file(path)
+    validate_job(job.spec, path.resolve().parent)
     print(
         f"{args.job}: OptimizationJob {job.metadata.name} is valid ({len(job.spec.stages)} stages)"
     )
@@ -137,12 +190,24 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_crd(args: argparse.Namespace) -> int:
     from kompaktor.api.crd import render_crd_yaml
 
-    text = render_crd_yaml()
-    if args.output:
-        Path(args.output).write_text(text)
+    _write_output(render_crd_yaml(), args.output)
+    return 0
+
+
+def _cmd_params(args: argparse.Namespace) -> int:
+    from kompaktor.stages.reference import render_markdown, render_text, stage_types
+
+    chosen = [args.type] if args.type else stage_types()
+    _write_output(render_markdown(chosen) if args.markdown else render_text(chosen), args.output)
+    return 0
+
+
+def _write_output(text: str, output: str | None) -> None:
+    """`text` into the file `-o` names, or on stdout."""
+    if output:
+        Path(output).write_text(text)
     else:
         sys.stdout.write(text)
-    return 0
 
 
 def _cmd_operator(args: argparse.Namespace) -> int:
@@ -165,22 +230,35 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_cmd_run)
 
     init = sub.add_parser("init", help="write a ready-to-run demo job")
-    init.add_argument("example", choices=["digits"])
-    init.add_argument("directory")
+    init.add_argument("example", choices=["digits"], help="which demo: digits (an 8x8 CNN)")
+    init.add_argument("directory", help="folder to write it to (made if missing)")
     init.add_argument(
         "--simple",
         action="store_true",
         help="fine-tune and benchmark only (default: hpo, prune, distill, quantize, benchmark)",
     )
+    init.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite job.yaml, model.pt2 and digits.npz if the folder already has them",
+    )
     init.set_defaults(handler=_cmd_init)
 
     validate = sub.add_parser("validate", help="check a job file without running it")
-    validate.add_argument("job")
+    validate.add_argument("job", help="OptimizationJob YAML file (its paths: beside it)")
     validate.set_defaults(handler=_cmd_validate)
 
     crd = sub.add_parser("crd", help="print the generated CustomResourceDefinition")
-    crd.add_argument("--output", "-o")
+    crd.add_argument("--output", "-o", help="write it to this file instead of stdout")
     crd.set_defaults(handler=_cmd_crd)
+
+    from kompaktor.stages.reference import stage_types
+
+    params = sub.add_parser("params", help="list each stage type's params (the job file's names)")
+    params.add_argument("type", nargs="?", choices=stage_types(), help="one type (default: all)")
+    params.add_argument("--markdown", action="store_true", help="as Markdown tables")
+    params.add_argument("--output", "-o", help="write it to this file instead of stdout")
+    params.set_defaults(handler=_cmd_params)
 
     from kompaktor.config import add_operator_arguments
 
@@ -192,7 +270,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     stage_parser(sub)
     _debug_everywhere(parser)
+    _commands_named(parser)
     return parser
+
+
+def _commands_named(parser: argparse.ArgumentParser) -> None:
+    """A missing subcommand is named by its choices (`required: {run,init,…}`), not by the
+    attribute that holds it (`command`, `stage_command`), which users never typed."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            action.metavar = "{" + ",".join(action.choices) + "}"
+            for child in action.choices.values():
+                _commands_named(child)
 
 
 def _debug_everywhere(parser: argparse.ArgumentParser) -> None:
@@ -241,9 +330,12 @@ def _refused(error: KompaktorError) -> bool:
 def _json_failure(args: argparse.Namespace, message: str) -> None:
     """`--json` promises one summary on stdout: a run that fails before it starts (a bad job
     file, an unreadable store) still prints one, so `kompaktor run --json | jq` never reads
-    nothing."""
+    nothing; it names the job whenever the file gives metadata.name, valid or not."""
     if getattr(args, "json", False):
-        print(json.dumps({"job": None, "phase": "Failed", "message": message}, indent=2))
+        from kompaktor.api.jobfile import job_name
+
+        job = job_name(Path(args.job)) if getattr(args, "job", None) else None
+        print(json.dumps({"job": job, "phase": "Failed", "message": message}, indent=2))
 
 
 if __name__ == "__main__":

@@ -308,4 +308,4 @@ def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics-port", type=int, help="serve Prometheus metrics on this port (/metrics)"
     )
-    parser.add_argument("--verbose", "-v", action="store_true")
+    parser.add_argument("--verbose", "-v", action="store_true", help="log kopf's debug messages")

@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.table import Table
 
-from kompaktor.api.status import OptimizationJobStatus, StageStatus
+from kompaktor.api.status import OptimizationJobStatus, StageStatus, TrialRecord
 from kompaktor.plan.clock import parse_iso
 
 
@@ -38,12 +38,13 @@ def _size(value: float | None) -> str:
 PHASE_STYLE = {"Succeeded": "green", "Failed": "red", "Running": "cyan", "Retrying": "yellow"}
 
 
-def stage_table(name: str, status: OptimizationJobStatus) -> Table:
-    """Per stage: status, duration, metric, size, latency, cache hit."""
+def stage_table(name: str, status: OptimizationJobStatus, metric: str = "metric") -> Table:
+    """Per stage: status, duration, the job's metric (the column named by it), size, latency,
+    cache hit."""
     table = Table(title=f"OptimizationJob {name}: {status.phase}", title_justify="left")
-    for column in ("stage", "type", "status", "time", "metric", "size", "latency", "cached"):
+    for column in ("stage", "type", "status", "time", metric, "size", "latency", "cached"):
         table.add_column(
-            column, justify="right" if column in ("time", "metric", "size", "latency") else "left"
+            column, justify="right" if column in ("time", metric, "size", "latency") else "left"
         )
     for stage in status.stages:
         style = PHASE_STYLE.get(stage.phase, "")
@@ -66,30 +67,106 @@ def result_lines(
     searches: Mapping[str, Mapping[str, Any]] | None = None,
     *,
     metric: str = "metric",
+    max_drop: float | None = None,
 ) -> list[str]:
-    """What the run gave, after the table: the output and its figures, each multi-objective
-    search's Pareto set (`searches`: hpo stage name -> its result details; `metric`: the
-    job's objective metric, which names the metric objective), cost and energy, and why the
-    job ended as it did."""
+    """What the run gave, after the table, a fact a line: the output, its metric against the
+    input model and the bound it had to keep (`max_drop`), the speed-up at each batch size the
+    benchmark timed, the size, each search's winner and Pareto set (`searches`: hpo stage name
+    -> its result details; `metric`: the job's objective metric), cost and energy with how the
+    energy was known, and why the job ended as it did."""
     lines = []
     result = status.result
     if result is not None and status.phase == "Succeeded":
         lines.append(f"output: {result.uri}")
         if result.metric is not None and result.baseline_metric is not None:
-            lines.append(f"metric: {result.metric:.4f} (input model {result.baseline_metric:.4f})")
-        if result.speedup is not None:
-            lines.append(f"speedup at batch 1: {result.speedup:.2f}x")
-        if result.size_ratio is not None:
-            lines.append(f"size: {result.size_ratio:.3f}x of the input model")
+            bound = "" if max_drop is None else f", maxDrop {max_drop:g}"
+            against = f"input {result.baseline_metric:.4f}{bound}"
+            lines.append(f"{metric} {result.metric:.4f} ({against})")
+        lines += _present(_speedup_line(status), _size_line(status))
     for stage, details in (searches or {}).items():
+        lines += _present(winner_line(stage, details))
         lines += pareto_lines(stage, details, metric)
-    if status.cost_usd is not None or status.energy_joules is not None:
-        lines.append(
-            f"cost: {status.cost_usd or 0:.4f} USD, energy: {status.energy_joules or 0:.1f} J"
-        )
+    lines += _present(_spending_line(status))
     if status.message:
         lines.append(f"reason: {status.message}")
     return lines
+
+
+def _present(*lines: str | None) -> list[str]:
+    return [line for line in lines if line is not None]
+
+
+def _speedup_line(status: OptimizationJobStatus) -> str | None:
+    """The speed-up over the input model at every batch size the last benchmark timed (its
+    `speedup@N` metrics); the headline batch-1 figure alone when there are none."""
+    bench = next(
+        (s for s in reversed(status.stages) if s.type == "benchmark" and s.phase == "Succeeded"),
+        None,
+    )
+    by_size = sorted(
+        (int(key.partition("@")[2]), value)
+        for key, value in (bench.metrics if bench else {}).items()
+        if key.startswith("speedup@") and key.partition("@")[2].isdigit()
+    )
+    if not by_size:
+        speedup = status.result.speedup if status.result else None
+        by_size = [] if speedup is None else [(1, speedup)]
+    if not by_size:
+        return None
+    sizes = ", ".join(f"{value:.2f}x at batch {size}" for size, value in by_size)
+    return f"speed-up over the input model: {sizes}"
+
+
+def _size_line(status: OptimizationJobStatus) -> str | None:
+    result = status.result
+    if result is None or result.size_ratio is None:
+        return None
+    done = [s for s in status.stages if s.phase == "Succeeded" and "sizeBytes" in s.metrics]
+    size = f"{_size(done[-1].metrics['sizeBytes'])}, " if done else ""
+    return f"size: {size}{result.size_ratio:.3f}x of the input model"
+
+
+def _spending_line(status: OptimizationJobStatus) -> str | None:
+    """Cost (where a pool has a price: locally there is none) and energy, labelled with how
+    it was known: most local figures are estimates from CPU time, not measurements."""
+    if status.cost_usd is None and status.energy_joules is None:
+        return None
+    parts = [f"cost: {status.cost_usd:.4f} USD"] if status.cost_usd else []
+    cached = bool(status.stages) and all(s.cached for s in status.stages)
+    how = "every stage came from the cache" if cached else energy_method_label(status)
+    parts.append(f"energy: {_joules(status.energy_joules or 0.0)}" + (f" ({how})" if how else ""))
+    return ", ".join(parts)
+
+
+def _joules(value: float) -> str:
+    if value >= 1000:
+        return f"{value / 1000:.1f} kJ"
+    return f"{value:.0f} J" if value >= 10 else f"{value:.1f} J"
+
+
+def energy_method_label(status: OptimizationJobStatus) -> str | None:
+    """How the job's energy figure was known, from its stages' methods: an estimate says
+    what it assumed (the watts per busy core this machine's runs use)."""
+    from kompaktor.metrics.energy import cpu_count, pool_watts
+
+    methods = {s.energy_method for s in status.stages if s.energy_method is not None}
+    assumed = f"{pool_watts() / cpu_count():g} W per busy core x CPU time"
+    if methods == {"estimate"}:
+        return f"estimated: {assumed}"
+    if "estimate" in methods:
+        return f"partly estimated: {assumed}"
+    if methods:
+        return "measured: " + " + ".join(m.upper() for m in sorted(methods))
+    return None
+
+
+def winner_line(stage: str, details: Mapping[str, Any]) -> str | None:
+    """A search's winning trial and its params, from the stage's result details."""
+    best, params = details.get("bestTrial"), details.get("bestParams")
+    if best is None or params is None:
+        return None
+    total = len(details.get("trials") or [])
+    return f"{stage}: trial {best}{f' of {total}' if total else ''} won: {_params(params)}"
 
 
 #: Most Pareto-set trials listed after the table (the stage's result.json has them all).
@@ -110,8 +187,7 @@ def pareto_lines(stage: str, details: Mapping[str, Any], metric: str) -> list[st
     for trial in front[:MAX_PARETO_LINES]:
         mark = "*" if trial["number"] == best else " "
         values = ", ".join(_objective(k, v, metric) for k, v in trial["values"].items())
-        params = ", ".join(f"{k}={_param(v)}" for k, v in trial["params"].items())
-        lines.append(f"  {mark} trial {trial['number']}: {values}; {params}")
+        lines.append(f"  {mark} trial {trial['number']}: {values}; {_params(trial['params'])}")
     if len(front) > MAX_PARETO_LINES:
         lines.append(f"    and {len(front) - MAX_PARETO_LINES} more in the stage's result.json")
     return lines
@@ -126,8 +202,87 @@ def _objective(name: str, value: float, metric: str) -> str:
     return f"{metric} {value:.4f}"
 
 
+def _params(params: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={_param(v)}" for k, v in params.items())
+
+
 def _param(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+class ProgressLines:
+    """`kompaktor run`'s progress where no live table can be drawn (a log file, a pipe): one
+    plain line per event, found by comparing each status with the one before. Trials already
+    finished when the run starts (a resumed or rerun job's) are not reported again."""
+
+    def __init__(self, metric: str = "metric") -> None:
+        self._metric = metric
+        self._phases: dict[str, str] = {}
+        self._trials: dict[tuple[str, int], str] | None = None
+
+    def __call__(self, status: OptimizationJobStatus) -> list[str]:
+        """The events since the last call: trials first (a search's last trial ends before
+        its stage does, in the same step), then the stages in job order."""
+        lines = []
+        seen, self._trials = self._trials, {(t.stage, t.number): t.state for t in status.trials}
+        for trial in status.trials:
+            if seen is not None and seen.get((trial.stage, trial.number)) != trial.state:
+                lines += _present(_trial_event(trial, self._metric))
+        for stage in status.stages:
+            if self._phases.get(stage.name, "Pending") != stage.phase:
+                lines += _present(_stage_event(stage, self._metric))
+            self._phases[stage.name] = stage.phase
+        return lines
+
+
+def _stage_event(stage: StageStatus, metric: str) -> str | None:
+    """A stage's new phase in words, a finished stage with its key figure."""
+    what = f"{stage.name} ({stage.type})"
+    why = f": {stage.message}" if stage.message else ""
+    match stage.phase:
+        case "Running":
+            again = f", attempt {stage.attempts}" if stage.attempts > 1 else ""
+            return f"{what}: started{again}"
+        case "Succeeded":
+            took = _duration(stage)
+            how = " (cached)" if stage.cached else f" in {took}" if took else ""
+            return f"{what}: succeeded{how}: {_key_figure(stage, metric)}"
+        case "Retrying":
+            return f"{what}: attempt {stage.attempts} failed, retrying{why}"
+        case "Failed" | "Cancelled":
+            return f"{what}: {stage.phase.lower()}{why}"
+    return None
+
+
+def _key_figure(stage: StageStatus, metric: str) -> str:
+    """What a finished stage is for: a benchmark's speed-up, a search's winner, else the
+    output's metric and size."""
+    figures = stage.metrics
+    if stage.type == "benchmark" and "speedup" in figures:
+        return f"speed-up {figures['speedup']:.2f}x at batch {figures.get('latencyBatch', 1):g}"
+    shown = [f"{metric} {figures['metric']:.4f}"] if "metric" in figures else []
+    if stage.type == "hpo" and "bestTrial" in figures:
+        shown.insert(0, f"trial {figures['bestTrial']:g} won")
+    if "sizeBytes" in figures:
+        shown.append(_size(figures["sizeBytes"]))
+    return ", ".join(shown)
+
+
+def _trial_event(trial: TrialRecord, metric: str) -> str | None:
+    """A trial that has just finished: how, its figure (or why it has none), its params."""
+    if trial.state not in ("Complete", "Pruned", "Failed"):
+        return None
+    said = _trial_figure(trial, metric) if trial.state == "Complete" else trial.message
+    how = f"{trial.state.lower()}: {said}" if said else trial.state.lower()
+    return f"{trial.stage}: trial {trial.number} {how}; {_params(trial.params)}"
+
+
+def _trial_figure(trial: TrialRecord, metric: str) -> str | None:
+    """The figure a search ranks a trial by: on validation rows where it held some out."""
+    figures = trial.metrics
+    if "valMetric" in figures:
+        return f"validation {metric} {figures['valMetric']:.4f}"
+    return f"{metric} {figures['metric']:.4f}" if "metric" in figures else None
 
 
 def summary(name: str, status: OptimizationJobStatus, artifacts: str) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from kompaktor.api.jobfile import job_relative_uri
 from kompaktor.api.spec import OptimizationJob, OptimizationJobSpec, StageSpec
 from kompaktor.api.status import OptimizationJobStatus, TrialRecord
 from kompaktor.artifacts import ArtifactError, open_store
@@ -46,21 +47,13 @@ FINAL_PHASES = ("Succeeded", "Failed", "Cancelled", "Suspended")
 INTERRUPTED = "interrupted: run the same command to resume"
 
 
-def _absolute(uri: str, base: Path) -> str:
-    """Relative paths in a job file are relative to the job file's folder."""
-    if ":" in uri.split("/", 1)[0]:
-        return uri
-    path = Path(uri).expanduser()
-    return (path if path.is_absolute() else (base / path).resolve()).as_uri()
-
-
 def _absolute_model_files(stage: StageSpec, base: Path) -> StageSpec:
     """The stage with each model file its params name (a distill teacher's uri) made absolute
     against the job file's folder, as spec.model.uri is (the input probe digests them)."""
 
     def fill(path: str, ref: dict[str, Any]) -> dict[str, Any]:
         uri = file_uri(ref)
-        return ref if uri is None else {**ref, "uri": _absolute(uri, base)}
+        return ref if uri is None else {**ref, "uri": job_relative_uri(uri, base)}
 
     return stage.model_copy(update={"params": map_model_refs(stage.params, fill)})
 
@@ -70,8 +63,8 @@ def localize(job: OptimizationJob, job_dir: Path, artifacts: str | None) -> JobC
     root chosen, and its pools dropped: this machine is the one pool ("local"), so a benchmark
     on several pools runs once."""
     spec = job.spec
-    model = spec.model.model_copy(update={"uri": _absolute(spec.model.uri, job_dir)})
-    dataset = spec.dataset.model_copy(update={"uri": _absolute(spec.dataset.uri, job_dir)})
+    model = spec.model.model_copy(update={"uri": job_relative_uri(spec.model.uri, job_dir)})
+    dataset = spec.dataset.model_copy(update={"uri": job_relative_uri(spec.dataset.uri, job_dir)})
     stages = [
         _absolute_model_files(stage, job_dir).model_copy(update={"pool": None, "pools": None})
         for stage in spec.stages
@@ -85,7 +78,7 @@ def localize(job: OptimizationJob, job_dir: Path, artifacts: str | None) -> JobC
     return JobContext(
         name=job.metadata.name,
         spec=resolved,
-        artifacts_uri=_absolute(root, job_dir),
+        artifacts_uri=job_relative_uri(root, job_dir),
         default_pool="local",
         retry_base_seconds=2.0,
     )

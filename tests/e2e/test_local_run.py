@@ -67,10 +67,11 @@ def test_quickstart_runs_then_reruns_from_cache(demo: Path) -> None:
 def test_human_output_has_the_table(demo: Path) -> None:
     done = kompaktor("run", str(demo))
     assert done.returncode == 0, done.stderr
-    assert "OptimizationJob digits-cnn: Succeeded" in done.stderr
-    assert "speedup at batch 1" in done.stderr
+    # the outcome is on stdout, progress on stderr
+    assert "OptimizationJob digits-cnn: Succeeded" in done.stdout
+    assert "x at batch 1" in done.stdout
     # the logs it names are this artifact root's own, the stages' logs among them
-    logs = Path(done.stderr.rsplit("logs: ", 1)[1].splitlines()[0])
+    logs = Path(done.stdout.rsplit("logs: ", 1)[1].splitlines()[0])
     assert logs.parent == demo.parent / ".kompaktor" / "digits-cnn"
     assert any(logs.glob("*.log")), sorted(logs.iterdir())
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
-from kompaktor.cli import EXIT_USAGE, build_parser, command_line_uri, main
+from kompaktor.cli import EXIT_USAGE, build_parser, command_line_uri, invoked_as, main
 from kompaktor.errors import JobSpecError
 
 
@@ -60,3 +61,52 @@ def test_run_json_prints_a_summary_even_when_the_job_is_refused(
     assert main(["run", str(job), "--json"]) == EXIT_USAGE
     out = json.loads(capsys.readouterr().out)
     assert out["phase"] == "Failed" and "metadata" in out["message"]
+
+
+def test_the_next_hint_names_the_command_as_it_was_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`next: kompaktor run …` did not run in a fresh clone, where only .venv/bin has it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    on_path = bin_dir / "kompaktor"
+    on_path.write_text("#!/bin/sh\n")
+    on_path.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    assert invoked_as(".venv/bin/kompaktor") == [".venv/bin/kompaktor"]
+    assert invoked_as(str(on_path)) == ["kompaktor"]
+    assert invoked_as("kompaktor") == ["kompaktor"]
+    assert invoked_as("/src/operator/kompaktor/cli.py")[1:] == ["-m", "kompaktor.cli"]
+
+
+def test_init_refuses_an_existing_job_and_names_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The refusal said only "remove it", not the flag that redoes the folder."""
+    job = tmp_path / "job.yaml"
+    job.write_text("edited")
+    assert main(["init", "digits", str(tmp_path)]) == 1
+    assert "pass --force" in capsys.readouterr().err
+    assert job.read_text() == "edited"
+
+
+@pytest.mark.slow
+def test_init_force_reports_progress_and_the_next_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Init was silent for a minute or more, could not redo a folder, and its `next:` line
+    named a `kompaktor` that is not on PATH after the install."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(sys, "argv", [".venv/bin/kompaktor"])
+    Path("demo").mkdir()
+    Path("demo/job.yaml").write_text("edited")
+    assert main(["init", "digits", "demo", "--simple", "--force"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [
+        "wrote demo/job.yaml",
+        "next: .venv/bin/kompaktor run demo/job.yaml",
+    ]
+    assert "epoch 8/8: validation accuracy" in err
+    assert "writing demo/model.pt2" in err
+    assert Path("demo/job.yaml").read_text() != "edited"

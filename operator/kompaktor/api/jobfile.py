@@ -9,7 +9,7 @@ import yaml
 from pydantic import ValidationError
 
 from kompaktor.api.messages import describe_errors
-from kompaktor.api.spec import OptimizationJob
+from kompaktor.api.spec import API_VERSION, KIND, OptimizationJob
 from kompaktor.errors import JobSpecError
 
 
@@ -21,7 +21,7 @@ def parse_job(document: Any, source: str) -> OptimizationJob:
     except ValidationError as error:
         raise JobSpecError(
             f"{source}: invalid OptimizationJob\n"
-            + "\n".join(describe_errors(error, document=document))
+            + "\n".join(describe_errors(error, document=document, model=OptimizationJob))
         ) from None
 
 
@@ -51,18 +51,58 @@ class UniqueKeyLoader(yaml.SafeLoader):
 
 def load_job_file(path: Path) -> OptimizationJob:
     """The job in `path`; JobSpecError naming the file and the field when it is wrong."""
+    documents = _documents(path)
+    jobs = _jobs(documents)
+    if len(jobs) != 1:
+        raise JobSpecError(f"{path}: {_not_one_job(jobs, documents)}")
+    return parse_job(jobs[0], str(path))
+
+
+def job_name(path: Path) -> str | None:
+    """metadata.name of the job in `path` also when the job does not validate (a failure
+    summary names the job); None when the file has no one job document with a name."""
+    try:
+        jobs = _jobs(_documents(path))
+    except JobSpecError:
+        return None
+    metadata = jobs[0].get("metadata") if len(jobs) == 1 else None
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def _documents(path: Path) -> list[Any]:
+    """The YAML documents in `path`, empty ones left out."""
     try:
         text = path.read_text()
     except OSError as error:
         raise JobSpecError(f"cannot read job file {path}: {error.strerror}") from None
     try:
-        documents = [d for d in yaml.load_all(text, Loader=UniqueKeyLoader) if d is not None]
+        return [d for d in yaml.load_all(text, Loader=UniqueKeyLoader) if d is not None]
     except _DuplicateKeyError as error:
         raise JobSpecError(f"{path}: {error}") from None
     except yaml.YAMLError as error:
         raise JobSpecError(f"{path}: not valid YAML: {error}") from None
-    jobs = [d for d in documents if isinstance(d, dict) and d.get("kind") == "OptimizationJob"]
-    if len(jobs) != 1:
-        found = "none" if not jobs else f"{len(jobs)}"
-        raise JobSpecError(f"{path}: expected exactly one OptimizationJob document, found {found}")
-    return parse_job(jobs[0], str(path))
+
+
+def _jobs(documents: list[Any]) -> list[dict[str, Any]]:
+    return [d for d in documents if isinstance(d, dict) and d.get("kind") == KIND]
+
+
+def _not_one_job(jobs: list[dict[str, Any]], documents: list[Any]) -> str:
+    """Why no single job was read: several, or none with the kinds that were found (a
+    misspelled `kind: OptimisationJob` is then plain to see)."""
+    if jobs:
+        return f"expected exactly one {KIND} document, found {len(jobs)}"
+    kinds = [d.get("kind") for d in documents if isinstance(d, dict)]
+    found = ", ".join(sorted({repr(k) if not isinstance(k, str) else k for k in kinds if k}))
+    what = f"found kind {found}" if found else "found no document with a kind"
+    return f"{what}; expected {KIND} (apiVersion {API_VERSION})"
+
+
+def job_relative_uri(uri: str, job_dir: Path) -> str:
+    """`uri` as a job file means it: a path relative to the job file's folder (`job_dir`), made
+    an absolute file:// URI; a URI (s3://, file://, sklearn:…) as it is."""
+    if ":" in uri.split("/", 1)[0]:
+        return uri
+    path = Path(uri).expanduser()
+    return (path if path.is_absolute() else (job_dir / path).resolve()).as_uri()

@@ -137,6 +137,23 @@ class ArtifactsSpec(SpecModel):
     )
 
 
+#: Metrics whose values lie between 0 and 1: a drop of 1 or more lets any result pass.
+FRACTION_METRICS = ("accuracy", "fidelity")
+
+
+def max_drop_problem(metric: str, max_drop: float) -> str | None:
+    """Why `max_drop` sets no bound on `metric` (None: it does). Users write a percentage
+    (`maxDrop: 1` for one point), which for a fraction metric turned the gate off."""
+    if metric not in FRACTION_METRICS or max_drop < 1:
+        return None
+    points = "point" if max_drop == 1 else "points"
+    return (
+        f"must be below 1 for {metric}, a fraction from 0 to 1, or any result passes; maxDrop "
+        f"is a fraction too (0.01 = one point of {metric}): for {max_drop:g} {points} write "
+        f"{max_drop / 100:g}"
+    )
+
+
 class Objective(SpecModel):
     metric: Literal["accuracy", "fidelity", "mse"] = Field(
         default="accuracy",
@@ -153,6 +170,14 @@ class Objective(SpecModel):
             "output may show; a stage that loses more fails the job (its artifacts are kept)."
         ),
     )
+
+    @field_validator("max_drop")
+    @classmethod
+    def _a_bound(cls, value: float, info: ValidationInfo) -> float:
+        problem = max_drop_problem(info.data.get("metric", ""), value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
 
 class Budget(SpecModel):

@@ -25,7 +25,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from kompaktor.api.messages import describe_errors
+from kompaktor.api.messages import spec_problems
 from kompaktor.api.spec import GROUP, OptimizationJobSpec
 from kompaktor.config import AdmissionConfig, OperatorConfig, check_pools
 from kompaktor.errors import JobSpecError, KompaktorError
@@ -47,7 +47,7 @@ def problems(
     try:
         parsed = OptimizationJobSpec.model_validate(spec or {})
     except ValidationError as error:
-        return ["; ".join(describe_errors(error, "spec.", spec))]
+        return [spec_problems(error, spec)]
     found: list[str] = []
     for check in (
         lambda: check_pools(parsed, config),

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kompaktor.api.messages import describe_errors
+from kompaktor.api.messages import spec_problems
 from kompaktor.api.spec import OptimizationJobSpec
 from kompaktor.api.status import OptimizationJobStatus
 from kompaktor.config import OperatorConfig, check_pools
@@ -242,9 +242,7 @@ class Reconciler:
         try:
             spec = OptimizationJobSpec.model_validate(obj.get("spec") or {})
         except ValidationError as error:
-            raise KompaktorError(
-                "; ".join(describe_errors(error, "spec.", obj.get("spec")))
-            ) from None
+            raise KompaktorError(spec_problems(error, obj.get("spec"))) from None
         check_pools(spec, self.config)
         return JobContext(
             name=name,

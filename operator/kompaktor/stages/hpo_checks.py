@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kompaktor.api.messages import field_names, unknown_name
 from kompaktor.search.grid import MAX_GRID, grid_size
 from kompaktor.stages.base import PlanContext, Stage
 from kompaktor.stages.hpo_fields import (
@@ -27,11 +28,8 @@ def check(params: HpoParams, plan: PlanContext | None = None) -> None:
     for where, keys in (("space", params.space), ("base", params.base)):
         for key in keys:
             if key not in names:
-                known = ", ".join(sorted(n for n in names if n == camel(n)))
-                raise ValueError(
-                    f"params.{where}.{key}: {params.target} has no param {key!r} "
-                    f"(its params: {known})"
-                )
+                known = field_names(target.Params)
+                raise ValueError(f"params.{where}.{key}: {unknown_name(key, known, params.target)}")
     _check_kinds(params, target)
     for key in params.base:
         if canonical_name(target.Params, key) in {

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import socket
 import sys
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import ValidationError
 
 from kompaktor.api.run import EXIT_FAILED, EXIT_INVALID, EXIT_OK, LOG_FILE, RunFailure, RunRecord
+from kompaktor.api.spec import max_drop_problem
 from kompaktor.errors import JobSpecError, KompaktorError, StageError
 
 if TYPE_CHECKING:
@@ -76,12 +78,14 @@ class _FinishedElsewhere(Exception):  # noqa: N818 (a signal, not an error)
 
 
 class StageRunError(KompaktorError):
-    """The run failed; `failure` is what failure.json says, `exit_code` what the command exits."""
+    """The run failed; `failure` is what failure.json says, `exit_code` what the command exits,
+    `logged` whether the run's log (stderr too) already said it, so the command does not."""
 
-    def __init__(self, failure: RunFailure, exit_code: int) -> None:
+    def __init__(self, failure: RunFailure, exit_code: int, *, logged: bool = False) -> None:
         super().__init__(failure.message)
         self.failure = failure
         self.exit_code = exit_code
+        self.logged = logged
 
 
 class _InvalidInputError(KompaktorError):
@@ -93,10 +97,12 @@ class _InvalidInputError(KompaktorError):
 
 def build_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `stage run` to the `kompaktor` command."""
+    from kompaktor.stages.base import registry
+
     stage = sub.add_parser("stage", help="run one stage (what each pod or local process runs)")
     stage_sub = stage.add_subparsers(dest="stage_command", required=True)
     run = stage_sub.add_parser("run", help="run one stage and write its output")
-    run.add_argument("--type", required=True, help="stage type (train, prune, …)")
+    run.add_argument("--type", required=True, help=f"stage type: {', '.join(sorted(registry()))}")
     run.add_argument("--params", default="{}", help="the stage's params as a JSON object")
     run.add_argument("--input", required=True, help="input model URI (.pt2, .pt, .onnx)")
     run.add_argument("--dataset", required=True, help="dataset URI or built-in (sklearn:digits)")
@@ -108,9 +114,19 @@ def build_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "by, so a file replaced or corrupted since is refused, not used)",
     )
     run.add_argument("--reference-digest", help="the same for --reference")
-    run.add_argument("--metric", default="accuracy", choices=["accuracy", "fidelity", "mse"])
-    run.add_argument("--task", default="classification", choices=["classification", "regression"])
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument(
+        "--metric",
+        default="accuracy",
+        choices=["accuracy", "fidelity", "mse"],
+        help="the job's objective.metric, measured on the test split (default: accuracy)",
+    )
+    run.add_argument(
+        "--task",
+        default="classification",
+        choices=["classification", "regression"],
+        help="the job's spec.dataset.task: decides the loss (default: classification)",
+    )
+    run.add_argument("--seed", type=int, default=0, help="the job's seed (default: 0)")
     run.add_argument(
         "--trial",
         help="HPO trial context as JSON (the pruner and the finished trials' curves); the plan "
@@ -143,6 +159,7 @@ def main_stage(args: argparse.Namespace) -> int:
     from kompaktor.stages.outputs import write_termination_message
 
     try:
+        _check_max_drop(args.type, args.metric, args.max_drop)
         request = StageRequest(
             type=args.type,
             params=_parse_json_object(args.type, "--params", args.params),
@@ -162,7 +179,8 @@ def main_stage(args: argparse.Namespace) -> int:
             record = run_stage(request)
     except StageRunError as error:
         write_termination_message(error.failure.model_dump_json(by_alias=True))
-        print(f"error: {error.failure.message}", file=sys.stderr)
+        if not error.logged:
+            print(f"error: {error.failure.message}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt as stop:
         failure = RunFailure(
@@ -199,9 +217,21 @@ def _parse_json_object(stage_type: str, option: str, text: str) -> dict[str, Any
         problem = "must be a JSON object"
     if isinstance(params, dict):
         return params
+    raise _invalid(stage_type, option, problem)
+
+
+def _check_max_drop(stage_type: str, metric: str, max_drop: float | None) -> None:
+    """objective.maxDrop's rule for its metric, for the flag that passes it on."""
+    problem = None if max_drop is None else max_drop_problem(metric, max_drop)
+    if problem is not None:
+        raise _invalid(stage_type, "--max-drop", problem)
+
+
+def _invalid(stage_type: str, option: str, problem: str) -> StageRunError:
+    """A flag that cannot work: failure.json says so, and retrying will not help."""
     message = f"stage ({stage_type}): {option}: {problem}"
     failure = RunFailure(type=stage_type, reason="InvalidParams", message=message, retryable=False)
-    raise StageRunError(failure, EXIT_INVALID)
+    return StageRunError(failure, EXIT_INVALID)
 
 
 # --------------------------------------------------------------------------- the run
@@ -234,7 +264,7 @@ def run_stage(request: StageRequest) -> RunRecord:
             if not isinstance(error, KompaktorError):
                 log("".join(traceback.format_exception(error)).rstrip())
             _leave_failure(out, failure, log)
-            raise StageRunError(failure, code) from error
+            raise StageRunError(failure, code, logged=True) from error
         finally:
             log.close()
 
@@ -301,6 +331,8 @@ def _execute(request: StageRequest, work: Path, out: OutputPrefix, log: RunLog) 
         output = out.put_model(path, model_format)
         log(f"output {request.metric}: {metrics['metric']:.4f}, "
             f"{metrics['sizeBytes']:.0f} bytes → {output.uri}")  # fmt: skip
+        if (broken := broken_output(request, metrics, dataset.num_classes)) is not None:
+            log(broken)  # a warning only: with no bound given, the run itself succeeded
     reading = meter.reading
     assert reading is not None
     return RunRecord(
@@ -459,6 +491,40 @@ def output_metrics(
     if "latencyMs" not in stage_metrics:
         metrics.update(batch1_latency(output, dataset).metrics())
     return metrics
+
+
+def broken_output(
+    request: StageRequest, metrics: dict[str, float], num_classes: int | None
+) -> str | None:
+    """The warning line for an output that looks broken, not merely worse (a diverged
+    fine-tune: an lr too high), which with no bound (maxDrop) passed silently as a success."""
+    problem = _not_finite(request.metric, metrics) or _near_chance(
+        request.metric, metrics, num_classes
+    )
+    return None if problem is None else f"warning: stage ({request.type}): {problem}"
+
+
+def _not_finite(name: str, metrics: dict[str, float]) -> str | None:
+    """The output's metric or the training loss (train's finalLoss) is NaN or infinite."""
+    figures = {f"output {name}": metrics["metric"], "training loss": metrics.get("finalLoss", 0)}
+    bad = [f"{what} is {value}" for what, value in figures.items() if not math.isfinite(value)]
+    return f"{', '.join(bad)}: training diverged; lower params.lr" if bad else None
+
+
+def _near_chance(name: str, metrics: dict[str, float], num_classes: int | None) -> str | None:
+    """A class metric (accuracy, fidelity) that kept less than half of the input's lead over
+    chance (1/classes): 0.99 -> under 0.545 on 10 classes, 0.95 -> under 0.725 on 2. A pruned
+    or quantized model that merely lost some accuracy stays well above that."""
+    if name == "mse" or not num_classes or "inputMetric" not in metrics:
+        return None
+    chance, before, after = 1 / num_classes, metrics["inputMetric"], metrics["metric"]
+    if before <= chance or after - chance >= (before - chance) / 2:
+        return None
+    return (
+        f"output {name} {after:.4f} is near chance ({chance:.4f} for {num_classes} classes), "
+        f"down from the input's {before:.4f}: the model no longer works. If the stage trains, "
+        "lower params.lr (a rate too high makes training diverge)"
+    )
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,13 @@ job file fails the same way everywhere:
 
 from __future__ import annotations
 
+import zipfile
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from kompaktor.api.jobfile import job_relative_uri
 from kompaktor.api.messages import describe_errors
 from kompaktor.api.spec import DatasetRef, OptimizationJobSpec
 from kompaktor.artifacts import ArtifactError, local_path
@@ -40,7 +43,10 @@ def parse_params(stage_type: str, params: dict[str, Any], where: str) -> StagePa
     try:
         return stage_cls.Params.model_validate(params)
     except ValidationError as error:
-        raise JobSpecError("\n".join(describe_errors(error, f"{where}: params."))) from None
+        lines = describe_errors(
+            error, f"{where}: params.", model=stage_cls.Params, owner=stage_type
+        )
+        raise JobSpecError("\n".join(lines)) from None
 
 
 def _unknown_type(stage_type: str) -> str:
@@ -102,6 +108,70 @@ def _spec_problems(spec: OptimizationJobSpec) -> list[str]:
     return problems
 
 
+def _local_file_problems(spec: OptimizationJobSpec, job_dir: Path) -> list[str]:
+    """Model and dataset files named by a path (relative to `job_dir`, as `kompaktor run`
+    reads them) or by file:// that are missing, or a dataset without the arrays a run reads.
+    S3 objects are not looked at: validation uses no network."""
+    problems = []
+    for where, path in _local_files(spec, job_dir):
+        if not path.is_file():
+            problems.append(f"{where}: file not found: {path}")
+        elif where == "spec.dataset.uri" and (problem := npz_problem(path)) is not None:
+            problems.append(f"{where}: {path}: {problem}")
+    return problems
+
+
+def _local_files(spec: OptimizationJobSpec, job_dir: Path) -> list[tuple[str, Path]]:
+    """The model and the .npz dataset as files on this machine, where they are files: not
+    remote, not a built-in dataset, nor a URI `_spec_problems` refuses."""
+    uris = [("spec.model.uri", spec.model.uri)]
+    if spec.dataset.uri.endswith(".npz"):
+        uris.append(("spec.dataset.uri", spec.dataset.uri))
+    files = []
+    for where, uri in uris:
+        absolute = job_relative_uri(uri, job_dir)
+        try:
+            path = local_path(absolute) if absolute.startswith("file:") else None
+        except ArtifactError:
+            continue
+        if path is not None:
+            files.append((where, path))
+    return files
+
+
+def npz_problem(path: Path) -> str | None:
+    """What a run would miss in the .npz dataset at `path` (data/dataset.py's layout), read
+    from the file's index alone; None when every array a run reads is there."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            names = set(npz.files)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+        return f"not a readable .npz file: {error}"
+    missing = [name for name in _required_arrays(names) if not _has(names, name)]
+    if not missing:
+        return None
+    has = ", ".join(sorted(names)) or "no arrays"
+    return (
+        f"has no array {', '.join(missing)} (it has {has}); a dataset holds x_train, y_train, "
+        f"x_test, y_test and optionally x_val, y_val (x_train_0, x_train_1, … for a model "
+        f"with several inputs)"
+    )
+
+
+def _required_arrays(names: set[str]) -> list[str]:
+    """The arrays a run reads: train and test, and val when the file gives any of it."""
+    val = any(name == "y_val" or name.startswith("x_val") for name in names)
+    splits = ("train", "val", "test") if val else ("train", "test")
+    return [f"{axis}_{split}" for split in splits for axis in ("x", "y")]
+
+
+def _has(names: set[str], name: str) -> bool:
+    """Whether the file holds `name`, an input split also as x_train_0, x_train_1, …."""
+    return name in names or (name.startswith("x_") and f"{name}_0" in names)
+
+
 def _task(dataset: DatasetRef) -> tuple[str, str]:
     """The dataset's task (a built-in's own, whatever spec.dataset.task says) and, for
     messages, what says so."""
@@ -112,8 +182,10 @@ def _task(dataset: DatasetRef) -> tuple[str, str]:
     return dataset.task, f"spec.dataset.task is {dataset.task}{default}"
 
 
-def validate_job(spec: OptimizationJobSpec) -> list[StageParams]:
-    """Every stage's parsed params, in order; raises JobSpecError listing every problem."""
+def validate_job(spec: OptimizationJobSpec, job_dir: Path | None = None) -> list[StageParams]:
+    """Every stage's parsed params, in order; raises JobSpecError listing every problem.
+    With `job_dir` (the job file's folder, for a job run on this machine) the model and
+    dataset files it names must be there too."""
     problems: list[str] = []
     parsed: list[StageParams] = []
     try:
@@ -122,6 +194,8 @@ def validate_job(spec: OptimizationJobSpec) -> list[StageParams]:
         problems.append(f"spec.model.uri: {error}")
         model_format = None
     problems += _spec_problems(spec)
+    if job_dir is not None:
+        problems += _local_file_problems(spec, job_dir)
     precision: Precision = "float32"
     quantized_by: str | None = None
     earlier: list[str] = []

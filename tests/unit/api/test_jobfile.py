@@ -47,7 +47,7 @@ def test_good_job_parses_with_camel_case_fields(tmp_path: Path) -> None:
     ("text", "expected"),
     [
         ("a: [", "not valid YAML"),
-        ("kind: Something\n", "exactly one OptimizationJob"),
+        ("kind: Something\n", "found kind Something; expected OptimizationJob"),
         (GOOD.replace("model: {uri: model.pt2}", "model: {}"), "spec.model.uri: required"),
         (
             GOOD.replace("name: tune", "name: Tune_1"),

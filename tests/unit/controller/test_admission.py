@@ -237,3 +237,10 @@ def test_certificate_files_are_checked_at_start_up(tmp_path: Path) -> None:
     with pytest.raises(kopf.PermanentError, match=r"admission\.certFile/keyFile"):
         admission.configure(settings, config)
     assert settings.admission.managed is None
+
+
+def test_a_misspelt_spec_field_is_refused_naming_the_field_it_may_mean() -> None:
+    body = job(spec(objective={"metric": "accuracy", "maxdrop": 0.01}))
+    message = refusal(body)
+    assert message.startswith("spec.objective.maxdrop: unknown field; did you mean 'maxDrop'?")
+    assert message == reconcile_message(body)

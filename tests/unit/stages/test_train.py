@@ -70,7 +70,7 @@ def test_l1_param_lowers_weight_norm(
         ({"lr": 0}, "stage (train): params.lr: Input should be greater than 0"),
         ({"epochs": 0}, "stage (train): params.epochs: Input should be greater than or equal to 1"),
         ({"optimizer": "rmsprop"}, "params.optimizer: must be one of adam, adamw, sgd"),
-        ({"learningRate": 0.1}, "params.learningRate: unknown field"),
+        ({"learningRate": 0.1}, "params.learningRate: train has no param 'learningRate'"),
         # pydantic's lax mode would read these as 1 epoch and a learning rate of 0.0
         ({"epochs": True}, "stage (train): params.epochs: must be a number, not a boolean"),
         ({"momentum": False}, "stage (train): params.momentum: must be a number, not a boolean"),
