@@ -9,6 +9,7 @@ from typing import Any
 from kompaktor.api.run import RunRecord
 from kompaktor.api.spec import Objective, StageSpec
 from kompaktor.api.status import RunSlot
+from kompaktor.evaluate import AccuracyBound
 from kompaktor.metrics.energy import joint_method
 from kompaktor.plan import spending
 from kompaktor.plan.clock import iso, parse_iso
@@ -26,7 +27,6 @@ from kompaktor.plan.types import (
     RunRequest,
     RunStarted,
 )
-from kompaktor.stages.hpo_winner import AccuracyBound
 
 #: Retry n waits base * 2**(n-1) seconds, capped.
 MAX_BACKOFF_SECONDS = 600.0
@@ -141,7 +141,7 @@ def gate(objective: Objective, record: RunRecord) -> str | None:
     if metric is None or bound.admits(metric):
         return None
     assert baseline is not None  # a bound with no baseline admits everything
-    drop = bound.sign * (baseline - metric)
+    drop = bound.drop(metric)
     direction = "below" if bound.sign > 0 else "above"
     return (
         f"GateFailed: {objective.metric} {metric:.4f} is {drop:.4f} {direction} the input "

@@ -13,6 +13,7 @@ from typing import Any
 from kompaktor.api.run import MAX_CURVE, RunRecord, round_point
 from kompaktor.api.spec import OptimizationJobSpec, StageSpec
 from kompaktor.api.status import METRIC_DIGITS, TrialRecord
+from kompaktor.evaluate import AccuracyBound
 from kompaktor.models import format_of
 from kompaktor.plan.keys import run_key
 from kompaktor.stages.hpo_params import HpoParams, trial_params
@@ -20,7 +21,7 @@ from kompaktor.stages.hpo_proposals import is_done, propose_trial, ready
 from kompaktor.stages.hpo_pruning import trial_context, trial_key_params
 from kompaktor.stages.hpo_report import result_details, result_metrics
 from kompaktor.stages.hpo_scoring import TRIAL_METRICS, trial_values
-from kompaktor.stages.hpo_winner import AccuracyBound, no_winner, select_best
+from kompaktor.stages.hpo_winner import no_winner, select_best
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import Any
 
 from kompaktor.api.status import TrialRecord
 from kompaktor.errors import JobSpecError, StageError
+from kompaktor.evaluate import AccuracyBound
 from kompaktor.stages.base import PlanContext, Stage, StageContext, StageResult
 from kompaktor.stages.hpo_checks import check
 from kompaktor.stages.hpo_params import HpoParams, trial_params
@@ -21,7 +22,7 @@ from kompaktor.stages.hpo_proposals import is_done, propose
 from kompaktor.stages.hpo_pruning import trial_context
 from kompaktor.stages.hpo_report import result_details, result_metrics
 from kompaktor.stages.hpo_scoring import TRIAL_METRICS, trial_values
-from kompaktor.stages.hpo_winner import AccuracyBound, no_winner, select_best
+from kompaktor.stages.hpo_winner import no_winner, select_best
 
 
 def run_search(ctx: StageContext[HpoParams]) -> StageResult:

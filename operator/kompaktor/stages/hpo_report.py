@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from kompaktor.api.status import TrialRecord
+from kompaktor.evaluate import AccuracyBound
 from kompaktor.stages.hpo_params import HpoParams
 from kompaktor.stages.hpo_proposals import FINISHED
 from kompaktor.stages.hpo_scoring import metric_rows
-from kompaktor.stages.hpo_winner import AccuracyBound, pareto_set, selection_reason
+from kompaktor.stages.hpo_winner import pareto_set, selection_reason
 
 
 def result_metrics(records: Sequence[TrialRecord], best: TrialRecord) -> dict[str, float]:

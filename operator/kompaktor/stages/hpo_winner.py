@@ -4,51 +4,13 @@ qualifies."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from kompaktor.api.status import TrialRecord
-from kompaktor.evaluate import higher_is_better
+from kompaktor.evaluate import AccuracyBound
 from kompaktor.search import pareto_front
 from kompaktor.stages.hpo_params import HpoParams, maximize
 from kompaktor.stages.hpo_scoring import metric_rows, ranked
-
-
-@dataclass(frozen=True)
-class AccuracyBound:
-    """The job's bound on a trial's metric: no more than `max_drop` worse than the input
-    model's `baseline` (math.inf: unbounded). One object, so that selection, its reason and
-    the no-winner message all judge and describe the same bound, in the metric's direction."""
-
-    metric: str
-    baseline: float | None
-    max_drop: float
-
-    @classmethod
-    def of(cls, metric: str, baseline: float | None, max_drop: float | None) -> AccuracyBound:
-        """The bound for a job that may give no maxDrop (None: unbounded)."""
-        return cls(metric, baseline, math.inf if max_drop is None else max_drop)
-
-    @property
-    def unbounded(self) -> bool:
-        return math.isinf(self.max_drop)
-
-    @property
-    def sign(self) -> float:
-        """1 when a higher metric is better, -1 when lower is (mse): ranks trials best first."""
-        return 1.0 if higher_is_better(self.metric) else -1.0
-
-    def admits(self, value: float, own_baseline: float | None = None) -> bool:
-        """`value` is no more than `max_drop` worse than the baseline: the trial's own (the
-        input model on the rows it was ranked on) when it has one, else the bound's; always
-        when there is none to compare with."""
-        baseline = self.baseline if own_baseline is None else own_baseline
-        if baseline is None or math.isnan(baseline):
-            return True
-        if self.sign > 0:
-            return value >= baseline - self.max_drop - 1e-12
-        return value <= baseline + self.max_drop + 1e-12
 
 
 def pareto_set(

@@ -478,7 +478,7 @@ def _fall_back(
 def _judge(ctx: StageContext[QuantizeParams], max_drop: float) -> tuple[Judge, str]:
     """Scores on validation rows (train rows without a val split; never test rows, which the
     gate judges) against the job's input model on the same rows, in the metric's direction."""
-    from kompaktor.evaluate import has_rows, higher_is_better, metric
+    from kompaktor.evaluate import AccuracyBound, has_rows, metric
     from kompaktor.models import LoadedModel, predictor_for
     from kompaktor.quant.fallback import Judge
 
@@ -486,13 +486,13 @@ def _judge(ctx: StageContext[QuantizeParams], max_drop: float) -> tuple[Judge, s
     reference = predictor_for(ctx.reference)
     against = reference if ctx.metric == "fidelity" else None
     baseline = metric(ctx.metric, reference, ctx.dataset, rows, reference=against)
-    sign = 1.0 if higher_is_better(ctx.metric) else -1.0
+    bound = AccuracyBound(ctx.metric, baseline, max_drop)
 
     def score(path: Path) -> float:
         model = predictor_for(LoadedModel("onnx", path, None))
         return metric(ctx.metric, model, ctx.dataset, rows, reference=against)
 
-    return Judge(score, lambda value: sign * (baseline - value), max_drop), rows
+    return Judge(score, bound.drop, max_drop), rows
 
 
 def _calibration_rows(ctx: StageContext[QuantizeParams]) -> list[np.ndarray]:

@@ -11,13 +11,14 @@ import pytest
 
 from kompaktor.api.status import TrialRecord
 from kompaktor.errors import JobSpecError
+from kompaktor.evaluate import AccuracyBound
 from kompaktor.stages.base import PlanContext
 from kompaktor.stages.hpo_checks import check
 from kompaktor.stages.hpo_params import HpoParams, trial_params
 from kompaktor.stages.hpo_proposals import is_done, propose
 from kompaktor.stages.hpo_report import result_details
 from kompaktor.stages.hpo_scoring import trial_values
-from kompaktor.stages.hpo_winner import AccuracyBound, pareto_set, select_best
+from kompaktor.stages.hpo_winner import pareto_set, select_best
 from kompaktor.stages.validate import parse_params
 
 SPACE = {

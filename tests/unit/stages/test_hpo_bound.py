@@ -8,7 +8,8 @@ import math
 import pytest
 
 from kompaktor.api.status import TrialRecord
-from kompaktor.stages.hpo_winner import AccuracyBound, no_winner
+from kompaktor.evaluate import AccuracyBound
+from kompaktor.stages.hpo_winner import no_winner
 
 
 @pytest.mark.parametrize(
