@@ -163,6 +163,7 @@ def test_a_stage_against_a_web_server_says_it_is_not_s3(
 def local_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     job = tmp_path / "job.yaml"
     job.write_text(GOOD)
+    (tmp_path / "model.pt2").write_bytes(b"a model")  # there, so the store is what fails
     code = main(["run", str(job), "--artifacts", "s3://models/runs", "--json"])
     captured = capsys.readouterr()
     assert json.loads(captured.out)["phase"] == "Failed"
@@ -188,7 +189,8 @@ def test_kompaktor_run_against_a_web_server_says_it_is_not_s3(
     s3_env.setenv("KOMPAKTOR_S3_ENDPOINT_URL", web_server)
     code, err = local_run(tmp_path, capsys)
     assert code == EXIT_FAILED
-    assert err.startswith("error: cannot look up s3://models/runs/jobs/demo/status.json: ")
+    # the run's first call: reading the job's run lock (kompaktor.executors.run_lock)
+    assert err.startswith("error: cannot read s3://models/runs/jobs/demo/run.lock: ")
     assert (
         f"the endpoint {web_server} (from KOMPAKTOR_S3_ENDPOINT_URL) did not answer as S3 "
         "(HTTP 404, Content-Type text/html;charset=utf-8)" in err

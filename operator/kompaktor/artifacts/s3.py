@@ -287,7 +287,7 @@ class S3Store(ArtifactStore):
             try:
                 reply = self.client.get_object(Bucket=self.bucket, Key=full)
             except ClientError as exc:
-                if error_code(exc) in {"NoSuchKey", "404"}:
+                if error_code(exc) == "NoSuchKey":  # a bare 404 is no S3 server's answer
                     return None
                 raise
             data = reply["Body"].read()

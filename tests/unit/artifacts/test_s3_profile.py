@@ -114,6 +114,7 @@ def test_kompaktor_run_says_why(
         "spec:\n  model: {uri: model.pt2}\n  dataset: {uri: 'sklearn:digits'}\n"
         "  stages: [{name: bench, type: benchmark}]\n"
     )
+    (tmp_path / "model.pt2").write_bytes(b"a model")  # there, so the store is what fails
     assert main(["run", str(job), "--artifacts", "s3://bucket/demo", "--json"]) == EXIT_FAILED
     captured = capsys.readouterr()
     assert captured.err.startswith(f"error: {profile_problem('AWS_PROFILE', tmp_path)}")
