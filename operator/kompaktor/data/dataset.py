@@ -15,7 +15,7 @@ import hashlib
 import os
 import tempfile
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, get_args
@@ -176,12 +176,34 @@ def _split_inputs(
     return tuple(many)
 
 
-def _read_npz(path: Path, where: str) -> dict[str, np.ndarray]:
+def _read_npz(path: Path, where: str, *, index_only: bool = False) -> dict[str, np.ndarray]:
+    """The file's arrays by name (with `index_only`, the names alone, each mapped to an empty
+    array: nothing is read but the index)."""
     try:
         with np.load(path, allow_pickle=False) as npz:
+            if index_only:
+                return dict.fromkeys(npz.files, np.empty(0))
             return {key: npz[key] for key in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise KompaktorError(f"dataset {where} is not a readable .npz file: {exc}") from exc
+
+
+def _gives_val(names: Iterable[str]) -> bool:
+    """Whether the file gives a val split; without one, a stage holds train rows out."""
+    return any(name == "y_val" or name.startswith("x_val") for name in names)
+
+
+def npz_names(path: Path, where: str) -> list[str]:
+    """The names of the .npz file's arrays, from its index alone."""
+    return list(_read_npz(path, where, index_only=True))
+
+
+def missing_arrays(names: Collection[str]) -> list[str]:
+    """The arrays a run reads that an .npz with these `names` lacks: x and y of train and test,
+    and of val when it gives any (an input also as x_<split>_0, …)."""
+    splits = [split for split in SPLITS if split != "val" or _gives_val(names)]
+    wanted = [f"{axis}_{split}" for split in splits for axis in ("x", "y")]
+    return [n for n in wanted if n not in names and f"{n}_0" not in names]
 
 
 def _from_npz(path: Path, where: str, task: Task) -> Dataset:
@@ -189,7 +211,7 @@ def _from_npz(path: Path, where: str, task: Task) -> Dataset:
     xs: dict[Split, tuple[np.ndarray, ...]] = {}
     ys: dict[Split, np.ndarray] = {}
     for split in SPLITS:
-        if split == "val" and not any(k == "y_val" or k.startswith("x_val") for k in arrays):
+        if split == "val" and not _gives_val(arrays):
             xs[split] = tuple(a[:0] for a in xs["train"])  # no validation rows given
             ys[split] = arrays["y_train"][:0]
             continue

@@ -7,7 +7,6 @@ job file fails the same way everywhere:
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from kompaktor.api.spec import DatasetRef, OptimizationJobSpec
 from kompaktor.artifacts import ArtifactError, local_path
 from kompaktor.artifacts.s3 import parse_s3_uri
 from kompaktor.data.dataset import BUILTIN_PREFIX, BUILTIN_TASKS
-from kompaktor.errors import JobSpecError
+from kompaktor.errors import JobSpecError, KompaktorError
 from kompaktor.models import ModelFormat, format_of
 from kompaktor.stages.base import RESERVED_TYPES, PlanContext, Precision, StageParams, registry
 
@@ -142,14 +141,13 @@ def _local_files(spec: OptimizationJobSpec, job_dir: Path) -> list[tuple[str, Pa
 def npz_problem(path: Path) -> str | None:
     """What a run would miss in the .npz dataset at `path` (data/dataset.py's layout), read
     from the file's index alone; None when every array a run reads is there."""
-    import numpy as np
+    from kompaktor.data.dataset import missing_arrays, npz_names
 
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            names = set(npz.files)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
-        return f"not a readable .npz file: {error}"
-    missing = [name for name in _required_arrays(names) if not _has(names, name)]
+        names = npz_names(path, str(path))
+    except KompaktorError as error:
+        return str(error).removeprefix(f"dataset {path} is ")
+    missing = missing_arrays(names)
     if not missing:
         return None
     has = ", ".join(sorted(names)) or "no arrays"
@@ -158,18 +156,6 @@ def npz_problem(path: Path) -> str | None:
         f"x_test, y_test and optionally x_val, y_val (x_train_0, x_train_1, … for a model "
         f"with several inputs)"
     )
-
-
-def _required_arrays(names: set[str]) -> list[str]:
-    """The arrays a run reads: train and test, and val when the file gives any of it."""
-    val = any(name == "y_val" or name.startswith("x_val") for name in names)
-    splits = ("train", "val", "test") if val else ("train", "test")
-    return [f"{axis}_{split}" for split in splits for axis in ("x", "y")]
-
-
-def _has(names: set[str], name: str) -> bool:
-    """Whether the file holds `name`, an input split also as x_train_0, x_train_1, …."""
-    return name in names or (name.startswith("x_") and f"{name}_0" in names)
 
 
 def _task(dataset: DatasetRef) -> tuple[str, str]:
