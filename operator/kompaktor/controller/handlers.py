@@ -61,6 +61,7 @@ class Runtime:
         self._wake.pop((namespace, name), None)
 
     def poke(self, namespace: str | None, name: str | None) -> None:
+        """Wake the job's daemon; call it on the loop (an asyncio.Event is not thread-safe)."""
         event = self._wake.get((namespace or "", name or ""))
         if event is not None:
             event.set()
@@ -192,20 +193,22 @@ def _needs_pass(body: Mapping[str, Any], **_: Any) -> bool:
     return bool(generation != (body.get("status") or {}).get("observedGeneration"))
 
 
+# The wake-ups are async: kopf runs a sync handler in a thread, and an asyncio.Event set from
+# there neither wakes the loop nor is safe (debug mode refuses it).
 @kopf.on.event(GROUP, VERSION, PLURAL, when=_needs_pass)
-def _job_changed(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
+async def _job_changed(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
     runtime(memo).poke(namespace, name)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
-def _child_job_changed(
+async def _child_job_changed(
     labels: Mapping[str, str], namespace: str | None, memo: Any, **_: Any
 ) -> None:
     runtime(memo).poke(namespace, labels.get(LABEL_JOB))
 
 
 @kopf.on.event("", "v1", "pods", labels=MANAGED)
-def _child_pod_changed(
+async def _child_pod_changed(
     labels: Mapping[str, str], namespace: str | None, memo: Any, **_: Any
 ) -> None:
     runtime(memo).poke(namespace, labels.get(LABEL_JOB))

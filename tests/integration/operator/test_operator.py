@@ -407,7 +407,16 @@ async def test_two_replicas_only_the_leader_acts_and_a_standby_takes_over(
     )  # fmt: skip
     leader = await cluster.start_operator(standalone=False, priority=100)
     standby = await cluster.start_operator(standalone=False, priority=10)
-    await cluster.wait_for(lambda: "Pausing" in standby.log_tail(), 30, "the standby to pause")
+    # kopf logs "Pausing operations" when it decides, and closes the watch-streams a moment later;
+    # a job applied in between reaches the standby too, so wait until every stream is paused.
+    paused = [
+        f"Pausing the watch-stream for {kind}" for kind in ("optimizationjobs", "jobs", "pods")
+    ]
+    await cluster.wait_for(
+        lambda: all(line in standby.log_tail(1 << 20) for line in paused),
+        30,
+        "the standby to pause",
+    )
     cluster.apply(
         optimization_job("ha", spec(model_file, prune("a", 0.2), prune("b", 0.4), prune("c", 0.6)))
     )
