@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kompaktor.api.jobfile import job_relative_uri
+from kompaktor.api.model_refs import file_uri, map_model_refs
 from kompaktor.api.spec import OptimizationJob, OptimizationJobSpec, StageSpec
 from kompaktor.api.status import OptimizationJobStatus, TrialRecord
 from kompaktor.artifacts import ArtifactError, open_store
@@ -32,7 +33,6 @@ from kompaktor.errors import JobSpecError
 from kompaktor.executors.local import LocalExecutor
 from kompaktor.plan import CancelRun, EnsureRun, JobContext, Observation, Requeue, step
 from kompaktor.plan.clock import parse_iso
-from kompaktor.plan.keys import file_uri, map_model_refs
 from kompaktor.plan.types import TERMINAL
 from kompaktor.stages.validate import uri_problem
 

@@ -57,6 +57,34 @@ def test_missing_model_and_dataset_are_named_with_the_path_looked_at(
     assert f"spec.dataset.uri: file not found: {job.parent / 'data.npz'}\n" in text
 
 
+def test_a_distill_teacher_file_is_checked_like_the_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing teacher failed the run at its distill stage, after the stages before it; one
+    with a scheme no store reads failed at the input probe."""
+    (tmp_path / "model.pt2").write_bytes(b"")
+    npz(tmp_path / "data.npz", *SPLITS)
+    job = job_file(tmp_path)
+    hpo = (
+        "    - {name: tune, type: hpo, params: {target: distill, trials: 2, base: {teacher: "
+        "{uri: %s}}, space: {temperature: {low: 2, high: 4}}}}\n"
+    )
+    where = "stage 'tune' (spec.stages[1], hpo): params.base.teacher.uri"
+    for teacher, problem in [
+        ("teacher.pt2", f"file not found: {tmp_path / 'teacher.pt2'}"),
+        ("hf://bert", "hf://bert: unsupported URI scheme 'hf' (use s3://, file:/// or a path)"),
+    ]:
+        job.write_text(
+            JOB.replace("MODEL", "model.pt2").replace("DATASET", "data.npz") + hpo % teacher
+        )
+        code, text = validate(job, capsys)
+        assert code == EXIT_USAGE and f"{where}: {problem}\n" in text, text
+    (tmp_path / "teacher.pt2").write_bytes(b"")
+    job.write_text(job.read_text().replace("hf://bert", "teacher.pt2"))
+    code, text = validate(job, capsys)
+    assert code == 0, text
+
+
 def test_files_that_are_there_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "model.pt2").write_bytes(b"")  # validation reads no model
     npz(tmp_path / "data.npz", *SPLITS)
@@ -107,7 +135,8 @@ def test_a_file_that_is_no_npz_is_refused(
 def test_remote_files_are_not_looked_at(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Validation uses no network: an S3 object is the run's to fetch."""
     job = job_file(tmp_path, model="s3://models/m.pt2", dataset="s3://data/d.npz")
-    assert validate(job, capsys)[0] == 0
+    code, text = validate(job, capsys)
+    assert code == 0, text
 
 
 def test_run_refuses_a_missing_model_before_it_makes_any_folder(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping
 from typing import Any
 
 #: Bump when a stage's output for the same inputs changes (2: packed weight sharing,
@@ -37,41 +36,6 @@ def run_key(
     }
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-#: A model reference in stage params (a distill teacher, also inside an hpo stage's base):
-#: a mapping with one of these keys.
-REF_KEYS = ("uri", "fromStage")
-#: Fills a model reference, given its path ("params.teacher") and the mapping as written.
-RefFill = Callable[[str, dict[str, Any]], dict[str, Any]]
-
-
-def map_model_refs(
-    params: Mapping[str, Any], fill: RefFill, path: str = "params"
-) -> dict[str, Any]:
-    """A copy of `params` with every model reference replaced by `fill(path, ref)`.
-
-    A model a stage reads besides its input decides its output as much as the input does, so
-    the plan writes its digest into the reference (a file's from the input probe, an earlier
-    stage's from its output), and the run key follows the model's content.
-    """
-    if any(key in params for key in REF_KEYS):
-        return fill(path, dict(params))
-    return {key: _map_value(value, fill, f"{path}.{key}") for key, value in params.items()}
-
-
-def file_uri(ref: Mapping[str, Any]) -> str | None:
-    """The URI of a model reference that names a file (not an earlier stage's output)."""
-    uri = ref.get("uri")
-    return uri if isinstance(uri, str) and ref.get("fromStage") is None else None
-
-
-def _map_value(value: Any, fill: RefFill, path: str) -> Any:
-    if isinstance(value, Mapping):
-        return map_model_refs(value, fill, path)
-    if isinstance(value, list | tuple):
-        return [_map_value(item, fill, f"{path}.{index}") for index, item in enumerate(value)]
-    return value
 
 
 def run_id(stage: str, key: str, attempt: int, trial: int | None = None) -> str:

@@ -4,12 +4,11 @@ stage not done. Records that leave status are stopped and paid for."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
+from kompaktor.api.model_refs import file_uri, map_model_refs, stage_model_files
 from kompaktor.api.spec import OptimizationJobSpec, StageSpec
 from kompaktor.api.status import PoolRun, StageStatus
-from kompaktor.plan.keys import file_uri, map_model_refs
 from kompaktor.plan.pool_runs import summed
 from kompaktor.plan.run_requests import run_key_for
 from kompaktor.plan.stage_runs import drive_stage, drop_run
@@ -20,23 +19,7 @@ from kompaktor.plan.types import ModelFile, ProbeInputs
 
 def model_files(spec: OptimizationJobSpec) -> tuple[ModelFile, ...]:
     """Every model file stage params name by URI, each with the field that names it."""
-    return tuple(
-        ModelFile(f"{stage.where(index)}: {path}.uri", uri)
-        for index, stage in enumerate(spec.stages)
-        for path, uri in _file_refs(stage.params)
-    )
-
-
-def _file_refs(params: Mapping[str, Any]) -> list[tuple[str, str]]:
-    found: list[tuple[str, str]] = []
-
-    def note(path: str, ref: dict[str, Any]) -> dict[str, Any]:
-        if (uri := file_uri(ref)) is not None:
-            found.append((path, uri))
-        return ref
-
-    map_model_refs(params, note)
-    return found
+    return tuple(ModelFile(where, uri) for where, uri in stage_model_files(spec))
 
 
 def walk(work: StepState, params: list[Any]) -> None:

@@ -101,7 +101,8 @@ def render_markdown(stage_types: list[str]) -> str:
         "`a[].b` of each item of the list `a`, `a.<name>.b` of each entry of the mapping `a`. "
         "`kompaktor params TYPE` prints the same on a terminal.\n",
         "`kompaktor validate JOB` (and `kompaktor run` before it starts) checks a job against "
-        "these, and that the model and `.npz` dataset it names by path or `file://` exist "
+        "these, and that the models (the input, a distill teacher) and `.npz` dataset it "
+        "names by path or `file://` exist "
         "(relative paths are relative to the job file's folder) and that the dataset has the "
         "arrays a run reads; `s3://` objects are not looked at. `objective.maxDrop` is a "
         "fraction for accuracy and fidelity: 0.01 is one point, and 1 or more is refused.\n",

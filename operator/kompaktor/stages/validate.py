@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from kompaktor.api.jobfile import job_relative_uri
 from kompaktor.api.messages import describe_errors
+from kompaktor.api.model_refs import stage_model_files
 from kompaktor.api.spec import DatasetRef, OptimizationJobSpec
 from kompaktor.artifacts import ArtifactError, local_path
 from kompaktor.artifacts.s3 import parse_s3_uri
@@ -75,6 +76,7 @@ def _spec_problems(spec: OptimizationJobSpec) -> list[str]:
     dataset = spec.dataset
     known = ", ".join(BUILTIN_TASKS)
     uris = [("spec.model.uri", spec.model.uri), ("spec.artifacts.uri", spec.artifacts.uri)]
+    uris += stage_model_files(spec)
     problems = []
     if dataset.uri.startswith(BUILTIN_PREFIX):
         builtin = BUILTIN_TASKS.get(dataset.uri)
@@ -108,9 +110,9 @@ def _spec_problems(spec: OptimizationJobSpec) -> list[str]:
 
 
 def _local_file_problems(spec: OptimizationJobSpec, job_dir: Path) -> list[str]:
-    """Model and dataset files named by a path (relative to `job_dir`, as `kompaktor run`
-    reads them) or by file:// that are missing, or a dataset without the arrays a run reads.
-    S3 objects are not looked at: validation uses no network."""
+    """Model files (the input, a distill teacher) and the dataset named by a path (relative
+    to `job_dir`, as `kompaktor run` reads them) or by file:// that are missing, or a dataset
+    without the arrays a run reads. S3 objects are not looked at: validation uses no network."""
     problems = []
     for where, path in _local_files(spec, job_dir):
         if not path.is_file():
@@ -121,9 +123,9 @@ def _local_file_problems(spec: OptimizationJobSpec, job_dir: Path) -> list[str]:
 
 
 def _local_files(spec: OptimizationJobSpec, job_dir: Path) -> list[tuple[str, Path]]:
-    """The model and the .npz dataset as files on this machine, where they are files: not
+    """The models and the .npz dataset as files on this machine, where they are files: not
     remote, not a built-in dataset, nor a URI `_spec_problems` refuses."""
-    uris = [("spec.model.uri", spec.model.uri)]
+    uris = [("spec.model.uri", spec.model.uri), *stage_model_files(spec)]
     if spec.dataset.uri.endswith(".npz"):
         uris.append(("spec.dataset.uri", spec.dataset.uri))
     files = []
