@@ -48,13 +48,20 @@ def _map_value(value: Any, fill: RefFill, path: str) -> Any:
 def stage_model_files(spec: OptimizationJobSpec) -> list[tuple[str, str]]:
     """Every model file stage params name by URI, with the field that names it
     (`stage 'd' (spec.stages[0], distill): params.teacher.uri`)."""
+    return [
+        (f"{stage.where(index)}: {path}.uri", uri)
+        for index, stage in enumerate(spec.stages)
+        for path, uri in _file_refs(stage.params)
+    ]
+
+
+def _file_refs(params: Mapping[str, Any]) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
-    for index, stage in enumerate(spec.stages):
 
-        def note(path: str, ref: dict[str, Any], where: str = stage.where(index)) -> dict[str, Any]:
-            if (uri := file_uri(ref)) is not None:
-                found.append((f"{where}: {path}.uri", uri))
-            return ref
+    def note(path: str, ref: dict[str, Any]) -> dict[str, Any]:
+        if (uri := file_uri(ref)) is not None:
+            found.append((path, uri))
+        return ref
 
-        map_model_refs(stage.params, note)
+    map_model_refs(params, note)
     return found
