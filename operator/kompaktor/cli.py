@@ -81,7 +81,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             console.print("interrupted: running stages stopped; run the same command to resume")
             return EXIT_INTERRUPTED
     if args.json:
-        print(json.dumps(summary(name, status, ctx.artifacts_uri), indent=2))
+        searches = _search_details(status, ctx.artifacts_uri, _console(stderr=True))
+        print(json.dumps(summary(name, status, ctx.artifacts_uri, searches), indent=2))
     else:
         logs_here = executor.logs_for(ctx.artifacts_uri)
         _print_outcome(job, status, ctx.artifacts_uri, logs_here, console)

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from kompaktor.api.status import OptimizationJobStatus, StageStatus, TrialRecord
 from kompaktor.plan.clock import parse_iso
+from kompaktor.plan.job import result_benchmark
 
 
 def _duration(stage: StageStatus) -> str:
@@ -83,6 +84,7 @@ def result_lines(
             against = f"input {result.baseline_metric:.4f}{bound}"
             lines.append(f"{metric} {result.metric:.4f} ({against})")
         lines += _present(_speedup_line(status), _size_line(status))
+        lines += _quantization_notes(status)
     for stage, details in (searches or {}).items():
         lines += _present(winner_line(stage, details))
         lines += pareto_lines(stage, details, metric)
@@ -96,25 +98,53 @@ def _present(*lines: str | None) -> list[str]:
     return [line for line in lines if line is not None]
 
 
-def _speedup_line(status: OptimizationJobStatus) -> str | None:
-    """The speed-up over the input model at every batch size the last benchmark timed (its
-    `speedup@N` metrics); the headline batch-1 figure alone when there are none."""
-    bench = next(
-        (s for s in reversed(status.stages) if s.type == "benchmark" and s.phase == "Succeeded"),
-        None,
-    )
+def _speedup_line(status: OptimizationJobStatus) -> str:
+    """The speed-up over the input model at every batch size the benchmark of the output timed
+    (its `speedup@N` metrics; the headline batch-1 figure alone when there are none), or why
+    there is none: a benchmark before the last model-changing stage timed another model."""
+    bench = result_benchmark(status.stages)
+    if bench is None:
+        earlier = [s.name for s in status.stages if s.type == "benchmark"]
+        why = (
+            f"benchmark {earlier[-1]!r} timed the model before the stages after it"
+            if earlier
+            else "no benchmark stage"
+        )
+        return f"speed-up over the input model: not measured ({why}; end with a benchmark stage)"
     by_size = sorted(
         (int(key.partition("@")[2]), value)
-        for key, value in (bench.metrics if bench else {}).items()
+        for key, value in bench.metrics.items()
         if key.startswith("speedup@") and key.partition("@")[2].isdigit()
     )
-    if not by_size:
-        speedup = status.result.speedup if status.result else None
-        by_size = [] if speedup is None else [(1, speedup)]
-    if not by_size:
-        return None
-    sizes = ", ".join(f"{value:.2f}x at batch {size}" for size, value in by_size)
-    return f"speed-up over the input model: {sizes}"
+    figures = bench.metrics
+    if not by_size and "speedup" in figures:
+        by_size = [(int(figures.get("latencyBatch", 1)), figures["speedup"])]
+    sizes = ", ".join(
+        f"{_times(value, figures.get(f'speedupMax@{size}'))} at batch {size}"
+        for size, value in by_size
+    )
+    return f"speed-up over the input model: {sizes or 'not measured'}"
+
+
+def _times(speedup: float, fastest_block: float | None) -> str:
+    """A speed-up as `2.50x`, saying `slower` when every timing block was (`0.77x` alone
+    reads as a gain; one model against itself reads 0.98x and is not slower)."""
+    slower = (speedup if fastest_block is None else fastest_block) < 1
+    return f"{speedup:.2f}x" + (" (slower)" if slower else "")
+
+
+def _quantization_notes(status: OptimizationJobStatus) -> list[str]:
+    """Int8 that ran slower than the float ONNX it came from: the speed-up over a torch input
+    is then the runtime's, not quantization's, and a float export would be faster still."""
+    return [
+        f"note: {s.name}'s int8 model runs at {s.metrics['speedupOverFloat']:.2f}x the speed of "
+        "its float ONNX at batch 1: int8 costs time here, and any speed-up over a torch input "
+        "is ONNX Runtime's"
+        for s in status.stages
+        if s.type == "quantize"
+        and s.phase == "Succeeded"
+        and s.metrics.get("speedupOverFloat", 1.0) < 1
+    ]
 
 
 def _size_line(status: OptimizationJobStatus) -> str | None:
@@ -259,7 +289,8 @@ def _key_figure(stage: StageStatus, metric: str) -> str:
     output's metric and size."""
     figures = stage.metrics
     if stage.type == "benchmark" and "speedup" in figures:
-        return f"speed-up {figures['speedup']:.2f}x at batch {figures.get('latencyBatch', 1):g}"
+        speedup = _times(figures["speedup"], figures.get("speedupMax"))
+        return f"speed-up {speedup} at batch {figures.get('latencyBatch', 1):g}"
     shown = [f"{metric} {figures['metric']:.4f}"] if "metric" in figures else []
     if stage.type == "hpo" and "bestTrial" in figures:
         shown.insert(0, f"trial {figures['bestTrial']:g} won")
@@ -285,8 +316,18 @@ def _trial_figure(trial: TrialRecord, metric: str) -> str | None:
     return f"{metric} {figures['metric']:.4f}" if "metric" in figures else None
 
 
-def summary(name: str, status: OptimizationJobStatus, artifacts: str) -> dict[str, Any]:
-    """The machine-readable outcome of a run (`kompaktor run --json`)."""
+#: What `--json` gives of each search's result details: its winner and Pareto set.
+SEARCH_KEYS = ("bestTrial", "bestParams", "selection", "paretoSet")
+
+
+def summary(
+    name: str,
+    status: OptimizationJobStatus,
+    artifacts: str,
+    searches: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The machine-readable outcome of a run (`kompaktor run --json`): what the text summary
+    says, each search's winner (`searches`: hpo stage name -> its result details) included."""
     dumped = status.model_dump(by_alias=True, exclude_none=True, mode="json")
     return {
         "job": name,
@@ -294,6 +335,11 @@ def summary(name: str, status: OptimizationJobStatus, artifacts: str) -> dict[st
         "message": status.message,
         "artifacts": artifacts,
         "stages": dumped.get("stages", []),
+        "trials": dumped.get("trials", []),
+        "searches": {
+            stage: {key: details[key] for key in SEARCH_KEYS if key in details}
+            for stage, details in (searches or {}).items()
+        },
         "result": dumped.get("result"),
         "costUSD": status.cost_usd,
         "energyJoules": status.energy_joules,

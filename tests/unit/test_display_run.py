@@ -8,9 +8,16 @@ from typing import Any
 
 import pytest
 
-from kompaktor.api.status import JobResult, OptimizationJobStatus, StageStatus, TrialRecord
-from kompaktor.display import ProgressLines, result_lines
+from kompaktor.api.status import (
+    JobResult,
+    OptimizationJobStatus,
+    OutputRef,
+    StageStatus,
+    TrialRecord,
+)
+from kompaktor.display import ProgressLines, result_lines, summary
 from kompaktor.metrics.energy import cpu_count
+from kompaktor.plan.job import result_of
 
 BENCH_METRICS = {
     "metric": 0.9889,
@@ -23,11 +30,15 @@ BENCH_METRICS = {
 }
 
 
+def output(model: str) -> OutputRef:
+    return OutputRef(uri=f"file:///a/{model}.onnx", digest=f"sha256:{model}")
+
+
 def finished(**update: Any) -> OptimizationJobStatus:
     """A succeeded job whose last stage is a benchmark at batch 1 and 16."""
     bench = StageStatus(
         name="bench", type="benchmark", phase="Succeeded", metrics=BENCH_METRICS,
-        energy_method="estimate",
+        energy_method="estimate", output=output("quantized"),
     )  # fmt: skip
     result = JobResult(
         uri="file:///a/model.onnx", metric=0.9889, baseline_metric=0.9889, speedup=11.4,
@@ -50,6 +61,63 @@ def test_the_speedup_is_given_at_every_batch_size_the_benchmark_timed() -> None:
     lines = result_lines(finished())
     assert "speed-up over the input model: 11.40x at batch 1, 14.32x at batch 16" in lines
     assert "size: 162.2 KiB, 0.068x of the input model" in lines
+
+
+def test_a_benchmark_before_the_last_stage_lends_it_no_figures() -> None:
+    """bench, then quantize: the headline named the int8 model with the speed-up (1.00x) and
+    size ratio the benchmark had measured on the float model it was given."""
+    quantize_metrics = {
+        "metric": 0.96, "sizeBytes": 28017.0, "sizeBytesReference": 97671.0, "latencyMs": 0.011,
+    }  # fmt: skip
+    bench = StageStatus(
+        name="bench", type="benchmark", phase="Succeeded", output=output("float"),
+        metrics={"speedup": 1.0, "sizeRatio": 1.0, "latencyMs": 0.0276, "speedup@1": 1.0},
+    )  # fmt: skip
+    quantize = StageStatus(
+        name="quantize", type="quantize", phase="Succeeded", output=output("int8"),
+        metrics=quantize_metrics,
+    )  # fmt: skip
+    result = result_of([bench, quantize])
+    assert result is not None and result.uri == "file:///a/int8.onnx"
+    assert result.speedup is None and result.latency_ms == 0.011
+    assert result.size_ratio == pytest.approx(28017 / 97671)
+    lines = result_lines(OptimizationJobStatus(phase="Succeeded", stages=[bench, quantize],
+                                               result=result))  # fmt: skip
+    assert (
+        "speed-up over the input model: not measured (benchmark 'bench' timed the model before "
+        "the stages after it; end with a benchmark stage)"
+    ) in lines
+    assert "size: 27.4 KiB, 0.287x of the input model" in lines
+    timed = bench.model_copy(update={"output": output("int8"), "metrics": BENCH_METRICS})
+    assert result_of([quantize, timed]) == result_of([timed]) != result
+
+
+def test_a_slower_result_and_an_int8_slower_than_float_say_so() -> None:
+    """`speed-up 0.77x` read as a gain, and an int8 model slower than the float ONNX it came
+    from was not mentioned: the whole gain over the torch input was the runtime's."""
+    slow = {**BENCH_METRICS, "speedup@1": 0.77, "speedupMax@1": 0.78, "speedup@16": 0.99,
+            "speedupMax@16": 1.02}  # fmt: skip
+    quantize = StageStatus(
+        name="quantize", type="quantize", phase="Succeeded", output=output("quantized"),
+        metrics={"speedupOverFloat": 0.764},
+    )  # fmt: skip
+    status = finished()
+    bench = status.stages[0].model_copy(update={"metrics": slow})
+    lines = result_lines(status.model_copy(update={"stages": [quantize, bench]}))
+    assert "speed-up over the input model: 0.77x (slower) at batch 1, 0.99x at batch 16" in lines
+    assert (
+        "note: quantize's int8 model runs at 0.76x the speed of its float ONNX at batch 1: int8 "
+        "costs time here, and any speed-up over a torch input is ONNX Runtime's"
+    ) in lines
+
+
+def test_json_gives_the_trials_and_each_search_winner() -> None:
+    """`--json` left out what the text summary says of a search: its trials and winner."""
+    status = finished(trials=[trial(0, "Complete"), trial(1, "Complete")])
+    details = {"bestTrial": 1, "bestParams": {"lr": 0.001}, "trials": [{"number": 0}]}
+    dumped = summary("demo", status, "file:///a", {"tune": details})
+    assert [t["number"] for t in dumped["trials"]] == [0, 1]
+    assert dumped["searches"] == {"tune": {"bestTrial": 1, "bestParams": {"lr": 0.001}}}
 
 
 def test_a_search_names_its_winning_trial_and_params() -> None:

@@ -140,12 +140,26 @@ class TrialRecord(StatusModel):
 
 
 class JobResult(StatusModel):
-    uri: str | None = None
-    metric: float | None = None
-    baseline_metric: float | None = None
-    speedup: float | None = None
-    size_ratio: float | None = None
-    latency_ms: float | None = None
+    """The job's headline: its last output, and the figures of the benchmark that timed it."""
+
+    uri: str | None = Field(default=None, description="The last stage's output model.")
+    metric: float | None = Field(default=None, description="Its objective metric (test rows).")
+    baseline_metric: float | None = Field(
+        default=None, description="The input model's objective metric on the same rows."
+    )
+    speedup: float | None = Field(
+        default=None,
+        description="Over the input model, at the benchmark's smallest batch size. Unset when "
+        "no benchmark timed this output (none ran, or a later stage changed the model).",
+    )
+    size_ratio: float | None = Field(
+        default=None, description="Its file size over the input model's."
+    )
+    latency_ms: float | None = Field(
+        default=None,
+        description="Per call at the benchmark's smallest batch size, else at batch 1 as every "
+        "stage run measures it.",
+    )
 
 
 class Condition(StatusModel):

@@ -56,18 +56,33 @@ def _phase(work: StepState) -> JobPhase:
 
 
 def result_of(stages: Sequence[StageStatus]) -> JobResult | None:
-    """The job's headline: the last output, its metric against the input, the benchmark."""
+    """The job's headline: the last output, its metric against the input, and the figures of
+    the benchmark that timed that output (none when a later stage changed the model: a
+    benchmark's speed-up describes the model it was given)."""
     done = [s for s in stages if s.phase == "Succeeded" and s.output is not None]
     if not done:
         return None
     last = done[-1]
-    bench = next((s for s in reversed(done) if s.type == "benchmark"), None)
-    figures = bench.metrics if bench else {}
+    bench = result_benchmark(done)
+    figures = last.metrics
+    size = figures.get("sizeBytes")
+    reference_size = figures.get("sizeBytesReference")
+    own_ratio = size / reference_size if size is not None and reference_size else None
     return JobResult(
         uri=last.output.uri if last.output else None,
-        metric=last.metrics.get("metric"),
-        baseline_metric=last.metrics.get("referenceMetric"),
-        speedup=figures.get("speedup"),
-        size_ratio=figures.get("sizeRatio"),
-        latency_ms=figures.get("latencyMs") or last.metrics.get("latencyMs"),
+        metric=figures.get("metric"),
+        baseline_metric=figures.get("referenceMetric"),
+        speedup=bench.metrics.get("speedup") if bench else None,
+        size_ratio=bench.metrics.get("sizeRatio") if bench else own_ratio,
+        latency_ms=(bench.metrics.get("latencyMs") if bench else None) or figures.get("latencyMs"),
     )
+
+
+def result_benchmark(stages: Sequence[StageStatus]) -> StageStatus | None:
+    """The last succeeded benchmark if it timed the job's output (the last output's model),
+    else None."""
+    done = [s for s in stages if s.phase == "Succeeded" and s.output is not None]
+    bench = next((s for s in reversed(done) if s.type == "benchmark"), None)
+    if bench is None or bench.output is None or done[-1].output is None:
+        return None
+    return bench if bench.output.digest == done[-1].output.digest else None

@@ -319,7 +319,11 @@ def _execute(request: StageRequest, work: Path, out: OutputPrefix, log: RunLog) 
         result = run_with_sparse_layers(stage, ctx)
         path, model_format = write_model(result, dataset, work, request.type)
         metrics = output_metrics(request.metric, path, reference, dataset, result.metrics)
-        metrics.update(before, sizeBytesInput=float(model_size_bytes(model)))
+        metrics.update(
+            before,
+            sizeBytesInput=float(model_size_bytes(model)),
+            sizeBytesReference=float(model_size_bytes(reference)),
+        )
         if os.environ.get(TIMING_LOCK_ENV):
             metrics["pausedForTimingSeconds"] = round(paused_seconds() - paused_before, 3)
         if request.type in SHRINKING and metrics["sizeBytes"] > metrics["sizeBytesInput"]:

@@ -62,6 +62,7 @@ def test_train_run_writes_model_log_and_result(
     assert 0.8 < m["metric"] <= 1.0
     assert m["sizeBytes"] == (out / "model.pt2").stat().st_size
     assert m["sizeBytesInput"] == cancer_mlp_pt2.stat().st_size
+    assert m["sizeBytesReference"] == cancer_mlp_pt2.stat().st_size  # the job's model
     assert m["parameters"] == 30 * 16 + 16 + 16 * 2 + 2
     assert m["latencyMs"] > 0 and m["epochs"] == 1.0 and m["finalLoss"] > 0
     assert record.energy_method in ("rapl", "estimate", "nvml")
