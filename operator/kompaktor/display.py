@@ -276,7 +276,8 @@ def _stage_event(stage: StageStatus, metric: str) -> str | None:
         case "Succeeded":
             took = _duration(stage)
             how = " (cached)" if stage.cached else f" in {took}" if took else ""
-            return f"{what}: succeeded{how}: {_key_figure(stage, metric)}"
+            note = f" ({stage.message})" if stage.message else ""  # over the bound, not gated
+            return f"{what}: succeeded{how}: {_key_figure(stage, metric)}{note}"
         case "Retrying":
             return f"{what}: attempt {stage.attempts} failed, retrying{why}"
         case "Failed" | "Cancelled":

@@ -182,6 +182,10 @@ def test_progress_is_one_line_per_event_as_it_happens() -> None:
         ["prune (prune): started, attempt 2"],
         ["prune (prune): succeeded in 12s: accuracy 0.9833, 612.0 KiB"],
     ]
+    ungated = stage("Succeeded", metrics=done, message="not gated: accuracy 0.9833 is …")
+    assert ProgressLines("accuracy")(OptimizationJobStatus(stages=[ungated])) == [
+        "prune (prune): succeeded: accuracy 0.9833, 612.0 KiB (not gated: accuracy 0.9833 is …)"
+    ]
     failed = stage("Failed", attempts=3, message="stage (prune): out of cheese")
     assert events(OptimizationJobStatus(stages=[failed])) == [
         "prune (prune): failed: stage (prune): out of cheese"

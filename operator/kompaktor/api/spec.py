@@ -232,6 +232,12 @@ class StageSpec(SpecModel):
         pattern=DURATION,
         description="Limit for one run of this stage, e.g. 30m.",
     )
+    gate: bool = Field(
+        default=True,
+        description="Fail the job when this stage's output drops more than objective.maxDrop. "
+        "false lets a later stage win the accuracy back (prune before distill); the last "
+        "stage is always gated, since its output is the job's result.",
+    )
 
     @model_validator(mode="after")
     def _one_pool_field(self) -> StageSpec:

@@ -100,7 +100,8 @@ def on_succeeded(work: StepState, at: Slot, record: RunRecord) -> None:
 
 def stage_done(work: StepState, at: Slot, record: RunRecord, *, cached: bool) -> None:
     """A run finished (or its output was found in the cache): Succeeded, or Failed when its
-    output fails the gate; paid for, unless it was cached."""
+    output fails the gate (a stage with gate: false passes, saying so in its message); paid
+    for, unless it was cached."""
     index = at[0]
     rec, run = work.stages[index], work.slot(at)
     pool = run.pool or work.pool_for(work.spec.stages[index])
@@ -108,7 +109,10 @@ def stage_done(work: StepState, at: Slot, record: RunRecord, *, cached: bool) ->
     # failed attempts before it stay.
     ran = 0.0 if cached else record.energy_joules
     before = run.energy_joules
-    why = gate(work.spec.objective, record)
+    over = gate(work.spec.objective, record)
+    why = over if work.spec.stages[index].gate else None
+    if why and index < len(work.spec.stages) - 1:
+        why += _RECOVERY_HINT
     cost = 0.0 if cached else spending.run_cost(work.ctx, record, pool)
     work.update_slot(
         at,
@@ -123,7 +127,7 @@ def stage_done(work: StepState, at: Slot, record: RunRecord, *, cached: bool) ->
         cost_usd=(run.cost_usd or 0.0) + cost,
         energy_joules=None if before is None and ran is None else (before or 0) + (ran or 0),
         energy_method=joint_method(run.energy_method, record.energy_method),
-        message=why,
+        message=why or (over and f"not gated: {over.removeprefix('GateFailed: ')}"),
     )
     named = work.named(at)
     if why:
@@ -132,6 +136,10 @@ def stage_done(work: StepState, at: Slot, record: RunRecord, *, cached: bool) ->
         work.event("CacheHit", f"{named} ({rec.type}) reused {record.output.uri}")
     else:
         work.event("StageSucceeded", f"{named} ({rec.type}) succeeded")
+
+
+#: Said when a stage before the last fails the gate: a later one may win the accuracy back.
+_RECOVERY_HINT = "; if a later stage wins it back (distill after prune), set gate: false here"
 
 
 def gate(objective: Objective, record: RunRecord) -> str | None:

@@ -235,6 +235,11 @@ def validate_job(spec: OptimizationJobSpec, job_dir: Path | None = None) -> list
                 if output_precision != precision:
                     precision, quantized_by = output_precision, stage.name
         earlier.append(stage.name)
+    if spec.stages and not spec.stages[-1].gate:
+        problems.append(
+            f"{spec.stages[-1].where(len(spec.stages) - 1)}: gate: the last stage's output is "
+            "the job's result and must keep objective.maxDrop; remove gate: false"
+        )
     if problems:
         raise JobSpecError("\n".join(problems))
     return parsed

@@ -222,6 +222,52 @@ class TestFailures:
         assert final.status.stages[0].output is not None
         assert final.status.stages[0].output.digest == "d1"
 
+    def test_a_gate_failure_before_the_last_stage_names_the_way_out(self) -> None:
+        job = ctx()
+        result = started(job)
+        run = only_run(result).request
+        worse = record("train", "d1", metric=0.90)
+        final = step(job, result.status, [RunSucceeded(run.run_id, worse)], T0)
+        assert (final.status.message or "").endswith(
+            "(maxDrop 0.02); if a later stage wins it back (distill after prune), set gate: "
+            "false here"
+        )
+
+    def test_an_ungated_stage_over_the_bound_hands_its_model_on(self) -> None:
+        """prune dropped 0.0056 with maxDrop 0.005, and distill after it would have won it
+        back, but the job failed at prune."""
+        stages = [
+            {"name": "prune", "type": "train", "params": {"epochs": 1}, "gate": False},
+            {"name": "recover", "type": "train", "params": {"epochs": 2}},
+        ]
+        job = ctx(spec(stages=stages))
+        result = started(job)
+        first = only_run(result).request
+        worse = record("train", "d1", metric=0.90)
+        after = step(job, result.status, [RunSucceeded(first.run_id, worse)], T0)
+        pruned = after.status.stages[0]
+        assert after.status.phase == "Running" and pruned.phase == "Succeeded"
+        assert pruned.message == (
+            "not gated: accuracy 0.9000 is 0.0500 below the input model's 0.9500 (maxDrop 0.02)"
+        )
+        (probe,) = kinds(after, ProbeCache)
+        missed = step(job, after.status, [CacheProbed(probe.key, None)], T0)
+        second = only_run(missed).request
+        assert second.input_uri == worse.output.uri
+        won_back = record("train", "d2", metric=0.95)
+        done = step(job, missed.status, [RunSucceeded(second.run_id, won_back)], T0)
+        assert done.status.phase == "Succeeded"
+        assert done.status.result is not None and done.status.result.metric == 0.95
+
+    def test_the_last_stage_is_always_gated(self) -> None:
+        stages = [{"name": "train", "type": "train", "gate": False}]
+        result = step(ctx(spec(stages=stages)), OptimizationJobStatus(), [], T0)
+        assert result.status.phase == "Failed"
+        assert (
+            "stage 'train' (spec.stages[0], train): gate: the last stage's output is the job's "
+            "result and must keep objective.maxDrop; remove gate: false"
+        ) in (result.status.message or "")
+
     def test_mse_gate_is_upwards(self) -> None:
         regression = {"uri": "file:///d/data.npz", "task": "regression"}
         job = ctx(spec(dataset=regression, objective={"metric": "mse", "maxDrop": 0.1}))
