@@ -270,19 +270,29 @@ def run_stage(request: StageRequest) -> RunRecord:
 
 
 def _execute(request: StageRequest, work: Path, out: OutputPrefix, log: RunLog) -> RunRecord:
+    from kompaktor.timing_lock import paused_seconds, working
+
+    paused_before = paused_seconds()
+    # The whole run is work a sibling's timing waits for (kompaktor.timing_lock): importing the
+    # stages' libraries (≈1.4 s of CPU: torch, ONNX Runtime, Optuna), loading, exporting and
+    # saving have no step to pause at, so none of them may start during one.
+    with working():
+        return _execute_working(request, work, out, log, paused_before)
+
+
+def _execute_working(
+    request: StageRequest, work: Path, out: OutputPrefix, log: RunLog, paused_before: float
+) -> RunRecord:
     from kompaktor.evaluate import model_size_bytes
     from kompaktor.metrics import EnergyMeter
     from kompaktor.stages.base import StageContext, registry
     from kompaktor.stages.sparse_layers import run_with_sparse_layers
     from kompaktor.stages.validate import parse_params
-    from kompaktor.timing_lock import TIMING_LOCK_ENV, paused_seconds, working
+    from kompaktor.timing_lock import TIMING_LOCK_ENV, paused_seconds
     from kompaktor.training import seed_everything
 
     started = _now()
-    paused_before = paused_seconds()
-    # The whole run is work a sibling's timing waits for (kompaktor.timing_lock): loading,
-    # exporting and saving have no step to pause at, so they must not start during one.
-    with EnergyMeter() as meter, working():
+    with EnergyMeter() as meter:
         params = parse_params(request.type, request.params, where=f"stage ({request.type})")
         stage = registry()[request.type]()
         try:

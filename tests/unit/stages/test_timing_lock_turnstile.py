@@ -356,3 +356,30 @@ def test_work_holds_the_lock_again_after_its_own_timing(lock: Path) -> None:
             assert not sibling_could_time(lock)
         assert not sibling_could_time(lock)
     assert sibling_could_time(lock)
+
+
+def test_a_stage_process_imports_its_libraries_only_between_timings(
+    lock: Path, tmp_path: Path, cancer_mlp_pt2: Path
+) -> None:
+    """A new trial's process imported torch and the stages' libraries (≈1.4 s of CPU, no step
+    to pause at) beside a sibling's timing; it now waits for the timing to end first."""
+    turnstile = Path(str(lock) + TURNSTILE_SUFFIX)
+    held = [os.open(path, os.O_WRONLY | os.O_CREAT) for path in (turnstile, lock)]
+    for fd in held:  # a sibling timing a model: the turnstile, then the lock
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    train = json.dumps({"epochs": 1, "lr": 0.01, "batchSize": 32})
+    argv = [sys.executable, "-m", "kompaktor.cli", "stage", "run", "--type", "train",
+            "--params", train, "--input", str(cancer_mlp_pt2), "--dataset",
+            "sklearn:breast_cancer", "--output", (tmp_path / "out").as_uri()]  # fmt: skip
+    run = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        maps = Path(f"/proc/{run.pid}/maps")
+        deadline = time.monotonic() + 6  # torch alone loads in about 2 s here
+        while time.monotonic() < deadline and run.poll() is None:
+            assert "libtorch" not in maps.read_text()
+            time.sleep(0.2)
+        assert run.poll() is None  # still waiting for the timing to end
+    finally:
+        for fd in held:
+            os.close(fd)
+    assert run.wait(timeout=180) == 0, run.communicate()[1]
