@@ -106,11 +106,12 @@ def _speedup_line(status: OptimizationJobStatus) -> str:
     if bench is None:
         earlier = [s.name for s in status.stages if s.type == "benchmark"]
         why = (
-            f"benchmark {earlier[-1]!r} timed the model before the stages after it"
+            f"benchmark {earlier[-1]!r} timed the model before the stages after it; end the job "
+            "with a benchmark stage"
             if earlier
-            else "no benchmark stage"
+            else "add a benchmark stage at the end of the job"
         )
-        return f"speed-up over the input model: not measured ({why}; end with a benchmark stage)"
+        return f"speed-up over the input model: not measured ({why})"
     by_size = sorted(
         (int(key.partition("@")[2]), value)
         for key, value in bench.metrics.items()

@@ -85,9 +85,16 @@ def test_a_benchmark_before_the_last_stage_lends_it_no_figures() -> None:
                                                result=result))  # fmt: skip
     assert (
         "speed-up over the input model: not measured (benchmark 'bench' timed the model before "
-        "the stages after it; end with a benchmark stage)"
+        "the stages after it; end the job with a benchmark stage)"
     ) in lines
     assert "size: 27.4 KiB, 0.287x of the input model" in lines
+    alone = OptimizationJobStatus(
+        phase="Succeeded", stages=[quantize], result=result_of([quantize])
+    )
+    assert (
+        "speed-up over the input model: not measured (add a benchmark stage at the end of the job)"
+        in result_lines(alone)
+    )
     timed = bench.model_copy(update={"output": output("int8"), "metrics": BENCH_METRICS})
     assert result_of([quantize, timed]) == result_of([timed]) != result
 
