@@ -85,6 +85,7 @@ def test_one_objective_prints_no_pareto_set() -> None:
     details = {"bestTrial": 1, "bestParams": {"lr": 0.01}, "selection": "trial 1 has ..."}
     assert result_lines(status, {"tune": details}) == [
         "output: file:///m.pt2",
+        "speed-up over the input model: not measured (add a benchmark stage at the end of the job)",
         "tune: trial 1 won: lr=0.01",
     ]
 
