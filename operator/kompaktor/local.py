@@ -14,6 +14,7 @@ run took stops its stages and writes no more status.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -45,6 +46,8 @@ STATUS_GRACE_SECONDS = 60.0
 STATUS_RETRY_SECONDS = 2.0
 FINAL_PHASES = ("Succeeded", "Failed", "Cancelled", "Suspended")
 INTERRUPTED = "interrupted: run the same command to resume"
+#: How long an interrupted run waits for its last status write before it exits anyway.
+EXIT_WRITE_SECONDS = 5.0
 
 
 def _absolute_model_files(stage: StageSpec, base: Path) -> StageSpec:
@@ -166,10 +169,10 @@ class LocalRun:
             except ArtifactError as error:
                 lasted = self._failed_write(error, f"the run is {status.phase}")
                 if lasted >= self.grace_seconds:
+                    why = f" ({status.message})" if status.message else ""
                     raise ArtifactError(
-                        f"the run ended {status.phase} and its stages' outputs are in "
-                        f"{self.ctx.artifacts_uri}, but its status could not be written to "
-                        f"{self._status_uri} for {self.grace_seconds:.0f}s: {error}"
+                        f"the run ended {status.phase}{why}, but its status could not be "
+                        f"written to {self._status_uri} for {self.grace_seconds:.0f}s: {error}"
                     ) from error
                 self.sleep(min(STATUS_RETRY_SECONDS, self.grace_seconds - lasted))
 
@@ -218,11 +221,31 @@ class LocalRun:
             if self._failing_since is not None:
                 _warn(f"{self._status_uri} not updated on the way out: the store is failing")
             else:
-                try:
-                    self.save_status(interrupted(self.ctx, status, datetime.now(UTC)))
-                except ArtifactError as error:
-                    _warn(f"cannot write {self._status_uri} on the way out: {error}")
+                self._save_on_the_way_out(interrupted(self.ctx, status, datetime.now(UTC)))
             raise
+
+    def _save_on_the_way_out(self, status: OptimizationJobStatus) -> None:
+        """One write, waited for EXIT_WRITE_SECONDS at most: a store that hangs instead of
+        refusing holds a call through all of the S3 client's retries (minutes), and Ctrl-C
+        must stop the run now. The write left behind ends with the process."""
+        failed: list[ArtifactError] = []
+
+        def write() -> None:
+            try:
+                self.save_status(status)
+            except ArtifactError as error:
+                failed.append(error)
+
+        writer = threading.Thread(target=write, name="status-on-exit", daemon=True)
+        writer.start()
+        writer.join(EXIT_WRITE_SECONDS)
+        if writer.is_alive():
+            _warn(
+                f"{self._status_uri} not updated on the way out: the store did not answer in "
+                f"{EXIT_WRITE_SECONDS:g}s"
+            )
+        elif failed:
+            _warn(f"cannot write {self._status_uri} on the way out: {failed[0]}")
 
 
 def _warn(message: str) -> None:

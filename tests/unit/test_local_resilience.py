@@ -3,6 +3,8 @@ client's retries last long enough for one (a blip of a few seconds failed runs w
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -144,12 +146,14 @@ def test_the_final_status_is_retried_through_an_outage(setup: Any) -> None:
     assert store.failed == 5  # every 2 s
 
 
-def test_a_final_status_that_cannot_be_written_says_where_the_results_are(setup: Any) -> None:
+def test_a_final_status_that_cannot_be_written_says_why_the_run_ended(setup: Any) -> None:
+    """It said the stages' outputs were in the store, which a failed upload had just proved
+    wrong, and not why the run failed: the status it could not write held that."""
     run = setup.start(["Running", "Failed"], outage=range(1, 2))
     with pytest.raises(ArtifactError) as caught:
         run.run()
     message = str(caught.value)
-    assert "ended Failed and its stages' outputs are in s3://bucket/prefix" in message
+    assert message.startswith("the run ended Failed (tick 1), but its status could not be written")
     assert "s3://bucket/prefix/jobs/demo/status.json" in message
     assert setup.clock.now == pytest.approx(1 + STATUS_GRACE_SECONDS)
 
@@ -190,6 +194,35 @@ def test_an_interrupt_while_the_store_fails_does_not_wait_for_it(
         run.run()
     assert setup.store.failed == 1  # the running write, not one more on the way out
     assert "not updated on the way out: the store is failing" in capsys.readouterr().err
+
+
+def test_an_interrupt_does_not_wait_for_a_store_that_hangs(
+    setup: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C while S3 hung (answering nothing): the last status write sat in the S3 client's
+    retries, 11 × a 30 s read timeout, and a second Ctrl-C did not stop it either."""
+    run = setup.start(["Running"])
+    release = threading.Event()
+
+    def hang(key: str, data: bytes) -> None:
+        release.wait(30)
+
+    def interrupt(timeout: float) -> list[Any]:
+        monkeypatch.setattr(setup.store, "put_bytes", hang)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(setup.executor, "poll", interrupt)
+    monkeypatch.setattr(local, "EXIT_WRITE_SECONDS", 0.2)
+    started = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run.run()
+        assert time.monotonic() - started < 5
+    finally:
+        release.set()
+    assert "status.json not updated on the way out: the store did not answer in 0.2s" in (
+        capsys.readouterr().err
+    )
 
 
 def test_s3_retries_outlast_a_short_outage() -> None:
