@@ -12,10 +12,10 @@ stops its runs; else the observations are applied (`observe`), the budget is che
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
-from kompaktor.api.status import OptimizationJobStatus, StageStatus
+from kompaktor.api.status import OptimizationJobStatus, RunSlot, StageStatus
 from kompaktor.errors import JobSpecError
 from kompaktor.plan import job, spending
 from kompaktor.plan.budget import check_budget
@@ -29,6 +29,22 @@ from kompaktor.plan.types import TERMINAL, JobContext, Observation, StepResult
 from kompaktor.stages.validate import validate_job
 
 __all__ = ["rerun", "step"]
+
+
+Run = TypeVar("Run", bound=RunSlot)
+
+
+def _moved_on(stage: StageStatus, gap: timedelta) -> StageStatus:
+    """A stage (and its pool runs) that a suspension stopped, started `gap` later."""
+
+    def later(run: Run) -> Run:
+        if run.start_time is None or run.completion_time is not None:
+            return run
+        return run.model_copy(update={"start_time": iso(parse_iso(run.start_time) + gap)})
+
+    moved = later(stage)
+    pools = [later(pool) for pool in stage.pools] if stage.pools else stage.pools
+    return moved.model_copy(update={"pools": pools})
 
 
 def step(
@@ -63,10 +79,13 @@ def step(
         since = status.suspend_time if status.phase == "Suspended" else work.stamp
         return _result(work, phase="Suspended", suspend_time=since)
     if status.phase == "Suspended":
-        # The time budget counts time the job may run: the suspension moves its start on.
+        # The time budget counts time the job may run: the suspension moves its start on, and
+        # that of each stage it stopped, so a stage's time is the time it could run too.
         start, since = status.start_time, status.suspend_time
-        if start is not None and since is not None:
-            start = iso(parse_iso(start) + (now - parse_iso(since)))
+        if since is not None:
+            gap = now - parse_iso(since)
+            start = start and iso(parse_iso(start) + gap)
+            work.stages = [_moved_on(stage, gap) for stage in work.stages]
         work.status = work.status.model_copy(
             update={"phase": "Running", "start_time": start, "suspend_time": None}
         )

@@ -430,6 +430,20 @@ class TestBudgetAndControl:
         over = step(resumed_job, running.status, [], later + timedelta(minutes=61))
         assert over.status.phase == "Failed" and "maxDuration" in (over.status.message or "")
 
+    def test_a_stage_a_suspension_stopped_is_timed_without_it(self) -> None:
+        """A stage resumed after a 65 s interrupt of `kompaktor run` read `succeeded in 79s`
+        for about 8 s of running: its time spanned the suspension."""
+        job = ctx()
+        result = started(job)
+        train = result.status.stages[0]
+        assert train.start_time == T0.strftime("%Y-%m-%dT%H:%M:%SZ")
+        later = T0 + timedelta(seconds=65)
+        paused = step(suspended(job), result.status, [], T0 + timedelta(seconds=5))
+        again = step(ctx(generation=3), paused.status, [], later)
+        assert again.status.stages[0].start_time == (later - timedelta(seconds=5)).strftime(
+            "%Y-%m-%dT%H:%M:%SZ"
+        )
+
     def test_spec_edit_reruns_from_the_changed_stage_only(self) -> None:
         job = ctx()
         result = started(job)
