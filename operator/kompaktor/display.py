@@ -244,7 +244,8 @@ def _param(value: Any) -> str:
 class ProgressLines:
     """`kompaktor run`'s progress where no live table can be drawn (a log file, a pipe): one
     plain line per event, found by comparing each status with the one before. Trials already
-    finished when the run starts (a resumed or rerun job's) are not reported again."""
+    finished when the run starts (a resumed or rerun job's) are not reported again, and stages
+    already finished are said to be from an earlier run."""
 
     def __init__(self, metric: str = "metric") -> None:
         self._metric = metric
@@ -261,13 +262,14 @@ class ProgressLines:
                 lines += _present(_trial_event(trial, self._metric))
         for stage in status.stages:
             if self._phases.get(stage.name, "Pending") != stage.phase:
-                lines += _present(_stage_event(stage, self._metric))
+                lines += _present(_stage_event(stage, self._metric, earlier=seen is None))
             self._phases[stage.name] = stage.phase
         return lines
 
 
-def _stage_event(stage: StageStatus, metric: str) -> str | None:
-    """A stage's new phase in words, a finished stage with its key figure."""
+def _stage_event(stage: StageStatus, metric: str, *, earlier: bool = False) -> str | None:
+    """A stage's new phase in words, a finished stage with its key figure; `earlier`: the
+    phase was already in the status this run started from."""
     what = f"{stage.name} ({stage.type})"
     why = f": {stage.message}" if stage.message else ""
     match stage.phase:
@@ -275,8 +277,7 @@ def _stage_event(stage: StageStatus, metric: str) -> str | None:
             again = f", attempt {stage.attempts}" if stage.attempts > 1 else ""
             return f"{what}: started{again}"
         case "Succeeded":
-            took = _duration(stage)
-            how = " (cached)" if stage.cached else f" in {took}" if took else ""
+            how = _how_it_finished(stage, earlier)
             note = f" ({stage.message})" if stage.message else ""  # over the bound, not gated
             return f"{what}: succeeded{how}: {_key_figure(stage, metric)}{note}"
         case "Retrying":
@@ -284,6 +285,15 @@ def _stage_event(stage: StageStatus, metric: str) -> str | None:
         case "Failed" | "Cancelled":
             return f"{what}: {stage.phase.lower()}{why}"
     return None
+
+
+def _how_it_finished(stage: StageStatus, earlier: bool) -> str:
+    if stage.cached:  # this run's cache hits can be in the first status it shows
+        return " (cached)"
+    if earlier:
+        return " in an earlier run"
+    took = _duration(stage)
+    return f" in {took}" if took else ""
 
 
 def _key_figure(stage: StageStatus, metric: str) -> str:

@@ -189,8 +189,16 @@ def test_progress_is_one_line_per_event_as_it_happens() -> None:
         ["prune (prune): started, attempt 2"],
         ["prune (prune): succeeded in 12s: accuracy 0.9833, 612.0 KiB"],
     ]
+    resumed = [stage("Succeeded", metrics=done, **times), stage("Running").model_copy(
+        update={"name": "quantize", "type": "quantize"})]  # fmt: skip
+    assert ProgressLines("accuracy")(OptimizationJobStatus(stages=resumed)) == [
+        "prune (prune): succeeded in an earlier run: accuracy 0.9833, 612.0 KiB",
+        "quantize (quantize): started",
+    ]
     ungated = stage("Succeeded", metrics=done, message="not gated: accuracy 0.9833 is …")
-    assert ProgressLines("accuracy")(OptimizationJobStatus(stages=[ungated])) == [
+    fresh = ProgressLines("accuracy")
+    fresh(OptimizationJobStatus())
+    assert fresh(OptimizationJobStatus(stages=[ungated])) == [
         "prune (prune): succeeded: accuracy 0.9833, 612.0 KiB (not gated: accuracy 0.9833 is …)"
     ]
     failed = stage("Failed", attempts=3, message="stage (prune): out of cheese")
