@@ -29,11 +29,16 @@ from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ProfileNotFound
+from botocore.exceptions import PartialCredentialsError, ProfileNotFound
 from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url
 
 from kompaktor.artifacts.base import ArtifactError
-from kompaktor.artifacts.s3_errors import AWS_FILES, S3ConfigError, profile_error
+from kompaktor.artifacts.s3_errors import (
+    AWS_FILES,
+    S3ConfigError,
+    partial_credentials_error,
+    profile_error,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -251,3 +256,5 @@ def _new_client(settings: S3Settings) -> S3Client:
         return session.client("s3", endpoint_url=settings.endpoint_url, config=config)
     except ProfileNotFound as error:  # AWS_PROFILE naming a profile no file defines
         raise profile_error(error) from None
+    except PartialCredentialsError as error:  # a key id without its secret, or the reverse
+        raise partial_credentials_error(error) from None

@@ -63,6 +63,17 @@ def profile_error(exc: ProfileNotFound) -> S3ConfigError:
     )
 
 
+def partial_credentials_error(exc: PartialCredentialsError) -> S3ConfigError:
+    """botocore's "Partial credentials found in env, missing: X", as a setting to fix."""
+    missing = exc.kwargs.get("cred_var", "a credential")
+    source = exc.kwargs.get("provider", "the environment")
+    return S3ConfigError(
+        f"incomplete S3 credentials from {source}: {missing} is not set; set both "
+        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither (to use AWS_PROFILE or a pod "
+        "identity)"
+    )
+
+
 def _profile_file(variable: str, default: str) -> str:
     """A profile file as a message names it: its path, where the path came from, if it is gone."""
     value = os.environ.get(variable)

@@ -119,3 +119,18 @@ def test_kompaktor_run_says_why(
     captured = capsys.readouterr()
     assert captured.err.startswith(f"error: {profile_problem('AWS_PROFILE', tmp_path)}")
     assert json.loads(captured.out)["message"].startswith(profile_problem("AWS_PROFILE", tmp_path))
+
+
+def test_a_key_id_without_its_secret_names_the_missing_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It was botocore's bare PartialCredentialsError, with no advice. (A secret alone is
+    no environment credential to botocore: the next provider is asked.)"""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    with pytest.raises(S3ConfigError) as caught:
+        open_store("s3://bucket/prefix")
+    assert str(caught.value) == (
+        "incomplete S3 credentials from env: AWS_SECRET_ACCESS_KEY is not set; set both "
+        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither (to use AWS_PROFILE or a pod "
+        "identity)"
+    )
