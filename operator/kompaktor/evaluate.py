@@ -244,11 +244,38 @@ def _torch_parameter_count(module: torch.nn.Module) -> int:
     return total
 
 
+#: Input positions of ONNX ops that take no weights: quantization scales and zero points, and
+#: a reshape's target shape.
+_NOT_WEIGHT_INPUTS = {
+    "QuantizeLinear": {1, 2},
+    "DequantizeLinear": {1, 2},
+    "MatMulInteger": {2, 3},
+    "ConvInteger": {2, 3},
+    "Reshape": {1},
+}
+
+
 def _onnx_parameter_count(model: LoadedModel) -> int:
+    """Initializer elements that are weights: int8 stores as many as float does, and its scales
+    and zero points (like a reshape's shape) are not weights."""
     import onnx
 
     graph = onnx.load(str(model.path)).graph
-    return sum(int(np.prod(init.dims, dtype=np.int64)) for init in graph.initializer)
+    made_by = {out: node.op_type for node in graph.node for out in node.output}
+    uses: dict[str, list[bool]] = {}
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            other = index in _NOT_WEIGHT_INPUTS.get(node.op_type, ())
+            # dynamic int8: a weight's scale times the activation's scale, computed per call
+            other |= node.op_type == "Mul" and any(
+                made_by.get(source) == "DynamicQuantizeLinear" for source in node.input
+            )
+            uses.setdefault(name, []).append(other)
+    return sum(
+        int(np.prod(init.dims, dtype=np.int64))
+        for init in graph.initializer
+        if not (uses.get(init.name) and all(uses[init.name]))
+    )
 
 
 def parameter_count(model: LoadedModel) -> int:

@@ -145,6 +145,32 @@ def test_parameter_count_and_size_agree_across_formats(
         assert model_size_bytes(model) > 4 * expected  # float32 weights are in the file
 
 
+def test_int8_onnx_counts_its_weights_not_its_scales(tmp_path: Path, cancer_mlp: nn.Module) -> None:
+    """Quantized models read more parameters than their float input (20,738 → 21,254 for
+    dynamic int8 here): the scales and zero points were counted as weights."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    class Rows(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.rows = iter([{"input": np.ones((1, 30), dtype=np.float32)}] * 4)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.rows, None)
+
+    expected = sum(p.numel() for p in cancer_mlp.parameters())
+    source = save_onnx(cancer_mlp, (torch.zeros(2, 30),), tmp_path / "m.onnx")
+    dynamic, static = tmp_path / "dynamic.onnx", tmp_path / "static.onnx"
+    quantize_dynamic(source, dynamic, per_channel=True)
+    quantize_static(source, static, Rows(), quant_format=QuantFormat.QDQ, per_channel=True)
+    for path in (dynamic, static):
+        assert parameter_count(load_model(path)) == expected, path.name
+
+
 def test_tied_weights_count_once() -> None:
     layer = nn.Linear(4, 4)
     tied = nn.Sequential(layer, nn.ReLU(), layer)
