@@ -264,13 +264,13 @@ def _onnx_parameter_count(model: LoadedModel) -> int:
     made_by = {out: node.op_type for node in graph.node for out in node.output}
     uses: dict[str, list[bool]] = {}
     for node in graph.node:
+        positions = _NOT_WEIGHT_INPUTS.get(node.op_type, set())
+        # dynamic int8: a weight's scale times the activation's scale, computed per call
+        scales = node.op_type == "Mul" and any(
+            made_by.get(source) == "DynamicQuantizeLinear" for source in node.input
+        )
         for index, name in enumerate(node.input):
-            other = index in _NOT_WEIGHT_INPUTS.get(node.op_type, ())
-            # dynamic int8: a weight's scale times the activation's scale, computed per call
-            other |= node.op_type == "Mul" and any(
-                made_by.get(source) == "DynamicQuantizeLinear" for source in node.input
-            )
-            uses.setdefault(name, []).append(other)
+            uses.setdefault(name, []).append(scales or index in positions)
     return sum(
         int(np.prod(init.dims, dtype=np.int64))
         for init in graph.initializer
